@@ -1,0 +1,169 @@
+//! Loading the YAML config into a validated [`Config`].
+//!
+//! Loading happens in two stages. `raw.rs` deserialises the file into structs that mirror
+//! it (unknown keys and wrong types are located errors). `validate.rs` then expands
+//! `${VAR}`, compiles every regex and template, resolves webhook names and collects every
+//! problem it finds into one [`Report`]. Nothing downstream ever sees an unvalidated value:
+//! a `Config` owns compiled regexes and parsed templates, so a mistake is found by
+//! `chattail check`, not at 3 a.m.
+
+mod diagnostics;
+mod env_expand;
+mod raw;
+mod validate;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use globset::{GlobMatcher, GlobSet};
+use regex::bytes::Regex;
+
+pub use diagnostics::{Diagnostic, Location, Report, Severity};
+pub use env_expand::{ExpandError, expand};
+pub use raw::StartAt;
+
+use crate::template::Template;
+use crate::webhook_url::WebhookUrl;
+
+/// Where `state_dir` points when the config does not say.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/chattail";
+/// Chat's quota is one message per second per space.
+pub const DEFAULT_MAX_PER_SECOND: f64 = 1.0;
+/// How many dedup keys a rule may track before the least recently seen is evicted.
+pub const DEFAULT_MAX_KEYS: usize = 10_000;
+/// The message a rule posts when it gives no `message` template.
+pub const DEFAULT_MESSAGE: &str = "*{rule}* on {host} in {file}\n```{line}```";
+/// The thread key a rule uses when it gives no `thread_key` template.
+pub const DEFAULT_THREAD_KEY: &str = "{rule}";
+/// The most memory one compiled rule pattern may use. Rust's regex engine is linear-time,
+/// but a pattern such as `\w{1000}` can still take megabytes to compile.
+pub const RULE_REGEX_SIZE_LIMIT: usize = 2 * 1024 * 1024;
+
+/// A validated config. Every regex is compiled and every template parsed.
+#[derive(Debug)]
+pub struct Config {
+    /// The file this config was loaded from.
+    pub source_path: PathBuf,
+    pub state_dir: PathBuf,
+    /// The value of `{host}` in templates.
+    pub host: String,
+    /// Sorted by name.
+    pub webhooks: Vec<Webhook>,
+    pub files: Vec<FileSpec>,
+    pub rules: Vec<Arc<Rule>>,
+}
+
+impl Config {
+    pub fn webhook(&self, name: &str) -> Option<&Webhook> {
+        self.webhooks.iter().find(|w| w.name == name)
+    }
+}
+
+/// A named webhook. `url` is `None` only when the config was loaded with
+/// [`UrlPolicy::Optional`] and the URL could not be resolved (for `chattail test`).
+#[derive(Debug)]
+pub struct Webhook {
+    pub name: String,
+    pub url: Option<WebhookUrl>,
+    pub max_per_second: f64,
+}
+
+/// One `files` entry: a glob of paths to follow.
+#[derive(Debug)]
+pub struct FileSpec {
+    /// The glob, made absolute against the config file's directory.
+    pub pattern: String,
+    pub matcher: GlobMatcher,
+    pub start_at: StartAt,
+}
+
+/// One validated rule.
+#[derive(Debug)]
+pub struct Rule {
+    pub name: String,
+    pub pattern: Regex,
+    pub exclude: Option<Regex>,
+    /// The name of a webhook that exists in [`Config::webhooks`].
+    pub webhook: String,
+    pub thread_key: Template,
+    pub message: Template,
+    pub dedup: Option<Dedup>,
+    /// Restricts the rule to files matching one of these globs; `None` means every file.
+    pub files: Option<GlobSet>,
+}
+
+impl Rule {
+    /// Whether this rule applies to the file at `path`.
+    pub fn applies_to(&self, path: &Path) -> bool {
+        self.files.as_ref().is_none_or(|set| set.is_match(path))
+    }
+}
+
+/// A rule's burst settings.
+#[derive(Debug)]
+pub struct Dedup {
+    pub window: Duration,
+    pub key: Template,
+    pub max_keys: usize,
+}
+
+/// What to do with a webhook URL that cannot be resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UrlPolicy {
+    /// It is an error (`check`, `run`).
+    Required,
+    /// It is a warning and the webhook has no URL (`test`, which never posts).
+    Optional,
+}
+
+/// Everything `load_str` needs besides the text, so tests can control the environment.
+pub struct LoadOptions<'a> {
+    pub url_policy: UrlPolicy,
+    pub env: &'a dyn Fn(&str) -> Option<String>,
+    /// The host name used when the config does not set `host`.
+    pub default_host: String,
+}
+
+/// A loaded config and the warnings found on the way.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    pub warnings: Report,
+}
+
+/// Reads and validates the config file at `path`, with the process environment and this
+/// machine's host name.
+pub fn load(path: &Path, url_policy: UrlPolicy) -> Result<Loaded, Report> {
+    let source = match std::fs::read_to_string(path) {
+        Ok(source) => source,
+        Err(error) => {
+            let mut report = Report::new(path, "");
+            report.error(None, format!("cannot read the config file: {error}"));
+            return Err(report);
+        }
+    };
+    let env = |name: &str| std::env::var(name).ok();
+    let options = LoadOptions {
+        url_policy,
+        env: &env,
+        default_host: system_hostname(),
+    };
+    load_str(path, &source, &options)
+}
+
+/// Validates config text as if it had been read from `path`. Relative paths in the config
+/// are resolved against `path`'s directory.
+pub fn load_str(path: &Path, source: &str, options: &LoadOptions<'_>) -> Result<Loaded, Report> {
+    validate::validate(path, source, options)
+}
+
+/// This machine's host name, from the kernel, for `{host}`.
+pub fn system_hostname() -> String {
+    ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .map(|s| s.trim().to_owned())
+        .find(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}

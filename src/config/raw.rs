@@ -1,0 +1,71 @@
+//! The config file as written: serde structs that mirror the YAML one to one.
+//!
+//! Every struct denies unknown keys, so a typo such as `mesage` is an error with its line
+//! and column instead of a silently ignored setting. Values that later checks may reject
+//! are wrapped in [`Spanned`] so those errors can point at the value too. Nothing here is
+//! validated beyond its type; `validate.rs` turns these into a [`super::Config`].
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub state_dir: Option<Spanned<String>>,
+    pub host: Option<Spanned<String>>,
+    #[serde(default)]
+    pub webhooks: BTreeMap<String, Spanned<RawWebhook>>,
+    #[serde(default)]
+    pub files: Vec<RawFile>,
+    #[serde(default)]
+    pub rules: Vec<RawRule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebhook {
+    pub url: Spanned<String>,
+    pub max_per_second: Option<Spanned<f64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFile {
+    pub path: Spanned<String>,
+    pub start_at: Option<StartAt>,
+}
+
+/// Where to start reading a file that has no saved offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartAt {
+    /// Only lines written from now on (the default, like `tail -F`).
+    #[default]
+    End,
+    /// The whole file.
+    Beginning,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub name: Spanned<String>,
+    #[serde(rename = "match")]
+    pub pattern: Spanned<String>,
+    pub exclude: Option<Spanned<String>>,
+    pub webhook: Spanned<String>,
+    pub thread_key: Option<Spanned<String>>,
+    pub message: Option<Spanned<String>>,
+    pub dedup: Option<RawDedup>,
+    pub files: Option<Vec<Spanned<String>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDedup {
+    pub window: Spanned<String>,
+    pub key: Option<Spanned<String>>,
+    pub max_keys: Option<Spanned<u64>>,
+}

@@ -1,0 +1,435 @@
+//! The second stage of loading: raw structs to a validated [`Config`].
+//!
+//! Validation keeps going after an error so that one run of `chattail check` lists every
+//! mistake. Each check that fails records a located diagnostic naming the rule, webhook or
+//! file entry it concerns; nothing here ever formats a webhook URL.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use globset::{Glob, GlobBuilder, GlobSetBuilder};
+use regex::bytes::{Regex, RegexBuilder};
+use serde_saphyr::Spanned;
+
+use super::raw::{RawConfig, RawDedup, RawRule, RawWebhook};
+use super::{
+    Config, DEFAULT_MAX_KEYS, DEFAULT_MAX_PER_SECOND, DEFAULT_MESSAGE, DEFAULT_STATE_DIR,
+    DEFAULT_THREAD_KEY, Dedup, FileSpec, LoadOptions, Loaded, Location, RULE_REGEX_SIZE_LIMIT,
+    Report, Rule, UrlPolicy, Webhook, expand,
+};
+use crate::template::{BUILTINS, Template};
+use crate::webhook_url::WebhookUrl;
+
+/// The longest dedup window accepted; longer ones are almost always a unit mistake.
+const MAX_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
+
+pub(super) fn validate(path: &Path, source: &str, options: &LoadOptions<'_>) -> Result<Loaded, Report> {
+    let mut report = Report::new(path, source);
+    let raw: RawConfig = match serde_saphyr::from_str(source) {
+        Ok(raw) => raw,
+        Err(error) => {
+            let location = error.location().and_then(Location::from_yaml);
+            report.error(location, yaml_message(&error));
+            return Err(report);
+        }
+    };
+    let base_dir = path.parent().unwrap_or(Path::new("."));
+    let mut v = Validator {
+        report,
+        options,
+        base_dir,
+    };
+    let config = v.config(path, raw);
+    if v.report.has_errors() {
+        Err(v.report)
+    } else {
+        Ok(Loaded {
+            config,
+            warnings: v.report,
+        })
+    }
+}
+
+/// serde-saphyr's message without its own location prefix and snippet, because the
+/// report prints both in one uniform style.
+fn yaml_message(error: &serde_saphyr::Error) -> String {
+    let text = error.without_snippet().to_string();
+    let text = match text.split_once(": ") {
+        Some((head, rest)) if head.starts_with("line ") && head.contains(" column ") => rest,
+        _ => text.as_str(),
+    };
+    let text = text.trim();
+    if text.is_empty() {
+        "the file is not valid YAML".to_owned()
+    } else {
+        text.to_owned()
+    }
+}
+
+struct Validator<'a> {
+    report: Report,
+    options: &'a LoadOptions<'a>,
+    base_dir: &'a Path,
+}
+
+fn loc<T>(spanned: &Spanned<T>) -> Option<Location> {
+    Location::from_yaml(spanned.referenced)
+}
+
+impl Validator<'_> {
+    fn config(&mut self, path: &Path, raw: RawConfig) -> Config {
+        let state_dir = match &raw.state_dir {
+            Some(dir) => self.path_value(dir, "state_dir"),
+            None => PathBuf::from(DEFAULT_STATE_DIR),
+        };
+        let host = match &raw.host {
+            Some(host) => self.expanded(host, "host").unwrap_or_default(),
+            None => self.options.default_host.clone(),
+        };
+        let webhooks: Vec<Webhook> = raw
+            .webhooks
+            .iter()
+            .filter_map(|(name, webhook)| self.webhook(name, webhook))
+            .collect();
+        if raw.webhooks.is_empty() {
+            self.report.error(
+                None,
+                "no `webhooks` are defined: add at least one, e.g. `webhooks: {oncall: {url: ${ONCALL_WEBHOOK_URL}}}`",
+            );
+        }
+        if raw.files.is_empty() {
+            self.report
+                .error(None, "no `files` are configured: add at least one `- path: /var/log/app/*.log`");
+        }
+        let files = raw
+            .files
+            .iter()
+            .enumerate()
+            .filter_map(|(i, file)| {
+                let pattern = self.glob_path(&file.path, &format!("files[{i}].path"))?;
+                let matcher = compile_glob(&pattern).ok()?.compile_matcher();
+                Some(super::FileSpec {
+                    pattern,
+                    matcher,
+                    start_at: file.start_at.unwrap_or_default(),
+                })
+            })
+            .collect::<Vec<FileSpec>>();
+        if raw.rules.is_empty() {
+            self.report
+                .error(None, "no `rules` are defined: chattail would read the files and never post");
+        }
+        let mut seen: HashMap<String, u64> = HashMap::new();
+        let mut rules = Vec::new();
+        for rule in &raw.rules {
+            let name = rule.name.value.clone();
+            let line = rule.name.referenced.line();
+            if let Some(first) = seen.insert(name.clone(), line) {
+                self.report.error(
+                    loc(&rule.name),
+                    format!("rule name `{name}` is used twice (first at line {first}); rule names must be unique"),
+                );
+            }
+            if let Some(rule) = self.rule(rule, &raw) {
+                rules.push(Arc::new(rule));
+            }
+        }
+        Config {
+            source_path: path.to_owned(),
+            state_dir,
+            host,
+            webhooks,
+            files,
+            rules,
+        }
+    }
+
+    /// Expands `${VAR}` in a string value, recording an error that names `what`.
+    fn expanded(&mut self, value: &Spanned<String>, what: &str) -> Option<String> {
+        match expand(&value.value, self.options.env) {
+            Ok(text) => Some(text),
+            Err(error) => {
+                self.report.error(loc(value), format!("{what}: {error}"));
+                None
+            }
+        }
+    }
+
+    fn absolute(&self, value: &str) -> PathBuf {
+        let p = Path::new(value);
+        if p.is_absolute() {
+            p.to_owned()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+
+    fn path_value(&mut self, value: &Spanned<String>, what: &str) -> PathBuf {
+        let text = self.expanded(value, what).unwrap_or_default();
+        if text.trim().is_empty() {
+            self.report.error(loc(value), format!("{what} is empty"));
+        }
+        self.absolute(&text)
+    }
+
+    /// Expands and checks a glob, returning it made absolute.
+    fn glob_path(&mut self, value: &Spanned<String>, what: &str) -> Option<String> {
+        let text = self.expanded(value, what)?;
+        if text.trim().is_empty() {
+            self.report.error(loc(value), format!("{what} is empty"));
+            return None;
+        }
+        let absolute = self.absolute(&text).to_string_lossy().into_owned();
+        match compile_glob(&absolute) {
+            Ok(_) => Some(absolute),
+            Err(error) => {
+                self.report
+                    .error(loc(value), format!("{what}: `{text}` is not a valid glob: {}", error.kind()));
+                None
+            }
+        }
+    }
+
+    fn webhook(&mut self, name: &str, raw: &Spanned<RawWebhook>) -> Option<Webhook> {
+        let location = loc(raw);
+        if !is_name(name) {
+            self.report.error(
+                location,
+                format!("webhook name `{name}` may only use letters, digits, `-`, `_` and `.`"),
+            );
+        }
+        let max_per_second = match &raw.value.max_per_second {
+            None => DEFAULT_MAX_PER_SECOND,
+            Some(rate) => {
+                let value = rate.value;
+                if !(value.is_finite() && value > 0.0 && value <= 100.0) {
+                    self.report.error(
+                        loc(rate),
+                        format!("webhook `{name}`: max_per_second must be above 0 and at most 100, not {value}"),
+                    );
+                } else if value > 1.0 {
+                    self.report.warning(
+                        loc(rate),
+                        format!(
+                            "webhook `{name}`: max_per_second {value} is above Chat's quota of 1 per second \
+                             per space; expect 429 answers and retries"
+                        ),
+                    );
+                }
+                value
+            }
+        };
+        let url_value = &raw.value.url;
+        let url = match expand(&url_value.value, self.options.env) {
+            Err(error) => Err(error.to_string()),
+            Ok(text) => WebhookUrl::parse(&text).map_err(|e| format!("the url {e}")),
+        };
+        let url = match (url, self.options.url_policy) {
+            (Ok(url), _) => Some(url),
+            (Err(message), UrlPolicy::Required) => {
+                self.report.error(loc(url_value), format!("webhook `{name}`: {message}"));
+                None
+            }
+            (Err(message), UrlPolicy::Optional) => {
+                self.report.warning(
+                    loc(url_value),
+                    format!("webhook `{name}`: {message}; ignored here because nothing is posted"),
+                );
+                None
+            }
+        };
+        Some(Webhook {
+            name: name.to_owned(),
+            url,
+            max_per_second,
+        })
+    }
+
+    fn rule(&mut self, raw: &RawRule, config: &RawConfig) -> Option<Rule> {
+        let name = raw.name.value.clone();
+        if !is_name(&name) {
+            self.report.error(
+                loc(&raw.name),
+                format!("rule name `{name}` may only use letters, digits, `-`, `_` and `.`"),
+            );
+        }
+        let what = |field: &str| format!("rule `{name}`: {field}");
+        let pattern = self
+            .expanded(&raw.pattern, &what("match"))
+            .and_then(|p| self.regex(&p, &raw.pattern, &what("`match`")));
+        let exclude = match &raw.exclude {
+            None => None,
+            Some(ex) => self
+                .expanded(ex, &what("exclude"))
+                .and_then(|p| self.regex(&p, ex, &what("`exclude`"))),
+        };
+        let webhook = raw.webhook.value.clone();
+        if !config.webhooks.contains_key(&webhook) {
+            let defined: Vec<&str> = config.webhooks.keys().map(String::as_str).collect();
+            let defined = if defined.is_empty() {
+                "none".to_owned()
+            } else {
+                defined.join(", ")
+            };
+            self.report.error(
+                loc(&raw.webhook),
+                format!("rule `{name}`: webhook `{webhook}` is not defined (defined: {defined})"),
+            );
+        }
+        let files = raw.files.as_ref().and_then(|globs| {
+            if globs.is_empty() {
+                self.report.error(
+                    None,
+                    format!("rule `{name}`: `files` is empty; leave it out to apply the rule to every file"),
+                );
+                return None;
+            }
+            let mut builder = GlobSetBuilder::new();
+            for (i, glob) in globs.iter().enumerate() {
+                let pattern = self.glob_path(glob, &what(&format!("files[{i}]")))?;
+                builder.add(compile_glob(&pattern).ok()?);
+            }
+            builder.build().ok()
+        });
+
+        // Templates can only be checked against a pattern that compiled.
+        let pattern = pattern?;
+        for group in pattern.capture_names().flatten() {
+            if BUILTINS.contains(&group) {
+                self.report.error(
+                    loc(&raw.pattern),
+                    format!(
+                        "rule `{name}`: the capture group `{group}` hides the built-in `{{{group}}}`; rename the group"
+                    ),
+                );
+            }
+        }
+        let thread_key = self.template(&pattern, raw.thread_key.as_ref(), DEFAULT_THREAD_KEY, &what("thread_key"));
+        let message = self.template(&pattern, raw.message.as_ref(), DEFAULT_MESSAGE, &what("message"));
+        let dedup = raw
+            .dedup
+            .as_ref()
+            .and_then(|d| self.dedup(d, &pattern, &thread_key, &name));
+        Some(Rule {
+            name,
+            pattern,
+            exclude,
+            webhook,
+            thread_key: thread_key?,
+            message: message?,
+            dedup,
+            files,
+        })
+    }
+
+    fn regex(&mut self, source: &str, value: &Spanned<String>, what: &str) -> Option<Regex> {
+        match RegexBuilder::new(source).size_limit(RULE_REGEX_SIZE_LIMIT).build() {
+            Ok(re) => Some(re),
+            Err(regex::Error::CompiledTooBig(limit)) => {
+                self.report.error(
+                    loc(value),
+                    format!(
+                        "{what} is too big once compiled (over {} KiB); bound large repetitions such as \
+                         `\\w{{1000}}`, or use `(?-u:\\w)` when ASCII is enough",
+                        limit / 1024
+                    ),
+                );
+                None
+            }
+            Err(error) => {
+                self.report
+                    .error(loc(value), format!("{what} is not a valid regex:\n{error}"));
+                None
+            }
+        }
+    }
+
+    fn template(
+        &mut self,
+        pattern: &Regex,
+        value: Option<&Spanned<String>>,
+        default: &str,
+        what: &str,
+    ) -> Option<Template> {
+        let (text, location) = match value {
+            Some(v) => (self.expanded(v, what)?, loc(v)),
+            None => (default.to_owned(), None),
+        };
+        let names: Vec<&str> = pattern.capture_names().flatten().collect();
+        let index = |name: &str| pattern.capture_names().position(|n| n == Some(name));
+        match Template::parse(&text, index, &names) {
+            Ok(t) => Some(t),
+            Err(error) => {
+                self.report.error(location, format!("{what} {error}"));
+                None
+            }
+        }
+    }
+
+    fn dedup(
+        &mut self,
+        raw: &RawDedup,
+        pattern: &Regex,
+        thread_key: &Option<Template>,
+        name: &str,
+    ) -> Option<Dedup> {
+        let window = self.duration(&raw.window, &format!("rule `{name}`: dedup.window"));
+        let key = match &raw.key {
+            Some(_) => self.template(pattern, raw.key.as_ref(), "", &format!("rule `{name}`: dedup.key")),
+            None => thread_key.clone(),
+        };
+        let max_keys = match &raw.max_keys {
+            None => DEFAULT_MAX_KEYS,
+            Some(n) if n.value == 0 => {
+                self.report
+                    .error(loc(n), format!("rule `{name}`: dedup.max_keys must be at least 1"));
+                return None;
+            }
+            Some(n) => usize::try_from(n.value).unwrap_or(usize::MAX),
+        };
+        Some(Dedup {
+            window: window?,
+            key: key?,
+            max_keys,
+        })
+    }
+
+    fn duration(&mut self, value: &Spanned<String>, what: &str) -> Option<Duration> {
+        let text = self.expanded(value, what)?;
+        match humantime::parse_duration(text.trim()) {
+            Ok(d) if d.is_zero() => {
+                self.report.error(loc(value), format!("{what} must be longer than 0"));
+                None
+            }
+            Ok(d) if d > MAX_WINDOW => {
+                self.report
+                    .error(loc(value), format!("{what} `{text}` is longer than the maximum of 7 days"));
+                None
+            }
+            Ok(d) => Some(d),
+            Err(error) => {
+                self.report.error(
+                    loc(value),
+                    format!("{what} `{text}` is not a duration ({error}); write e.g. `90s`, `5m` or `1h`"),
+                );
+                None
+            }
+        }
+    }
+}
+
+/// Compiles a glob the way paths are matched everywhere: `*` stays within one directory
+/// and `**` crosses directories.
+fn compile_glob(pattern: &str) -> Result<Glob, globset::Error> {
+    GlobBuilder::new(pattern).literal_separator(true).build()
+}
+
+/// Names of rules and webhooks end up in logs and metric labels, so they stay plain.
+fn is_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}

@@ -1,0 +1,14 @@
+//! chattail follows log files, runs the operator's regex rules on every line and posts what
+//! matters to Google Chat threads.
+//!
+//! The crate is a library with a thin binary on top (`src/main.rs`). The pure core (config
+//! validation, templates, the rule engine, Chat text rendering) does no I/O beyond reading
+//! the config file; see ARCHITECTURE.md for the map and its invariants.
+
+pub mod chat_text;
+pub mod cli;
+pub mod config;
+pub mod rule_test;
+pub mod rules;
+pub mod template;
+pub mod webhook_url;

@@ -1,0 +1,146 @@
+//! The rule engine: which rules match a line, and what each match would post.
+//!
+//! Every rule that applies to a file is compiled into one [`RegexSet`], the gate. Most log
+//! lines match no rule, and for those the gate's single `is_match` is all the work done:
+//! no allocation and no per-rule search. Only when the gate opens does each hit rule run
+//! its own regex for captures and its `exclude` pattern. The engine does no I/O; it
+//! borrows the line and renders into new strings only for matches.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use regex::bytes::{Captures, RegexSet, RegexSetBuilder};
+
+use crate::chat_text;
+use crate::config::{Config, RULE_REGEX_SIZE_LIMIT, Rule};
+use crate::template::{Escape, RenderContext};
+
+/// The rules that apply to one file, behind one `RegexSet` gate.
+#[derive(Debug, Clone)]
+pub struct RuleSet {
+    gate: RegexSet,
+    rules: Vec<Arc<Rule>>,
+}
+
+/// One rule matching one line.
+#[derive(Debug)]
+pub struct Hit<'r, 'l> {
+    pub rule: &'r Rule,
+    pub captures: Captures<'l>,
+}
+
+/// What a hit asks to post: the rendered thread key, dedup key and Chat text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notification {
+    pub rule: String,
+    pub webhook: String,
+    pub thread_key: String,
+    pub dedup_key: Option<String>,
+    pub text: String,
+}
+
+/// Where a line came from, for the built-in placeholders.
+#[derive(Debug, Clone, Copy)]
+pub struct Source<'a> {
+    pub file: &'a str,
+    pub host: &'a str,
+}
+
+impl RuleSet {
+    /// Builds the gate over `rules`, in the given order.
+    pub fn new(rules: Vec<Arc<Rule>>) -> Result<Self, regex::Error> {
+        let gate = RegexSetBuilder::new(rules.iter().map(|r| r.pattern.as_str()))
+            .size_limit(RULE_REGEX_SIZE_LIMIT.saturating_mul(rules.len().max(1)))
+            .build()?;
+        Ok(Self { gate, rules })
+    }
+
+    /// The rules of `config` that apply to the file at `path`.
+    pub fn for_file(config: &Config, path: &Path) -> Result<Self, regex::Error> {
+        Self::new(
+            config
+                .rules
+                .iter()
+                .filter(|r| r.applies_to(path))
+                .cloned()
+                .collect(),
+        )
+    }
+
+    /// Every rule of `config`, whatever files it is limited to.
+    pub fn all(config: &Config) -> Result<Self, regex::Error> {
+        Self::new(config.rules.clone())
+    }
+
+    pub fn rules(&self) -> &[Arc<Rule>] {
+        &self.rules
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// Calls `on_hit` for each rule that matches `line` and whose `exclude` does not, in
+    /// rule order. Returns the number of hits.
+    pub fn evaluate<'r, 'l>(&'r self, line: &'l [u8], mut on_hit: impl FnMut(Hit<'r, 'l>)) -> usize {
+        if !self.gate.is_match(line) {
+            return 0;
+        }
+        let mut hits = 0;
+        for index in self.gate.matches(line).iter() {
+            let rule = &*self.rules[index];
+            let Some(captures) = rule.pattern.captures(line) else {
+                continue;
+            };
+            if rule.exclude.as_ref().is_some_and(|ex| ex.is_match(line)) {
+                continue;
+            }
+            hits += 1;
+            on_hit(Hit { rule, captures });
+        }
+        hits
+    }
+}
+
+impl Hit<'_, '_> {
+    fn context<'a>(&'a self, line: &'a [u8], source: &Source<'a>) -> RenderContext<'a> {
+        RenderContext {
+            line,
+            file: source.file,
+            rule: &self.rule.name,
+            host: source.host,
+            captures: Some(&self.captures),
+        }
+    }
+
+    /// Renders what this hit would post. The text is cut to Chat's limit.
+    pub fn notification(&self, line: &[u8], source: &Source<'_>) -> Notification {
+        let ctx = self.context(line, source);
+        let rule = self.rule;
+        Notification {
+            rule: rule.name.clone(),
+            webhook: rule.webhook.clone(),
+            thread_key: rule.thread_key.render(&ctx, Escape::None),
+            dedup_key: rule.dedup.as_ref().map(|d| d.key.render(&ctx, Escape::None)),
+            text: chat_text::fit(rule.message.render(&ctx, Escape::ChatText)),
+        }
+    }
+
+    /// The named captures of this hit as (name, lossy text) pairs, for display; `None`
+    /// for a group that took no part in the match.
+    pub fn named_captures(&self) -> Vec<(&str, Option<String>)> {
+        self.rule
+            .pattern
+            .capture_names()
+            .enumerate()
+            .filter_map(|(i, name)| {
+                let name = name?;
+                let text = self
+                    .captures
+                    .get(i)
+                    .map(|m| String::from_utf8_lossy(m.as_bytes()).into_owned());
+                Some((name, text))
+            })
+            .collect()
+    }
+}

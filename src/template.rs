@@ -1,0 +1,310 @@
+//! Templates such as `db-timeout-{db}`, parsed once when the config is loaded.
+//!
+//! A template is a list of segments: literal text, a capture group of the rule's pattern
+//! (resolved to its group index at load time, so rendering does no name lookups) or a
+//! built-in (`{line}`, `{file}`, `{rule}`, `{host}`). `{{` and `}}` stand for literal braces.
+//! Rendering never fails: a capture group that did not take part in the match renders as
+//! nothing, and bytes that are not UTF-8 are rendered lossily.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use regex::bytes::Captures;
+use thiserror::Error;
+
+/// The built-in placeholders every template may use.
+pub const BUILTINS: [&str; 4] = ["line", "file", "rule", "host"];
+
+/// One piece of a parsed template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    Group { index: usize },
+    Line,
+    File,
+    Rule,
+    Host,
+}
+
+/// A parsed template. `Debug` shows the source text.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Template {
+    source: String,
+    segments: Vec<Segment>,
+}
+
+/// Why a template was refused; `position` is a character offset into the template.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum TemplateError {
+    #[error(
+        "names `{{{name}}}`, which the pattern does not define \
+         (named groups: {groups}; built-ins: line, file, rule, host)"
+    )]
+    UnknownName { name: String, groups: String },
+    #[error("has a `{{` at character {position} that is never closed (write `{{{{` for a literal brace)")]
+    Unclosed { position: usize },
+    #[error("has a `}}` at character {position} that closes nothing (write `}}}}` for a literal brace)")]
+    UnmatchedClose { position: usize },
+    #[error(
+        "has `{{{text}}}` at character {position}, which is not a placeholder \
+         (use a group or built-in name; write `{{{{` and `}}}}` for literal braces)"
+    )]
+    BadPlaceholder { text: String, position: usize },
+}
+
+/// What a template is rendered from: one matched line and where it came from.
+#[derive(Debug, Clone, Copy)]
+pub struct RenderContext<'a> {
+    pub line: &'a [u8],
+    pub file: &'a str,
+    pub rule: &'a str,
+    pub host: &'a str,
+    pub captures: Option<&'a Captures<'a>>,
+}
+
+/// How substituted values are written into the output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Escape {
+    /// Values are copied as they are (thread keys, dedup keys).
+    None,
+    /// Values are neutralised for Chat text: they cannot close a code block or mention
+    /// everyone (see [`crate::chat_text::neutralise_into`]).
+    ChatText,
+}
+
+impl Template {
+    /// Parses `source`. `group_index` maps a placeholder name to the capture group it
+    /// denotes; `group_names` lists the defined names for the error message.
+    pub fn parse(
+        source: &str,
+        group_index: impl Fn(&str) -> Option<usize>,
+        group_names: &[&str],
+    ) -> Result<Self, TemplateError> {
+        let mut segments = Vec::new();
+        let mut literal = String::new();
+        let chars: Vec<char> = source.chars().collect();
+        let mut i = 0;
+        while i < chars.len() {
+            let c = chars[i];
+            match c {
+                '{' if chars.get(i + 1) == Some(&'{') => {
+                    literal.push('{');
+                    i += 2;
+                }
+                '}' if chars.get(i + 1) == Some(&'}') => {
+                    literal.push('}');
+                    i += 2;
+                }
+                '}' => return Err(TemplateError::UnmatchedClose { position: i }),
+                '{' => {
+                    let Some(len) = chars[i + 1..].iter().position(|&c| c == '}') else {
+                        return Err(TemplateError::Unclosed { position: i });
+                    };
+                    let name: String = chars[i + 1..i + 1 + len].iter().collect();
+                    if !is_identifier(&name) {
+                        return Err(TemplateError::BadPlaceholder { text: name, position: i });
+                    }
+                    let segment = match name.as_str() {
+                        "line" => Segment::Line,
+                        "file" => Segment::File,
+                        "rule" => Segment::Rule,
+                        "host" => Segment::Host,
+                        _ => match group_index(&name) {
+                            Some(index) => Segment::Group { index },
+                            None => {
+                                let groups = if group_names.is_empty() {
+                                    "none".to_owned()
+                                } else {
+                                    group_names.join(", ")
+                                };
+                                return Err(TemplateError::UnknownName { name, groups });
+                            }
+                        },
+                    };
+                    if !literal.is_empty() {
+                        segments.push(Segment::Literal(std::mem::take(&mut literal)));
+                    }
+                    segments.push(segment);
+                    i += len + 2;
+                }
+                _ => {
+                    literal.push(c);
+                    i += 1;
+                }
+            }
+        }
+        if !literal.is_empty() {
+            segments.push(Segment::Literal(literal));
+        }
+        Ok(Self {
+            source: source.to_owned(),
+            segments,
+        })
+    }
+
+    /// The template as written in the config.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Appends the rendering of this template to `out`.
+    pub fn render_into(&self, out: &mut String, ctx: &RenderContext<'_>, escape: Escape) {
+        for segment in &self.segments {
+            let value: Cow<'_, str> = match segment {
+                Segment::Literal(text) => {
+                    out.push_str(text);
+                    continue;
+                }
+                Segment::Line => String::from_utf8_lossy(ctx.line),
+                Segment::File => Cow::Borrowed(ctx.file),
+                Segment::Rule => Cow::Borrowed(ctx.rule),
+                Segment::Host => Cow::Borrowed(ctx.host),
+                Segment::Group { index } => {
+                    match ctx.captures.and_then(|caps| caps.get(*index)) {
+                        Some(m) => String::from_utf8_lossy(m.as_bytes()),
+                        None => continue,
+                    }
+                }
+            };
+            match escape {
+                Escape::None => out.push_str(&value),
+                Escape::ChatText => crate::chat_text::neutralise_into(&value, out),
+            }
+        }
+    }
+
+    /// Renders this template into a new string.
+    pub fn render(&self, ctx: &RenderContext<'_>, escape: Escape) -> String {
+        let mut out = String::new();
+        self.render_into(&mut out, ctx, escape);
+        out
+    }
+}
+
+impl fmt::Debug for Template {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Template({:?})", self.source)
+    }
+}
+
+fn is_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use regex::bytes::Regex;
+
+    fn parse_for(re: &Regex, source: &str) -> Result<Template, TemplateError> {
+        let names: Vec<&str> = re.capture_names().flatten().collect();
+        Template::parse(
+            source,
+            |name| re.capture_names().position(|n| n == Some(name)),
+            &names,
+        )
+    }
+
+    fn ctx<'a>(line: &'a [u8], caps: Option<&'a Captures<'a>>) -> RenderContext<'a> {
+        RenderContext {
+            line,
+            file: "/var/log/app.log",
+            rule: "db-timeout",
+            host: "web-1",
+            captures: caps,
+        }
+    }
+
+    #[test]
+    fn renders_groups_builtins_and_literal_braces() {
+        let re = Regex::new(r"timeout connecting to (?P<db>\S+)").unwrap();
+        let line = b"ERROR timeout connecting to orders-db".as_slice();
+        let caps = re.captures(line).unwrap();
+        let t = parse_for(&re, "{rule}/{db} on {host} in {file} {{x}}: {line}").unwrap();
+        assert_eq!(
+            t.render(&ctx(line, Some(&caps)), Escape::None),
+            "db-timeout/orders-db on web-1 in /var/log/app.log {x}: ERROR timeout connecting to orders-db"
+        );
+    }
+
+    #[test]
+    fn unmatched_optional_group_renders_empty() {
+        let re = Regex::new(r"a(?P<opt>b)?").unwrap();
+        let caps = re.captures(b"a").unwrap();
+        let t = parse_for(&re, "[{opt}]").unwrap();
+        assert_eq!(t.render(&ctx(b"a", Some(&caps)), Escape::None), "[]");
+    }
+
+    #[test]
+    fn refuses_unknown_names_and_stray_braces() {
+        let re = Regex::new(r"(?P<db>\S+)").unwrap();
+        assert_eq!(
+            parse_for(&re, "x-{nosuch}").unwrap_err().to_string(),
+            "names `{nosuch}`, which the pattern does not define (named groups: db; built-ins: line, file, rule, host)"
+        );
+        assert_eq!(parse_for(&re, "a}b"), Err(TemplateError::UnmatchedClose { position: 1 }));
+        assert_eq!(parse_for(&re, "ab{db"), Err(TemplateError::Unclosed { position: 2 }));
+        assert!(matches!(
+            parse_for(&re, "{2,3}"),
+            Err(TemplateError::BadPlaceholder { .. })
+        ));
+    }
+
+    #[test]
+    fn invalid_utf8_is_rendered_lossily() {
+        let re = Regex::new(r"(?-u)user=(?P<u>\S+)").unwrap();
+        let line = b"user=\xff\xfe ok".as_slice();
+        let caps = re.captures(line).unwrap();
+        let t = parse_for(&re, "{u}").unwrap();
+        assert_eq!(t.render(&ctx(line, Some(&caps)), Escape::None), "\u{fffd}\u{fffd}");
+    }
+
+    proptest! {
+        // Parsing arbitrary text never panics, and a template that parses renders the same
+        // literal text back once placeholders are taken away.
+        #[test]
+        fn parse_never_panics_and_literals_round_trip(source in "[a-z{}_ ]{0,40}") {
+            let re = Regex::new(r"(?P<a>x)").unwrap();
+            if let Ok(t) = parse_for(&re, &source) {
+                let rendered = t.render(&ctx(b"", None), Escape::None);
+                let expected = source
+                    .replace("{{", "\u{1}")
+                    .replace("}}", "\u{2}");
+                let mut stripped = String::new();
+                let mut rest = expected.as_str();
+                while let Some(open) = rest.find('{') {
+                    stripped.push_str(&rest[..open]);
+                    let close = rest[open..].find('}').unwrap();
+                    let name = &rest[open + 1..open + close];
+                    stripped.push_str(match name {
+                        "line" | "a" => "",
+                        "file" => "/var/log/app.log",
+                        "rule" => "db-timeout",
+                        "host" => "web-1",
+                        other => panic!("parsed an unknown name {other}"),
+                    });
+                    rest = &rest[open + close + 1..];
+                }
+                stripped.push_str(rest);
+                let stripped = stripped.replace('\u{1}', "{").replace('\u{2}', "}");
+                prop_assert_eq!(rendered, stripped);
+            }
+        }
+
+        // Rendering arbitrary bytes never panics, and a value escaped for Chat can neither
+        // close the code block around it nor merge with the fence's backticks.
+        #[test]
+        fn render_any_bytes(line in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let re = Regex::new(r"(?s-u)(?P<all>.*)").unwrap();
+            let caps = re.captures(&line).unwrap();
+            let t = parse_for(&re, "```{all}```").unwrap();
+            let out = t.render(&ctx(&line, Some(&caps)), Escape::ChatText);
+            let inner = &out[3..out.len() - 3];
+            prop_assert!(!inner.contains("``"), "{:?}", out);
+            prop_assert!(!inner.starts_with('`') && !inner.ends_with('`'), "{:?}", out);
+        }
+    }
+}

@@ -116,7 +116,11 @@ mod tests {
         let out = fit(text);
         assert!(utf16_len(&out) <= MAX_TEXT_CHARS);
         assert!(out.starts_with("*boom*\n```yyy"));
-        assert!(out.ends_with("```\n_[chattail: 1108 more characters cut]_"), "{}", &out[out.len() - 60..]);
+        assert!(
+            out.ends_with("```\n_[chattail: 1055 more characters cut]_"),
+            "{}",
+            &out[out.len() - 60..]
+        );
     }
 
     proptest! {

@@ -60,10 +60,10 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(error) => {
             // A closed pipe (`chattail test ... | head`) is not a failure worth reporting.
-            if error
-                .chain()
-                .any(|e| e.downcast_ref::<io::Error>().is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe))
-            {
+            if error.chain().any(|e| {
+                e.downcast_ref::<io::Error>()
+                    .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+            }) {
                 return ExitCode::SUCCESS;
             }
             eprintln!("error: {error:#}");
@@ -109,7 +109,11 @@ pub fn write_check_summary(config: &Config, out: &mut dyn Write) -> io::Result<(
             Some(url) => format!("{}, space {}", url.host(), url.space().unwrap_or("?")),
             None => "no usable url".to_owned(),
         };
-        writeln!(out, "    {} ({target}), at most {}/s", w.name, w.max_per_second)?;
+        writeln!(
+            out,
+            "    {} ({target}), at most {}/s",
+            w.name, w.max_per_second
+        )?;
     }
     writeln!(out, "  files ({}):", config.files.len())?;
     for f in &config.files {
@@ -145,8 +149,15 @@ fn test(config_path: &std::path::Path, logs: &[PathBuf]) -> anyhow::Result<ExitC
     let mut summary = rule_test::Summary::default();
     if logs.is_empty() {
         let mut stdin = io::stdin().lock();
-        rule_test::test_input(&config, &rules, "(stdin)", &mut stdin, &mut out, &mut summary)
-            .context("reading standard input")?;
+        rule_test::test_input(
+            &config,
+            &rules,
+            "(stdin)",
+            &mut stdin,
+            &mut out,
+            &mut summary,
+        )
+        .context("reading standard input")?;
     }
     for log in logs {
         let file = File::open(log).with_context(|| format!("opening {}", log.display()))?;

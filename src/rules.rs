@@ -82,7 +82,11 @@ impl RuleSet {
 
     /// Calls `on_hit` for each rule that matches `line` and whose `exclude` does not, in
     /// rule order. Returns the number of hits.
-    pub fn evaluate<'r, 'l>(&'r self, line: &'l [u8], mut on_hit: impl FnMut(Hit<'r, 'l>)) -> usize {
+    pub fn evaluate<'r, 'l>(
+        &'r self,
+        line: &'l [u8],
+        mut on_hit: impl FnMut(Hit<'r, 'l>),
+    ) -> usize {
         if !self.gate.is_match(line) {
             return 0;
         }
@@ -121,7 +125,10 @@ impl Hit<'_, '_> {
             rule: rule.name.clone(),
             webhook: rule.webhook.clone(),
             thread_key: rule.thread_key.render(&ctx, Escape::None),
-            dedup_key: rule.dedup.as_ref().map(|d| d.key.render(&ctx, Escape::None)),
+            dedup_key: rule
+                .dedup
+                .as_ref()
+                .map(|d| d.key.render(&ctx, Escape::None)),
             text: chat_text::fit(rule.message.render(&ctx, Escape::ChatText)),
         }
     }

@@ -41,9 +41,13 @@ pub enum TemplateError {
          (named groups: {groups}; built-ins: line, file, rule, host)"
     )]
     UnknownName { name: String, groups: String },
-    #[error("has a `{{` at character {position} that is never closed (write `{{{{` for a literal brace)")]
+    #[error(
+        "has a `{{` at character {position} that is never closed (write `{{{{` for a literal brace)"
+    )]
     Unclosed { position: usize },
-    #[error("has a `}}` at character {position} that closes nothing (write `}}}}` for a literal brace)")]
+    #[error(
+        "has a `}}` at character {position} that closes nothing (write `}}}}` for a literal brace)"
+    )]
     UnmatchedClose { position: usize },
     #[error(
         "has `{{{text}}}` at character {position}, which is not a placeholder \
@@ -102,7 +106,10 @@ impl Template {
                     };
                     let name: String = chars[i + 1..i + 1 + len].iter().collect();
                     if !is_identifier(&name) {
-                        return Err(TemplateError::BadPlaceholder { text: name, position: i });
+                        return Err(TemplateError::BadPlaceholder {
+                            text: name,
+                            position: i,
+                        });
                     }
                     let segment = match name.as_str() {
                         "line" => Segment::Line,
@@ -159,12 +166,10 @@ impl Template {
                 Segment::File => Cow::Borrowed(ctx.file),
                 Segment::Rule => Cow::Borrowed(ctx.rule),
                 Segment::Host => Cow::Borrowed(ctx.host),
-                Segment::Group { index } => {
-                    match ctx.captures.and_then(|caps| caps.get(*index)) {
-                        Some(m) => String::from_utf8_lossy(m.as_bytes()),
-                        None => continue,
-                    }
-                }
+                Segment::Group { index } => match ctx.captures.and_then(|caps| caps.get(*index)) {
+                    Some(m) => String::from_utf8_lossy(m.as_bytes()),
+                    None => continue,
+                },
             };
             match escape {
                 Escape::None => out.push_str(&value),
@@ -245,8 +250,14 @@ mod tests {
             parse_for(&re, "x-{nosuch}").unwrap_err().to_string(),
             "names `{nosuch}`, which the pattern does not define (named groups: db; built-ins: line, file, rule, host)"
         );
-        assert_eq!(parse_for(&re, "a}b"), Err(TemplateError::UnmatchedClose { position: 1 }));
-        assert_eq!(parse_for(&re, "ab{db"), Err(TemplateError::Unclosed { position: 2 }));
+        assert_eq!(
+            parse_for(&re, "a}b"),
+            Err(TemplateError::UnmatchedClose { position: 1 })
+        );
+        assert_eq!(
+            parse_for(&re, "ab{db"),
+            Err(TemplateError::Unclosed { position: 2 })
+        );
         assert!(matches!(
             parse_for(&re, "{2,3}"),
             Err(TemplateError::BadPlaceholder { .. })
@@ -259,7 +270,10 @@ mod tests {
         let line = b"user=\xff\xfe ok".as_slice();
         let caps = re.captures(line).unwrap();
         let t = parse_for(&re, "{u}").unwrap();
-        assert_eq!(t.render(&ctx(line, Some(&caps)), Escape::None), "\u{fffd}\u{fffd}");
+        assert_eq!(
+            t.render(&ctx(line, Some(&caps)), Escape::None),
+            "\u{fffd}\u{fffd}"
+        );
     }
 
     proptest! {

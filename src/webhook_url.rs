@@ -147,10 +147,22 @@ mod tests {
     #[test]
     fn refuses_chat_urls_that_cannot_work() {
         let cases = [
-            ("http://chat.googleapis.com/v1/spaces/A/messages?key=k&token=t", UrlError::ChatNeedsHttps),
-            ("https://chat.googleapis.com/v1/spaces/A/webhooks?key=k&token=t", UrlError::ChatPath),
-            ("https://chat.googleapis.com/v1/spaces/A/messages?token=t", UrlError::ChatQuery("key")),
-            ("https://chat.googleapis.com/v1/spaces/A/messages?key=k&token=", UrlError::ChatQuery("token")),
+            (
+                "http://chat.googleapis.com/v1/spaces/A/messages?key=k&token=t",
+                UrlError::ChatNeedsHttps,
+            ),
+            (
+                "https://chat.googleapis.com/v1/spaces/A/webhooks?key=k&token=t",
+                UrlError::ChatPath,
+            ),
+            (
+                "https://chat.googleapis.com/v1/spaces/A/messages?token=t",
+                UrlError::ChatQuery("key"),
+            ),
+            (
+                "https://chat.googleapis.com/v1/spaces/A/messages?key=k&token=",
+                UrlError::ChatQuery("token"),
+            ),
             ("ftp://example.com/x", UrlError::Scheme("ftp".into())),
         ];
         for (raw, want) in cases {

@@ -8,6 +8,32 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+/// Replaces the values of `key=` and `token=` query parameters with `…`, so that a
+/// snippet of a line holding a literal webhook URL does not print its secret.
+pub fn redact_secrets(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut rest = line;
+    while let Some(at) = ["key=", "token="]
+        .iter()
+        .filter_map(|p| rest.find(p).map(|i| (i, p.len())))
+        .filter(|&(i, _)| i == 0 || matches!(rest.as_bytes()[i - 1], b'?' | b'&'))
+        .min()
+    {
+        let (start, len) = at;
+        out.push_str(&rest[..start + len]);
+        rest = &rest[start + len..];
+        let end = rest
+            .find(|c: char| c == '&' || c == '"' || c == '\'' || c.is_whitespace())
+            .unwrap_or(rest.len());
+        if end > 0 {
+            out.push('…');
+        }
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Severity {
     Error,
@@ -36,6 +62,9 @@ pub struct Diagnostic {
     pub severity: Severity,
     pub location: Option<Location>,
     pub message: String,
+    /// Whether the source line may be shown. It may not for a webhook URL, whose secret
+    /// could sit anywhere in the line.
+    pub show_source: bool,
 }
 
 /// All diagnostics for one config file, with the source kept for snippets.
@@ -56,18 +85,36 @@ impl Report {
     }
 
     pub fn error(&mut self, location: Option<Location>, message: impl Into<String>) {
-        self.push(Severity::Error, location, message.into());
+        self.push(Severity::Error, location, message.into(), true);
     }
 
     pub fn warning(&mut self, location: Option<Location>, message: impl Into<String>) {
-        self.push(Severity::Warning, location, message.into());
+        self.push(Severity::Warning, location, message.into(), true);
     }
 
-    fn push(&mut self, severity: Severity, location: Option<Location>, message: String) {
+    /// Records a diagnostic about a value that may hold a secret: located, but printed
+    /// without its source line.
+    pub fn secret_value(
+        &mut self,
+        severity: Severity,
+        location: Option<Location>,
+        message: String,
+    ) {
+        self.push(severity, location, message, false);
+    }
+
+    fn push(
+        &mut self,
+        severity: Severity,
+        location: Option<Location>,
+        message: String,
+        show_source: bool,
+    ) {
         self.items.push(Diagnostic {
             severity,
             location,
             message,
+            show_source,
         });
     }
 
@@ -119,8 +166,15 @@ impl fmt::Display for Report {
             }
             match d.location {
                 Some(loc) => {
-                    writeln!(f, "  --> {}:{}:{}", self.path.display(), loc.line, loc.column)?;
-                    if let Some(text) = self.source_line(loc.line) {
+                    writeln!(
+                        f,
+                        "  --> {}:{}:{}",
+                        self.path.display(),
+                        loc.line,
+                        loc.column
+                    )?;
+                    if let Some(text) = self.source_line(loc.line).filter(|_| d.show_source) {
+                        let text = redact_secrets(text);
                         let gutter = loc.line.to_string().len();
                         let pad = " ".repeat(gutter);
                         let caret_pad: String = text
@@ -147,5 +201,23 @@ impl fmt::Display for Report {
             )?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_secrets;
+
+    #[test]
+    fn snippets_hide_key_and_token_values() {
+        assert_eq!(
+            redact_secrets("    url: https://h/v1/spaces/A/messages?key=K1&token=T2%3D"),
+            "    url: https://h/v1/spaces/A/messages?key=…&token=…"
+        );
+        assert_eq!(
+            redact_secrets("url: \"https://h/x?token=abc\" # c"),
+            "url: \"https://h/x?token=…\" # c"
+        );
+        assert_eq!(redact_secrets("monkey=1 tokens: x"), "monkey=1 tokens: x");
     }
 }

@@ -14,7 +14,9 @@ pub enum ExpandError {
     Unset(String),
     #[error("`${{` at character {0} is never closed with `}}`")]
     Unclosed(usize),
-    #[error("`${{{0}}}` is not a variable name (letters, digits and `_`, not starting with a digit)")]
+    #[error(
+        "`${{{0}}}` is not a variable name (letters, digits and `_`, not starting with a digit)"
+    )]
     BadName(String),
 }
 
@@ -92,13 +94,22 @@ mod tests {
         assert_eq!(expand("error$", &env).unwrap(), "error$");
         assert_eq!(expand("a$b", &env).unwrap(), "a$b");
         assert_eq!(expand("$${URL}", &env).unwrap(), "${URL}");
-        assert_eq!(expand("cost: 5$ ${URL}", &env).unwrap(), "cost: 5$ https://example");
+        assert_eq!(
+            expand("cost: 5$ ${URL}", &env).unwrap(),
+            "cost: 5$ https://example"
+        );
     }
 
     #[test]
     fn reports_what_is_wrong() {
-        assert_eq!(expand("${NOPE}", &env), Err(ExpandError::Unset("NOPE".into())));
+        assert_eq!(
+            expand("${NOPE}", &env),
+            Err(ExpandError::Unset("NOPE".into()))
+        );
         assert_eq!(expand("ab${URL", &env), Err(ExpandError::Unclosed(2)));
-        assert_eq!(expand("${1X}", &env), Err(ExpandError::BadName("1X".into())));
+        assert_eq!(
+            expand("${1X}", &env),
+            Err(ExpandError::BadName("1X".into()))
+        );
     }
 }

@@ -117,7 +117,7 @@ pub enum UrlPolicy {
     Optional,
 }
 
-/// Everything `load_str` needs besides the text, so tests can control the environment.
+/// Everything `load_bytes` needs besides the text, so tests can control the environment.
 pub struct LoadOptions<'a> {
     pub url_policy: UrlPolicy,
     pub env: &'a dyn Fn(&str) -> Option<String>,
@@ -135,8 +135,8 @@ pub struct Loaded {
 /// Reads and validates the config file at `path`, with the process environment and this
 /// machine's host name.
 pub fn load(path: &Path, url_policy: UrlPolicy) -> Result<Loaded, Report> {
-    let source = match std::fs::read_to_string(path) {
-        Ok(source) => source,
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
         Err(error) => {
             let mut report = Report::new(path, "");
             report.error(None, format!("cannot read the config file: {error}"));
@@ -149,13 +149,27 @@ pub fn load(path: &Path, url_policy: UrlPolicy) -> Result<Loaded, Report> {
         env: &env,
         default_host: system_hostname(),
     };
-    load_str(path, &source, &options)
+    load_bytes(path, &bytes, &options)
 }
 
-/// Validates config text as if it had been read from `path`. Relative paths in the config
-/// are resolved against `path`'s directory.
-pub fn load_str(path: &Path, source: &str, options: &LoadOptions<'_>) -> Result<Loaded, Report> {
-    validate::validate(path, source, options)
+/// Validates config bytes as if they had been read from `path`. Relative paths in the
+/// config are resolved against `path`'s directory.
+pub fn load_bytes(path: &Path, bytes: &[u8], options: &LoadOptions<'_>) -> Result<Loaded, Report> {
+    match std::str::from_utf8(bytes) {
+        Ok(source) => validate::validate(path, source, options),
+        Err(error) => {
+            // Point at the first bad byte; the text before it is valid and can be shown.
+            let valid = String::from_utf8_lossy(&bytes[..error.valid_up_to()]).into_owned();
+            let line = valid.matches('\n').count() as u64 + 1;
+            let column = valid.rsplit('\n').next().map_or(0, |l| l.chars().count()) as u64 + 1;
+            let mut report = Report::new(path, &String::from_utf8_lossy(bytes));
+            report.error(
+                Some(Location { line, column }),
+                "the config file is not valid UTF-8 (save it as UTF-8)",
+            );
+            Err(report)
+        }
+    }
 }
 
 /// This machine's host name, from the kernel, for `{host}`.

@@ -17,7 +17,7 @@ use super::raw::{RawConfig, RawDedup, RawRule, RawWebhook};
 use super::{
     Config, DEFAULT_MAX_KEYS, DEFAULT_MAX_PER_SECOND, DEFAULT_MESSAGE, DEFAULT_STATE_DIR,
     DEFAULT_THREAD_KEY, Dedup, FileSpec, LoadOptions, Loaded, Location, RULE_REGEX_SIZE_LIMIT,
-    Report, Rule, UrlPolicy, Webhook, expand,
+    Report, Rule, Severity, UrlPolicy, Webhook, expand,
 };
 use crate::template::{BUILTINS, Template};
 use crate::webhook_url::WebhookUrl;
@@ -25,7 +25,11 @@ use crate::webhook_url::WebhookUrl;
 /// The longest dedup window accepted; longer ones are almost always a unit mistake.
 const MAX_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
 
-pub(super) fn validate(path: &Path, source: &str, options: &LoadOptions<'_>) -> Result<Loaded, Report> {
+pub(super) fn validate(
+    path: &Path,
+    source: &str,
+    options: &LoadOptions<'_>,
+) -> Result<Loaded, Report> {
     let mut report = Report::new(path, source);
     let raw: RawConfig = match serde_saphyr::from_str(source) {
         Ok(raw) => raw,
@@ -52,20 +56,75 @@ pub(super) fn validate(path: &Path, source: &str, options: &LoadOptions<'_>) -> 
     }
 }
 
-/// serde-saphyr's message without its own location prefix and snippet, because the
-/// report prints both in one uniform style.
+/// serde-saphyr's message without its own location and snippet, because the report
+/// prints both in one uniform style, plus a suggestion for a misspelt key.
 fn yaml_message(error: &serde_saphyr::Error) -> String {
     let text = error.without_snippet().to_string();
-    let text = match text.split_once(": ") {
-        Some((head, rest)) if head.starts_with("line ") && head.contains(" column ") => rest,
-        _ => text.as_str(),
-    };
-    let text = text.trim();
-    if text.is_empty() {
-        "the file is not valid YAML".to_owned()
-    } else {
-        text.to_owned()
+    let mut text = text.trim();
+    if let Some((head, rest)) = text.split_once(": ")
+        && head.starts_with("line ")
+        && head.contains(" column ")
+    {
+        text = rest;
     }
+    if let Some(at) = text.rfind(" at line ")
+        && text[at..].contains(", column ")
+    {
+        text = &text[..at];
+    }
+    if text.is_empty() {
+        return "the file is not valid YAML".to_owned();
+    }
+    // Reword the parser's terms into what the operator sees in the file.
+    if text == "expected sequence start" {
+        return "expected a list here (lines starting with `- `)".to_owned();
+    }
+    if text == "expected mapping start" {
+        return "expected a mapping here (`key: value` lines)".to_owned();
+    }
+    if let Some(rest) = text.strip_prefix("duplicate mapping key: ") {
+        let key = rest
+            .split(", set DuplicateKeyPolicy")
+            .next()
+            .unwrap_or(rest);
+        return format!("`{key}` is defined twice in the same mapping");
+    }
+    match suggest_field(text) {
+        Some(field) => format!("{text}; did you mean `{field}`?"),
+        None => text.to_owned(),
+    }
+}
+
+/// For serde's "unknown field `x`, expected one of a, b" message, the expected field closest
+/// to `x`, when it is close enough to be a typo.
+fn suggest_field(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let (unknown, rest) = rest.split_once('`')?;
+    let expected = rest.split_once("expected ")?.1;
+    let expected = expected.strip_prefix("one of ").unwrap_or(expected);
+    expected
+        .split(", ")
+        .map(|f| f.trim_matches('`'))
+        .map(|f| (edit_distance(unknown, f), f))
+        .filter(|(d, f)| *d <= 2 && *d < f.len())
+        .min()
+        .map(|(_, f)| f)
+}
+
+/// Levenshtein distance, for short key names only.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut previous = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitute = previous + usize::from(ca != *cb);
+            previous = row[j + 1];
+            row[j + 1] = substitute.min(row[j] + 1).min(previous + 1);
+        }
+    }
+    row[b.len()]
 }
 
 struct Validator<'a> {
@@ -100,8 +159,10 @@ impl Validator<'_> {
             );
         }
         if raw.files.is_empty() {
-            self.report
-                .error(None, "no `files` are configured: add at least one `- path: /var/log/app/*.log`");
+            self.report.error(
+                None,
+                "no `files` are configured: add at least one `- path: /var/log/app/*.log`",
+            );
         }
         let files = raw
             .files
@@ -118,8 +179,10 @@ impl Validator<'_> {
             })
             .collect::<Vec<FileSpec>>();
         if raw.rules.is_empty() {
-            self.report
-                .error(None, "no `rules` are defined: chattail would read the files and never post");
+            self.report.error(
+                None,
+                "no `rules` are defined: chattail would read the files and never post",
+            );
         }
         let mut seen: HashMap<String, u64> = HashMap::new();
         let mut rules = Vec::new();
@@ -185,8 +248,10 @@ impl Validator<'_> {
         match compile_glob(&absolute) {
             Ok(_) => Some(absolute),
             Err(error) => {
-                self.report
-                    .error(loc(value), format!("{what}: `{text}` is not a valid glob: {}", error.kind()));
+                self.report.error(
+                    loc(value),
+                    format!("{what}: `{text}` is not a valid glob: {}", error.kind()),
+                );
                 None
             }
         }
@@ -229,11 +294,16 @@ impl Validator<'_> {
         let url = match (url, self.options.url_policy) {
             (Ok(url), _) => Some(url),
             (Err(message), UrlPolicy::Required) => {
-                self.report.error(loc(url_value), format!("webhook `{name}`: {message}"));
+                self.report.secret_value(
+                    Severity::Error,
+                    loc(url_value),
+                    format!("webhook `{name}`: {message}"),
+                );
                 None
             }
             (Err(message), UrlPolicy::Optional) => {
-                self.report.warning(
+                self.report.secret_value(
+                    Severity::Warning,
                     loc(url_value),
                     format!("webhook `{name}`: {message}; ignored here because nothing is posted"),
                 );
@@ -306,8 +376,18 @@ impl Validator<'_> {
                 );
             }
         }
-        let thread_key = self.template(&pattern, raw.thread_key.as_ref(), DEFAULT_THREAD_KEY, &what("thread_key"));
-        let message = self.template(&pattern, raw.message.as_ref(), DEFAULT_MESSAGE, &what("message"));
+        let thread_key = self.template(
+            &pattern,
+            raw.thread_key.as_ref(),
+            DEFAULT_THREAD_KEY,
+            &what("thread_key"),
+        );
+        let message = self.template(
+            &pattern,
+            raw.message.as_ref(),
+            DEFAULT_MESSAGE,
+            &what("message"),
+        );
         let dedup = raw
             .dedup
             .as_ref()
@@ -325,7 +405,10 @@ impl Validator<'_> {
     }
 
     fn regex(&mut self, source: &str, value: &Spanned<String>, what: &str) -> Option<Regex> {
-        match RegexBuilder::new(source).size_limit(RULE_REGEX_SIZE_LIMIT).build() {
+        match RegexBuilder::new(source)
+            .size_limit(RULE_REGEX_SIZE_LIMIT)
+            .build()
+        {
             Ok(re) => Some(re),
             Err(regex::Error::CompiledTooBig(limit)) => {
                 self.report.error(
@@ -377,14 +460,21 @@ impl Validator<'_> {
     ) -> Option<Dedup> {
         let window = self.duration(&raw.window, &format!("rule `{name}`: dedup.window"));
         let key = match &raw.key {
-            Some(_) => self.template(pattern, raw.key.as_ref(), "", &format!("rule `{name}`: dedup.key")),
+            Some(_) => self.template(
+                pattern,
+                raw.key.as_ref(),
+                "",
+                &format!("rule `{name}`: dedup.key"),
+            ),
             None => thread_key.clone(),
         };
         let max_keys = match &raw.max_keys {
             None => DEFAULT_MAX_KEYS,
             Some(n) if n.value == 0 => {
-                self.report
-                    .error(loc(n), format!("rule `{name}`: dedup.max_keys must be at least 1"));
+                self.report.error(
+                    loc(n),
+                    format!("rule `{name}`: dedup.max_keys must be at least 1"),
+                );
                 return None;
             }
             Some(n) => usize::try_from(n.value).unwrap_or(usize::MAX),
@@ -400,12 +490,15 @@ impl Validator<'_> {
         let text = self.expanded(value, what)?;
         match humantime::parse_duration(text.trim()) {
             Ok(d) if d.is_zero() => {
-                self.report.error(loc(value), format!("{what} must be longer than 0"));
+                self.report
+                    .error(loc(value), format!("{what} must be longer than 0"));
                 None
             }
             Ok(d) if d > MAX_WINDOW => {
-                self.report
-                    .error(loc(value), format!("{what} `{text}` is longer than the maximum of 7 days"));
+                self.report.error(
+                    loc(value),
+                    format!("{what} `{text}` is longer than the maximum of 7 days"),
+                );
                 None
             }
             Ok(d) => Some(d),

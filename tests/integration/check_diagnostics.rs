@@ -1,0 +1,106 @@
+//! `check` diagnostics for a corpus of broken configs, one snapshot per file.
+//!
+//! Each file in `fixtures/broken-configs/` holds one kind of mistake an operator makes.
+//! The snapshots pin the exact wording, location and snippet the operator sees.
+
+use chattail::config::UrlPolicy;
+
+use crate::support::{load_fixture, repo};
+
+#[test]
+fn every_broken_config_is_refused_with_located_errors() {
+    let dir = repo().join("fixtures/broken-configs");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".yaml"))
+        .collect();
+    names.sort();
+    assert!(names.len() >= 20, "the corpus shrank: {names:?}");
+    for name in names {
+        let relative = format!("fixtures/broken-configs/{name}");
+        let report = match load_fixture(&relative, UrlPolicy::Required) {
+            Ok(loaded) => panic!("{name} was accepted: {:?}", loaded.config),
+            Err(report) => report,
+        };
+        let rendered = report.to_string();
+        assert!(
+            !rendered.contains("SECRET"),
+            "{name}: a secret reached the diagnostics:\n{rendered}"
+        );
+        let stem = name.trim_end_matches(".yaml");
+        insta::assert_snapshot!(format!("check_{stem}"), rendered);
+    }
+}
+
+#[test]
+fn errors_name_the_key_rule_and_line() {
+    let report = load_fixture(
+        "fixtures/broken-configs/unknown-key-typo.yaml",
+        UrlPolicy::Required,
+    )
+    .unwrap_err();
+    let item = &report.items()[0];
+    assert!(item.message.contains("`mesage`"), "{}", item.message);
+    assert_eq!(item.location.map(|l| (l.line, l.column)), Some((11, 5)));
+
+    let report = load_fixture(
+        "fixtures/broken-configs/bad-regex.yaml",
+        UrlPolicy::Required,
+    )
+    .unwrap_err();
+    let messages: Vec<&str> = report.items().iter().map(|d| d.message.as_str()).collect();
+    assert_eq!(report.error_count(), 3, "{messages:#?}");
+    assert!(messages[0].starts_with("rule `unclosed-group`: `match` is not a valid regex"));
+    assert!(messages[1].starts_with("rule `bad-exclude`: `exclude` is not a valid regex"));
+    assert!(messages[2].starts_with("rule `lookahead`: `match` is not a valid regex"));
+
+    let report = load_fixture(
+        "fixtures/broken-configs/template-unknown-capture.yaml",
+        UrlPolicy::Required,
+    )
+    .unwrap_err();
+    let messages: Vec<&str> = report.items().iter().map(|d| d.message.as_str()).collect();
+    assert_eq!(report.error_count(), 4, "{messages:#?}");
+    for (field, name) in [
+        ("thread_key", "nosuch"),
+        ("message", "database"),
+        ("dedup.key", "port"),
+    ] {
+        assert!(
+            messages
+                .iter()
+                .any(|m| m.starts_with(&format!("rule `db-timeout`: {field} names `{{{name}}}`"))),
+            "{field}/{name} missing from {messages:#?}"
+        );
+    }
+}
+
+#[test]
+fn the_example_config_is_valid() {
+    let loaded = load_fixture("rules.example.yaml", UrlPolicy::Required).unwrap();
+    assert!(loaded.warnings.items().is_empty(), "{}", loaded.warnings);
+    let config = loaded.config;
+    assert_eq!(config.webhooks.len(), 1);
+    assert_eq!(config.webhooks[0].name, "oncall");
+    let url = config.webhooks[0].url.as_ref().unwrap();
+    assert_eq!(url.space(), Some("AAAAtest123"));
+    assert!(
+        !format!("{config:?}").contains("SECRET"),
+        "Debug of Config leaks the URL"
+    );
+    let names: Vec<&str> = config.rules.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["http-5xx", "db-timeout", "exception", "oom-kill"]);
+}
+
+#[test]
+fn unusable_urls_are_only_warnings_for_test() {
+    let loaded = load_fixture(
+        "fixtures/broken-configs/unset-env.yaml",
+        UrlPolicy::Optional,
+    );
+    // The regex with an unclosed `${` is still an error; the unset URL variable is not.
+    let report = loaded.unwrap_err();
+    assert_eq!(report.error_count(), 1, "{report}");
+    assert_eq!(report.warning_count(), 1, "{report}");
+}

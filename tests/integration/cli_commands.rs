@@ -1,0 +1,161 @@
+//! The `chattail` binary as an operator runs it: exit codes, output, and no secrets.
+
+use crate::support::{SECRET_URL, chattail, text};
+
+#[test]
+fn check_accepts_the_example_and_never_prints_the_url() {
+    let out = chattail(
+        &["check", "--config", "rules.example.yaml"],
+        &[("CHATTAIL_WEBHOOK_URL", SECRET_URL)],
+        None,
+    );
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("rules.example.yaml: OK"), "{stdout}");
+    assert!(
+        stdout.contains("oncall (chat.googleapis.com, space AAAAtest123)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("rules (4):"), "{stdout}");
+    for secret in ["SECRETKEY", "SECRETTOKEN", "key=", "token="] {
+        assert!(
+            !stdout.contains(secret) && !stderr.contains(secret),
+            "{secret} leaked:\n{stdout}{stderr}"
+        );
+    }
+}
+
+#[test]
+fn check_names_an_unset_variable_and_exits_2() {
+    let out = chattail(&["check", "--config", "rules.example.yaml"], &[], None);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("environment variable `CHATTAIL_WEBHOOK_URL` is not set"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("rules.example.yaml:15:10"), "{stderr}");
+}
+
+#[test]
+fn check_reports_a_missing_file() {
+    let out = chattail(&["check", "--config", "no/such/rules.yaml"], &[], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("cannot read the config file"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn check_lists_every_error_of_a_broken_config() {
+    let out = chattail(
+        &[
+            "check",
+            "--config",
+            "fixtures/broken-configs/bad-durations.yaml",
+        ],
+        &[],
+        None,
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(stderr.matches("error: ").count(), 5, "{stderr}");
+    assert!(
+        stderr.ends_with("5 errors; the config was not loaded\n"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn test_shows_matches_thread_keys_messages_and_a_summary() {
+    // No webhook variable: `test` never posts, so it only warns about the URL.
+    let out = chattail(
+        &[
+            "test",
+            "--config",
+            "rules.example.yaml",
+            "fixtures/webapp.log",
+            "fixtures/kern.log",
+        ],
+        &[],
+        None,
+    );
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("warning: webhook `oncall`"), "{stderr}");
+    assert!(stdout.contains("fixtures/webapp.log:58: "), "{stdout}");
+    assert!(
+        stdout.contains("thread key: db-timeout-orders-db.internal"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("captures:   comm=\"java\" pid=\"30412\"")
+            || stdout.contains("pid=\"30412\""),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("    │ *OOM kill* of `java` (pid 30412)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("406 lines read, 19 matched by a rule, 387 matched by no rule"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn test_reads_stdin_and_survives_binary_junk() {
+    let mut input = b"\x00\x01\x02\xff\xfe garbage\n".to_vec();
+    // Invalid UTF-8 after the captures; the rendered message shows it lossily. (A Unicode
+    // class such as `[^)]` does not match a byte that is not UTF-8, see the README.)
+    input.extend_from_slice(
+        b"Nov 28 kernel: Out of memory: Killed process 77 (redis) total-vm:1kB \xe9t\xe9\r\n",
+    );
+    input.extend_from_slice(b"no newline at the end ERROR timeout connecting to db9");
+    let out = chattail(
+        &["test", "--config", "rules.example.yaml"],
+        &[],
+        Some(&input),
+    );
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(stdout.contains("(stdin):2: "), "{stdout}");
+    assert!(stdout.contains("thread key: oom-"), "{stdout}");
+    assert!(
+        stdout.contains("total-vm:1kB \u{fffd}t\u{fffd}```"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("(stdin):3: "), "{stdout}");
+    assert!(
+        stdout.contains("3 lines read, 2 matched by a rule, 1 matched by no rule"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn test_exits_0_when_nothing_matches() {
+    let out = chattail(
+        &["test", "--config", "rules.example.yaml"],
+        &[],
+        Some(b"all quiet\n"),
+    );
+    assert_eq!(out.status.code(), Some(0));
+    assert!(text(&out.stdout).contains("1 lines read, 0 matched by a rule, 1 matched by no rule"));
+}
+
+#[test]
+fn test_refuses_a_broken_config_with_exit_2() {
+    let out = chattail(
+        &[
+            "test",
+            "--config",
+            "fixtures/broken-configs/template-unknown-capture.yaml",
+        ],
+        &[],
+        Some(b""),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("`{nosuch}`"));
+}

@@ -1,0 +1,7 @@
+//! chattail's integration tests, built as one binary so they link once. Each module is one
+//! theme; `support` holds the shared helpers.
+
+mod check_diagnostics;
+mod cli_commands;
+mod rendered_messages;
+mod support;

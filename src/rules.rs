@@ -15,6 +15,12 @@ use crate::chat_text;
 use crate::config::{Config, RULE_REGEX_SIZE_LIMIT, Rule};
 use crate::template::{Escape, RenderContext};
 
+/// Lazy-DFA cache granted to the gate per rule. With many rules using Unicode classes
+/// (`\w`, `[^ ]`), the default 2 MiB cache is cleared over and over and the search falls
+/// back to a much slower engine; measured in `benches/rule_engine.rs`.
+const GATE_DFA_CACHE_PER_RULE: usize = 256 * 1024;
+const GATE_DFA_CACHE_MIN: usize = 2 * 1024 * 1024;
+
 /// The rules that apply to one file, behind one `RegexSet` gate.
 #[derive(Debug, Clone)]
 pub struct RuleSet {
@@ -51,6 +57,11 @@ impl RuleSet {
     pub fn new(rules: Vec<Arc<Rule>>) -> Result<Self, regex::Error> {
         let gate = RegexSetBuilder::new(rules.iter().map(|r| r.pattern.as_str()))
             .size_limit(RULE_REGEX_SIZE_LIMIT.saturating_mul(rules.len().max(1)))
+            .dfa_size_limit(
+                GATE_DFA_CACHE_PER_RULE
+                    .saturating_mul(rules.len().max(1))
+                    .max(GATE_DFA_CACHE_MIN),
+            )
             .build()?;
         Ok(Self { gate, rules })
     }
@@ -149,5 +160,87 @@ impl Hit<'_, '_> {
                 Some((name, text))
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::{LoadOptions, UrlPolicy, load_bytes};
+
+    fn config(rules: &str) -> Config {
+        let yaml = format!(
+            "webhooks:\n  oncall:\n    url: http://127.0.0.1:1/v1/spaces/S/messages\nfiles:\n  - path: /var/log/app/*.log\nrules:\n{rules}"
+        );
+        let env = |_: &str| None;
+        let options = LoadOptions {
+            url_policy: UrlPolicy::Required,
+            env: &env,
+            default_host: "web-1".to_owned(),
+        };
+        match load_bytes(
+            Path::new("/etc/chattail/rules.yaml"),
+            yaml.as_bytes(),
+            &options,
+        ) {
+            Ok(loaded) => loaded.config,
+            Err(report) => panic!("{report}"),
+        }
+    }
+
+    fn hits(set: &RuleSet, line: &[u8]) -> Vec<Notification> {
+        let source = Source {
+            file: "/var/log/app/web.log",
+            host: "web-1",
+        };
+        let mut out = Vec::new();
+        set.evaluate(line, |hit| out.push(hit.notification(line, &source)));
+        out
+    }
+
+    #[test]
+    fn gate_exclude_and_rule_order() {
+        let c = config(
+            "  - name: errors\n    match: 'ERROR (?P<what>\\w+)'\n    exclude: 'healthz'\n    webhook: oncall\n    thread_key: 'e-{what}'\n\
+             \x20 - name: timeouts\n    match: 'timeout'\n    webhook: oncall\n",
+        );
+        let set = RuleSet::all(&c).unwrap();
+        assert!(hits(&set, b"INFO all good").is_empty());
+        assert!(hits(&set, b"ERROR probe /healthz failed").is_empty());
+        let both = hits(&set, b"ERROR pool timeout");
+        let keys: Vec<&str> = both.iter().map(|n| n.thread_key.as_str()).collect();
+        assert_eq!(keys, ["e-pool", "timeouts"]);
+    }
+
+    #[test]
+    fn ascii_mode_captures_raw_bytes_and_renders_them_lossily() {
+        let c = config(
+            "  - name: oom\n    match: '(?-u)Killed process \\d+ \\((?P<comm>[^)]+)\\)'\n    webhook: oncall\n    thread_key: 'oom-{comm}'\n",
+        );
+        let set = RuleSet::all(&c).unwrap();
+        let n = hits(&set, b"Out of memory: Killed process 7 (r\xe9dis) total");
+        assert_eq!(n.len(), 1);
+        assert_eq!(n[0].thread_key, "oom-r\u{fffd}dis");
+    }
+
+    #[test]
+    fn rules_limited_to_files_apply_only_there() {
+        let c = config(
+            "  - name: db\n    match: 'timeout'\n    webhook: oncall\n    files: ['/var/log/app/db-*.log']\n\
+             \x20 - name: any\n    match: 'timeout'\n    webhook: oncall\n",
+        );
+        let names = |path: &str| -> Vec<String> {
+            let set = RuleSet::for_file(&c, Path::new(path)).unwrap();
+            set.rules().iter().map(|r| r.name.clone()).collect()
+        };
+        assert_eq!(names("/var/log/app/db-main.log"), ["db", "any"]);
+        assert_eq!(names("/var/log/app/web.log"), ["any"]);
+        assert_eq!(
+            names("/var/log/app/sub/db-x.log"),
+            ["any"],
+            "`*` stays within a directory"
+        );
     }
 }

@@ -181,3 +181,75 @@ pub fn system_hostname() -> String {
         .find(|s| !s.is_empty())
         .unwrap_or_else(|| "localhost".to_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const EXAMPLE: &str = include_str!("../../rules.example.yaml");
+
+    fn try_load(bytes: &[u8]) -> Result<Loaded, Report> {
+        let env = |name: &str| {
+            (name == "CHATTAIL_WEBHOOK_URL").then(|| "http://127.0.0.1:9/x".to_owned())
+        };
+        let options = LoadOptions {
+            url_policy: UrlPolicy::Required,
+            env: &env,
+            default_host: "h".to_owned(),
+        };
+        load_bytes(Path::new("/etc/chattail/rules.yaml"), bytes, &options)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        // Any damage to a real config is either accepted or reported with at least one
+        // error, and rendering the report never panics. This is the config loader's fuzz
+        // test; it runs with every `cargo test`.
+        #[test]
+        fn damaged_configs_never_panic(
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0u8..3), 1..6)
+        ) {
+            let mut bytes = EXAMPLE.as_bytes().to_vec();
+            for (at, byte, kind) in edits {
+                if bytes.is_empty() { break; }
+                let i = at.index(bytes.len());
+                match kind {
+                    0 => bytes[i] = byte,
+                    1 => { bytes.remove(i); }
+                    _ => bytes.insert(i, byte),
+                }
+            }
+            match try_load(&bytes) {
+                Ok(loaded) => { let _ = loaded.warnings.to_string(); }
+                Err(report) => {
+                    prop_assert!(report.has_errors());
+                    let _ = report.to_string();
+                }
+            }
+        }
+
+        #[test]
+        fn arbitrary_yaml_like_text_never_panics(text in "[a-z_:{}\\[\\] \\-\\n'\"$&*!|>#0-9]{0,200}") {
+            if let Err(report) = try_load(text.as_bytes()) {
+                prop_assert!(report.has_errors());
+                let _ = report.to_string();
+            }
+        }
+    }
+
+    #[test]
+    fn the_example_loads_with_relative_paths_made_absolute() {
+        let loaded = try_load(EXAMPLE.as_bytes()).unwrap();
+        assert_eq!(
+            loaded.config.files[0].pattern,
+            "/etc/chattail/fixtures/*.log"
+        );
+        assert!(
+            loaded.config.files[0]
+                .matcher
+                .is_match("/etc/chattail/fixtures/webapp.log")
+        );
+    }
+}

@@ -10,5 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod rule_test;
 pub mod rules;
+pub mod state;
+pub mod tail;
 pub mod template;
 pub mod webhook_url;

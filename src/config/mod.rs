@@ -28,6 +28,10 @@ use crate::webhook_url::WebhookUrl;
 
 /// Where `state_dir` points when the config does not say.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/chattail";
+/// Lines longer than this many bytes are cut unless a file entry says otherwise.
+pub const DEFAULT_MAX_LINE_BYTES: usize = 64 * 1024;
+/// The range `max_line_bytes` may take.
+pub const MAX_LINE_BYTES_RANGE: std::ops::RangeInclusive<u64> = 256..=16 * 1024 * 1024;
 /// Chat's quota is one message per second per space.
 pub const DEFAULT_MAX_PER_SECOND: f64 = 1.0;
 /// How many dedup keys a rule may track before the least recently seen is evicted.
@@ -76,6 +80,8 @@ pub struct FileSpec {
     pub pattern: String,
     pub matcher: GlobMatcher,
     pub start_at: StartAt,
+    /// Longer lines are cut to this many bytes.
+    pub max_line_bytes: usize,
 }
 
 /// One validated rule.

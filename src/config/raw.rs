@@ -35,6 +35,7 @@ pub struct RawWebhook {
 pub struct RawFile {
     pub path: Spanned<String>,
     pub start_at: Option<StartAt>,
+    pub max_line_bytes: Option<Spanned<u64>>,
 }
 
 /// Where to start reading a file that has no saved offset.

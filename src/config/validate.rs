@@ -15,9 +15,10 @@ use serde_saphyr::Spanned;
 
 use super::raw::{RawConfig, RawDedup, RawRule, RawWebhook};
 use super::{
-    Config, DEFAULT_MAX_KEYS, DEFAULT_MAX_PER_SECOND, DEFAULT_MESSAGE, DEFAULT_STATE_DIR,
-    DEFAULT_THREAD_KEY, Dedup, FileSpec, LoadOptions, Loaded, Location, RULE_REGEX_SIZE_LIMIT,
-    Report, Rule, Severity, UrlPolicy, Webhook, expand,
+    Config, DEFAULT_MAX_KEYS, DEFAULT_MAX_LINE_BYTES, DEFAULT_MAX_PER_SECOND, DEFAULT_MESSAGE,
+    DEFAULT_STATE_DIR, DEFAULT_THREAD_KEY, Dedup, FileSpec, LoadOptions, Loaded, Location,
+    MAX_LINE_BYTES_RANGE, RULE_REGEX_SIZE_LIMIT, Report, Rule, Severity, UrlPolicy, Webhook,
+    expand,
 };
 use crate::template::{BUILTINS, Template};
 use crate::webhook_url::WebhookUrl;
@@ -169,12 +170,31 @@ impl Validator<'_> {
             .iter()
             .enumerate()
             .filter_map(|(i, file)| {
+                let max_line_bytes = match &file.max_line_bytes {
+                    None => DEFAULT_MAX_LINE_BYTES,
+                    Some(n) if MAX_LINE_BYTES_RANGE.contains(&n.value) => {
+                        usize::try_from(n.value).unwrap_or(DEFAULT_MAX_LINE_BYTES)
+                    }
+                    Some(n) => {
+                        self.report.error(
+                            loc(n),
+                            format!(
+                                "files[{i}].max_line_bytes must be between {} and {}, not {}",
+                                MAX_LINE_BYTES_RANGE.start(),
+                                MAX_LINE_BYTES_RANGE.end(),
+                                n.value
+                            ),
+                        );
+                        DEFAULT_MAX_LINE_BYTES
+                    }
+                };
                 let pattern = self.glob_path(&file.path, &format!("files[{i}].path"))?;
                 let matcher = compile_glob(&pattern).ok()?.compile_matcher();
                 Some(super::FileSpec {
                     pattern,
                     matcher,
                     start_at: file.start_at.unwrap_or_default(),
+                    max_line_bytes,
                 })
             })
             .collect::<Vec<FileSpec>>();

@@ -5,3 +5,5 @@ mod check_diagnostics;
 mod cli_commands;
 mod rendered_messages;
 mod support;
+mod tail_support;
+mod tailer;

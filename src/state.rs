@@ -1,0 +1,263 @@
+//! Durable state under `state_dir`: file offsets (and, next, the outbox) in SQLite.
+//!
+//! The database is `state_dir/state.sqlite3` in WAL mode; an operator can inspect it with
+//! the `sqlite3` shell. A lock file (`state_dir/chattail.lock`, held with an OS file lock
+//! for the life of the process) keeps a second agent away from the same directory.
+//!
+//! Every change goes through a [`StateTx`], so that the run loop can advance offsets and
+//! queue the notifications produced by the same lines in one transaction: a crash leaves
+//! either both or neither.
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, params};
+use thiserror::Error;
+
+use crate::tail::{Checkpoint, FileKey, SavedFile};
+
+/// The schema version this code writes; see [`StateStore::migrate`].
+const SCHEMA_VERSION: i64 = 1;
+/// Released files are remembered this long, so a file that comes back under a matched
+/// path (or after a restart) resumes instead of being read again.
+const RELEASED_RETENTION_SECS: i64 = 24 * 3600;
+
+#[derive(Debug, Error)]
+pub enum StateError {
+    #[error("cannot create the state directory {dir}: {source}")]
+    CreateDir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open the lock file {path}: {source}")]
+    LockFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "another chattail is already using the state directory {dir} (it holds {dir}/chattail.lock); \
+         give each agent its own state_dir"
+    )]
+    Locked { dir: PathBuf },
+    #[error(
+        "the state database {path} was written by a newer chattail (schema {found}, this one knows {SCHEMA_VERSION})"
+    )]
+    TooNew { path: PathBuf, found: i64 },
+    #[error("state database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+/// The open state directory. Dropping it releases the lock.
+pub struct StateStore {
+    conn: Connection,
+    path: PathBuf,
+    _lock: File,
+}
+
+impl std::fmt::Debug for StateStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StateStore {
+    /// Opens (creating if needed) the state in `dir` and takes its lock.
+    pub fn open(dir: &Path) -> Result<Self, StateError> {
+        std::fs::create_dir_all(dir).map_err(|source| StateError::CreateDir {
+            dir: dir.to_owned(),
+            source,
+        })?;
+        let lock_path = dir.join("chattail.lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|source| StateError::LockFile {
+                path: lock_path.clone(),
+                source,
+            })?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StateError::Locked {
+                    dir: dir.to_owned(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(source)) => {
+                return Err(StateError::LockFile {
+                    path: lock_path,
+                    source,
+                });
+            }
+        }
+        let path = dir.join("state.sqlite3");
+        let conn = Connection::open(&path)?;
+        // WAL keeps readers (an operator's sqlite3 shell) from blocking the agent. With WAL,
+        // synchronous=NORMAL never loses a committed transaction when the process dies;
+        // only a power cut can roll back the last ones, and then offsets and outbox roll
+        // back together.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let mut store = Self {
+            conn,
+            path,
+            _lock: lock,
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// Creates or upgrades the schema, tracked with SQLite's `user_version`.
+    fn migrate(&mut self) -> Result<(), StateError> {
+        let version: i64 = self
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version > SCHEMA_VERSION {
+            return Err(StateError::TooNew {
+                path: self.path.clone(),
+                found: version,
+            });
+        }
+        if version < 1 {
+            self.conn.execute_batch(
+                "BEGIN;
+                 CREATE TABLE files (
+                     dev         INTEGER NOT NULL,
+                     ino         INTEGER NOT NULL,
+                     path        TEXT    NOT NULL,
+                     prefix      BLOB    NOT NULL,
+                     offset      INTEGER NOT NULL,
+                     skipping    INTEGER NOT NULL,
+                     released_at INTEGER,
+                     updated_at  INTEGER NOT NULL,
+                     PRIMARY KEY (dev, ino)
+                 );
+                 PRAGMA user_version = 1;
+                 COMMIT;",
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Every file with a saved offset, released ones included (within retention).
+    pub fn saved_files(&self) -> Result<Vec<SavedFile>, StateError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT dev, ino, path, prefix, offset, skipping, released_at IS NOT NULL FROM files",
+        )?;
+        let rows = stmt.query_map([], |row| {
+            Ok(SavedFile {
+                key: FileKey {
+                    dev: from_sql_u64(row.get(0)?),
+                    ino: from_sql_u64(row.get(1)?),
+                },
+                path: PathBuf::from(row.get::<_, String>(2)?),
+                prefix: row.get(3)?,
+                offset: from_sql_u64(row.get(4)?),
+                skipping: row.get(5)?,
+                released: row.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// The saved offset of one file, for tests and inspection.
+    pub fn saved_file(&self, key: FileKey) -> Result<Option<SavedFile>, StateError> {
+        Ok(self.saved_files()?.into_iter().find(|f| f.key == key))
+    }
+
+    /// Starts a transaction; nothing is visible to a later start until it commits.
+    pub fn transaction(&mut self) -> Result<StateTx<'_>, StateError> {
+        Ok(StateTx {
+            tx: self.conn.transaction()?,
+        })
+    }
+
+    /// Records the tailer's checkpoints in one transaction (for callers with nothing else
+    /// to commit alongside).
+    pub fn commit_checkpoints(&mut self, checkpoints: &[Checkpoint]) -> Result<(), StateError> {
+        let tx = self.transaction()?;
+        for checkpoint in checkpoints {
+            tx.record(checkpoint)?;
+        }
+        tx.commit()
+    }
+}
+
+/// One atomic change to the state.
+pub struct StateTx<'a> {
+    tx: rusqlite::Transaction<'a>,
+}
+
+impl StateTx<'_> {
+    /// Records one tailer checkpoint: a file's new offset, or its release.
+    pub fn record(&self, checkpoint: &Checkpoint) -> Result<(), StateError> {
+        let now = unix_now();
+        match checkpoint {
+            Checkpoint::Progress(file) => {
+                self.tx
+                    .prepare_cached(
+                        "INSERT INTO files (dev, ino, path, prefix, offset, skipping, released_at, updated_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, ?7)
+                         ON CONFLICT (dev, ino) DO UPDATE SET
+                             path = excluded.path, prefix = excluded.prefix, offset = excluded.offset,
+                             skipping = excluded.skipping, released_at = NULL, updated_at = excluded.updated_at",
+                    )?
+                    .execute(params![
+                        to_sql_u64(file.key.dev),
+                        to_sql_u64(file.key.ino),
+                        file.path.to_string_lossy(),
+                        file.prefix,
+                        to_sql_u64(file.offset),
+                        file.skipping,
+                        now,
+                    ])?;
+            }
+            Checkpoint::Released(key) => {
+                self.tx
+                    .prepare_cached(
+                        "UPDATE files SET released_at = ?3 WHERE dev = ?1 AND ino = ?2",
+                    )?
+                    .execute(params![to_sql_u64(key.dev), to_sql_u64(key.ino), now])?;
+            }
+            Checkpoint::Forget(key) => {
+                self.tx
+                    .prepare_cached("DELETE FROM files WHERE dev = ?1 AND ino = ?2")?
+                    .execute(params![to_sql_u64(key.dev), to_sql_u64(key.ino)])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the transaction durable, dropping released files past their retention.
+    pub fn commit(self) -> Result<(), StateError> {
+        self.tx
+            .prepare_cached("DELETE FROM files WHERE released_at IS NOT NULL AND released_at < ?1")?
+            .execute(params![unix_now() - RELEASED_RETENTION_SECS])?;
+        Ok(self.tx.commit()?)
+    }
+
+    /// The underlying transaction, for modules that add their own tables to it.
+    pub fn sql(&self) -> &rusqlite::Transaction<'_> {
+        &self.tx
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// SQLite integers are signed 64-bit; device and inode numbers are stored bit for bit.
+fn to_sql_u64(value: u64) -> i64 {
+    i64::from_ne_bytes(value.to_ne_bytes())
+}
+
+fn from_sql_u64(value: i64) -> u64 {
+    u64::from_ne_bytes(value.to_ne_bytes())
+}

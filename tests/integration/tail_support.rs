@@ -1,0 +1,216 @@
+//! A harness that drives the real tailer over real files and records what it reads.
+//!
+//! Lines are recorded as the run loop will treat them: a line counts once the checkpoint
+//! covering it is committed to the state store. `crash` drops everything read since the
+//! last commit, exactly like a kill -9 between reading and committing.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use chattail::config::StartAt;
+use chattail::state::StateStore;
+use chattail::tail::{LineOrigin, TailOptions, Tailer, WatchSpec};
+
+/// How long any wait in these tests may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+pub struct Harness {
+    pub dir: tempfile::TempDir,
+    pub options: TailOptions,
+    store: Option<StateStore>,
+    tailer: Option<Tailer>,
+    /// Lines read but not yet committed.
+    pending: Vec<(PathBuf, Vec<u8>, bool)>,
+    /// Lines whose checkpoint is committed: (path, line, cut).
+    pub committed: Vec<(PathBuf, Vec<u8>, bool)>,
+}
+
+impl Harness {
+    /// A harness following `pattern` (relative to a fresh temporary directory).
+    pub fn new(pattern: &str, start_at: StartAt) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let options = TailOptions {
+            specs: vec![WatchSpec {
+                pattern: dir.path().join(pattern).to_string_lossy().into_owned(),
+                start_at,
+                max_line_bytes: 64 * 1024,
+            }],
+            sweep_interval: Duration::from_millis(20),
+            rescan_interval: Duration::from_millis(100),
+            rotate_wait: Duration::from_millis(150),
+            read_budget: 1024 * 1024,
+            use_events: true,
+        };
+        let mut h = Self {
+            dir,
+            options,
+            store: None,
+            tailer: None,
+            pending: Vec::new(),
+            committed: Vec::new(),
+        };
+        h.start();
+        h
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// Starts the tailer from the saved state.
+    pub fn start(&mut self) {
+        let store = StateStore::open(&self.state_dir()).unwrap();
+        let saved = store.saved_files().unwrap();
+        self.tailer = Some(Tailer::new(self.options.clone(), saved));
+        self.store = Some(store);
+    }
+
+    /// Stops cleanly: what was read is committed.
+    pub fn stop(&mut self) {
+        self.poll_once();
+        self.tailer = None;
+        self.store = None;
+    }
+
+    /// Stops as a kill -9 would: whatever was read since the last commit is lost.
+    pub fn crash(&mut self) {
+        if let Some(t) = self.tailer.as_mut() {
+            let pending = &mut self.pending;
+            t.poll(&mut |o: &LineOrigin<'_>, l: &[u8]| {
+                pending.push((o.path.to_path_buf(), l.to_vec(), o.cut))
+            });
+        }
+        self.pending.clear();
+        self.tailer = None;
+        self.store = None;
+    }
+
+    #[allow(dead_code)]
+    pub fn restart(&mut self) {
+        self.stop();
+        self.start();
+    }
+
+    pub fn tailer(&self) -> &Tailer {
+        self.tailer.as_ref().unwrap()
+    }
+
+    /// One poll and one commit. Returns whether more data is waiting.
+    pub fn poll_once(&mut self) -> bool {
+        let Some(t) = self.tailer.as_mut() else {
+            return false;
+        };
+        let pending = &mut self.pending;
+        let more = t.poll(&mut |o: &LineOrigin<'_>, l: &[u8]| {
+            pending.push((o.path.to_path_buf(), l.to_vec(), o.cut))
+        });
+        let checkpoints = t.take_checkpoints();
+        self.store
+            .as_mut()
+            .unwrap()
+            .commit_checkpoints(&checkpoints)
+            .unwrap();
+        self.committed.append(&mut self.pending);
+        more
+    }
+
+    /// Polls until `done` holds for the committed lines, failing after [`DEADLINE`].
+    pub fn pump_until(
+        &mut self,
+        what: &str,
+        mut done: impl FnMut(&[(PathBuf, Vec<u8>, bool)]) -> bool,
+    ) {
+        let start = Instant::now();
+        loop {
+            let more = self.poll_once();
+            if done(&self.committed) {
+                return;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "timed out waiting for {what}; got {} lines: {:?}",
+                self.committed.len(),
+                self.lines_text().iter().rev().take(5).collect::<Vec<_>>()
+            );
+            if !more {
+                self.tailer
+                    .as_mut()
+                    .unwrap()
+                    .wait(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// Polls until the tailer has read everything on disk and released rotated files.
+    pub fn settle(&mut self) {
+        let start = Instant::now();
+        // Two idle polls in a row: the first may have found work the sweep was due for.
+        let mut idle_polls = 0;
+        while idle_polls < 2 {
+            let more = self.poll_once();
+            if !more && self.tailer().is_idle() {
+                idle_polls += 1;
+            } else {
+                idle_polls = 0;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "the tailer did not settle; got {} lines",
+                self.committed.len()
+            );
+            self.tailer
+                .as_mut()
+                .unwrap()
+                .wait(Duration::from_millis(20));
+        }
+    }
+
+    pub fn lines_text(&self) -> Vec<String> {
+        self.committed
+            .iter()
+            .map(|(_, l, _)| String::from_utf8_lossy(l).into_owned())
+            .collect()
+    }
+}
+
+/// Appends `text` to the file at `path`, creating it.
+pub fn append(path: &Path, text: &[u8]) {
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    f.write_all(text).unwrap();
+}
+
+/// Writes numbered lines `prefix-first..prefix-last` to an open file.
+pub fn write_lines(file: &mut File, prefix: &str, range: std::ops::Range<usize>) -> Vec<String> {
+    let lines: Vec<String> = range
+        .map(|i| format!("{prefix}-{i:05} some log text"))
+        .collect();
+    let mut text = String::new();
+    for l in &lines {
+        text.push_str(l);
+        text.push('\n');
+    }
+    file.write_all(text.as_bytes()).unwrap();
+    lines
+}
+
+pub fn open_append(path: &Path) -> File {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap()
+}
+
+pub fn rename(from: &Path, to: &Path) {
+    fs::rename(from, to).unwrap();
+}

@@ -86,6 +86,27 @@ pub fn is_rotated_sibling(name: &str, base: &str) -> bool {
     (rest.starts_with('.') || rest.starts_with('-') || rest.starts_with('_')) && !compressed
 }
 
+/// See [`rotation_order`].
+pub type RotationOrder = (u8, std::cmp::Reverse<u64>, String);
+
+/// A sort key that orders rotated siblings of `base` from oldest to newest when their
+/// timestamps tie: numbered ones (`app.log.3` before `app.log.1`) by falling number, then
+/// others (`app.log-20261128` before `app.log-20261129`) by name.
+pub fn rotation_order(path: &Path, base: &str) -> RotationOrder {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let number = name
+        .strip_prefix(base)
+        .and_then(|rest| rest.strip_prefix('.'))
+        .and_then(|n| n.parse::<u64>().ok());
+    match number {
+        Some(n) => (0, std::cmp::Reverse(n), String::new()),
+        None => (1, std::cmp::Reverse(0), name),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,6 +120,28 @@ mod tests {
         assert_eq!(base_dir("/var/log/**/x.log"), PathBuf::from("/var/log"));
         assert_eq!(base_dir("/var/log/app.log"), PathBuf::from("/var/log"));
         assert_eq!(base_dir("/srv/*/logs/*.log"), PathBuf::from("/srv"));
+    }
+
+    #[test]
+    fn rotation_order_is_oldest_first() {
+        let mut names = [
+            "app.log.1",
+            "app.log.10",
+            "app.log.2",
+            "app.log-20261129",
+            "app.log-20261128",
+        ];
+        names.sort_by_key(|n| rotation_order(Path::new(n), "app.log"));
+        assert_eq!(
+            names,
+            [
+                "app.log.10",
+                "app.log.2",
+                "app.log.1",
+                "app.log-20261128",
+                "app.log-20261129"
+            ]
+        );
     }
 
     #[test]

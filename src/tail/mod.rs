@@ -285,6 +285,11 @@ impl Tailer {
         paths
     }
 
+    /// Whether the file with this key is being followed.
+    pub fn follows(&self, key: FileKey) -> bool {
+        self.files.contains_key(&key)
+    }
+
     /// Whether everything on disk has been read and handed out: every followed file is
     /// read to its current size, no rotated file waits for release and no rescan is due.
     /// Tests use this to wait for a settled state instead of sleeping.
@@ -439,8 +444,22 @@ impl Tailer {
         // copy that copytruncate made, if it is next to the file.
         if let Some((copy_path, copy)) = copy {
             self.stats.copies_recovered += 1;
+            // Remember the copy as read, in the state too: after a restart, or when a glob
+            // also matches rotated names, it must not be read again as a new file.
             if let Ok(m) = copy.metadata() {
-                self.consumed_copies.insert(FileKey::of(&m));
+                let copy_key = FileKey::of(&m);
+                self.consumed_copies.insert(copy_key);
+                let done = SavedFile {
+                    key: copy_key,
+                    path: copy_path.clone(),
+                    prefix: f.prefix.clone(),
+                    offset: m.len(),
+                    skipping: false,
+                    released: true,
+                };
+                self.saved.insert(copy_key, done.clone());
+                self.checkpoints.push(Checkpoint::Progress(done));
+                self.checkpoints.push(Checkpoint::Released(copy_key));
             }
             tracing::info!(path = %f.path.display(), copy = %copy_path.display(), "Reading the rest of the truncated content from its copy.");
             let mut offset = f.offset;
@@ -592,9 +611,17 @@ impl Tailer {
                 // A copy of a followed file (copytruncate) is not a missed rotation: its
                 // lines were read, or will be from the copy when the truncation shows.
                 let is_copy = || {
-                    self.files
+                    let followed = self
+                        .files
                         .values()
-                        .any(|f| f.path.parent() == path.parent() && starts_alike(&path, &f.prefix))
+                        .map(|f| (f.path.as_path(), f.prefix.as_slice()));
+                    let saved = self
+                        .saved
+                        .values()
+                        .map(|s| (s.path.as_path(), s.prefix.as_slice()));
+                    followed.chain(saved).any(|(p, prefix)| {
+                        p.parent() == path.parent() && starts_alike(&path, prefix)
+                    })
                 };
                 let wanted = match filter {
                     Siblings::NewSince(before) => !before.contains(&key),
@@ -604,7 +631,10 @@ impl Tailer {
                     .then_some((modified, path, metadata))
             })
             .collect();
-        siblings.sort_by_key(|s| s.0);
+        // Oldest first. Timestamps are coarse (several rotations can share one), so the
+        // rotation suffix breaks ties: `app.log.3` is older than `app.log.2`.
+        siblings
+            .sort_by_key(|(modified, path, _)| (*modified, discovery::rotation_order(path, base)));
         siblings.into_iter().map(|(_, p, m)| (p, m)).collect()
     }
 
@@ -647,38 +677,40 @@ impl Tailer {
             .filter(|s| !s.released && !found.contains_key(&s.key))
             .cloned()
             .collect();
+        let mut located: Vec<Located> = Vec::new();
         for saved in missing {
-            let spec = self
-                .options
-                .specs
-                .iter()
-                .position(|spec| {
-                    glob::Pattern::new(&spec.pattern).is_ok_and(|p| p.matches_path(&saved.path))
-                })
-                .unwrap_or(0);
+            // Only a rotated sibling of the file's own name qualifies: the inode of a
+            // deleted file may since have been given to an unrelated one.
+            let base = saved
+                .path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_owned();
             let candidate = saved
                 .path
                 .parent()
                 .and_then(|dir| fs::read_dir(dir).ok())
                 .and_then(|entries| {
                     entries.filter_map(Result::ok).find_map(|e| {
+                        let name = e.file_name();
+                        if !discovery::is_rotated_sibling(name.to_str()?, &base) {
+                            return None;
+                        }
                         let m = fs::metadata(e.path()).ok()?;
                         (FileKey::of(&m) == saved.key).then(|| (e.path(), m))
                     })
                 });
             match candidate {
                 Some((rotated, metadata)) => {
-                    tracing::info!(path = %saved.path.display(), rotated = %rotated.display(), "File was rotated while chattail was down; finishing it.");
-                    self.stats.rotations += 1;
                     let modified = metadata.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-                    self.follow(saved.path.clone(), Some(rotated), spec, &metadata, true);
-                    // Files rotated after it, while the agent was down, were never seen.
-                    for (sibling, metadata) in
-                        self.missed_rotations(&saved.path, found, Siblings::ModifiedSince(modified))
-                    {
-                        tracing::info!(path = %sibling.display(), "Found another file rotated while chattail was down; reading it.");
-                        self.follow(saved.path.clone(), Some(sibling), spec, &metadata, true);
-                    }
+                    let order = discovery::rotation_order(&rotated, &base);
+                    located.push(Located {
+                        order: (modified, order),
+                        saved,
+                        rotated,
+                        metadata,
+                    });
                 }
                 None => {
                     tracing::info!(path = %saved.path.display(), offset = saved.offset, "A file from the last run is gone; forgetting it.");
@@ -687,6 +719,43 @@ impl Tailer {
                 }
             }
         }
+        // Oldest first, so that lines come out in the order they were written.
+        located.sort_by(|a, b| a.order.cmp(&b.order));
+        let mut newest: HashMap<PathBuf, (SystemTime, usize)> = HashMap::new();
+        for Located {
+            order: (modified, _),
+            saved,
+            rotated,
+            metadata,
+        } in located
+        {
+            tracing::info!(path = %saved.path.display(), rotated = %rotated.display(), "File was rotated while chattail was down; finishing it.");
+            self.stats.rotations += 1;
+            let spec = self.spec_for(&saved.path);
+            self.follow(saved.path.clone(), Some(rotated), spec, &metadata, true);
+            newest.insert(saved.path.clone(), (modified, spec));
+        }
+        // Files rotated after the newest of them, while the agent was down, were never seen.
+        let mut paths: Vec<(PathBuf, (SystemTime, usize))> = newest.into_iter().collect();
+        paths.sort();
+        for (path, (modified, spec)) in paths {
+            for (sibling, metadata) in
+                self.missed_rotations(&path, found, Siblings::ModifiedSince(modified))
+            {
+                tracing::info!(path = %sibling.display(), "Found another file rotated while chattail was down; reading it.");
+                self.stats.rotations += 1;
+                self.follow(path.clone(), Some(sibling), spec, &metadata, true);
+            }
+        }
+    }
+
+    /// The `files` entry whose glob matches `path` (the first one if none does).
+    fn spec_for(&self, path: &Path) -> usize {
+        self.options
+            .specs
+            .iter()
+            .position(|spec| glob::Pattern::new(&spec.pattern).is_ok_and(|p| p.matches_path(path)))
+            .unwrap_or(0)
     }
 
     /// Starts following the file at `open_path` (found as `path`). Returns whether it
@@ -724,16 +793,20 @@ impl Tailer {
             .specs
             .get(spec)
             .map_or(StartAt::End, |s| s.start_at);
-        let saved = self
-            .saved
-            .remove(&key)
-            .filter(|s| prefix_matches(&file, &s.prefix));
-        let (offset, skipping, how) = match &saved {
-            Some(s) if s.offset <= size => (s.offset, s.skipping, "resumed"),
-            Some(_) => {
-                // Saved beyond the current size: truncated while the agent was down.
-                self.stats.truncations += 1;
-                (0, false, "truncated while stopped; read from the start")
+        let saved = self.saved.remove(&key);
+        let (offset, skipping, prefix, how) = match saved {
+            // A file with saved state resumes where it stopped. If it was truncated or
+            // replaced meanwhile (its first bytes or its size say so), the next read or
+            // sweep finds out and handles it like a live truncation, recovering unread lines
+            // from a copytruncate copy.
+            Some(s) => {
+                let prefix = if prefix_matches(&file, &s.prefix) {
+                    // Same file: its prefix may have grown since it was saved.
+                    read_prefix(&file, size)
+                } else {
+                    s.prefix
+                };
+                (s.offset, s.skipping, prefix, "resumed")
             }
             None if !self.started
                 && !rotated
@@ -743,24 +816,16 @@ impl Tailer {
                 // `start_at: end` for a file never seen: skip what is there, including an
                 // unfinished last line.
                 let ends_line = size == 0 || last_byte(&file, size) == Some(b'\n');
-                (size, !ends_line, "from its end")
+                (size, !ends_line, read_prefix(&file, size), "from its end")
             }
-            None => (0, false, "from its start"),
+            // Reading from the start fills the prefix as it goes.
+            None => (0, false, Vec::new(), "from its start"),
         };
-        let mut prefix = vec![0; PREFIX_LEN.min(usize::try_from(size).unwrap_or(PREFIX_LEN))];
-        if file.read_exact_at(&mut prefix, 0).is_err() {
-            prefix.clear();
-        }
-        let mut splitter = if skipping {
+        let splitter = if skipping {
             LineSplitter::skipping(max_line)
         } else {
             LineSplitter::new(max_line)
         };
-        if offset == 0 {
-            // Reading from the start fills the prefix as it goes.
-            prefix.clear();
-            splitter.reset();
-        }
         tracing::info!(path = %path.display(), offset, how, "Following a file.");
         self.stats.files_added += 1;
         let now = Instant::now();
@@ -807,6 +872,11 @@ impl Tailer {
             return ReadOutcome::Drained;
         };
         f.wants_read = false;
+        // A file truncated and rewritten to at least our offset shows only in its first
+        // bytes; check them before reading, so nothing is read from the wrong content.
+        if f.offset > 0 && !f.prefix.is_empty() && !prefix_matches(&f.file, &f.prefix) {
+            return ReadOutcome::Truncated;
+        }
         let mut total = 0usize;
         loop {
             let n = match f.file.read_at(&mut self.buf, f.offset) {
@@ -819,10 +889,7 @@ impl Tailer {
                     return ReadOutcome::Drained;
                 }
             };
-            // The bytes just read belong to the content we were following only if the file
-            // still starts as it did: a truncation followed by more writes than before
-            // leaves the size above our offset, but changes the first bytes. Checking after
-            // the read means a truncation racing with it cannot slip through.
+            // Check again after the read: a truncation racing with it cannot slip through.
             if f.offset > 0 && !f.prefix.is_empty() && !prefix_matches(&f.file, &f.prefix) {
                 return ReadOutcome::Truncated;
             }
@@ -881,6 +948,15 @@ impl Tailer {
         );
         w.sync(&dirs);
     }
+}
+
+/// A file from the last run found under a rotated name, with its sort key (modification
+/// time, then rotation suffix).
+struct Located {
+    order: (SystemTime, discovery::RotationOrder),
+    saved: SavedFile,
+    rotated: PathBuf,
+    metadata: fs::Metadata,
 }
 
 /// How a read of one file ended.
@@ -963,6 +1039,15 @@ fn starts_alike(path: &Path, prefix: &[u8]) -> bool {
         }
     }
     filled > 0 && head[..filled] == prefix[..filled]
+}
+
+/// The first bytes of a file of `size` bytes, up to [`PREFIX_LEN`].
+fn read_prefix(file: &File, size: u64) -> Vec<u8> {
+    let mut prefix = vec![0; PREFIX_LEN.min(usize::try_from(size).unwrap_or(PREFIX_LEN))];
+    if file.read_exact_at(&mut prefix, 0).is_err() {
+        prefix.clear();
+    }
+    prefix
 }
 
 fn last_byte(file: &File, size: u64) -> Option<u8> {

@@ -5,5 +5,6 @@ mod check_diagnostics;
 mod cli_commands;
 mod rendered_messages;
 mod support;
+mod tail_model;
 mod tail_support;
 mod tailer;

@@ -25,6 +25,8 @@ pub struct Harness {
     pending: Vec<(PathBuf, Vec<u8>, bool)>,
     /// Lines whose checkpoint is committed: (path, line, cut).
     pub committed: Vec<(PathBuf, Vec<u8>, bool)>,
+    /// How long a wait may take before the test fails.
+    pub deadline: Duration,
 }
 
 impl Harness {
@@ -50,6 +52,7 @@ impl Harness {
             tailer: None,
             pending: Vec::new(),
             committed: Vec::new(),
+            deadline: DEADLINE,
         };
         h.start();
         h
@@ -91,7 +94,6 @@ impl Harness {
         self.store = None;
     }
 
-    #[allow(dead_code)]
     pub fn restart(&mut self) {
         self.stop();
         self.start();
@@ -99,6 +101,10 @@ impl Harness {
 
     pub fn tailer(&self) -> &Tailer {
         self.tailer.as_ref().unwrap()
+    }
+
+    pub fn tailer_mut(&mut self) -> &mut Tailer {
+        self.tailer.as_mut().unwrap()
     }
 
     /// One poll and one commit. Returns whether more data is waiting.
@@ -133,7 +139,7 @@ impl Harness {
                 return;
             }
             assert!(
-                start.elapsed() < DEADLINE,
+                start.elapsed() < self.deadline,
                 "timed out waiting for {what}; got {} lines: {:?}",
                 self.committed.len(),
                 self.lines_text().iter().rev().take(5).collect::<Vec<_>>()

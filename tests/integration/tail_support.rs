@@ -44,6 +44,7 @@ impl Harness {
             rotate_wait: Duration::from_millis(150),
             read_budget: 1024 * 1024,
             use_events: true,
+            coalesce: Duration::from_millis(2),
         };
         let mut h = Self {
             dir,

@@ -15,6 +15,7 @@ use clap::{Parser, Subcommand};
 use crate::config::{self, Config, UrlPolicy};
 use crate::rule_test;
 use crate::rules::RuleSet;
+use crate::run::RunOptions;
 
 /// Follow log files, match YAML regex rules, post grouped alerts to Google Chat threads.
 #[derive(Debug, Parser)]
@@ -26,6 +27,26 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Follow the files, match the rules and post to Google Chat.
+    ///
+    /// Runs until SIGTERM or SIGINT; then it stops reading, posts what is queued for up
+    /// to `delivery.shutdown_grace` and exits 0. What was not posted is sent at the next
+    /// start.
+    Run {
+        /// The YAML config file.
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+        /// Print each message instead of posting it; no webhook is needed and the state
+        /// directory is not touched.
+        #[arg(long)]
+        dry_run: bool,
+        /// Read what the files hold now, post it, and exit.
+        #[arg(long)]
+        once: bool,
+        /// The format of chattail's own log on standard error.
+        #[arg(long, value_enum, default_value_t = LogFormat::Human)]
+        log_format: LogFormat,
+    },
     /// Validate a config file: print every error with its line, or a short summary.
     Check {
         /// The YAML config file.
@@ -46,6 +67,13 @@ pub enum Command {
     },
 }
 
+/// The format of chattail's own log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
 /// Exit code for a config that does not validate.
 const EXIT_CONFIG: u8 = 2;
 
@@ -53,6 +81,15 @@ const EXIT_CONFIG: u8 = 2;
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
+        Command::Run {
+            config,
+            dry_run,
+            once,
+            log_format,
+        } => {
+            init_logging(log_format);
+            run(&config, RunOptions { dry_run, once })
+        }
         Command::Check { config } => check(&config),
         Command::Test { config, logs } => test(&config, &logs),
     };
@@ -70,6 +107,41 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Sets up chattail's own log: level from `CHATTAIL_LOG` (or `RUST_LOG`), default `info`.
+fn init_logging(format: LogFormat) {
+    let filter = std::env::var("CHATTAIL_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info".to_owned());
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|error| {
+        eprintln!("warning: ignoring the log filter {filter:?}: {error}");
+        tracing_subscriber::EnvFilter::new("info")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr);
+    match format {
+        LogFormat::Human => builder
+            .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
+            .init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn run(path: &std::path::Path, options: RunOptions) -> anyhow::Result<ExitCode> {
+    let policy = if options.dry_run {
+        UrlPolicy::Optional
+    } else {
+        UrlPolicy::Required
+    };
+    let Some(config) = load(path, policy) else {
+        return Ok(ExitCode::from(EXIT_CONFIG));
+    };
+    let state_dir = config.state_dir.clone();
+    crate::run::run(config, options, Box::new(io::stdout()))
+        .with_context(|| format!("running with the state directory {}", state_dir.display()))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Loads the config, printing warnings, or printing the errors and returning `None`.

@@ -8,8 +8,11 @@
 pub mod chat_text;
 pub mod cli;
 pub mod config;
+pub mod deliver;
+pub mod outbox;
 pub mod rule_test;
 pub mod rules;
+pub mod run;
 pub mod state;
 pub mod tail;
 pub mod template;

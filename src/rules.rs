@@ -66,6 +66,14 @@ impl RuleSet {
         Ok(Self { gate, rules })
     }
 
+    /// A set with no rules: nothing matches.
+    pub fn empty() -> Self {
+        Self {
+            gate: RegexSet::empty(),
+            rules: Vec::new(),
+        }
+    }
+
     /// The rules of `config` that apply to the file at `path`.
     pub fn for_file(config: &Config, path: &Path) -> Result<Self, regex::Error> {
         Self::new(

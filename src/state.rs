@@ -18,7 +18,7 @@ use thiserror::Error;
 use crate::tail::{Checkpoint, FileKey, SavedFile};
 
 /// The schema version this code writes; see [`StateStore::migrate`].
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 /// Released files are remembered this long, so a file that comes back under a matched
 /// path (or after a restart) resumes instead of being read again.
 const RELEASED_RETENTION_SECS: i64 = 24 * 3600;
@@ -64,6 +64,23 @@ impl std::fmt::Debug for StateStore {
 }
 
 impl StateStore {
+    /// A state that lives in memory only, for `run --dry-run`: it never touches
+    /// `state_dir`, and every file is new to it.
+    pub fn in_memory() -> Result<Self, StateError> {
+        let conn = Connection::open_in_memory()?;
+        let lock = File::open("/dev/null").map_err(|source| StateError::LockFile {
+            path: PathBuf::from("/dev/null"),
+            source,
+        })?;
+        let mut store = Self {
+            conn,
+            path: PathBuf::from(":memory:"),
+            _lock: lock,
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
     /// Opens (creating if needed) the state in `dir` and takes its lock.
     pub fn open(dir: &Path) -> Result<Self, StateError> {
         std::fs::create_dir_all(dir).map_err(|source| StateError::CreateDir {
@@ -141,7 +158,48 @@ impl StateStore {
                  COMMIT;",
             )?;
         }
+        if version < 2 {
+            // The outbox: notifications waiting for Chat, written in the same transaction
+            // as the offsets of the lines that produced them. `batch` is the request id of
+            // the post a row is part of, set before the post is sent so that a retry after
+            // a crash sends exactly the same post again.
+            let agent_id = random_hex(8);
+            self.conn.execute_batch(&format!(
+                "BEGIN;
+                 CREATE TABLE outbox (
+                     id         INTEGER PRIMARY KEY AUTOINCREMENT,
+                     webhook    TEXT    NOT NULL,
+                     rule       TEXT    NOT NULL,
+                     thread_key TEXT    NOT NULL,
+                     text       TEXT    NOT NULL,
+                     created_ms INTEGER NOT NULL,
+                     batch      TEXT,
+                     attempts   INTEGER NOT NULL DEFAULT 0,
+                     dead       INTEGER NOT NULL DEFAULT 0
+                 );
+                 CREATE INDEX outbox_by_webhook ON outbox (webhook, dead, id);
+                 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+                 INSERT INTO meta (key, value) VALUES ('agent_id', '{agent_id}'), ('batch_seq', '0');
+                 PRAGMA user_version = 2;
+                 COMMIT;"
+            ))?;
+        }
         Ok(())
+    }
+
+    /// The database file, for the sender's own connection.
+    pub fn db_path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Notifications waiting for Chat (not given up on).
+    pub fn outbox_len(&self) -> Result<u64, StateError> {
+        let n: i64 =
+            self.conn
+                .query_row("SELECT COUNT(*) FROM outbox WHERE dead = 0", [], |r| {
+                    r.get(0)
+                })?;
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 
     /// Every file with a saved offset, released ones included (within retention).
@@ -241,10 +299,36 @@ impl StateTx<'_> {
         Ok(self.tx.commit()?)
     }
 
-    /// The underlying transaction, for modules that add their own tables to it.
-    pub fn sql(&self) -> &rusqlite::Transaction<'_> {
-        &self.tx
+    /// Queues a notification for Chat.
+    pub fn enqueue(&self, n: &crate::rules::Notification) -> Result<(), StateError> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO outbox (webhook, rule, thread_key, text, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![n.webhook, n.rule, n.thread_key, n.text, unix_now_ms()])?;
+        Ok(())
     }
+}
+
+/// `n` random bytes from the kernel, as hex; falls back to time and process id, which are
+/// unique enough for an agent id.
+pub fn random_hex(n: usize) -> String {
+    use std::io::Read;
+    let mut bytes = vec![0u8; n];
+    let ok = File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+    if ok.is_err() {
+        let seed = unix_now_ms().unsigned_abs() ^ (u64::from(std::process::id()) << 32);
+        for (i, b) in bytes.iter_mut().enumerate() {
+            *b = (seed >> ((i % 8) * 8)) as u8 ^ (i as u8);
+        }
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn unix_now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 fn unix_now() -> i64 {

@@ -100,6 +100,29 @@ impl WebhookUrl {
         self.space.as_deref()
     }
 
+    /// `text` with the URL's secret parts (the values of its query parameters and the
+    /// whole URL) replaced by `…`, for text that came back from the server.
+    pub fn redact(&self, text: &str) -> String {
+        let mut out = text.replace(self.secret.expose_secret(), "…");
+        if let Ok(parsed) = url::Url::parse(self.secret.expose_secret()) {
+            for (_, value) in parsed.query_pairs() {
+                if value.len() >= 2 {
+                    out = out.replace(value.as_ref(), "…");
+                }
+            }
+            if let Some(query) = parsed.query() {
+                for part in query.split('&') {
+                    if let Some((_, raw)) = part.split_once('=')
+                        && raw.len() >= 2
+                    {
+                        out = out.replace(raw, "…");
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// The full URL including its secret. Only the HTTP sender may call this, and it must
     /// strip the URL from every error it logs.
     pub fn expose_secret(&self) -> &str {

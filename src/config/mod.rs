@@ -56,6 +56,36 @@ pub struct Config {
     pub webhooks: Vec<Webhook>,
     pub files: Vec<FileSpec>,
     pub rules: Vec<Arc<Rule>>,
+    pub delivery: Delivery,
+}
+
+/// How notifications are delivered to Chat (`delivery:` in the file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// On SIGTERM/SIGINT, how long the sender may go on posting what is queued.
+    pub shutdown_grace: Duration,
+    /// How long a webhook that Chat refused (400/401/403/404) waits before a new try.
+    pub park_for: Duration,
+    /// The deadline of one request to Chat.
+    pub request_timeout: Duration,
+    /// The first and the largest wait between retries of a post.
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+    /// When this many notifications are queued, reading pauses (nothing is dropped).
+    pub max_outbox: u64,
+}
+
+impl Default for Delivery {
+    fn default() -> Self {
+        Self {
+            shutdown_grace: Duration::from_secs(5),
+            park_for: Duration::from_secs(300),
+            request_timeout: Duration::from_secs(10),
+            min_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(60),
+            max_outbox: 100_000,
+        }
+    }
 }
 
 impl Config {

@@ -21,6 +21,18 @@ pub struct RawConfig {
     pub files: Vec<RawFile>,
     #[serde(default)]
     pub rules: Vec<RawRule>,
+    pub delivery: Option<RawDelivery>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDelivery {
+    pub shutdown_grace: Option<Spanned<String>>,
+    pub park_for: Option<Spanned<String>>,
+    pub request_timeout: Option<Spanned<String>>,
+    pub min_backoff: Option<Spanned<String>>,
+    pub max_backoff: Option<Spanned<String>>,
+    pub max_outbox: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]

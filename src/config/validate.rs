@@ -13,12 +13,12 @@ use globset::{Glob, GlobBuilder, GlobSetBuilder};
 use regex::bytes::{Regex, RegexBuilder};
 use serde_saphyr::Spanned;
 
-use super::raw::{RawConfig, RawDedup, RawRule, RawWebhook};
+use super::raw::{RawConfig, RawDedup, RawDelivery, RawRule, RawWebhook};
 use super::{
     Config, DEFAULT_MAX_KEYS, DEFAULT_MAX_LINE_BYTES, DEFAULT_MAX_PER_SECOND, DEFAULT_MESSAGE,
-    DEFAULT_STATE_DIR, DEFAULT_THREAD_KEY, Dedup, FileSpec, LoadOptions, Loaded, Location,
-    MAX_LINE_BYTES_RANGE, RULE_REGEX_SIZE_LIMIT, Report, Rule, Severity, UrlPolicy, Webhook,
-    expand,
+    DEFAULT_STATE_DIR, DEFAULT_THREAD_KEY, Dedup, Delivery, FileSpec, LoadOptions, Loaded,
+    Location, MAX_LINE_BYTES_RANGE, RULE_REGEX_SIZE_LIMIT, Report, Rule, Severity, UrlPolicy,
+    Webhook, expand,
 };
 use crate::template::{BUILTINS, Template};
 use crate::webhook_url::WebhookUrl;
@@ -219,6 +219,10 @@ impl Validator<'_> {
                 rules.push(Arc::new(rule));
             }
         }
+        let delivery = match &raw.delivery {
+            Some(d) => self.delivery(d),
+            None => Delivery::default(),
+        };
         Config {
             source_path: path.to_owned(),
             state_dir,
@@ -226,6 +230,7 @@ impl Validator<'_> {
             webhooks,
             files,
             rules,
+            delivery,
         }
     }
 
@@ -504,6 +509,48 @@ impl Validator<'_> {
             key: key?,
             max_keys,
         })
+    }
+
+    fn delivery(&mut self, raw: &RawDelivery) -> Delivery {
+        let defaults = Delivery::default();
+        let mut pick = |value: &Option<Spanned<String>>, name: &str, default: Duration| match value
+        {
+            Some(v) => self
+                .duration(v, &format!("delivery.{name}"))
+                .unwrap_or(default),
+            None => default,
+        };
+        let mut d = Delivery {
+            shutdown_grace: pick(
+                &raw.shutdown_grace,
+                "shutdown_grace",
+                defaults.shutdown_grace,
+            ),
+            park_for: pick(&raw.park_for, "park_for", defaults.park_for),
+            request_timeout: pick(
+                &raw.request_timeout,
+                "request_timeout",
+                defaults.request_timeout,
+            ),
+            min_backoff: pick(&raw.min_backoff, "min_backoff", defaults.min_backoff),
+            max_backoff: pick(&raw.max_backoff, "max_backoff", defaults.max_backoff),
+            max_outbox: defaults.max_outbox,
+        };
+        if let Some(n) = &raw.max_outbox {
+            if n.value == 0 {
+                self.report
+                    .error(loc(n), "delivery.max_outbox must be at least 1");
+            } else {
+                d.max_outbox = n.value;
+            }
+        }
+        if d.min_backoff > d.max_backoff {
+            self.report.error(
+                raw.min_backoff.as_ref().and_then(loc),
+                "delivery.min_backoff is longer than delivery.max_backoff",
+            );
+        }
+        d
     }
 
     fn duration(&mut self, value: &Spanned<String>, what: &str) -> Option<Duration> {

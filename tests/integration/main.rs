@@ -1,8 +1,10 @@
 //! chattail's integration tests, built as one binary so they link once. Each module is one
 //! theme; `support` holds the shared helpers.
 
+mod agent_run;
 mod check_diagnostics;
 mod cli_commands;
+mod mock_chat;
 mod rendered_messages;
 mod support;
 mod tail_model;

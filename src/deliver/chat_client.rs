@@ -1,0 +1,210 @@
+//! One HTTP request to a Chat incoming webhook, and what its answer means.
+//!
+//! This is the only place that sees a webhook URL in full. Every error that leaves it has
+//! the URL stripped (`reqwest::Error::without_url`), and the text of Chat's own error
+//! messages has the webhook's key and token removed before anyone logs it.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::webhook_url::WebhookUrl;
+
+/// What Chat's answer means for the post.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PostOutcome {
+    /// Stored by Chat (or already stored under this request id).
+    Accepted,
+    /// Try again later: 429, 5xx, a timeout or a connection failure.
+    Retry {
+        /// `Retry-After`, when Chat sent one.
+        after: Option<Duration>,
+        /// A short, bounded reason for logs and metrics (`429`, `503`, `timeout`, ...).
+        reason: String,
+    },
+    /// Chat refused (400, 401, 403, 404, ...): retrying the same request will not help.
+    Refused { status: u16, message: String },
+}
+
+/// A Chat client: one pooled HTTP client with explicit timeouts and no redirects.
+#[derive(Clone, Debug)]
+pub struct ChatClient {
+    http: reqwest::Client,
+}
+
+impl ChatClient {
+    pub fn new(request_timeout: Duration) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .timeout(request_timeout)
+            .connect_timeout(request_timeout.min(Duration::from_secs(5)))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(2)
+            // A redirect would carry the secret query to another host.
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("chattail/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(reqwest::Error::without_url)?;
+        Ok(Self { http })
+    }
+
+    /// Posts `text` into the thread `thread_key` with an idempotency `request_id`.
+    pub async fn post(
+        &self,
+        url: &WebhookUrl,
+        thread_key: &str,
+        text: &str,
+        request_id: &str,
+    ) -> PostOutcome {
+        let mut target = match url::Url::parse(url.expose_secret()) {
+            Ok(u) => u,
+            Err(_) => {
+                return PostOutcome::Refused {
+                    status: 0,
+                    message: "the webhook URL cannot be parsed".to_owned(),
+                };
+            }
+        };
+        target
+            .query_pairs_mut()
+            .append_pair("messageReplyOption", "REPLY_MESSAGE_FALLBACK_TO_NEW_THREAD")
+            .append_pair("requestId", request_id);
+        let body = json!({ "text": text, "thread": { "threadKey": thread_key } });
+        let response = self
+            .http
+            .post(target)
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                "application/json; charset=UTF-8",
+            )
+            .body(body.to_string())
+            .send()
+            .await;
+        let response = match response {
+            Ok(r) => r,
+            Err(error) => {
+                let error = error.without_url();
+                let reason = if error.is_timeout() {
+                    "timeout"
+                } else if error.is_connect() {
+                    "connect"
+                } else {
+                    "network"
+                };
+                tracing::debug!(%error, reason, "Chat request failed.");
+                return PostOutcome::Retry {
+                    after: None,
+                    reason: reason.to_owned(),
+                };
+            }
+        };
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        // The body is only needed for errors; read it with a cap so a hostile server
+        // cannot make the agent hold megabytes.
+        let body = read_capped(response, 16 * 1024).await;
+        classify(status, retry_after, &body, url)
+    }
+}
+
+async fn read_capped(mut response: reqwest::Response, cap: usize) -> Vec<u8> {
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = response.chunk().await {
+        let room = cap.saturating_sub(body.len());
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() >= cap {
+            break;
+        }
+    }
+    body
+}
+
+fn classify(
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    body: &[u8],
+    url: &WebhookUrl,
+) -> PostOutcome {
+    // 409 ALREADY_EXISTS: a message with this id is stored already.
+    if status.is_success() || status == StatusCode::CONFLICT {
+        return PostOutcome::Accepted;
+    }
+    let code = status.as_u16();
+    if code == 429 || code == 408 || status.is_server_error() {
+        return PostOutcome::Retry {
+            after: retry_after,
+            reason: code.to_string(),
+        };
+    }
+    PostOutcome::Refused {
+        status: code,
+        message: error_message(body, url),
+    }
+}
+
+/// Chat's `error.message`, or the start of a non-JSON body, cleaned for a log line.
+fn error_message(body: &[u8], url: &WebhookUrl) -> String {
+    let text = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| {
+            v.pointer("/error/message")
+                .and_then(|m| m.as_str())
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
+    let text: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(300)
+        .collect();
+    url.redact(text.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url() -> WebhookUrl {
+        WebhookUrl::parse(
+            "https://chat.googleapis.com/v1/spaces/S/messages?key=KEY123&token=TOK456",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn classifies_chats_answers() {
+        let ok = classify(StatusCode::OK, None, b"not json", &url());
+        assert_eq!(ok, PostOutcome::Accepted);
+        let busy = classify(
+            StatusCode::TOO_MANY_REQUESTS,
+            Some(Duration::from_secs(3)),
+            b"",
+            &url(),
+        );
+        assert_eq!(
+            busy,
+            PostOutcome::Retry {
+                after: Some(Duration::from_secs(3)),
+                reason: "429".into()
+            }
+        );
+        let down = classify(StatusCode::SERVICE_UNAVAILABLE, None, b"", &url());
+        assert!(matches!(down, PostOutcome::Retry { .. }));
+        let body = br#"{"error":{"code":403,"message":"The API is called without a valid token TOK456.\nInstructions","status":"PERMISSION_DENIED"}}"#;
+        match classify(StatusCode::FORBIDDEN, None, body, &url()) {
+            PostOutcome::Refused { status, message } => {
+                assert_eq!(status, 403);
+                assert_eq!(
+                    message,
+                    "The API is called without a valid token ….  Instructions"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,284 @@
+//! Delivery: one worker per Chat space posts the outbox's notifications at Chat's pace.
+//!
+//! Chat allows about one message per second per space, shared by every webhook of the
+//! space, so the unit of pacing is the space (taken from the webhook URL). Each worker:
+//!
+//! - takes the next post from the outbox (a post formed before a crash or a retry first,
+//!   unchanged, so its request id is the same and Chat does not store it twice);
+//! - waits for its turn (`1 / max_per_second`), posts, and deletes the rows once Chat has
+//!   accepted them;
+//! - on 429, 5xx, timeouts and connection errors waits with exponential backoff and jitter
+//!   (at least `Retry-After`) and tries the same post again, for as long as it takes: an
+//!   outage only grows the outbox;
+//! - on a refusal (400, 401, 403, 404) logs once, with the webhook's name, the status and
+//!   Chat's message, and parks that webhook for `park_for`; the space's other webhooks go
+//!   on. A post refused with 400 three times is set aside (kept, marked dead, logged).
+//!
+//! No URL is ever logged: workers name webhooks, and the client strips URLs from errors.
+
+pub mod chat_client;
+pub mod thread_key;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::config::{Config, Delivery};
+use crate::outbox::{Batch, Outbox};
+use crate::state::StateError;
+use crate::webhook_url::WebhookUrl;
+use chat_client::{ChatClient, PostOutcome};
+
+/// When the workers must stop: `None` while running; the deadline once shutting down.
+pub type StopSignal = watch::Receiver<Option<Instant>>;
+
+/// A webhook a worker posts to.
+#[derive(Clone)]
+struct Target {
+    name: String,
+    url: WebhookUrl,
+}
+
+/// Counts commits that queued notifications; workers wait for it to move. (A watch
+/// remembers what a worker has seen, so a commit between its look at the outbox and its
+/// wait is not missed.)
+pub type WakeSignal = watch::Receiver<u64>;
+
+/// Starts one worker per space of `config`'s webhooks. `wake` moves when new rows are
+/// queued; `stop` says when to finish.
+pub fn spawn_workers(
+    config: &Config,
+    db: &Path,
+    client: &ChatClient,
+    wake: &WakeSignal,
+    stop: &StopSignal,
+) -> Result<Vec<JoinHandle<()>>, StateError> {
+    // Webhooks grouped by space; a webhook whose URL names no space is its own group.
+    let mut spaces: BTreeMap<String, (Vec<Target>, f64)> = BTreeMap::new();
+    for w in &config.webhooks {
+        let Some(url) = &w.url else { continue };
+        let space = match url.space() {
+            Some(space) => format!("{}/{space}", url.host()),
+            None => format!("webhook {}", w.name),
+        };
+        let entry = spaces.entry(space).or_insert((Vec::new(), f64::INFINITY));
+        entry.0.push(Target {
+            name: w.name.clone(),
+            url: url.clone(),
+        });
+        // The space's budget is the strictest of its webhooks'.
+        entry.1 = entry.1.min(w.max_per_second);
+    }
+    let mut handles = Vec::new();
+    for (space, (targets, rate)) in spaces {
+        let worker = SpaceWorker {
+            space,
+            targets,
+            interval: Duration::from_secs_f64(1.0 / rate),
+            outbox: Outbox::open(db)?,
+            client: client.clone(),
+            wake: wake.clone(),
+            stop: stop.clone(),
+            options: config.delivery.clone(),
+            parked: HashMap::new(),
+        };
+        handles.push(tokio::spawn(worker.run()));
+    }
+    Ok(handles)
+}
+
+struct SpaceWorker {
+    space: String,
+    targets: Vec<Target>,
+    interval: Duration,
+    outbox: Outbox,
+    client: ChatClient,
+    wake: WakeSignal,
+    stop: StopSignal,
+    options: Delivery,
+    /// Parked webhooks and until when.
+    parked: HashMap<String, Instant>,
+}
+
+impl SpaceWorker {
+    async fn run(mut self) {
+        tracing::debug!(space = %self.space, webhooks = self.targets.len(), "Delivery worker started.");
+        let mut next_send = Instant::now();
+        let mut backoff: Option<backon::ExponentialBackoff> = None;
+        let mut failing_since: Option<Instant> = None;
+        loop {
+            let deadline = *self.stop.borrow();
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                break;
+            }
+            let now = Instant::now();
+            self.parked.retain(|_, until| *until > now);
+            let active: Vec<String> = self
+                .targets
+                .iter()
+                .filter(|t| !self.parked.contains_key(&t.name))
+                .map(|t| t.name.clone())
+                .collect();
+            // Mark the current wake-up as seen before looking, so none is missed.
+            self.wake.borrow_and_update();
+            let batch = tokio::task::block_in_place(|| self.outbox.next_batch(&active));
+            let batch = match batch {
+                Ok(Some(batch)) => batch,
+                Ok(None) => {
+                    if deadline.is_some() {
+                        // Shutting down and nothing left that may be sent.
+                        break;
+                    }
+                    self.idle().await;
+                    continue;
+                }
+                Err(error) => {
+                    tracing::error!(space = %self.space, %error, "Cannot read the outbox; retrying in a second.");
+                    self.sleep_or_stop(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            if !self.sleep_until_or_stop(next_send).await {
+                break;
+            }
+            let Some(target) = self
+                .targets
+                .iter()
+                .find(|t| t.name == batch.webhook)
+                .cloned()
+            else {
+                continue;
+            };
+            let chat_key = thread_key::chat_thread_key(&batch.thread_key);
+            let outcome = tokio::select! {
+                outcome = self.client.post(&target.url, &chat_key, &batch.text, &batch.request_id) => outcome,
+                () = stop_reached(self.stop.clone()) => break,
+            };
+            next_send = Instant::now() + self.interval;
+            match outcome {
+                PostOutcome::Accepted => {
+                    if let Err(error) =
+                        tokio::task::block_in_place(|| self.outbox.delivered(&batch.request_id))
+                    {
+                        tracing::error!(space = %self.space, %error, "Cannot remove a delivered post from the outbox; it may be sent again (Chat ignores the repeat).");
+                    }
+                    if let Some(since) = failing_since.take() {
+                        tracing::info!(webhook = %target.name, down_for_s = since.elapsed().as_secs(), "Chat accepts posts again.");
+                    }
+                    backoff = None;
+                    log_delivered(&target.name, &batch);
+                }
+                PostOutcome::Retry { after, reason } => {
+                    let step = backoff
+                        .get_or_insert_with(|| self.backoff_builder().build())
+                        .next()
+                        .unwrap_or(self.options.max_backoff);
+                    let wait = after.map_or(step, |a| a.max(step));
+                    if failing_since.is_none() {
+                        failing_since = Some(Instant::now());
+                        tracing::warn!(webhook = %target.name, reason = %reason, retry_in_ms = wait.as_millis() as u64, "Chat did not take a post; retrying with backoff.");
+                    } else {
+                        tracing::debug!(webhook = %target.name, reason = %reason, retry_in_ms = wait.as_millis() as u64, "Chat still does not take posts.");
+                    }
+                    if !self.sleep_or_stop(wait).await {
+                        break;
+                    }
+                }
+                PostOutcome::Refused { status, message } => {
+                    let until = Instant::now() + self.options.park_for;
+                    self.parked.insert(target.name.clone(), until);
+                    tracing::error!(
+                        webhook = %target.name,
+                        status,
+                        chat_message = %message,
+                        retry_in_s = self.options.park_for.as_secs(),
+                        "Chat refused the webhook's post; the webhook is parked and its messages stay queued."
+                    );
+                    if status == 400 {
+                        match tokio::task::block_in_place(|| self.outbox.refused(&batch.request_id))
+                        {
+                            Ok(true) => tracing::error!(
+                                webhook = %target.name,
+                                request_id = %batch.request_id,
+                                "Chat refused this post three times; it is set aside (dead) in the outbox."
+                            ),
+                            Ok(false) => {}
+                            Err(error) => {
+                                tracing::error!(%error, "Cannot record a refusal in the outbox.")
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        tracing::debug!(space = %self.space, "Delivery worker stopped.");
+    }
+
+    fn backoff_builder(&self) -> ExponentialBuilder {
+        ExponentialBuilder::default()
+            .with_min_delay(self.options.min_backoff)
+            .with_max_delay(self.options.max_backoff)
+            .with_jitter()
+            .without_max_times()
+    }
+
+    /// Waits for new rows, the end of a parking, or a stop.
+    async fn idle(&mut self) {
+        let parked_until = self.parked.values().min().copied();
+        let poll = Instant::now() + Duration::from_millis(500);
+        let until = parked_until.map_or(poll, |p| p.min(poll));
+        let mut stop = self.stop.clone();
+        tokio::select! {
+            _ = self.wake.changed() => {}
+            () = tokio::time::sleep_until(until) => {}
+            _ = stop.changed() => {}
+        }
+    }
+
+    /// Sleeps for `wait` unless the stop deadline comes first. Returns false on stop.
+    async fn sleep_or_stop(&mut self, wait: Duration) -> bool {
+        self.sleep_until_or_stop(Instant::now() + wait).await
+    }
+
+    async fn sleep_until_or_stop(&mut self, until: Instant) -> bool {
+        tokio::select! {
+            () = tokio::time::sleep_until(until) => true,
+            () = stop_reached(self.stop.clone()) => false,
+        }
+    }
+}
+
+/// Completes when the stop deadline has passed.
+async fn stop_reached(mut stop: StopSignal) {
+    loop {
+        let deadline = *stop.borrow_and_update();
+        match deadline {
+            Some(d) => {
+                tokio::time::sleep_until(d).await;
+                return;
+            }
+            None => {
+                if stop.changed().await.is_err() {
+                    // The sender of the signal is gone: nobody will ever ask to stop.
+                    std::future::pending::<()>().await;
+                }
+            }
+        }
+    }
+}
+
+fn log_delivered(webhook: &str, batch: &Batch) {
+    let age_ms = crate::state::unix_now_ms().saturating_sub(batch.oldest_ms);
+    tracing::debug!(
+        webhook,
+        thread_key = %batch.thread_key,
+        notifications = batch.rows,
+        age_ms,
+        "Posted to Chat."
+    );
+}

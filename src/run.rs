@@ -1,0 +1,380 @@
+//! `chattail run`: the agent. Tail → rules → outbox → delivery.
+//!
+//! Two halves meet at the outbox:
+//!
+//! - The *ingest* thread (blocking, one OS thread) polls the tailer, runs the rules on every
+//!   line and commits, in one SQLite transaction, the notifications the lines produced and
+//!   the offsets that say those lines are done. A crash at any instant leaves both or
+//!   neither: no notification is lost and none is queued twice. When the outbox holds
+//!   `delivery.max_outbox` notifications, reading pauses; nothing is dropped.
+//! - The *delivery* workers (tokio tasks, one per Chat space) post what is queued.
+//!
+//! SIGTERM or SIGINT stops reading (the last batch is committed), gives delivery
+//! `delivery.shutdown_grace` to post what is queued, and returns; what was not posted stays
+//! in the outbox for the next start.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::deliver::{self, chat_client::ChatClient};
+use crate::rules::{Notification, RuleSet, Source};
+use crate::state::{StateError, StateStore};
+use crate::tail::{LineOrigin, TailOptions, Tailer};
+
+#[derive(Debug, Error)]
+pub enum RunError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("cannot create the HTTP client: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("cannot start the runtime or install signal handlers: {0}")]
+    Runtime(#[from] std::io::Error),
+    #[error("a rule set does not compile: {0}")]
+    Rules(#[from] regex::Error),
+    #[error("the ingest thread stopped unexpectedly")]
+    IngestPanicked,
+}
+
+/// How `run` behaves.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Print what would be posted instead of posting; state lives in memory only.
+    pub dry_run: bool,
+    /// Read what the files hold now, deliver it, and exit.
+    pub once: bool,
+}
+
+/// Runs the agent until a signal (or, with `once`, until everything is read and posted).
+/// Dry-run output goes to `out`.
+pub fn run(
+    config: Config,
+    options: RunOptions,
+    out: Box<dyn Write + Send>,
+) -> Result<(), RunError> {
+    let config = Arc::new(config);
+    let store = if options.dry_run {
+        StateStore::in_memory()?
+    } else {
+        StateStore::open(&config.state_dir)?
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("chattail")
+        .build()?;
+    runtime.block_on(supervise(config, store, options, out))
+}
+
+async fn supervise(
+    config: Arc<Config>,
+    store: StateStore,
+    options: RunOptions,
+    out: Box<dyn Write + Send>,
+) -> Result<(), RunError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let (wake_tx, wake_rx) = watch::channel(0u64);
+    let (stop_tx, stop_rx) = watch::channel(None);
+    let workers = if options.dry_run {
+        Vec::new()
+    } else {
+        let client = ChatClient::new(config.delivery.request_timeout)?;
+        deliver::spawn_workers(&config, store.db_path(), &client, &wake_rx, &stop_rx)?
+    };
+    tracing::info!(
+        files = config.files.len(),
+        rules = config.rules.len(),
+        webhooks = config.webhooks.len(),
+        dry_run = options.dry_run,
+        "chattail is running."
+    );
+    let stop_reading = Arc::new(AtomicBool::new(false));
+    let mut ingest = {
+        let config = Arc::clone(&config);
+        let stop = Arc::clone(&stop_reading);
+        tokio::task::spawn_blocking(move || {
+            Ingest::new(config, store, wake_tx, out, options)?.run(&stop)
+        })
+    };
+    let mut signalled = false;
+    let ingest_result = tokio::select! {
+        r = &mut ingest => Some(r),
+        _ = terminate.recv() => { signalled = true; None }
+        _ = interrupt.recv() => { signalled = true; None }
+    };
+    let ingest_result = match ingest_result {
+        Some(r) => r,
+        None => {
+            tracing::info!("Stopping: reading no more, posting what is queued.");
+            stop_reading.store(true, Ordering::Relaxed);
+            (&mut ingest).await
+        }
+    };
+    let ingest_result = ingest_result
+        .map_err(|_| RunError::IngestPanicked)
+        .and_then(|r| r);
+    let grace = config.delivery.shutdown_grace;
+    // With --once and no signal, delivery drains the outbox however long it takes; a
+    // signal (or a failure of the ingest half) gives it the grace period only.
+    let drain = options.once && !signalled && ingest_result.is_ok();
+    let deadline = tokio::time::Instant::now()
+        + if drain {
+            Duration::from_secs(86_400)
+        } else {
+            grace
+        };
+    let _ = stop_tx.send(Some(deadline));
+    let all_workers = futures_join(workers);
+    tokio::pin!(all_workers);
+    if drain {
+        tokio::select! {
+            () = &mut all_workers => {}
+            _ = terminate.recv() => { let _ = stop_tx.send(Some(tokio::time::Instant::now() + grace)); all_workers.await; }
+            _ = interrupt.recv() => { let _ = stop_tx.send(Some(tokio::time::Instant::now() + grace)); all_workers.await; }
+        }
+    } else {
+        all_workers.await;
+    }
+    tracing::info!("chattail stopped.");
+    ingest_result
+}
+
+async fn futures_join(handles: Vec<tokio::task::JoinHandle<()>>) {
+    for h in handles {
+        if let Err(error) = h.await {
+            tracing::error!(%error, "A delivery worker failed.");
+        }
+    }
+}
+
+/// The ingest half: tailer, rules and the transaction that binds them.
+struct Ingest {
+    config: Arc<Config>,
+    store: StateStore,
+    tailer: Tailer,
+    /// Rule sets by file path, shared between files with the same applicable rules.
+    by_path: HashMap<PathBuf, Arc<RuleSet>>,
+    by_rules: HashMap<Vec<usize>, Arc<RuleSet>>,
+    wake: watch::Sender<u64>,
+    out: Box<dyn Write + Send>,
+    options: RunOptions,
+    outbox_full: bool,
+    last_outbox_check: Option<Instant>,
+    /// Messages per (webhook, thread) in dry-run, for the closing summary.
+    dry_run_threads: BTreeMap<(String, String), usize>,
+}
+
+impl Ingest {
+    fn new(
+        config: Arc<Config>,
+        store: StateStore,
+        wake: watch::Sender<u64>,
+        out: Box<dyn Write + Send>,
+        options: RunOptions,
+    ) -> Result<Self, RunError> {
+        let tailer = Tailer::new(TailOptions::from_config(&config), store.saved_files()?);
+        Ok(Self {
+            config,
+            store,
+            tailer,
+            by_path: HashMap::new(),
+            by_rules: HashMap::new(),
+            wake,
+            out,
+            options,
+            outbox_full: false,
+            last_outbox_check: None,
+            dry_run_threads: BTreeMap::new(),
+        })
+    }
+
+    fn run(mut self, stop: &AtomicBool) -> Result<(), RunError> {
+        while !stop.load(Ordering::Relaxed) {
+            if self.outbox_is_full() {
+                std::thread::sleep(Duration::from_millis(200));
+                continue;
+            }
+            let more = match self.step() {
+                Ok(more) => more,
+                Err(error) => {
+                    // The transaction did not commit, so the tailer's position in memory is
+                    // ahead of the state. Start it again from the state: the lines since
+                    // the last commit are read again, none is lost.
+                    tracing::error!(%error, "Cannot commit to the state database; retrying in a second.");
+                    std::thread::sleep(Duration::from_secs(1));
+                    self.tailer = Tailer::new(
+                        TailOptions::from_config(&self.config),
+                        self.store.saved_files()?,
+                    );
+                    continue;
+                }
+            };
+            if self.options.once && !more && self.tailer.is_idle() {
+                break;
+            }
+            if !more {
+                self.tailer.wait(Duration::from_millis(250));
+            }
+        }
+        // One last round so that what was read is committed before the process ends.
+        self.step()?;
+        if self.options.dry_run {
+            self.write_dry_run_summary();
+        }
+        Ok(())
+    }
+
+    /// One poll of the tailer and one transaction. Returns whether more data is waiting.
+    fn step(&mut self) -> Result<bool, StateError> {
+        let mut notifications: Vec<Notification> = Vec::new();
+        let host = self.config.host.clone();
+        let more = {
+            let config = &self.config;
+            let by_path = &mut self.by_path;
+            let by_rules = &mut self.by_rules;
+            let mut sink = |origin: &LineOrigin<'_>, line: &[u8]| {
+                let rules = rules_for(config, by_path, by_rules, origin.path);
+                let file = origin.path.to_string_lossy();
+                let source = Source {
+                    file: &file,
+                    host: &host,
+                };
+                rules.evaluate(line, |hit| {
+                    notifications.push(hit.notification(line, &source))
+                });
+            };
+            self.tailer.poll(&mut sink)
+        };
+        let checkpoints = self.tailer.take_checkpoints();
+        if checkpoints.is_empty() && notifications.is_empty() {
+            return Ok(more);
+        }
+        let tx = self.store.transaction()?;
+        for checkpoint in &checkpoints {
+            tx.record(checkpoint)?;
+        }
+        if !self.options.dry_run {
+            for n in &notifications {
+                tx.enqueue(n)?;
+            }
+        }
+        tx.commit()?;
+        if !notifications.is_empty() {
+            if self.options.dry_run {
+                self.print_dry_run(&notifications);
+            } else {
+                self.wake.send_modify(|n| *n += 1);
+            }
+        }
+        Ok(more)
+    }
+
+    fn outbox_is_full(&mut self) -> bool {
+        if self.options.dry_run {
+            return false;
+        }
+        // Counting is cheap but not free: once a second is enough.
+        if self
+            .last_outbox_check
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return self.outbox_full;
+        }
+        self.last_outbox_check = Some(Instant::now());
+        let max = self.config.delivery.max_outbox;
+        let queued = match self.store.outbox_len() {
+            Ok(n) => n,
+            Err(error) => {
+                tracing::error!(%error, "Cannot count the outbox.");
+                return self.outbox_full;
+            }
+        };
+        let full = queued >= max;
+        if full && !self.outbox_full {
+            tracing::warn!(
+                queued,
+                max,
+                "The outbox is full: reading is paused until Chat takes posts again. Nothing is dropped."
+            );
+        } else if !full && self.outbox_full {
+            tracing::info!(queued, "The outbox has room again: reading resumes.");
+        }
+        self.outbox_full = full;
+        full
+    }
+
+    fn print_dry_run(&mut self, notifications: &[Notification]) {
+        for n in notifications {
+            *self
+                .dry_run_threads
+                .entry((n.webhook.clone(), n.thread_key.clone()))
+                .or_default() += 1;
+            let thread = deliver::thread_key::chat_thread_key(&n.thread_key);
+            let mut text = format!("── {} · thread {} · rule {}\n", n.webhook, thread, n.rule);
+            for line in n.text.lines() {
+                text.push_str("   ");
+                text.push_str(line);
+                text.push('\n');
+            }
+            if writeln!(self.out, "{text}").is_err() {
+                // Standard output is gone (a closed pipe); nothing useful is left to do.
+                return;
+            }
+        }
+        let _ = self.out.flush();
+    }
+
+    fn write_dry_run_summary(&mut self) {
+        let _ = writeln!(self.out, "Threads that would receive messages:");
+        for ((webhook, key), count) in &self.dry_run_threads {
+            let _ = writeln!(
+                self.out,
+                "  {webhook} · {key}: {count} message{}",
+                if *count == 1 { "" } else { "s" }
+            );
+        }
+        let _ = self.out.flush();
+    }
+}
+
+/// The rule set for a file, compiled once per distinct set of applicable rules.
+fn rules_for(
+    config: &Config,
+    by_path: &mut HashMap<PathBuf, Arc<RuleSet>>,
+    by_rules: &mut HashMap<Vec<usize>, Arc<RuleSet>>,
+    path: &std::path::Path,
+) -> Arc<RuleSet> {
+    if let Some(set) = by_path.get(path) {
+        return Arc::clone(set);
+    }
+    let indexes: Vec<usize> = config
+        .rules
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.applies_to(path))
+        .map(|(i, _)| i)
+        .collect();
+    let set = by_rules
+        .entry(indexes.clone())
+        .or_insert_with(|| {
+            let rules = indexes.iter().map(|&i| Arc::clone(&config.rules[i])).collect();
+            // Every pattern compiled on its own when the config was loaded; the set of the
+            // same patterns compiles too, so this fallback is never used in practice.
+            Arc::new(RuleSet::new(rules).unwrap_or_else(|error| {
+                tracing::error!(%error, "Cannot build the rule gate for a file; its lines match nothing.");
+                RuleSet::empty()
+            }))
+        })
+        .clone();
+    by_path.insert(path.to_path_buf(), Arc::clone(&set));
+    set
+}

@@ -1,0 +1,448 @@
+//! `chattail run` end to end: the real binary, real files, and the mock Chat over loopback.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::mock_chat::{Fault, MockChat};
+use crate::tail_support::open_append;
+
+/// A running agent with its own directory (config, logs, state) and captured stderr.
+struct Agent {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    config: PathBuf,
+    starts: usize,
+}
+
+/// The rules used by these tests: one thread per database host.
+fn config_yaml(dir: &Path, webhooks: &str, extra_rules: &str) -> String {
+    format!(
+        r#"state_dir: {state}
+webhooks:
+{webhooks}
+files:
+  - path: {logs}/*.log
+    start_at: beginning
+delivery:
+  shutdown_grace: 5s
+  park_for: 1s
+  request_timeout: 2s
+  min_backoff: 100ms
+  max_backoff: 1s
+rules:
+  - name: db-timeout
+    match: 'ERROR timeout connecting to (?P<db>[\w.-]+) #(?P<n>\d+)'
+    webhook: oncall
+    thread_key: 'db-{{db}}'
+    message: "*DB timeout* on `{{db}}` #{{n}}"
+{extra_rules}"#,
+        state = dir.join("state").display(),
+        logs = dir.join("logs").display(),
+    )
+}
+
+impl Agent {
+    fn new(webhooks: &str, extra_rules: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("logs")).unwrap();
+        let config = dir.path().join("chattail.yaml");
+        fs::write(&config, config_yaml(dir.path(), webhooks, extra_rules)).unwrap();
+        Self {
+            dir,
+            child: None,
+            config,
+            starts: 0,
+        }
+    }
+
+    fn log(&self) -> PathBuf {
+        self.dir.path().join("logs/app.log")
+    }
+
+    fn start(&mut self) {
+        self.starts += 1;
+        let stderr = fs::File::create(
+            self.dir
+                .path()
+                .join(format!("agent-{}.stderr", self.starts)),
+        )
+        .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_chattail"))
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .env_clear()
+            .env("CHATTAIL_LOG", "trace")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    /// SIGTERM, then the exit status.
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "the agent did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill9(&mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// Everything the agent wrote to stderr, over all its starts.
+    fn stderr(&self) -> String {
+        (1..=self.starts)
+            .map(|i| {
+                fs::read_to_string(self.dir.path().join(format!("agent-{i}.stderr")))
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn write_timeouts(path: &Path, db: &str, range: std::ops::Range<usize>) {
+    let mut f = open_append(path);
+    for n in range {
+        writeln!(
+            f,
+            "2026-11-28T14:00:00Z ERROR timeout connecting to {db} #{n}"
+        )
+        .unwrap();
+    }
+}
+
+/// The numbers `#n` found in the messages of `db`'s thread, in message order.
+fn delivered_numbers(chat: &MockChat, db: &str) -> Vec<usize> {
+    let needle = format!("on `{db}` #");
+    chat.messages()
+        .iter()
+        .flat_map(|m| {
+            m.text
+                .match_indices(&needle)
+                .filter_map(|(i, _)| {
+                    let rest = &m.text[i + needle.len()..];
+                    rest.split(|c: char| !c.is_ascii_digit())
+                        .next()?
+                        .parse()
+                        .ok()
+                })
+                .collect::<Vec<usize>>()
+        })
+        .collect()
+}
+
+fn wait_for(what: &str, deadline: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+fn oncall(url: &str) -> String {
+    format!("  oncall:\n    url: \"{url}\"\n")
+}
+
+#[test]
+fn lines_reach_their_threads_in_order_and_at_chats_pace() {
+    let chat = MockChat::start();
+    let url = chat.webhook("SPACE1", "KEY1", "TOKEN1");
+    let mut agent = Agent::new(&oncall(&url), "");
+    agent.start();
+    for round in 0..5 {
+        write_timeouts(&agent.log(), "db-a.internal", round * 2..round * 2 + 2);
+        write_timeouts(&agent.log(), "db-b.internal", round * 2..round * 2 + 2);
+    }
+    wait_for("20 notifications", Duration::from_secs(30), || {
+        delivered_numbers(&chat, "db-a.internal").len()
+            + delivered_numbers(&chat, "db-b.internal").len()
+            == 20
+    });
+    assert_eq!(
+        delivered_numbers(&chat, "db-a.internal"),
+        (0..10).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        delivered_numbers(&chat, "db-b.internal"),
+        (0..10).collect::<Vec<_>>()
+    );
+    let messages = chat.messages();
+    let thread_of = |db: &str| {
+        let threads: std::collections::HashSet<String> = messages
+            .iter()
+            .filter(|m| m.text.contains(db))
+            .map(|m| m.thread.clone())
+            .collect();
+        assert_eq!(threads.len(), 1, "{db} is in one thread: {threads:?}");
+        threads.into_iter().next().unwrap()
+    };
+    assert_ne!(thread_of("db-a.internal"), thread_of("db-b.internal"));
+    assert!(messages.iter().all(|m| {
+        m.thread_key
+            .as_deref()
+            .is_some_and(|k| k.starts_with("db-"))
+    }));
+    // Chat's quota: no request in this space was answered 429, because the agent paced.
+    assert!(
+        chat.requests().iter().all(|r| r.status != 429),
+        "{:?}",
+        chat.requests()
+    );
+    assert!(agent.terminate().success());
+}
+
+#[test]
+fn lost_replies_do_not_produce_duplicates() {
+    let chat = MockChat::start();
+    let url = chat.webhook("SPACE1", "KEY1", "TOKEN1");
+    chat.push_fault(Fault::CommitThenFail(503));
+    chat.push_fault(Fault::CommitThenFail(0));
+    chat.push_fault(Fault::Drop);
+    chat.push_fault(Fault::Status {
+        status: 500,
+        retry_after: None,
+    });
+    let mut agent = Agent::new(&oncall(&url), "");
+    agent.start();
+    write_timeouts(&agent.log(), "db-a.internal", 0..6);
+    wait_for("6 notifications", Duration::from_secs(30), || {
+        delivered_numbers(&chat, "db-a.internal").len() >= 6
+    });
+    assert!(agent.terminate().success());
+    assert_eq!(
+        delivered_numbers(&chat, "db-a.internal"),
+        (0..6).collect::<Vec<_>>()
+    );
+    // Every retry of one post carried the same request id.
+    let ids: Vec<Option<String>> = chat
+        .requests()
+        .iter()
+        .map(|r| r.request_id.clone())
+        .collect();
+    assert!(ids.iter().all(Option::is_some));
+    assert!(
+        ids.len() > chat.messages().len(),
+        "the faults caused retries"
+    );
+}
+
+#[test]
+fn nothing_is_lost_through_thirty_seconds_of_503() {
+    let chat = MockChat::start();
+    let url = chat.webhook("SPACE1", "KEY1", "TOKEN1");
+    chat.outage(Duration::from_secs(30));
+    let mut agent = Agent::new(&oncall(&url), "");
+    agent.start();
+    write_timeouts(&agent.log(), "db-a.internal", 0..10);
+    wait_for(
+        "the outage to end and 10 notifications",
+        Duration::from_secs(60),
+        || delivered_numbers(&chat, "db-a.internal").len() >= 10,
+    );
+    assert_eq!(
+        delivered_numbers(&chat, "db-a.internal"),
+        (0..10).collect::<Vec<_>>()
+    );
+    assert!(
+        chat.requests().iter().filter(|r| r.status == 503).count() >= 10,
+        "the agent kept trying"
+    );
+    assert!(agent.terminate().success());
+}
+
+#[test]
+fn a_revoked_webhook_does_not_block_another_and_nothing_leaks() {
+    let chat = MockChat::start();
+    let good = chat.webhook("SPACE1", "KEY1", "GOODTOKEN");
+    let bad = chat.webhook("SPACE2", "KEY1", "REVOKEDTOKEN");
+    chat.revoke("REVOKEDTOKEN", Some(403));
+    let webhooks = format!("{}  pager:\n    url: \"{bad}\"\n", oncall(&good));
+    let pager_rule = "  - name: disk-full\n    match: 'CRIT disk (?P<disk>\\S+) full #(?P<n>\\d+)'\n    webhook: pager\n    thread_key: 'disk-{disk}'\n    message: \"*Disk full* on `{disk}` #{n}\"\n";
+    let mut agent = Agent::new(&webhooks, pager_rule);
+    agent.start();
+    let mut f = open_append(&agent.log());
+    for n in 0..3 {
+        writeln!(f, "CRIT disk /dev/sda1 full #{n}").unwrap();
+    }
+    drop(f);
+    write_timeouts(&agent.log(), "db-a.internal", 0..5);
+    wait_for("the good webhook's posts", Duration::from_secs(30), || {
+        delivered_numbers(&chat, "db-a.internal").len() >= 5
+    });
+    assert_eq!(
+        delivered_numbers(&chat, "db-a.internal"),
+        (0..5).collect::<Vec<_>>()
+    );
+    // The revoked webhook was refused, parked, tried again later, and its messages kept.
+    wait_for(
+        "a retry of the parked webhook",
+        Duration::from_secs(30),
+        || {
+            chat.requests()
+                .iter()
+                .filter(|r| r.space == "SPACE2" && r.status == 403)
+                .count()
+                >= 2
+        },
+    );
+    chat.revoke("REVOKEDTOKEN", None);
+    wait_for(
+        "the restored webhook's posts",
+        Duration::from_secs(30),
+        || {
+            chat.messages()
+                .iter()
+                .filter(|m| m.space == "SPACE2")
+                .map(|m| m.text.matches("Disk full").count())
+                .sum::<usize>()
+                >= 3
+        },
+    );
+    assert!(agent.terminate().success());
+    let log = agent.stderr();
+    assert!(log.contains("Chat refused the webhook's post"), "{log}");
+    assert!(
+        log.contains("webhook=pager") || log.contains("webhook=\"pager\""),
+        "the refusal names the webhook"
+    );
+    // Trace-level logs of a run with refusals and retries never show a secret.
+    assert!(
+        log.contains("TRACE") || log.contains("DEBUG"),
+        "the log ran at a verbose level"
+    );
+    for secret in ["GOODTOKEN", "REVOKEDTOKEN", "KEY1", "?key=", "&token="] {
+        let leaks: Vec<&str> = log.lines().filter(|l| l.contains(secret)).take(3).collect();
+        assert!(leaks.is_empty(), "{secret} leaked into the log: {leaks:#?}");
+    }
+}
+
+#[test]
+fn sigterm_posts_what_is_queued_within_the_grace_period_and_exits_0() {
+    let chat = MockChat::start();
+    let url = chat.webhook("SPACE1", "KEY1", "TOKEN1");
+    let mut agent = Agent::new(&oncall(&url), "");
+    agent.start();
+    write_timeouts(&agent.log(), "db-a.internal", 0..3);
+    write_timeouts(&agent.log(), "db-b.internal", 0..1);
+    wait_for("the first post", Duration::from_secs(20), || {
+        !chat.messages().is_empty()
+    });
+    let status = agent.terminate();
+    assert!(status.success(), "{status:?}");
+    let total = delivered_numbers(&chat, "db-a.internal").len()
+        + delivered_numbers(&chat, "db-b.internal").len();
+    assert_eq!(total, 4, "everything queued was posted before exit");
+}
+
+#[test]
+fn killed_at_random_points_every_line_reaches_chat_exactly_once() {
+    let chat = MockChat::start();
+    let url = chat.webhook("SPACE1", "KEY1", "TOKEN1");
+    // A slow Chat, so that kills land while requests are in flight.
+    chat.set_delay(Duration::from_millis(150));
+    chat.set_rate(None, None);
+    let mut agent = Agent::new(
+        &format!("  oncall:\n    url: \"{url}\"\n    max_per_second: 20\n"),
+        "",
+    );
+    let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut random = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let mut written = 0;
+    for _round in 0..6 {
+        agent.start();
+        let lines = 5 + random(10) as usize;
+        for _ in 0..lines {
+            write_timeouts(
+                &agent.log(),
+                &format!("db-{}.internal", written % 3),
+                written..written + 1,
+            );
+            written += 1;
+            std::thread::sleep(Duration::from_millis(random(40)));
+        }
+        std::thread::sleep(Duration::from_millis(random(600)));
+        agent.kill9();
+    }
+    agent.start();
+    let all = || {
+        (0..3)
+            .map(|d| delivered_numbers(&chat, &format!("db-{d}.internal")).len())
+            .sum::<usize>()
+    };
+    wait_for("every line", Duration::from_secs(60), || all() >= written);
+    assert!(agent.terminate().success());
+    let mut seen: Vec<usize> = (0..3)
+        .flat_map(|d| delivered_numbers(&chat, &format!("db-{d}.internal")))
+        .collect();
+    seen.sort_unstable();
+    assert_eq!(
+        seen,
+        (0..written).collect::<Vec<_>>(),
+        "each line exactly once"
+    );
+}
+
+#[test]
+fn a_burst_is_merged_per_thread_and_drains_quickly() {
+    let chat = MockChat::start();
+    let url = chat.webhook("SPACE1", "KEY1", "TOKEN1");
+    let mut agent = Agent::new(&oncall(&url), "");
+    // 200 notifications for 2 threads written before the agent starts: a backlog.
+    write_timeouts(&agent.log(), "db-a.internal", 0..100);
+    write_timeouts(&agent.log(), "db-b.internal", 0..100);
+    agent.start();
+    wait_for("200 notifications", Duration::from_secs(30), || {
+        delivered_numbers(&chat, "db-a.internal").len()
+            + delivered_numbers(&chat, "db-b.internal").len()
+            == 200
+    });
+    assert!(
+        chat.messages().len() <= 10,
+        "merged into a few posts, got {}",
+        chat.messages().len()
+    );
+    assert_eq!(
+        delivered_numbers(&chat, "db-a.internal"),
+        (0..100).collect::<Vec<_>>()
+    );
+    assert!(
+        chat.messages()
+            .iter()
+            .all(|m| m.text.chars().count() <= 4000)
+    );
+    assert!(agent.terminate().success());
+}

@@ -201,7 +201,7 @@ mod tests {
                 assert_eq!(status, 403);
                 assert_eq!(
                     message,
-                    "The API is called without a valid token ….  Instructions"
+                    "The API is called without a valid token …. Instructions"
                 );
             }
             other => panic!("{other:?}"),

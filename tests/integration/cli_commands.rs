@@ -16,7 +16,7 @@ fn check_accepts_the_example_and_never_prints_the_url() {
         stdout.contains("oncall (chat.googleapis.com, space AAAAtest123)"),
         "{stdout}"
     );
-    assert!(stdout.contains("rules (4):"), "{stdout}");
+    assert!(stdout.contains("rules (5):"), "{stdout}");
     for secret in ["SECRETKEY", "SECRETTOKEN", "key=", "token="] {
         assert!(
             !stdout.contains(secret) && !stderr.contains(secret),
@@ -34,7 +34,7 @@ fn check_names_an_unset_variable_and_exits_2() {
         stderr.contains("environment variable `CHATTAIL_WEBHOOK_URL` is not set"),
         "{stderr}"
     );
-    assert!(stderr.contains("rules.example.yaml:15:10"), "{stderr}");
+    assert!(stderr.contains("rules.example.yaml:17:10"), "{stderr}");
 }
 
 #[test]

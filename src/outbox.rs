@@ -128,7 +128,11 @@ impl Outbox {
 
     /// Forms a post from row `first_id` and later queued rows of its thread, as many as fit.
     fn form_batch(&mut self, first_id: i64, webhook: &str) -> Result<Option<Batch>, StateError> {
-        let tx = self.conn.transaction()?;
+        // IMMEDIATE takes the write lock up front: a deferred transaction that reads first
+        // cannot wait for the lock when it later writes (SQLite answers BUSY at once).
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let (thread_key, first_text): (String, String) = tx.query_row(
             "SELECT thread_key, text FROM outbox WHERE id = ?1",
             params![first_id],

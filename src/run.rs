@@ -269,6 +269,7 @@ impl Ingest {
         }
         tx.commit()?;
         if !notifications.is_empty() {
+            tracing::debug!(notifications = notifications.len(), "Queued notifications.");
             if self.options.dry_run {
                 self.print_dry_run(&notifications);
             } else {

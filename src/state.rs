@@ -231,7 +231,11 @@ impl StateStore {
     /// Starts a transaction; nothing is visible to a later start until it commits.
     pub fn transaction(&mut self) -> Result<StateTx<'_>, StateError> {
         Ok(StateTx {
-            tx: self.conn.transaction()?,
+            // IMMEDIATE: take the write lock now, waiting for the sender if it holds it,
+            // rather than failing with BUSY at the first write.
+            tx: self
+                .conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?,
         })
     }
 

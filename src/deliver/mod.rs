@@ -155,11 +155,13 @@ impl SpaceWorker {
                 continue;
             };
             let chat_key = thread_key::chat_thread_key(&batch.thread_key);
+            // Chat counts requests as they arrive, so the pace runs from start to start.
+            let sent_at = Instant::now();
             let outcome = tokio::select! {
                 outcome = self.client.post(&target.url, &chat_key, &batch.text, &batch.request_id) => outcome,
                 () = stop_reached(self.stop.clone()) => break,
             };
-            next_send = Instant::now() + self.interval;
+            next_send = sent_at + self.interval;
             match outcome {
                 PostOutcome::Accepted => {
                     if let Err(error) =

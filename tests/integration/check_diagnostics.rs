@@ -90,7 +90,10 @@ fn the_example_config_is_valid() {
         "Debug of Config leaks the URL"
     );
     let names: Vec<&str> = config.rules.iter().map(|r| r.name.as_str()).collect();
-    assert_eq!(names, ["http-5xx", "db-timeout", "exception", "panic", "oom-kill"]);
+    assert_eq!(
+        names,
+        ["http-5xx", "db-timeout", "exception", "panic", "oom-kill"]
+    );
 }
 
 #[test]

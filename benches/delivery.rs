@@ -50,7 +50,7 @@ rules:
     path
 }
 
-fn start(config: &Path) -> Child {
+fn start_agent(config: &Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_chattail"))
         .args(["run", "--config"])
         .arg(config)
@@ -75,7 +75,7 @@ fn latency() {
     chat.set_rate(None, None);
     let url = chat.webhook("BENCH", "KEY", "TOKEN");
     let dir = tempfile::tempdir().unwrap();
-    let mut agent = start(&config(dir.path(), &url, 20));
+    let mut agent = start_agent(&config(dir.path(), &url, 20));
     let log = dir.path().join("logs/app.log");
     let mut f = OpenOptions::new()
         .create(true)
@@ -152,7 +152,7 @@ fn drain() {
     }
     drop(f);
     let start = Instant::now();
-    let mut agent = start(&config);
+    let mut agent = start_agent(&config);
     while items_delivered(&chat) < 1000 && start.elapsed() < Duration::from_secs(120) {
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -159,3 +159,69 @@ fn test_refuses_a_broken_config_with_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("`{nosuch}`"));
 }
+
+#[test]
+fn the_readme_first_command_shows_grouped_threads_without_a_webhook() {
+    // README: `cargo run -- run --config rules.example.yaml --dry-run --once`
+    let dir = tempfile::tempdir().unwrap();
+    let state_dir = dir.path().join("never-created");
+    let out = chattail(
+        &[
+            "run",
+            "--config",
+            "rules.example.yaml",
+            "--dry-run",
+            "--once",
+        ],
+        &[("CHATTAIL_STATE_DIR", state_dir.to_str().unwrap())],
+        None,
+    );
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stdout.contains("── oncall · thread db-timeout-orders-db.internal · rule db-timeout"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("Threads that would receive messages:"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("oncall · http-502-POST-/checkout: 8 messages"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("oncall · oom-"), "{stdout}");
+    assert!(!state_dir.exists(), "dry-run touches no state directory");
+}
+
+#[test]
+fn run_refuses_a_config_whose_webhook_variable_is_unset() {
+    let out = chattail(
+        &["run", "--config", "rules.example.yaml", "--once"],
+        &[],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("CHATTAIL_WEBHOOK_URL"));
+}
+
+#[test]
+fn a_second_agent_on_the_same_state_dir_gets_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let _held = chattail::state::StateStore::open(dir.path()).unwrap();
+    let out = chattail(
+        &["run", "--config", "rules.example.yaml", "--once"],
+        &[
+            ("CHATTAIL_WEBHOOK_URL", SECRET_URL),
+            ("CHATTAIL_STATE_DIR", dir.path().to_str().unwrap()),
+        ],
+        None,
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("another chattail is already using the state directory"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("SECRET"), "{stderr}");
+}

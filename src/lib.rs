@@ -5,6 +5,7 @@
 //! validation, templates, the rule engine, Chat text rendering) does no I/O beyond reading
 //! the config file; see ARCHITECTURE.md for the map and its invariants.
 
+pub mod bursts;
 pub mod chat_text;
 pub mod cli;
 pub mod config;

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 use tokio::sync::watch;
 
+use crate::bursts::Bursts;
 use crate::config::Config;
 use crate::deliver::{self, chat_client::ChatClient};
 use crate::rules::{Notification, RuleSet, Source};
@@ -171,6 +172,9 @@ struct Ingest {
     last_outbox_check: Option<Instant>,
     /// Messages per (webhook, thread) in dry-run, for the closing summary.
     dry_run_threads: BTreeMap<(String, String), usize>,
+    bursts: Bursts,
+    /// `dedup.window` by rule name.
+    dedup_windows: HashMap<String, Duration>,
 }
 
 impl Ingest {
@@ -182,6 +186,12 @@ impl Ingest {
         options: RunOptions,
     ) -> Result<Self, RunError> {
         let tailer = Tailer::new(TailOptions::from_config(&config), store.saved_files()?);
+        let bursts = Bursts::from_saved(store.saved_windows()?);
+        let dedup_windows = config
+            .rules
+            .iter()
+            .filter_map(|r| r.dedup.as_ref().map(|d| (r.name.clone(), d.window)))
+            .collect();
         Ok(Self {
             config,
             store,
@@ -194,6 +204,8 @@ impl Ingest {
             outbox_full: false,
             last_outbox_check: None,
             dry_run_threads: BTreeMap::new(),
+            bursts,
+            dedup_windows,
         })
     }
 
@@ -203,7 +215,7 @@ impl Ingest {
                 std::thread::sleep(Duration::from_millis(200));
                 continue;
             }
-            let more = match self.step() {
+            let more = match self.step(false) {
                 Ok(more) => more,
                 Err(error) => {
                     // The transaction did not commit, so the tailer's position in memory is
@@ -225,22 +237,29 @@ impl Ingest {
                 self.tailer.wait(Duration::from_millis(250));
             }
         }
-        // One last round so that what was read is committed before the process ends.
-        self.step()?;
+        // One last round so that what was read is committed before the process ends
+        // (unless the outbox is full: then nothing more is read).
+        if !self.outbox_full {
+            self.step(true)?;
+        }
         if self.options.dry_run {
             self.write_dry_run_summary();
         }
         Ok(())
     }
 
-    /// One poll of the tailer and one transaction. Returns whether more data is waiting.
-    fn step(&mut self) -> Result<bool, StateError> {
+    /// One poll of the tailer and one transaction: the offsets, the notifications of the
+    /// lines read, and the burst windows they changed. With `flush`, every pending burst
+    /// summary is queued too (shutdown). Returns whether more data is waiting.
+    fn step(&mut self, flush: bool) -> Result<bool, StateError> {
         let mut notifications: Vec<Notification> = Vec::new();
         let host = self.config.host.clone();
+        let now_ms = crate::state::unix_now_ms();
         let more = {
             let config = &self.config;
             let by_path = &mut self.by_path;
             let by_rules = &mut self.by_rules;
+            let bursts = &mut self.bursts;
             let mut sink = |origin: &LineOrigin<'_>, line: &[u8]| {
                 let rules = rules_for(config, by_path, by_rules, origin.path);
                 let file = origin.path.to_string_lossy();
@@ -249,18 +268,38 @@ impl Ingest {
                     host: &host,
                 };
                 rules.evaluate(line, |hit| {
-                    notifications.push(hit.notification(line, &source))
+                    let n = hit.notification(line, &source);
+                    match &hit.rule.dedup {
+                        Some(dedup) => bursts.observe(dedup, n, line, now_ms, &mut notifications),
+                        None => notifications.push(n),
+                    }
                 });
             };
             self.tailer.poll(&mut sink)
         };
+        let windows = &self.dedup_windows;
+        self.bursts.expire(
+            now_ms,
+            |rule| windows.get(rule).copied(),
+            &mut notifications,
+        );
+        if flush {
+            self.bursts.flush(&mut notifications);
+        }
         let checkpoints = self.tailer.take_checkpoints();
-        if checkpoints.is_empty() && notifications.is_empty() {
+        if checkpoints.is_empty() && notifications.is_empty() && !self.bursts.has_changes() {
             return Ok(more);
         }
+        let (changed, removed) = self.bursts.take_changes();
         let tx = self.store.transaction()?;
         for checkpoint in &checkpoints {
             tx.record(checkpoint)?;
+        }
+        for w in &changed {
+            tx.save_window(w)?;
+        }
+        for (rule, key) in &removed {
+            tx.remove_window(rule, key)?;
         }
         if !self.options.dry_run {
             for n in &notifications {

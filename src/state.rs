@@ -18,7 +18,7 @@ use thiserror::Error;
 use crate::tail::{Checkpoint, FileKey, SavedFile};
 
 /// The schema version this code writes; see [`StateStore::migrate`].
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 /// Released files are remembered this long, so a file that comes back under a matched
 /// path (or after a restart) resumes instead of being read again.
 const RELEASED_RETENTION_SECS: i64 = 24 * 3600;
@@ -184,7 +184,47 @@ impl StateStore {
                  COMMIT;"
             ))?;
         }
+        if version < 3 {
+            // Open burst windows, written with the offsets and the outbox so that a crash
+            // neither posts a first occurrence twice nor loses a count.
+            self.conn.execute_batch(
+                "BEGIN;
+                 CREATE TABLE bursts (
+                     rule       TEXT    NOT NULL,
+                     key        TEXT    NOT NULL,
+                     webhook    TEXT    NOT NULL,
+                     thread_key TEXT    NOT NULL,
+                     first_ms   INTEGER NOT NULL,
+                     last_ms    INTEGER NOT NULL,
+                     count      INTEGER NOT NULL,
+                     last_line  TEXT    NOT NULL,
+                     PRIMARY KEY (rule, key)
+                 );
+                 PRAGMA user_version = 3;
+                 COMMIT;",
+            )?;
+        }
         Ok(())
+    }
+
+    /// The open burst windows.
+    pub fn saved_windows(&self) -> Result<Vec<crate::bursts::Window>, StateError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT rule, key, webhook, thread_key, first_ms, last_ms, count, last_line FROM bursts",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(crate::bursts::Window {
+                rule: r.get(0)?,
+                key: r.get(1)?,
+                webhook: r.get(2)?,
+                thread_key: r.get(3)?,
+                first_ms: r.get(4)?,
+                last_ms: r.get(5)?,
+                count: u64::try_from(r.get::<_, i64>(6)?).unwrap_or(0),
+                last_line: r.get(7)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
     /// The database file, for the sender's own connection.
@@ -301,6 +341,38 @@ impl StateTx<'_> {
             .prepare_cached("DELETE FROM files WHERE released_at IS NOT NULL AND released_at < ?1")?
             .execute(params![unix_now() - RELEASED_RETENTION_SECS])?;
         Ok(self.tx.commit()?)
+    }
+
+    /// Records an open burst window (new or changed).
+    pub fn save_window(&self, w: &crate::bursts::Window) -> Result<(), StateError> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO bursts (rule, key, webhook, thread_key, first_ms, last_ms, count, last_line)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (rule, key) DO UPDATE SET
+                     webhook = excluded.webhook, thread_key = excluded.thread_key,
+                     first_ms = excluded.first_ms, last_ms = excluded.last_ms,
+                     count = excluded.count, last_line = excluded.last_line",
+            )?
+            .execute(params![
+                w.rule,
+                w.key,
+                w.webhook,
+                w.thread_key,
+                w.first_ms,
+                w.last_ms,
+                i64::try_from(w.count).unwrap_or(i64::MAX),
+                w.last_line
+            ])?;
+        Ok(())
+    }
+
+    /// Forgets a closed burst window.
+    pub fn remove_window(&self, rule: &str, key: &str) -> Result<(), StateError> {
+        self.tx
+            .prepare_cached("DELETE FROM bursts WHERE rule = ?1 AND key = ?2")?
+            .execute(params![rule, key])?;
+        Ok(())
     }
 
     /// Queues a notification for Chat.

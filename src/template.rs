@@ -192,7 +192,8 @@ impl fmt::Debug for Template {
     }
 }
 
-fn is_identifier(name: &str) -> bool {
+/// Letters, digits and `_`, not starting with a digit: placeholder and variable names.
+pub(crate) fn is_identifier(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')

@@ -43,7 +43,8 @@ pub fn expand(value: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<St
                 Some((name, default)) => (name, Some(default)),
                 None => (body, None),
             };
-            if !is_variable_name(name) {
+            // Variable names follow the same rule as template placeholders.
+            if !crate::template::is_identifier(name) {
                 return Err(ExpandError::BadName(body.to_owned()));
             }
             match (lookup(name), default) {
@@ -60,12 +61,6 @@ pub fn expand(value: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<St
     }
     out.push_str(rest);
     Ok(out)
-}
-
-fn is_variable_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 #[cfg(test)]

@@ -446,3 +446,146 @@ fn a_burst_is_merged_per_thread_and_drains_quickly() {
     );
     assert!(agent.terminate().success());
 }
+
+/// A rule with a burst window, keyed by the captured word.
+fn storm_rule(window: &str, max_keys: usize) -> String {
+    format!(
+        "  - name: storm\n    match: 'STORM (?P<key>\\w+) #(?P<n>\\d+)'\n    webhook: oncall\n    thread_key: 'storm-{{key}}'\n    message: \"*Storm* {{key}} #{{n}}\"\n    dedup:\n      window: {window}\n      max_keys: {max_keys}\n"
+    )
+}
+
+fn write_storm(path: &Path, keys: &[&str], range: std::ops::Range<usize>) {
+    let mut text = String::new();
+    for n in range {
+        for key in keys {
+            text.push_str(&format!("STORM {key} #{n}\n"));
+        }
+    }
+    open_append(path).write_all(text.as_bytes()).unwrap();
+}
+
+fn storm_messages(chat: &MockChat, key: &str) -> Vec<String> {
+    chat.messages()
+        .into_iter()
+        .filter(|m| m.thread_key.as_deref() == Some(&format!("storm-{key}")))
+        .map(|m| m.text)
+        .collect()
+}
+
+#[test]
+fn a_storm_is_one_post_then_one_summary_with_the_count() {
+    let chat = MockChat::start();
+    let url = chat.webhook("SPACE1", "KEY1", "TOKEN1");
+    let mut agent = Agent::new(&oncall(&url), &storm_rule("4s", 100));
+    agent.start();
+    write_storm(&agent.log(), &["a"], 0..300);
+    wait_for("the summary", Duration::from_secs(20), || {
+        storm_messages(&chat, "a").len() >= 2
+    });
+    assert!(agent.terminate().success());
+    let texts = storm_messages(&chat, "a");
+    assert_eq!(texts.len(), 2, "{texts:#?}");
+    assert_eq!(texts[0], "*Storm* a #0");
+    assert!(
+        texts[1].starts_with("*storm*: 299 more occurrences"),
+        "{}",
+        texts[1]
+    );
+    assert!(texts[1].contains("STORM a #299"), "{}", texts[1]);
+    let threads: std::collections::HashSet<String> =
+        chat.messages().iter().map(|m| m.thread.clone()).collect();
+    assert_eq!(threads.len(), 1, "the summary went into the same thread");
+}
+
+#[test]
+fn interleaved_keys_get_their_own_threads_and_counts() {
+    let chat = MockChat::start();
+    let url = chat.webhook("SPACE1", "KEY1", "TOKEN1");
+    let mut agent = Agent::new(&oncall(&url), &storm_rule("3s", 100));
+    agent.start();
+    write_storm(&agent.log(), &["a", "b"], 0..50);
+    wait_for("both summaries", Duration::from_secs(20), || {
+        storm_messages(&chat, "a").len() >= 2 && storm_messages(&chat, "b").len() >= 2
+    });
+    assert!(agent.terminate().success());
+    for key in ["a", "b"] {
+        let texts = storm_messages(&chat, key);
+        assert_eq!(texts.len(), 2, "{texts:#?}");
+        assert_eq!(texts[0], format!("*Storm* {key} #0"));
+        assert!(
+            texts[1].starts_with("*storm*: 49 more occurrences"),
+            "{}",
+            texts[1]
+        );
+    }
+}
+
+#[test]
+fn a_key_evicted_by_max_keys_gets_its_summary() {
+    let chat = MockChat::start();
+    let url = chat.webhook("SPACE1", "KEY1", "TOKEN1");
+    let mut agent = Agent::new(&oncall(&url), &storm_rule("1h", 2));
+    agent.start();
+    write_storm(&agent.log(), &["a", "b"], 0..2);
+    wait_for("two first posts", Duration::from_secs(20), || {
+        chat.messages().len() >= 2
+    });
+    write_storm(&agent.log(), &["c"], 0..1);
+    // `a` is the least recently seen of the two windows: `c` evicts it.
+    wait_for("a's summary", Duration::from_secs(20), || {
+        storm_messages(&chat, "a").len() >= 2
+    });
+    assert!(storm_messages(&chat, "a")[1].starts_with("*storm*: 1 more occurrence "));
+    assert!(agent.terminate().success());
+    assert!(agent.stderr().contains("chattail stopped"));
+}
+
+#[test]
+fn kill_9_inside_a_window_neither_reposts_nor_loses_the_count() {
+    let chat = MockChat::start();
+    let url = chat.webhook("SPACE1", "KEY1", "TOKEN1");
+    let mut agent = Agent::new(&oncall(&url), &storm_rule("6s", 100));
+    agent.start();
+    write_storm(&agent.log(), &["a"], 0..10);
+    wait_for("the first post", Duration::from_secs(20), || {
+        !storm_messages(&chat, "a").is_empty()
+    });
+    agent.kill9();
+    agent.start();
+    write_storm(&agent.log(), &["a"], 10..15);
+    wait_for("the summary", Duration::from_secs(30), || {
+        storm_messages(&chat, "a").len() >= 2
+    });
+    assert!(agent.terminate().success());
+    let texts = storm_messages(&chat, "a");
+    assert_eq!(texts.len(), 2, "{texts:#?}");
+    assert_eq!(texts[0], "*Storm* a #0");
+    assert!(
+        texts[1].starts_with("*storm*: 14 more occurrences"),
+        "{}",
+        texts[1]
+    );
+    assert!(texts[1].contains("STORM a #14"));
+}
+
+#[test]
+fn sigterm_inside_a_window_posts_the_summary_before_exit() {
+    let chat = MockChat::start();
+    let url = chat.webhook("SPACE1", "KEY1", "TOKEN1");
+    let mut agent = Agent::new(&oncall(&url), &storm_rule("1h", 100));
+    agent.start();
+    write_storm(&agent.log(), &["a"], 0..10);
+    wait_for("the first post", Duration::from_secs(20), || {
+        !storm_messages(&chat, "a").is_empty()
+    });
+    // The ten lines were one write, read by one poll: the first post was queued in the
+    // same transaction that counted the nine repeats.
+    assert!(agent.terminate().success());
+    let texts = storm_messages(&chat, "a");
+    assert_eq!(texts.len(), 2, "{texts:#?}");
+    assert!(
+        texts[1].starts_with("*storm*: 9 more occurrences"),
+        "{}",
+        texts[1]
+    );
+}

@@ -186,8 +186,13 @@ fn the_readme_first_command_shows_grouped_threads_without_a_webhook() {
         stdout.contains("Threads that would receive messages:"),
         "{stdout}"
     );
+    // Eight 502s on /checkout within the rule's 5-minute window: the first, then a count.
     assert!(
-        stdout.contains("oncall · http-502-POST-/checkout: 8 messages"),
+        stdout.contains("oncall · http-502-POST-/checkout: 2 messages"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("*http-5xx*: 7 more occurrences"),
         "{stdout}"
     );
     assert!(stdout.contains("oncall · oom-"), "{stdout}");

@@ -10,6 +10,7 @@ pub mod chat_text;
 pub mod cli;
 pub mod config;
 pub mod deliver;
+pub mod multiline;
 pub mod outbox;
 pub mod rule_test;
 pub mod rules;

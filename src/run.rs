@@ -26,6 +26,7 @@ use tokio::sync::watch;
 use crate::bursts::Bursts;
 use crate::config::Config;
 use crate::deliver::{self, chat_client::ChatClient};
+use crate::multiline::{Assembler, Event};
 use crate::rules::{Notification, RuleSet, Source};
 use crate::state::{StateError, StateStore};
 use crate::tail::{LineOrigin, TailOptions, Tailer};
@@ -175,6 +176,37 @@ struct Ingest {
     bursts: Bursts,
     /// `dedup.window` by rule name.
     dedup_windows: HashMap<String, Duration>,
+    /// Pending multiline events per file.
+    assembler: Assembler,
+}
+
+/// Runs the rules over a line or an event and routes each hit through the burst windows.
+struct Evaluator<'a> {
+    config: &'a Config,
+    by_path: &'a mut HashMap<PathBuf, Arc<RuleSet>>,
+    by_rules: &'a mut HashMap<Vec<usize>, Arc<RuleSet>>,
+    bursts: &'a mut Bursts,
+    now_ms: i64,
+    out: &'a mut Vec<Notification>,
+}
+
+impl Evaluator<'_> {
+    fn evaluate(&mut self, path: &std::path::Path, line: &[u8]) {
+        let rules = rules_for(self.config, self.by_path, self.by_rules, path);
+        let file = path.to_string_lossy();
+        let source = Source {
+            file: &file,
+            host: &self.config.host,
+        };
+        let (bursts, out, now_ms) = (&mut *self.bursts, &mut *self.out, self.now_ms);
+        rules.evaluate(line, |hit| {
+            let n = hit.notification(line, &source);
+            match &hit.rule.dedup {
+                Some(dedup) => bursts.observe(dedup, n, line, now_ms, out),
+                None => out.push(n),
+            }
+        });
+    }
 }
 
 impl Ingest {
@@ -187,6 +219,7 @@ impl Ingest {
     ) -> Result<Self, RunError> {
         let tailer = Tailer::new(TailOptions::from_config(&config), store.saved_files()?);
         let bursts = Bursts::from_saved(store.saved_windows()?);
+        let assembler = Assembler::from_saved(store.saved_events()?);
         let dedup_windows = config
             .rules
             .iter()
@@ -206,6 +239,7 @@ impl Ingest {
             dry_run_threads: BTreeMap::new(),
             bursts,
             dedup_windows,
+            assembler,
         })
     }
 
@@ -253,30 +287,72 @@ impl Ingest {
     /// summary is queued too (shutdown). Returns whether more data is waiting.
     fn step(&mut self, flush: bool) -> Result<bool, StateError> {
         let mut notifications: Vec<Notification> = Vec::new();
-        let host = self.config.host.clone();
         let now_ms = crate::state::unix_now_ms();
+        let mut events: Vec<Event> = Vec::new();
         let more = {
+            let mut eval = Evaluator {
+                config: &self.config,
+                by_path: &mut self.by_path,
+                by_rules: &mut self.by_rules,
+                bursts: &mut self.bursts,
+                now_ms,
+                out: &mut notifications,
+            };
             let config = &self.config;
-            let by_path = &mut self.by_path;
-            let by_rules = &mut self.by_rules;
-            let bursts = &mut self.bursts;
-            let mut sink = |origin: &LineOrigin<'_>, line: &[u8]| {
-                let rules = rules_for(config, by_path, by_rules, origin.path);
-                let file = origin.path.to_string_lossy();
-                let source = Source {
-                    file: &file,
-                    host: &host,
-                };
-                rules.evaluate(line, |hit| {
-                    let n = hit.notification(line, &source);
-                    match &hit.rule.dedup {
-                        Some(dedup) => bursts.observe(dedup, n, line, now_ms, &mut notifications),
-                        None => notifications.push(n),
+            let assembler = &mut self.assembler;
+            let mut sink = |origin: &LineOrigin<'_>, line: &[u8]| match config
+                .files
+                .get(origin.spec)
+                .and_then(|f| f.multiline.as_deref())
+            {
+                Some(settings) => {
+                    let mut done = Vec::new();
+                    assembler.push(
+                        settings,
+                        origin.key,
+                        origin.path,
+                        origin.spec,
+                        line,
+                        now_ms,
+                        &mut done,
+                    );
+                    for event in done {
+                        eval.evaluate(&event.path, &event.bytes);
                     }
-                });
+                }
+                None => eval.evaluate(origin.path, line),
             };
             self.tailer.poll(&mut sink)
         };
+        // Events with no new line for their timeout are complete; with `flush` and
+        // `--once`, every pending event is (nothing more will be read).
+        let finish_all = flush && self.options.once;
+        let config = &self.config;
+        self.assembler.expire(
+            now_ms,
+            |e| {
+                if finish_all {
+                    return None;
+                }
+                config
+                    .files
+                    .get(e.spec)
+                    .and_then(|f| f.multiline.as_ref())
+                    .map(|m| m.timeout)
+            },
+            &mut events,
+        );
+        for event in events {
+            Evaluator {
+                config: &self.config,
+                by_path: &mut self.by_path,
+                by_rules: &mut self.by_rules,
+                bursts: &mut self.bursts,
+                now_ms,
+                out: &mut notifications,
+            }
+            .evaluate(&event.path, &event.bytes);
+        }
         let windows = &self.dedup_windows;
         self.bursts.expire(
             now_ms,
@@ -287,13 +363,21 @@ impl Ingest {
             self.bursts.flush(&mut notifications);
         }
         let checkpoints = self.tailer.take_checkpoints();
-        if checkpoints.is_empty() && notifications.is_empty() && !self.bursts.has_changes() {
+        if checkpoints.is_empty()
+            && notifications.is_empty()
+            && !self.bursts.has_changes()
+            && !self.assembler.has_changes()
+        {
             return Ok(more);
         }
         let (changed, removed) = self.bursts.take_changes();
+        let pending_events = self.assembler.take_changes();
         let tx = self.store.transaction()?;
         for checkpoint in &checkpoints {
             tx.record(checkpoint)?;
+        }
+        for (key, event) in &pending_events {
+            tx.save_event(*key, event.as_ref())?;
         }
         for w in &changed {
             tx.save_window(w)?;

@@ -18,7 +18,7 @@ use thiserror::Error;
 use crate::tail::{Checkpoint, FileKey, SavedFile};
 
 /// The schema version this code writes; see [`StateStore::migrate`].
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 /// Released files are remembered this long, so a file that comes back under a matched
 /// path (or after a restart) resumes instead of being read again.
 const RELEASED_RETENTION_SECS: i64 = 24 * 3600;
@@ -204,7 +204,49 @@ impl StateStore {
                  COMMIT;",
             )?;
         }
+        if version < 4 {
+            // The incomplete multiline event of each file, so that an event split by a
+            // restart is still one event.
+            self.conn.execute_batch(
+                "BEGIN;
+                 CREATE TABLE multiline_events (
+                     dev       INTEGER NOT NULL,
+                     ino       INTEGER NOT NULL,
+                     path      TEXT    NOT NULL,
+                     spec      INTEGER NOT NULL,
+                     bytes     BLOB    NOT NULL,
+                     lines     INTEGER NOT NULL,
+                     cut_lines INTEGER NOT NULL,
+                     last_ms   INTEGER NOT NULL,
+                     PRIMARY KEY (dev, ino)
+                 );
+                 PRAGMA user_version = 4;
+                 COMMIT;",
+            )?;
+        }
         Ok(())
+    }
+
+    /// The incomplete multiline events.
+    pub fn saved_events(&self) -> Result<Vec<crate::multiline::Event>, StateError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT dev, ino, path, spec, bytes, lines, cut_lines, last_ms FROM multiline_events",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(crate::multiline::Event {
+                key: FileKey {
+                    dev: from_sql_u64(r.get(0)?),
+                    ino: from_sql_u64(r.get(1)?),
+                },
+                path: PathBuf::from(r.get::<_, String>(2)?),
+                spec: usize::try_from(r.get::<_, i64>(3)?).unwrap_or(0),
+                bytes: r.get(4)?,
+                lines: usize::try_from(r.get::<_, i64>(5)?).unwrap_or(0),
+                cut_lines: usize::try_from(r.get::<_, i64>(6)?).unwrap_or(0),
+                last_ms: r.get(7)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
     /// The open burst windows.
@@ -372,6 +414,39 @@ impl StateTx<'_> {
         self.tx
             .prepare_cached("DELETE FROM bursts WHERE rule = ?1 AND key = ?2")?
             .execute(params![rule, key])?;
+        Ok(())
+    }
+
+    /// Records the incomplete multiline event of a file (`None`: it has none now).
+    pub fn save_event(
+        &self,
+        key: FileKey,
+        event: Option<&crate::multiline::Event>,
+    ) -> Result<(), StateError> {
+        match event {
+            Some(e) => {
+                self.tx
+                    .prepare_cached(
+                        "INSERT OR REPLACE INTO multiline_events (dev, ino, path, spec, bytes, lines, cut_lines, last_ms)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    )?
+                    .execute(params![
+                        to_sql_u64(key.dev),
+                        to_sql_u64(key.ino),
+                        e.path.to_string_lossy(),
+                        i64::try_from(e.spec).unwrap_or(0),
+                        e.bytes,
+                        i64::try_from(e.lines).unwrap_or(i64::MAX),
+                        i64::try_from(e.cut_lines).unwrap_or(i64::MAX),
+                        e.last_ms
+                    ])?;
+            }
+            None => {
+                self.tx
+                    .prepare_cached("DELETE FROM multiline_events WHERE dev = ?1 AND ino = ?2")?
+                    .execute(params![to_sql_u64(key.dev), to_sql_u64(key.ino)])?;
+            }
+        }
         Ok(())
     }
 

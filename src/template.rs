@@ -13,7 +13,7 @@ use regex::bytes::Captures;
 use thiserror::Error;
 
 /// The built-in placeholders every template may use.
-pub const BUILTINS: [&str; 4] = ["line", "file", "rule", "host"];
+pub const BUILTINS: [&str; 5] = ["line", "first_line", "file", "rule", "host"];
 
 /// One piece of a parsed template.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +21,7 @@ enum Segment {
     Literal(String),
     Group { index: usize },
     Line,
+    FirstLine,
     File,
     Rule,
     Host,
@@ -38,7 +39,7 @@ pub struct Template {
 pub enum TemplateError {
     #[error(
         "names `{{{name}}}`, which the pattern does not define \
-         (named groups: {groups}; built-ins: line, file, rule, host)"
+         (named groups: {groups}; built-ins: line, first_line, file, rule, host)"
     )]
     UnknownName { name: String, groups: String },
     #[error(
@@ -56,7 +57,8 @@ pub enum TemplateError {
     BadPlaceholder { text: String, position: usize },
 }
 
-/// What a template is rendered from: one matched line and where it came from.
+/// What a template is rendered from: one matched line (or multiline event, whose first
+/// line is `{first_line}`) and where it came from.
 #[derive(Debug, Clone, Copy)]
 pub struct RenderContext<'a> {
     pub line: &'a [u8],
@@ -113,6 +115,7 @@ impl Template {
                     }
                     let segment = match name.as_str() {
                         "line" => Segment::Line,
+                        "first_line" => Segment::FirstLine,
                         "file" => Segment::File,
                         "rule" => Segment::Rule,
                         "host" => Segment::Host,
@@ -163,6 +166,10 @@ impl Template {
                     continue;
                 }
                 Segment::Line => String::from_utf8_lossy(ctx.line),
+                Segment::FirstLine => {
+                    let end = memchr::memchr(b'\n', ctx.line).unwrap_or(ctx.line.len());
+                    String::from_utf8_lossy(&ctx.line[..end])
+                }
                 Segment::File => Cow::Borrowed(ctx.file),
                 Segment::Rule => Cow::Borrowed(ctx.rule),
                 Segment::Host => Cow::Borrowed(ctx.host),
@@ -249,7 +256,7 @@ mod tests {
         let re = Regex::new(r"(?P<db>\S+)").unwrap();
         assert_eq!(
             parse_for(&re, "x-{nosuch}").unwrap_err().to_string(),
-            "names `{nosuch}`, which the pattern does not define (named groups: db; built-ins: line, file, rule, host)"
+            "names `{nosuch}`, which the pattern does not define (named groups: db; built-ins: line, first_line, file, rule, host)"
         );
         assert_eq!(
             parse_for(&re, "a}b"),
@@ -295,7 +302,7 @@ mod tests {
                     let close = rest[open..].find('}').unwrap();
                     let name = &rest[open + 1..open + close];
                     stripped.push_str(match name {
-                        "line" | "a" => "",
+                        "line" | "first_line" | "a" => "",
                         "file" => "/var/log/app.log",
                         "rule" => "db-timeout",
                         "host" => "web-1",

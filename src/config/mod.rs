@@ -28,6 +28,10 @@ use crate::webhook_url::WebhookUrl;
 
 /// Where `state_dir` points when the config does not say.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/chattail";
+/// A multiline event with no new line for this long is complete.
+pub const DEFAULT_MULTILINE_TIMEOUT: Duration = Duration::from_secs(1);
+/// The most lines a multiline event keeps unless a file entry says otherwise.
+pub const DEFAULT_MULTILINE_MAX_LINES: usize = 500;
 /// Lines longer than this many bytes are cut unless a file entry says otherwise.
 pub const DEFAULT_MAX_LINE_BYTES: usize = 64 * 1024;
 /// The range `max_line_bytes` may take.
@@ -112,7 +116,60 @@ pub struct FileSpec {
     pub start_at: StartAt,
     /// Longer lines are cut to this many bytes.
     pub max_line_bytes: usize,
+    /// How lines join into events (stack traces), if they do.
+    pub multiline: Option<Arc<Multiline>>,
 }
+
+/// How the lines of a file join into multiline events.
+#[derive(Debug)]
+pub struct Multiline {
+    pub boundary: Boundary,
+    /// An event with no new line for this long is complete.
+    pub timeout: Duration,
+    /// Lines beyond this many are cut from the event (and counted).
+    pub max_lines: usize,
+}
+
+/// What tells one event from the next.
+#[derive(Debug)]
+pub enum Boundary {
+    /// A line matching this starts a new event; others continue the current one.
+    Start(Regex),
+    /// A line matching this continues the current event; others start a new one
+    /// (the built-in presets, which describe continuation lines).
+    Continue(Regex),
+}
+
+impl Multiline {
+    /// Whether `line` begins a new event.
+    pub fn starts_event(&self, line: &[u8]) -> bool {
+        match &self.boundary {
+            Boundary::Start(re) => re.is_match(line),
+            Boundary::Continue(re) => !re.is_match(line),
+        }
+    }
+}
+
+/// Continuation lines of the built-in multiline presets.
+pub const MULTILINE_PRESETS: [(&str, &str); 3] = [
+    // The exception line that follows a log line, indented frames, "Caused by:",
+    // "Suppressed:" and "... 12 more".
+    (
+        "java",
+        r"^(?:[ \t]+\S|[\w$]+(?:\.[\w$]+)+(?:Exception|Error|Throwable)\b|Caused by:|Suppressed:|\.\.\. \d+ (?:more|common frames omitted))",
+    ),
+    // The traceback header, indented frames and source, chained-exception notes, and the
+    // final `SomeError: message` line.
+    (
+        "python",
+        r"^(?:[ \t]+\S|Traceback \(most recent call last\):|During handling of the above exception|The above exception was the direct cause|[A-Za-z_][\w.]*(?:Error|Exception|Warning|Exit|Interrupt)\b)",
+    ),
+    // Blank lines, goroutine headers, function lines and indented file:line frames.
+    (
+        "go",
+        r"^(?:$|[ \t]+\S|goroutine \d+ \[|created by |\[signal |[\w./*()-]+\(.*\)$|exit status \d+)",
+    ),
+];
 
 /// One validated rule.
 #[derive(Debug)]

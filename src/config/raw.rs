@@ -48,6 +48,16 @@ pub struct RawFile {
     pub path: Spanned<String>,
     pub start_at: Option<StartAt>,
     pub max_line_bytes: Option<Spanned<u64>>,
+    pub multiline: Option<Spanned<RawMultiline>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMultiline {
+    pub start: Option<Spanned<String>>,
+    pub preset: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    pub max_lines: Option<Spanned<u64>>,
 }
 
 /// Where to start reading a file that has no saved offset.

@@ -13,12 +13,13 @@ use globset::{Glob, GlobBuilder, GlobSetBuilder};
 use regex::bytes::{Regex, RegexBuilder};
 use serde_saphyr::Spanned;
 
-use super::raw::{RawConfig, RawDedup, RawDelivery, RawRule, RawWebhook};
+use super::raw::{RawConfig, RawDedup, RawDelivery, RawMultiline, RawRule, RawWebhook};
 use super::{
-    Config, DEFAULT_MAX_KEYS, DEFAULT_MAX_LINE_BYTES, DEFAULT_MAX_PER_SECOND, DEFAULT_MESSAGE,
-    DEFAULT_STATE_DIR, DEFAULT_THREAD_KEY, Dedup, Delivery, FileSpec, LoadOptions, Loaded,
-    Location, MAX_LINE_BYTES_RANGE, RULE_REGEX_SIZE_LIMIT, Report, Rule, Severity, UrlPolicy,
-    Webhook, expand,
+    Boundary, Config, DEFAULT_MAX_KEYS, DEFAULT_MAX_LINE_BYTES, DEFAULT_MAX_PER_SECOND,
+    DEFAULT_MESSAGE, DEFAULT_MULTILINE_MAX_LINES, DEFAULT_MULTILINE_TIMEOUT, DEFAULT_STATE_DIR,
+    DEFAULT_THREAD_KEY, Dedup, Delivery, FileSpec, LoadOptions, Loaded, Location,
+    MAX_LINE_BYTES_RANGE, MULTILINE_PRESETS, Multiline, RULE_REGEX_SIZE_LIMIT, Report, Rule,
+    Severity, UrlPolicy, Webhook, expand,
 };
 use crate::template::{BUILTINS, Template};
 use crate::webhook_url::WebhookUrl;
@@ -188,6 +189,11 @@ impl Validator<'_> {
                         DEFAULT_MAX_LINE_BYTES
                     }
                 };
+                let multiline = file
+                    .multiline
+                    .as_ref()
+                    .and_then(|m| self.multiline(m, i))
+                    .map(Arc::new);
                 let pattern = self.glob_path(&file.path, &format!("files[{i}].path"))?;
                 let matcher = compile_glob(&pattern).ok()?.compile_matcher();
                 Some(super::FileSpec {
@@ -195,6 +201,7 @@ impl Validator<'_> {
                     matcher,
                     start_at: file.start_at.unwrap_or_default(),
                     max_line_bytes,
+                    multiline,
                 })
             })
             .collect::<Vec<FileSpec>>();
@@ -508,6 +515,64 @@ impl Validator<'_> {
             window: window?,
             key: key?,
             max_keys,
+        })
+    }
+
+    fn multiline(&mut self, raw: &Spanned<RawMultiline>, i: usize) -> Option<Multiline> {
+        let what = format!("files[{i}].multiline");
+        let r = &raw.value;
+        let boundary = match (&r.start, &r.preset) {
+            (Some(start), None) => {
+                let text = self.expanded(start, &format!("{what}.start"))?;
+                Boundary::Start(self.regex(&text, start, &format!("{what}.start"))?)
+            }
+            (None, Some(preset)) => {
+                let name = preset.value.as_str();
+                let Some((_, pattern)) = MULTILINE_PRESETS.iter().find(|(n, _)| *n == name) else {
+                    let known: Vec<&str> = MULTILINE_PRESETS.iter().map(|(n, _)| *n).collect();
+                    self.report.error(
+                        loc(preset),
+                        format!(
+                            "{what}.preset `{name}` is not a preset (known: {})",
+                            known.join(", ")
+                        ),
+                    );
+                    return None;
+                };
+                Boundary::Continue(self.regex(pattern, preset, &format!("{what}.preset"))?)
+            }
+            _ => {
+                self.report.error(
+                    loc(raw),
+                    format!("{what} needs exactly one of `start` (a regex that begins an event) or `preset` (java, python, go)"),
+                );
+                return None;
+            }
+        };
+        let timeout = match &r.timeout {
+            Some(t) => self.duration(t, &format!("{what}.timeout"))?,
+            None => DEFAULT_MULTILINE_TIMEOUT,
+        };
+        let max_lines = match &r.max_lines {
+            None => DEFAULT_MULTILINE_MAX_LINES,
+            Some(n) if (2..=10_000).contains(&n.value) => {
+                usize::try_from(n.value).unwrap_or(DEFAULT_MULTILINE_MAX_LINES)
+            }
+            Some(n) => {
+                self.report.error(
+                    loc(n),
+                    format!(
+                        "{what}.max_lines must be between 2 and 10000, not {}",
+                        n.value
+                    ),
+                );
+                return None;
+            }
+        };
+        Some(Multiline {
+            boundary,
+            timeout,
+            max_lines,
         })
     }
 

@@ -152,6 +152,8 @@ pub struct LineOrigin<'a> {
     /// The path the file was found at (a rotated file keeps its original path).
     pub path: &'a Path,
     pub key: FileKey,
+    /// The index of the `files` entry (the [`WatchSpec`]) the file was found by.
+    pub spec: usize,
     /// The line was longer than `max_line_bytes` and is cut.
     pub cut: bool,
 }
@@ -1009,7 +1011,7 @@ enum Siblings<'a> {
 
 /// Hands the lines completed by `chunk` to `sink`.
 fn emit_lines(f: &mut Followed, chunk: &[u8], sink: &mut dyn LineSink, stats: &mut TailStats) {
-    let (path, key) = (&f.path, f.key);
+    let (path, key, spec) = (&f.path, f.key, f.spec);
     let cut_logged = &mut f.cut_logged;
     f.splitter.push(chunk, &mut |line: SplitLine<'_>| {
         stats.lines_read += 1;
@@ -1020,19 +1022,20 @@ fn emit_lines(f: &mut Followed, chunk: &[u8], sink: &mut dyn LineSink, stats: &m
                 tracing::warn!(path = %path.display(), kept = line.bytes.len(), "Line longer than max_line_bytes; it was cut (further cuts in this file are only counted).");
             }
         }
-        sink.line(&LineOrigin { path, key, cut: line.cut }, line.bytes);
+        sink.line(&LineOrigin { path, key, spec, cut: line.cut }, line.bytes);
     });
 }
 
 /// Hands out an unfinished last line.
 fn flush_lines(f: &mut Followed, sink: &mut dyn LineSink, stats: &mut TailStats) {
-    let (path, key) = (&f.path, f.key);
+    let (path, key, spec) = (&f.path, f.key, f.spec);
     f.splitter.flush(&mut |line: SplitLine<'_>| {
         stats.lines_read += 1;
         sink.line(
             &LineOrigin {
                 path,
                 key,
+                spec,
                 cut: false,
             },
             line.bytes,

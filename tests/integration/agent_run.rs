@@ -589,3 +589,149 @@ fn sigterm_inside_a_window_posts_the_summary_before_exit() {
         texts[1]
     );
 }
+
+#[test]
+fn stack_traces_arrive_as_one_message_each() {
+    let chat = MockChat::start();
+    let url = chat.webhook("SPACE1", "KEY1", "TOKEN1");
+    let mut agent = Agent::new(&oncall(&url), "");
+    let dir = agent.dir.path().to_path_buf();
+    fs::write(
+        &agent.config,
+        format!(
+            r#"state_dir: {state}
+webhooks:
+  oncall:
+    url: "{url}"
+    max_per_second: 5
+files:
+  - path: {logs}/java.log
+    start_at: beginning
+    multiline: {{preset: java}}
+  - path: {logs}/py.log
+    start_at: beginning
+    multiline: {{preset: python, timeout: 1s}}
+rules:
+  - name: exception
+    match: '(?P<kind>[A-Za-z_][\w.]*(?:Exception|Error)): '
+    webhook: oncall
+    thread_key: 'exc-{{kind}}'
+    message: "*{{kind}}* after `{{first_line}}`\n```{{line}}```"
+"#,
+            state = dir.join("state").display(),
+            logs = dir.join("logs").display(),
+        ),
+    )
+    .unwrap();
+    agent.start();
+    let java = dir.join("logs/java.log");
+    let mut trace = String::from(
+        "2026-11-28 14:00:00 ERROR [http-7] Request failed\njava.lang.IllegalStateException: cart is locked\n",
+    );
+    for i in 0..36 {
+        trace.push_str(&format!("\tat shop.Layer{i}.call(Layer{i}.java:{i})\n"));
+    }
+    trace.push_str("Caused by: java.sql.SQLTimeoutException: timeout\n\t... 12 more\n");
+    assert_eq!(trace.lines().count(), 40);
+    // Written in two parts with a pause shorter than the timeout: still one event.
+    let (head, tail) = trace.split_at(trace.find("\tat shop.Layer20").unwrap());
+    open_append(&java).write_all(head.as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    open_append(&java).write_all(tail.as_bytes()).unwrap();
+    open_append(&java)
+        .write_all(b"2026-11-28 14:00:02 INFO next request\n")
+        .unwrap();
+    let py = dir.join("logs/py.log");
+    open_append(&py)
+        .write_all(b"2026-11-28 14:00:03 ERROR worker crashed\nTraceback (most recent call last):\n  File \"app.py\", line 3, in <module>\n    main()\nKeyError: 'user_id'\n")
+        .unwrap();
+    wait_for("two messages", Duration::from_secs(20), || {
+        chat.messages().len() >= 2
+    });
+    assert!(agent.terminate().success());
+    let messages = chat.messages();
+    assert_eq!(messages.len(), 2, "{messages:#?}");
+    let java_msg = messages
+        .iter()
+        .find(|m| m.thread_key.as_deref() == Some("exc-java.lang.IllegalStateException"))
+        .unwrap();
+    assert!(java_msg.text.starts_with("*java.lang.IllegalStateException* after `2026-11-28 14:00:00 ERROR [http-7] Request failed`"));
+    assert!(
+        java_msg.text.contains("Layer35.call") && java_msg.text.contains("... 12 more"),
+        "{}",
+        java_msg.text
+    );
+    let py_msg = messages
+        .iter()
+        .find(|m| m.thread_key.as_deref() == Some("exc-KeyError"))
+        .unwrap();
+    assert!(
+        py_msg.text.contains("Traceback (most recent call last):")
+            && py_msg.text.contains("KeyError: 'user_id'"),
+        "{}",
+        py_msg.text
+    );
+}
+
+#[test]
+fn a_multiline_event_split_by_a_restart_is_still_one_event() {
+    let chat = MockChat::start();
+    let url = chat.webhook("SPACE1", "KEY1", "TOKEN1");
+    let mut agent = Agent::new(&oncall(&url), "");
+    let dir = agent.dir.path().to_path_buf();
+    fs::write(
+        &agent.config,
+        format!(
+            r#"state_dir: {state}
+webhooks:
+  oncall:
+    url: "{url}"
+files:
+  - path: {logs}/java.log
+    start_at: beginning
+    multiline: {{preset: java, timeout: 2s}}
+rules:
+  - name: exception
+    match: '(?P<kind>[A-Za-z_][\w.]*Exception): '
+    webhook: oncall
+    thread_key: 'exc-{{kind}}'
+    message: "```{{line}}```"
+"#,
+            state = dir.join("state").display(),
+            logs = dir.join("logs").display(),
+        ),
+    )
+    .unwrap();
+    agent.start();
+    let java = dir.join("logs/java.log");
+    open_append(&java)
+        .write_all(b"ERROR boom\njava.lang.IllegalStateException: x\n\tat a.B.c(B.java:1)\n")
+        .unwrap();
+    let db = dir.join("state/state.sqlite3");
+    wait_for(
+        "the partial event to be saved",
+        Duration::from_secs(20),
+        || {
+            rusqlite::Connection::open(&db)
+                .and_then(|c| {
+                    c.query_row("SELECT lines FROM multiline_events", [], |r| {
+                        r.get::<_, i64>(0)
+                    })
+                })
+                .is_ok_and(|lines| lines == 3)
+        },
+    );
+    assert!(agent.terminate().success());
+    assert!(chat.messages().is_empty(), "the event is not complete yet");
+    agent.start();
+    open_append(&java)
+        .write_all(b"\tat a.B.d(B.java:2)\n")
+        .unwrap();
+    wait_for("the event", Duration::from_secs(20), || {
+        !chat.messages().is_empty()
+    });
+    assert!(agent.terminate().success());
+    let messages = chat.messages();
+    assert_eq!(messages.len(), 1, "{messages:#?}");
+    assert!(messages[0].text.contains("ERROR boom\njava.lang.IllegalStateException: x\n\tat a.B.c(B.java:1)\n\tat a.B.d(B.java:2)"), "{}", messages[0].text);
+}

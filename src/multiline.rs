@@ -1,0 +1,235 @@
+//! Joining lines into multiline events (stack traces), per file.
+//!
+//! A file with `multiline` set passes its lines through an [`Assembler`]: a line that
+//! starts an event completes the previous one; other lines continue it. An event is also
+//! complete when no line came for `timeout`, and lines past `max_lines` are cut (counted).
+//! The rules then match the whole event, its lines joined with `\n`.
+//!
+//! The pending (incomplete) event of each file is part of the state: the run loop stores
+//! the changes in the transaction that advances the file's offset, so an event split by a
+//! restart is still one event. Time comes in as an argument; this module does no I/O.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+
+use crate::config::Multiline;
+use crate::tail::FileKey;
+
+/// An event that is being assembled, or is complete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub key: FileKey,
+    pub path: PathBuf,
+    /// The `files` entry the file was found by (for its multiline settings).
+    pub spec: usize,
+    /// The lines, joined with `\n`.
+    pub bytes: Vec<u8>,
+    pub lines: usize,
+    /// Lines dropped because the event had `max_lines` already.
+    pub cut_lines: usize,
+    /// When its last line arrived (unix milliseconds).
+    pub last_ms: i64,
+}
+
+/// The pending events of all files.
+#[derive(Debug, Default)]
+pub struct Assembler {
+    pending: HashMap<FileKey, Event>,
+    changed: HashSet<FileKey>,
+    /// Lines cut from events over `max_lines`, for metrics.
+    pub lines_cut: u64,
+}
+
+impl Assembler {
+    /// Resumes the pending events saved in the state.
+    pub fn from_saved(saved: Vec<Event>) -> Self {
+        Self {
+            pending: saved.into_iter().map(|e| (e.key, e)).collect(),
+            ..Self::default()
+        }
+    }
+
+    /// A line of a file whose entry has `settings`. Completed events go to `out`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn push(
+        &mut self,
+        settings: &Multiline,
+        key: FileKey,
+        path: &std::path::Path,
+        spec: usize,
+        line: &[u8],
+        now_ms: i64,
+        out: &mut Vec<Event>,
+    ) {
+        self.changed.insert(key);
+        if settings.starts_event(line) {
+            if let Some(done) = self.pending.remove(&key) {
+                out.push(done);
+            }
+        } else if let Some(event) = self.pending.get_mut(&key) {
+            event.last_ms = now_ms;
+            if event.lines >= settings.max_lines {
+                event.cut_lines += 1;
+                self.lines_cut += 1;
+            } else {
+                event.bytes.push(b'\n');
+                event.bytes.extend_from_slice(line);
+                event.lines += 1;
+            }
+            return;
+        }
+        // A start line, or a continuation with nothing to continue: a new event.
+        self.pending.insert(
+            key,
+            Event {
+                key,
+                path: path.to_path_buf(),
+                spec,
+                bytes: line.to_vec(),
+                lines: 1,
+                cut_lines: 0,
+                last_ms: now_ms,
+            },
+        );
+    }
+
+    /// Completes the events that had no new line for their file's timeout
+    /// (`timeout_of(key)`; `None` completes at once, e.g. for a file no longer configured).
+    pub fn expire(
+        &mut self,
+        now_ms: i64,
+        timeout_of: impl Fn(&Event) -> Option<std::time::Duration>,
+        out: &mut Vec<Event>,
+    ) {
+        let due: Vec<FileKey> = self
+            .pending
+            .values()
+            .filter(|e| match timeout_of(e) {
+                Some(t) => {
+                    now_ms
+                        >= e.last_ms
+                            .saturating_add(i64::try_from(t.as_millis()).unwrap_or(i64::MAX))
+                }
+                None => true,
+            })
+            .map(|e| e.key)
+            .collect();
+        let mut done: Vec<Event> = due.iter().filter_map(|k| self.pending.remove(k)).collect();
+        done.sort_by_key(|e| e.last_ms);
+        for e in done {
+            self.changed.insert(e.key);
+            out.push(e);
+        }
+    }
+
+    /// The pending events that changed since the last call (`None`: it completed).
+    pub fn take_changes(&mut self) -> Vec<(FileKey, Option<Event>)> {
+        self.changed
+            .drain()
+            .map(|k| (k, self.pending.get(&k).cloned()))
+            .collect()
+    }
+
+    pub fn has_changes(&self) -> bool {
+        !self.changed.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Boundary, MULTILINE_PRESETS};
+    use regex::bytes::Regex;
+    use std::path::Path;
+    use std::time::Duration;
+
+    fn preset(name: &str, max_lines: usize) -> Multiline {
+        let pattern = MULTILINE_PRESETS
+            .iter()
+            .find(|(n, _)| *n == name)
+            .unwrap()
+            .1;
+        Multiline {
+            boundary: Boundary::Continue(Regex::new(pattern).unwrap()),
+            timeout: Duration::from_secs(1),
+            max_lines,
+        }
+    }
+
+    fn assemble(settings: &Multiline, text: &str) -> Vec<String> {
+        let key = FileKey { dev: 1, ino: 2 };
+        let mut a = Assembler::default();
+        let mut out = Vec::new();
+        for line in text.lines() {
+            a.push(
+                settings,
+                key,
+                Path::new("/x.log"),
+                0,
+                line.as_bytes(),
+                0,
+                &mut out,
+            );
+        }
+        a.expire(10_000, |_| Some(settings.timeout), &mut out);
+        out.iter()
+            .map(|e| String::from_utf8_lossy(&e.bytes).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn java_stack_traces_are_one_event() {
+        let text = "2026-11-28 14:00:00 ERROR Request failed\n\
+                    java.lang.IllegalStateException: cart is locked\n\
+                    \tat shop.Cart.lock(Cart.java:42)\n\
+                    \tat shop.Api.checkout(Api.java:7)\n\
+                    Caused by: java.sql.SQLTimeoutException: timeout\n\
+                    \tat db.Pool.get(Pool.java:99)\n\
+                    \t... 12 more\n\
+                    2026-11-28 14:00:01 INFO next request";
+        let events = assemble(&preset("java", 500), text);
+        assert_eq!(events.len(), 2, "{events:#?}");
+        assert!(events[0].starts_with(
+            "2026-11-28 14:00:00 ERROR Request failed\njava.lang.IllegalStateException"
+        ));
+        assert!(events[0].ends_with("\t... 12 more"));
+        assert_eq!(events[1], "2026-11-28 14:00:01 INFO next request");
+    }
+
+    #[test]
+    fn python_tracebacks_are_one_event() {
+        let text = "2026-11-28 14:00:00 ERROR worker crashed\n\
+                    Traceback (most recent call last):\n  File \"app.py\", line 3, in <module>\n    main()\n\
+                    KeyError: 'user_id'\n\
+                    2026-11-28 14:00:01 INFO restarted";
+        let events = assemble(&preset("python", 500), text);
+        assert_eq!(events.len(), 2, "{events:#?}");
+        assert!(events[0].starts_with("2026-11-28 14:00:00 ERROR worker crashed\nTraceback"));
+        assert!(events[0].ends_with("KeyError: 'user_id'"));
+    }
+
+    #[test]
+    fn events_are_cut_at_max_lines_and_complete_after_the_timeout() {
+        let settings = preset("java", 3);
+        let key = FileKey { dev: 1, ino: 2 };
+        let mut a = Assembler::default();
+        let mut out = Vec::new();
+        for line in ["start", "\tat a", "\tat b", "\tat c", "\tat d"] {
+            a.push(
+                &settings,
+                key,
+                Path::new("/x.log"),
+                0,
+                line.as_bytes(),
+                100,
+                &mut out,
+            );
+        }
+        a.expire(1_099, |_| Some(settings.timeout), &mut out);
+        assert!(out.is_empty(), "still within the timeout");
+        a.expire(1_100, |_| Some(settings.timeout), &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].bytes, b"start\n\tat a\n\tat b");
+        assert_eq!(out[0].cut_lines, 2);
+    }
+}

@@ -41,6 +41,13 @@ pub fn test_input(
     };
     let mut buf = Vec::with_capacity(4096);
     let mut number: u64 = 0;
+    let max_context = config
+        .rules
+        .iter()
+        .map(|r| r.context_before)
+        .max()
+        .unwrap_or(0);
+    let mut ring = crate::rules::ContextRing::new(max_context);
     loop {
         buf.clear();
         if input.read_until(b'\n', &mut buf)? == 0 {
@@ -55,7 +62,8 @@ pub fn test_input(
                 return;
             }
             *summary.hits.entry(hit.rule.name.clone()).or_default() += 1;
-            let n = hit.notification(line, &source);
+            let context = ring.last(hit.rule.context_before);
+            let n = hit.notification_with_context(line, &source, &context);
             let result = (|| -> io::Result<()> {
                 if !shown {
                     writeln!(out, "{name}:{number}: {}", String::from_utf8_lossy(line))?;
@@ -90,6 +98,7 @@ pub fn test_input(
         if let Some(e) = error {
             return Err(e);
         }
+        ring.push(line);
         summary.lines += 1;
         if shown {
             summary.matched_lines += 1;

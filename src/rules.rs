@@ -45,6 +45,51 @@ pub struct Notification {
     pub text: String,
 }
 
+/// The last lines of a file, for rules with `context.before`. Buffers are reused, so
+/// keeping the ring costs a copy per line but no allocation once it is full.
+#[derive(Debug, Default)]
+pub struct ContextRing {
+    lines: std::collections::VecDeque<Vec<u8>>,
+    capacity: usize,
+}
+
+impl ContextRing {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            lines: std::collections::VecDeque::with_capacity(capacity),
+            capacity,
+        }
+    }
+
+    /// The last `n` lines (oldest first), joined with `\n`.
+    pub fn last(&self, n: usize) -> Vec<u8> {
+        let skip = self.lines.len().saturating_sub(n);
+        let mut out = Vec::new();
+        for (i, line) in self.lines.iter().skip(skip).enumerate() {
+            if i > 0 {
+                out.push(b'\n');
+            }
+            out.extend_from_slice(line);
+        }
+        out
+    }
+
+    /// Remembers `line` as the most recent one.
+    pub fn push(&mut self, line: &[u8]) {
+        if self.capacity == 0 {
+            return;
+        }
+        let mut buf = if self.lines.len() == self.capacity {
+            self.lines.pop_front().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        buf.clear();
+        buf.extend_from_slice(line);
+        self.lines.push_back(buf);
+    }
+}
+
 /// Where a line came from, for the built-in placeholders.
 #[derive(Debug, Clone, Copy)]
 pub struct Source<'a> {
@@ -126,19 +171,35 @@ impl RuleSet {
 }
 
 impl Hit<'_, '_> {
-    fn context<'a>(&'a self, line: &'a [u8], source: &Source<'a>) -> RenderContext<'a> {
+    fn render_context<'a>(
+        &'a self,
+        line: &'a [u8],
+        source: &Source<'a>,
+        context: &'a [u8],
+    ) -> RenderContext<'a> {
         RenderContext {
             line,
             file: source.file,
             rule: &self.rule.name,
             host: source.host,
             captures: Some(&self.captures),
+            context,
         }
     }
 
     /// Renders what this hit would post. The text is cut to Chat's limit.
     pub fn notification(&self, line: &[u8], source: &Source<'_>) -> Notification {
-        let ctx = self.context(line, source);
+        self.notification_with_context(line, source, b"")
+    }
+
+    /// Renders what this hit would post, with the lines before it for `{context}`.
+    pub fn notification_with_context(
+        &self,
+        line: &[u8],
+        source: &Source<'_>,
+        context: &[u8],
+    ) -> Notification {
+        let ctx = self.render_context(line, source, context);
         let rule = self.rule;
         Notification {
             rule: rule.name.clone(),

@@ -27,7 +27,7 @@ use crate::bursts::Bursts;
 use crate::config::Config;
 use crate::deliver::{self, chat_client::ChatClient};
 use crate::multiline::{Assembler, Event};
-use crate::rules::{Notification, RuleSet, Source};
+use crate::rules::{ContextRing, Notification, RuleSet, Source};
 use crate::state::{StateError, StateStore};
 use crate::tail::{LineOrigin, TailOptions, Tailer};
 
@@ -178,6 +178,8 @@ struct Ingest {
     dedup_windows: HashMap<String, Duration>,
     /// Pending multiline events per file.
     assembler: Assembler,
+    rings: HashMap<PathBuf, ContextRing>,
+    max_context: usize,
 }
 
 /// Runs the rules over a line or an event and routes each hit through the burst windows.
@@ -186,6 +188,9 @@ struct Evaluator<'a> {
     by_path: &'a mut HashMap<PathBuf, Arc<RuleSet>>,
     by_rules: &'a mut HashMap<Vec<usize>, Arc<RuleSet>>,
     bursts: &'a mut Bursts,
+    /// The last lines of each file, when some rule has `context.before`.
+    rings: &'a mut HashMap<PathBuf, ContextRing>,
+    max_context: usize,
     now_ms: i64,
     out: &'a mut Vec<Notification>,
 }
@@ -199,13 +204,26 @@ impl Evaluator<'_> {
             host: &self.config.host,
         };
         let (bursts, out, now_ms) = (&mut *self.bursts, &mut *self.out, self.now_ms);
+        let max_context = self.max_context;
+        let mut ring = (max_context > 0).then(|| {
+            self.rings
+                .entry(path.to_path_buf())
+                .or_insert_with(|| ContextRing::new(max_context))
+        });
         rules.evaluate(line, |hit| {
-            let n = hit.notification(line, &source);
+            let context = match &ring {
+                Some(r) if hit.rule.context_before > 0 => r.last(hit.rule.context_before),
+                _ => Vec::new(),
+            };
+            let n = hit.notification_with_context(line, &source, &context);
             match &hit.rule.dedup {
                 Some(dedup) => bursts.observe(dedup, n, line, now_ms, out),
                 None => out.push(n),
             }
         });
+        if let Some(r) = ring.as_mut() {
+            r.push(line);
+        }
     }
 }
 
@@ -220,6 +238,12 @@ impl Ingest {
         let tailer = Tailer::new(TailOptions::from_config(&config), store.saved_files()?);
         let bursts = Bursts::from_saved(store.saved_windows()?);
         let assembler = Assembler::from_saved(store.saved_events()?);
+        let max_context = config
+            .rules
+            .iter()
+            .map(|r| r.context_before)
+            .max()
+            .unwrap_or(0);
         let dedup_windows = config
             .rules
             .iter()
@@ -240,6 +264,8 @@ impl Ingest {
             bursts,
             dedup_windows,
             assembler,
+            rings: HashMap::new(),
+            max_context,
         })
     }
 
@@ -295,6 +321,8 @@ impl Ingest {
                 by_path: &mut self.by_path,
                 by_rules: &mut self.by_rules,
                 bursts: &mut self.bursts,
+                rings: &mut self.rings,
+                max_context: self.max_context,
                 now_ms,
                 out: &mut notifications,
             };
@@ -348,6 +376,8 @@ impl Ingest {
                 by_path: &mut self.by_path,
                 by_rules: &mut self.by_rules,
                 bursts: &mut self.bursts,
+                rings: &mut self.rings,
+                max_context: self.max_context,
                 now_ms,
                 out: &mut notifications,
             }

@@ -13,7 +13,7 @@ use regex::bytes::Captures;
 use thiserror::Error;
 
 /// The built-in placeholders every template may use.
-pub const BUILTINS: [&str; 5] = ["line", "first_line", "file", "rule", "host"];
+pub const BUILTINS: [&str; 6] = ["line", "first_line", "context", "file", "rule", "host"];
 
 /// One piece of a parsed template.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +22,7 @@ enum Segment {
     Group { index: usize },
     Line,
     FirstLine,
+    Context,
     File,
     Rule,
     Host,
@@ -39,7 +40,7 @@ pub struct Template {
 pub enum TemplateError {
     #[error(
         "names `{{{name}}}`, which the pattern does not define \
-         (named groups: {groups}; built-ins: line, first_line, file, rule, host)"
+         (named groups: {groups}; built-ins: line, first_line, context, file, rule, host)"
     )]
     UnknownName { name: String, groups: String },
     #[error(
@@ -66,6 +67,8 @@ pub struct RenderContext<'a> {
     pub rule: &'a str,
     pub host: &'a str,
     pub captures: Option<&'a Captures<'a>>,
+    /// The lines before the match (`rules[].context.before`), joined with `\n`.
+    pub context: &'a [u8],
 }
 
 /// How substituted values are written into the output.
@@ -116,6 +119,7 @@ impl Template {
                     let segment = match name.as_str() {
                         "line" => Segment::Line,
                         "first_line" => Segment::FirstLine,
+                        "context" => Segment::Context,
                         "file" => Segment::File,
                         "rule" => Segment::Rule,
                         "host" => Segment::Host,
@@ -152,6 +156,11 @@ impl Template {
         })
     }
 
+    /// Whether the template uses `{context}`.
+    pub fn uses_context(&self) -> bool {
+        self.segments.contains(&Segment::Context)
+    }
+
     /// The template as written in the config.
     pub fn source(&self) -> &str {
         &self.source
@@ -166,6 +175,7 @@ impl Template {
                     continue;
                 }
                 Segment::Line => String::from_utf8_lossy(ctx.line),
+                Segment::Context => String::from_utf8_lossy(ctx.context),
                 Segment::FirstLine => {
                     let end = memchr::memchr(b'\n', ctx.line).unwrap_or(ctx.line.len());
                     String::from_utf8_lossy(&ctx.line[..end])
@@ -228,6 +238,7 @@ mod tests {
             rule: "db-timeout",
             host: "web-1",
             captures: caps,
+            context: b"",
         }
     }
 
@@ -256,7 +267,7 @@ mod tests {
         let re = Regex::new(r"(?P<db>\S+)").unwrap();
         assert_eq!(
             parse_for(&re, "x-{nosuch}").unwrap_err().to_string(),
-            "names `{nosuch}`, which the pattern does not define (named groups: db; built-ins: line, first_line, file, rule, host)"
+            "names `{nosuch}`, which the pattern does not define (named groups: db; built-ins: line, first_line, context, file, rule, host)"
         );
         assert_eq!(
             parse_for(&re, "a}b"),
@@ -302,7 +313,7 @@ mod tests {
                     let close = rest[open..].find('}').unwrap();
                     let name = &rest[open + 1..open + close];
                     stripped.push_str(match name {
-                        "line" | "first_line" | "a" => "",
+                        "line" | "first_line" | "context" | "a" => "",
                         "file" => "/var/log/app.log",
                         "rule" => "db-timeout",
                         "host" => "web-1",

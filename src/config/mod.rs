@@ -42,6 +42,11 @@ pub const DEFAULT_MAX_PER_SECOND: f64 = 1.0;
 pub const DEFAULT_MAX_KEYS: usize = 10_000;
 /// The message a rule posts when it gives no `message` template.
 pub const DEFAULT_MESSAGE: &str = "*{rule}* on {host} in {file}\n```{line}```";
+/// The message of a rule with `context.before` that gives no `message` template.
+pub const DEFAULT_MESSAGE_WITH_CONTEXT: &str =
+    "*{rule}* on {host} in {file}\n```{context}\n{line}```";
+/// The most lines `context.before` may ask for.
+pub const MAX_CONTEXT_BEFORE: u64 = 50;
 /// The thread key a rule uses when it gives no `thread_key` template.
 pub const DEFAULT_THREAD_KEY: &str = "{rule}";
 /// The most memory one compiled rule pattern may use. Rust's regex engine is linear-time,
@@ -184,6 +189,8 @@ pub struct Rule {
     pub dedup: Option<Dedup>,
     /// Restricts the rule to files matching one of these globs; `None` means every file.
     pub files: Option<GlobSet>,
+    /// How many lines before a match its message shows (`{context}`).
+    pub context_before: usize,
 }
 
 impl Rule {

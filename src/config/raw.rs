@@ -83,6 +83,13 @@ pub struct RawRule {
     pub message: Option<Spanned<String>>,
     pub dedup: Option<RawDedup>,
     pub files: Option<Vec<Spanned<String>>>,
+    pub context: Option<RawContext>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawContext {
+    pub before: Spanned<u64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -16,10 +16,10 @@ use serde_saphyr::Spanned;
 use super::raw::{RawConfig, RawDedup, RawDelivery, RawMultiline, RawRule, RawWebhook};
 use super::{
     Boundary, Config, DEFAULT_MAX_KEYS, DEFAULT_MAX_LINE_BYTES, DEFAULT_MAX_PER_SECOND,
-    DEFAULT_MESSAGE, DEFAULT_MULTILINE_MAX_LINES, DEFAULT_MULTILINE_TIMEOUT, DEFAULT_STATE_DIR,
-    DEFAULT_THREAD_KEY, Dedup, Delivery, FileSpec, LoadOptions, Loaded, Location,
-    MAX_LINE_BYTES_RANGE, MULTILINE_PRESETS, Multiline, RULE_REGEX_SIZE_LIMIT, Report, Rule,
-    Severity, UrlPolicy, Webhook, expand,
+    DEFAULT_MESSAGE, DEFAULT_MESSAGE_WITH_CONTEXT, DEFAULT_MULTILINE_MAX_LINES,
+    DEFAULT_MULTILINE_TIMEOUT, DEFAULT_STATE_DIR, DEFAULT_THREAD_KEY, Dedup, Delivery, FileSpec,
+    LoadOptions, Loaded, Location, MAX_CONTEXT_BEFORE, MAX_LINE_BYTES_RANGE, MULTILINE_PRESETS,
+    Multiline, RULE_REGEX_SIZE_LIMIT, Report, Rule, Severity, UrlPolicy, Webhook, expand,
 };
 use crate::template::{BUILTINS, Template};
 use crate::webhook_url::WebhookUrl;
@@ -414,12 +414,42 @@ impl Validator<'_> {
             DEFAULT_THREAD_KEY,
             &what("thread_key"),
         );
+        let context_before = match &raw.context {
+            None => 0,
+            Some(c) if (1..=MAX_CONTEXT_BEFORE).contains(&c.before.value) => {
+                usize::try_from(c.before.value).unwrap_or(0)
+            }
+            Some(c) => {
+                self.report.error(
+                    loc(&c.before),
+                    format!(
+                        "rule `{name}`: context.before must be between 1 and {MAX_CONTEXT_BEFORE}, not {}",
+                        c.before.value
+                    ),
+                );
+                0
+            }
+        };
+        let default_message = if context_before > 0 {
+            DEFAULT_MESSAGE_WITH_CONTEXT
+        } else {
+            DEFAULT_MESSAGE
+        };
         let message = self.template(
             &pattern,
             raw.message.as_ref(),
-            DEFAULT_MESSAGE,
+            default_message,
             &what("message"),
         );
+        if context_before > 0
+            && let Some(m) = &message
+            && !m.uses_context()
+        {
+            self.report.error(
+                raw.message.as_ref().and_then(loc),
+                format!("rule `{name}`: context.before is set but the message does not show `{{context}}`"),
+            );
+        }
         let dedup = raw
             .dedup
             .as_ref()
@@ -433,6 +463,7 @@ impl Validator<'_> {
             message: message?,
             dedup,
             files,
+            context_before,
         })
     }
 

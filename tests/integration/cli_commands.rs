@@ -230,3 +230,28 @@ fn a_second_agent_on_the_same_state_dir_gets_a_clear_error() {
     );
     assert!(!stderr.contains("SECRET"), "{stderr}");
 }
+
+#[test]
+fn context_lines_before_a_match_are_in_its_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("rules.yaml");
+    std::fs::write(
+        &config,
+        "webhooks:\n  oncall:\n    url: http://127.0.0.1:9/v1/spaces/S/messages\nfiles:\n  - path: /var/log/*.log\nrules:\n  - name: oom\n    match: 'Out of memory'\n    webhook: oncall\n    context:\n      before: 2\n",
+    )
+    .unwrap();
+    let input = b"line one\nline two\nline three\nkernel: Out of memory: Killed process 1\n";
+    let out = chattail(
+        &["test", "--config", config.to_str().unwrap()],
+        &[],
+        Some(input),
+    );
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        stdout.contains(
+            "    │ ```line two\n    │ line three\n    │ kernel: Out of memory: Killed process 1```"
+        ),
+        "{stdout}"
+    );
+}

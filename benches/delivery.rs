@@ -4,6 +4,9 @@
 //!    p99 over 100 lines written 100 ms apart (no backlog, so no merging).
 //! 2. The time to drain a backlog of 1,000 queued notifications for 10 threads at Chat's
 //!    quota of 1 request per second, and the number of posts it took.
+//! 3. A storm: 100,000 matching lines across 50 keys in 10 s, with a 10 s burst window, at
+//!    1 request per second: the number of posts, the agent's peak memory (VmHWM) and the time
+//!    until the last summary reached Chat.
 //!
 //! The agent is the release binary, run as a child process; the mock Chat is the one the
 //! integration tests use.
@@ -168,6 +171,95 @@ fn drain() {
     agent.wait().unwrap();
 }
 
+fn storm() {
+    let chat = MockChat::start();
+    let url = chat.webhook("BENCH", "KEY", "TOKEN");
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), &url, 1);
+    let mut yaml = fs::read_to_string(&config).unwrap();
+    yaml.push_str("    dedup:\n      window: 10s\n");
+    fs::write(&config, yaml).unwrap();
+    let log = dir.path().join("logs/app.log");
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .unwrap();
+    let mut agent = start_agent(&config);
+    let start = Instant::now();
+    // 100 batches of 1,000 lines, one every 100 ms.
+    for batch in 0..100u64 {
+        let mut text = String::with_capacity(64 * 1000);
+        for i in 0..1000u64 {
+            let n = batch * 1000 + i;
+            text.push_str(&format!(
+                "2026-11-28T14:00:00Z ERROR job {} item {n}\n",
+                n % 50
+            ));
+        }
+        f.write_all(text.as_bytes()).unwrap();
+        let next = start + Duration::from_millis((batch + 1) * 100);
+        if let Some(wait) = next.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+    }
+    let written = start.elapsed();
+    // Done when every key's thread has its summary: 50 firsts + 50 summaries, merged or not.
+    let summaries = |chat: &MockChat| {
+        chat.messages()
+            .iter()
+            .map(|m| m.text.matches("more occurrences").count())
+            .sum::<usize>()
+    };
+    // A first occurrence renders as "job N item M"; a summary quotes the raw line
+    // ("ERROR job N item M"), which must not count as a first.
+    let firsts = |chat: &MockChat| {
+        chat.messages()
+            .iter()
+            .map(|m| m.text.matches("job ").count() - m.text.matches("ERROR job ").count())
+            .sum::<usize>()
+    };
+    while (summaries(&chat) < 50 || firsts(&chat) < 50)
+        && start.elapsed() < Duration::from_secs(300)
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let done = start.elapsed();
+    let peak_kb = fs::read_to_string(format!("/proc/{}/status", agent.id()))
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<u64>().ok())
+            })
+        })
+        .unwrap_or(0);
+    let counted: usize = chat
+        .messages()
+        .iter()
+        .flat_map(|m| {
+            m.text
+                .match_indices("*err*: ")
+                .filter_map(|(i, _)| m.text[i + 7..].split(' ').next()?.parse::<usize>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum();
+    println!(
+        "  storm of 100,000 lines / 50 keys in {:.1} s (10 s window, 1 request/s): {} posts ({} notifications: {} firsts, {} summaries counting {} lines), last summary at {:.1} s, agent peak memory {:.1} MiB",
+        written.as_secs_f64(),
+        chat.messages().len(),
+        firsts(&chat) + summaries(&chat),
+        firsts(&chat),
+        summaries(&chat),
+        counted,
+        done.as_secs_f64(),
+        peak_kb as f64 / 1024.0
+    );
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -175,4 +267,5 @@ fn main() {
     println!("Delivery:");
     latency();
     drain();
+    storm();
 }

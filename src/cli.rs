@@ -64,6 +64,10 @@ pub enum Command {
         /// Log files to read; standard input when none is given.
         #[arg(value_name = "LOGFILE")]
         logs: Vec<PathBuf>,
+        /// Take each line's time from an RFC 3339 timestamp in it (`rfc3339`), for burst
+        /// windows; without it every line arrives at once.
+        #[arg(long, value_name = "FORMAT", value_parser = ["rfc3339"])]
+        timestamps: Option<String>,
     },
 }
 
@@ -91,7 +95,11 @@ pub fn main() -> ExitCode {
             run(&config, RunOptions { dry_run, once })
         }
         Command::Check { config } => check(&config),
-        Command::Test { config, logs } => test(&config, &logs),
+        Command::Test {
+            config,
+            logs,
+            timestamps,
+        } => test(&config, &logs, timestamps.is_some()),
     };
     match outcome {
         Ok(code) => code,
@@ -212,13 +220,22 @@ pub fn write_check_summary(config: &Config, out: &mut dyn Write) -> io::Result<(
     Ok(())
 }
 
-fn test(config_path: &std::path::Path, logs: &[PathBuf]) -> anyhow::Result<ExitCode> {
+fn test(
+    config_path: &std::path::Path,
+    logs: &[PathBuf],
+    timestamps: bool,
+) -> anyhow::Result<ExitCode> {
     let Some(config) = load(config_path, UrlPolicy::Optional) else {
         return Ok(ExitCode::from(EXIT_CONFIG));
     };
     let rules = RuleSet::all(&config).context("building the rule gate")?;
     let mut out = io::stdout().lock();
     let mut summary = rule_test::Summary::default();
+    let mut timeline = rule_test::Timeline::new(if timestamps {
+        rule_test::Clock::Rfc3339
+    } else {
+        rule_test::Clock::AtOnce
+    });
     if logs.is_empty() {
         let mut stdin = io::stdin().lock();
         rule_test::test_input(
@@ -228,6 +245,7 @@ fn test(config_path: &std::path::Path, logs: &[PathBuf]) -> anyhow::Result<ExitC
             &mut stdin,
             &mut out,
             &mut summary,
+            &mut timeline,
         )
         .context("reading standard input")?;
     }
@@ -235,10 +253,18 @@ fn test(config_path: &std::path::Path, logs: &[PathBuf]) -> anyhow::Result<ExitC
         let file = File::open(log).with_context(|| format!("opening {}", log.display()))?;
         let name = log.display().to_string();
         let mut reader = BufReader::with_capacity(64 * 1024, file);
-        rule_test::test_input(&config, &rules, &name, &mut reader, &mut out, &mut summary)
-            .with_context(|| format!("reading {}", log.display()))?;
+        rule_test::test_input(
+            &config,
+            &rules,
+            &name,
+            &mut reader,
+            &mut out,
+            &mut summary,
+            &mut timeline,
+        )
+        .with_context(|| format!("reading {}", log.display()))?;
     }
-    rule_test::write_summary(&config, &summary, &mut out)?;
+    rule_test::write_summary(&config, &summary, &mut timeline, &mut out)?;
     out.flush()?;
     Ok(ExitCode::SUCCESS)
 }

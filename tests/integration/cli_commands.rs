@@ -255,3 +255,50 @@ fn context_lines_before_a_match_are_in_its_message() {
         "{stdout}"
     );
 }
+
+#[test]
+fn test_shows_the_burst_timeline_with_line_timestamps() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("rules.yaml");
+    std::fs::write(
+        &config,
+        "webhooks:\n  oncall:\n    url: http://127.0.0.1:9/v1/spaces/S/messages\nfiles:\n  - path: /var/log/*.log\nrules:\n  - name: db\n    match: 'timeout to (?P<db>\\S+)'\n    webhook: oncall\n    thread_key: 'db-{db}'\n    dedup:\n      window: 1m\n",
+    )
+    .unwrap();
+    let input = b"2026-11-28T14:00:00Z timeout to a\n\
+                  2026-11-28T14:00:10Z timeout to a\n\
+                  2026-11-28T14:00:20Z timeout to a\n\
+                  2026-11-28T14:02:00Z timeout to a\n";
+    let out = chattail(
+        &[
+            "test",
+            "--config",
+            config.to_str().unwrap(),
+            "--timestamps",
+            "rfc3339",
+        ],
+        &[],
+        Some(input),
+    );
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let bursts: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("  burst:") || l.starts_with("  summary"))
+        .collect();
+    assert_eq!(
+        bursts,
+        [
+            "  burst:      posted; opens a 1m window for key \"db-a\"",
+            "  burst:      counted in the window of key \"db-a\", not posted",
+            "  burst:      counted in the window of key \"db-a\", not posted",
+            "  summary (window closed) → thread db-a:",
+            "  burst:      posted; opens a 1m window for key \"db-a\"",
+        ],
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("*db*: 2 more occurrences over 20s after the first."),
+        "{stdout}"
+    );
+}

@@ -3,7 +3,7 @@
 use std::io::BufReader;
 
 use chattail::config::UrlPolicy;
-use chattail::rule_test::{self, Summary};
+use chattail::rule_test::{self, Clock, Summary, Timeline};
 use chattail::rules::{Notification, RuleSet, Source};
 
 use crate::support::{load_fixture, repo};
@@ -32,6 +32,7 @@ fn example_rules_over_the_sample_logs() {
     let rules = RuleSet::all(&config).unwrap();
     let mut out = Vec::new();
     let mut summary = Summary::default();
+    let mut timeline = Timeline::new(Clock::Rfc3339);
     for name in ["fixtures/webapp.log", "fixtures/kern.log"] {
         let file = std::fs::File::open(repo().join(name)).unwrap();
         rule_test::test_input(
@@ -41,10 +42,11 @@ fn example_rules_over_the_sample_logs() {
             &mut BufReader::new(file),
             &mut out,
             &mut summary,
+            &mut timeline,
         )
         .unwrap();
     }
-    rule_test::write_summary(&config, &summary, &mut out).unwrap();
+    rule_test::write_summary(&config, &summary, &mut timeline, &mut out).unwrap();
     assert_eq!(summary.lines, 406);
     assert_eq!(summary.hits["http-5xx"], 9, "the /healthz 503 is excluded");
     assert_eq!(summary.hits["oom-kill"], 2);

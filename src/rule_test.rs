@@ -103,12 +103,13 @@ pub fn test_input(
     };
     let mut buf = Vec::with_capacity(4096);
     let mut number: u64 = 0;
-    let max_context = config
+    let max_context = config.max_context_before();
+    // `dedup.window` by rule name, for closing windows as the lines' time moves on.
+    let windows: BTreeMap<&str, std::time::Duration> = config
         .rules
         .iter()
-        .map(|r| r.context_before)
-        .max()
-        .unwrap_or(0);
+        .filter_map(|r| r.dedup.as_ref().map(|d| (r.name.as_str(), d.window)))
+        .collect();
     let mut ring = crate::rules::ContextRing::new(max_context);
     loop {
         buf.clear();
@@ -119,11 +120,6 @@ pub fn test_input(
         let line = strip_newline(&buf);
         timeline.advance(line);
         let mut closed = Vec::new();
-        let windows: BTreeMap<&str, std::time::Duration> = config
-            .rules
-            .iter()
-            .filter_map(|r| r.dedup.as_ref().map(|d| (r.name.as_str(), d.window)))
-            .collect();
         timeline.bursts.expire(
             timeline.now_ms,
             |rule| windows.get(rule).copied(),

@@ -163,9 +163,7 @@ struct Ingest {
     config: Arc<Config>,
     store: StateStore,
     tailer: Tailer,
-    /// Rule sets by file path, shared between files with the same applicable rules.
-    by_path: HashMap<PathBuf, Arc<RuleSet>>,
-    by_rules: HashMap<Vec<usize>, Arc<RuleSet>>,
+    matcher: Matcher,
     wake: watch::Sender<u64>,
     out: Box<dyn Write + Send>,
     options: RunOptions,
@@ -173,37 +171,39 @@ struct Ingest {
     last_outbox_check: Option<Instant>,
     /// Messages per (webhook, thread) in dry-run, for the closing summary.
     dry_run_threads: BTreeMap<(String, String), usize>,
-    bursts: Bursts,
     /// `dedup.window` by rule name.
     dedup_windows: HashMap<String, Duration>,
     /// Pending multiline events per file.
     assembler: Assembler,
+}
+
+/// Runs the rules over a line or an event and routes each hit through the burst windows.
+struct Matcher {
+    config: Arc<Config>,
+    /// Rule sets by file path, shared between files with the same applicable rules.
+    by_path: HashMap<PathBuf, Arc<RuleSet>>,
+    by_rules: HashMap<Vec<usize>, Arc<RuleSet>>,
+    bursts: Bursts,
+    /// The last lines of each file, when some rule has `context.before`.
     rings: HashMap<PathBuf, ContextRing>,
     max_context: usize,
 }
 
-/// Runs the rules over a line or an event and routes each hit through the burst windows.
-struct Evaluator<'a> {
-    config: &'a Config,
-    by_path: &'a mut HashMap<PathBuf, Arc<RuleSet>>,
-    by_rules: &'a mut HashMap<Vec<usize>, Arc<RuleSet>>,
-    bursts: &'a mut Bursts,
-    /// The last lines of each file, when some rule has `context.before`.
-    rings: &'a mut HashMap<PathBuf, ContextRing>,
-    max_context: usize,
-    now_ms: i64,
-    out: &'a mut Vec<Notification>,
-}
-
-impl Evaluator<'_> {
-    fn evaluate(&mut self, path: &std::path::Path, line: &[u8]) {
-        let rules = rules_for(self.config, self.by_path, self.by_rules, path);
+impl Matcher {
+    fn evaluate(
+        &mut self,
+        path: &std::path::Path,
+        line: &[u8],
+        now_ms: i64,
+        out: &mut Vec<Notification>,
+    ) {
+        let rules = rules_for(&self.config, &mut self.by_path, &mut self.by_rules, path);
         let file = path.to_string_lossy();
         let source = Source {
             file: &file,
             host: &self.config.host,
         };
-        let (bursts, out, now_ms) = (&mut *self.bursts, &mut *self.out, self.now_ms);
+        let bursts = &mut self.bursts;
         let max_context = self.max_context;
         let mut ring = (max_context > 0).then(|| {
             self.rings
@@ -238,34 +238,32 @@ impl Ingest {
         let tailer = Tailer::new(TailOptions::from_config(&config), store.saved_files()?);
         let bursts = Bursts::from_saved(store.saved_windows()?);
         let assembler = Assembler::from_saved(store.saved_events()?);
-        let max_context = config
-            .rules
-            .iter()
-            .map(|r| r.context_before)
-            .max()
-            .unwrap_or(0);
         let dedup_windows = config
             .rules
             .iter()
             .filter_map(|r| r.dedup.as_ref().map(|d| (r.name.clone(), d.window)))
             .collect();
+        let matcher = Matcher {
+            max_context: config.max_context_before(),
+            config: Arc::clone(&config),
+            by_path: HashMap::new(),
+            by_rules: HashMap::new(),
+            bursts,
+            rings: HashMap::new(),
+        };
         Ok(Self {
             config,
             store,
             tailer,
-            by_path: HashMap::new(),
-            by_rules: HashMap::new(),
+            matcher,
             wake,
             out,
             options,
             outbox_full: false,
             last_outbox_check: None,
             dry_run_threads: BTreeMap::new(),
-            bursts,
             dedup_windows,
             assembler,
-            rings: HashMap::new(),
-            max_context,
         })
     }
 
@@ -316,17 +314,8 @@ impl Ingest {
         let now_ms = crate::state::unix_now_ms();
         let mut events: Vec<Event> = Vec::new();
         let more = {
-            let mut eval = Evaluator {
-                config: &self.config,
-                by_path: &mut self.by_path,
-                by_rules: &mut self.by_rules,
-                bursts: &mut self.bursts,
-                rings: &mut self.rings,
-                max_context: self.max_context,
-                now_ms,
-                out: &mut notifications,
-            };
             let config = &self.config;
+            let matcher = &mut self.matcher;
             let assembler = &mut self.assembler;
             let mut sink = |origin: &LineOrigin<'_>, line: &[u8]| match config
                 .files
@@ -345,10 +334,10 @@ impl Ingest {
                         &mut done,
                     );
                     for event in done {
-                        eval.evaluate(&event.path, &event.bytes);
+                        matcher.evaluate(&event.path, &event.bytes, now_ms, &mut notifications);
                     }
                 }
-                None => eval.evaluate(origin.path, line),
+                None => matcher.evaluate(origin.path, line, now_ms, &mut notifications),
             };
             self.tailer.poll(&mut sink)
         };
@@ -371,36 +360,27 @@ impl Ingest {
             &mut events,
         );
         for event in events {
-            Evaluator {
-                config: &self.config,
-                by_path: &mut self.by_path,
-                by_rules: &mut self.by_rules,
-                bursts: &mut self.bursts,
-                rings: &mut self.rings,
-                max_context: self.max_context,
-                now_ms,
-                out: &mut notifications,
-            }
-            .evaluate(&event.path, &event.bytes);
+            self.matcher
+                .evaluate(&event.path, &event.bytes, now_ms, &mut notifications);
         }
         let windows = &self.dedup_windows;
-        self.bursts.expire(
+        self.matcher.bursts.expire(
             now_ms,
             |rule| windows.get(rule).copied(),
             &mut notifications,
         );
         if flush {
-            self.bursts.flush(&mut notifications);
+            self.matcher.bursts.flush(&mut notifications);
         }
         let checkpoints = self.tailer.take_checkpoints();
         if checkpoints.is_empty()
             && notifications.is_empty()
-            && !self.bursts.has_changes()
+            && !self.matcher.bursts.has_changes()
             && !self.assembler.has_changes()
         {
             return Ok(more);
         }
-        let (changed, removed) = self.bursts.take_changes();
+        let (changed, removed) = self.matcher.bursts.take_changes();
         let pending_events = self.assembler.take_changes();
         let tx = self.store.transaction()?;
         for checkpoint in &checkpoints {

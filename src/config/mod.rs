@@ -98,6 +98,15 @@ impl Default for Delivery {
 }
 
 impl Config {
+    /// The most `context.before` lines any rule wants (0: no rule shows context).
+    pub fn max_context_before(&self) -> usize {
+        self.rules
+            .iter()
+            .map(|r| r.context_before)
+            .max()
+            .unwrap_or(0)
+    }
+
     pub fn webhook(&self, name: &str) -> Option<&Webhook> {
         self.webhooks.iter().find(|w| w.name == name)
     }

@@ -276,15 +276,9 @@ impl Ingest {
             let more = match self.step(false) {
                 Ok(more) => more,
                 Err(error) => {
-                    // The transaction did not commit, so the tailer's position in memory is
-                    // ahead of the state. Start it again from the state: the lines since
-                    // the last commit are read again, none is lost.
                     tracing::error!(%error, "Cannot commit to the state database; retrying in a second.");
                     std::thread::sleep(Duration::from_secs(1));
-                    self.tailer = Tailer::new(
-                        TailOptions::from_config(&self.config),
-                        self.store.saved_files()?,
-                    );
+                    self.restore_from_state()?;
                     continue;
                 }
             };
@@ -303,6 +297,21 @@ impl Ingest {
         if self.options.dry_run {
             self.write_dry_run_summary();
         }
+        Ok(())
+    }
+
+    /// After a failed commit, everything in memory that the lines since the last commit
+    /// changed (the tailer's positions, burst windows, pending events, context lines) is
+    /// ahead of the state. Start it all again from the state: those lines are read again
+    /// and produce the same notifications, none lost and none counted twice.
+    fn restore_from_state(&mut self) -> Result<(), StateError> {
+        self.tailer = Tailer::new(
+            TailOptions::from_config(&self.config),
+            self.store.saved_files()?,
+        );
+        self.matcher.bursts = Bursts::from_saved(self.store.saved_windows()?);
+        self.matcher.rings.clear();
+        self.assembler = Assembler::from_saved(self.store.saved_events()?);
         Ok(())
     }
 

@@ -735,3 +735,40 @@ rules:
     assert_eq!(messages.len(), 1, "{messages:#?}");
     assert!(messages[0].text.contains("ERROR boom\njava.lang.IllegalStateException: x\n\tat a.B.c(B.java:1)\n\tat a.B.d(B.java:2)"), "{}", messages[0].text);
 }
+
+#[test]
+fn a_failed_commit_rereads_the_lines_without_counting_them_twice() {
+    let chat = MockChat::start();
+    let url = chat.webhook("SPACE1", "KEY1", "TOKEN1");
+    let mut agent = Agent::new(&oncall(&url), &storm_rule("3s", 100));
+    agent.start();
+    write_storm(&agent.log(), &["warmup"], 0..1);
+    wait_for("the agent to run", Duration::from_secs(20), || {
+        !chat.messages().is_empty()
+    });
+    // Another writer holds the database longer than the agent's busy timeout (5 s): the
+    // agent's commit fails, and it must start again from the state.
+    let db = agent.dir.path().join("state/state.sqlite3");
+    let blocker = rusqlite::Connection::open(&db).unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    write_storm(&agent.log(), &["a"], 0..20);
+    wait_for("a failed commit", Duration::from_secs(30), || {
+        agent
+            .stderr()
+            .contains("Cannot commit to the state database")
+    });
+    blocker.execute_batch("COMMIT").unwrap();
+    drop(blocker);
+    wait_for("the summary", Duration::from_secs(30), || {
+        storm_messages(&chat, "a").len() >= 2
+    });
+    assert!(agent.terminate().success());
+    let texts = storm_messages(&chat, "a");
+    assert_eq!(texts.len(), 2, "{texts:#?}");
+    assert_eq!(texts[0], "*Storm* a #0");
+    assert!(
+        texts[1].starts_with("*storm*: 19 more occurrences"),
+        "{}",
+        texts[1]
+    );
+}

@@ -41,7 +41,15 @@ pub(super) fn validate(
             return Err(report);
         }
     };
-    let base_dir = path.parent().unwrap_or(Path::new("."));
+    // Relative paths in the config are relative to its directory, made absolute now (from
+    // the working directory, without touching the disk) so that file paths, `{file}` and
+    // watch events all use one form.
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let base_dir = std::path::absolute(parent).unwrap_or_else(|_| parent.to_path_buf());
+    let base_dir = base_dir.as_path();
     let mut v = Validator {
         report,
         options,

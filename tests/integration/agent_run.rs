@@ -58,6 +58,20 @@ impl Agent {
         }
     }
 
+    /// An agent whose config has the `files` and `rules` sections given; `{logs}` in
+    /// them names the agent's log directory.
+    fn with_sections(url: &str, files: &str, rules: &str) -> Self {
+        let agent = Self::new(&oncall(url), "");
+        let dir = agent.dir.path();
+        let yaml = format!(
+            "state_dir: {state}\nwebhooks:\n  oncall:\n    url: \"{url}\"\n    max_per_second: 5\nfiles:\n{files}rules:\n{rules}",
+            state = dir.join("state").display(),
+            files = files.replace("{logs}", &dir.join("logs").display().to_string()),
+        );
+        fs::write(&agent.config, yaml).unwrap();
+        agent
+    }
+
     fn log(&self) -> PathBuf {
         self.dir.path().join("logs/app.log")
     }
@@ -594,35 +608,13 @@ fn sigterm_inside_a_window_posts_the_summary_before_exit() {
 fn stack_traces_arrive_as_one_message_each() {
     let chat = MockChat::start();
     let url = chat.webhook("SPACE1", "KEY1", "TOKEN1");
-    let mut agent = Agent::new(&oncall(&url), "");
+    let mut agent = Agent::with_sections(
+        &url,
+        "  - path: {logs}/java.log\n    start_at: beginning\n    multiline: {preset: java}\n\
+         \x20 - path: {logs}/py.log\n    start_at: beginning\n    multiline: {preset: python, timeout: 1s}\n",
+        "  - name: exception\n    match: '(?P<kind>[A-Za-z_][\\w.]*(?:Exception|Error)): '\n    webhook: oncall\n    thread_key: 'exc-{kind}'\n    message: \"*{kind}* after `{first_line}`\\n```{line}```\"\n",
+    );
     let dir = agent.dir.path().to_path_buf();
-    fs::write(
-        &agent.config,
-        format!(
-            r#"state_dir: {state}
-webhooks:
-  oncall:
-    url: "{url}"
-    max_per_second: 5
-files:
-  - path: {logs}/java.log
-    start_at: beginning
-    multiline: {{preset: java}}
-  - path: {logs}/py.log
-    start_at: beginning
-    multiline: {{preset: python, timeout: 1s}}
-rules:
-  - name: exception
-    match: '(?P<kind>[A-Za-z_][\w.]*(?:Exception|Error)): '
-    webhook: oncall
-    thread_key: 'exc-{{kind}}'
-    message: "*{{kind}}* after `{{first_line}}`\n```{{line}}```"
-"#,
-            state = dir.join("state").display(),
-            logs = dir.join("logs").display(),
-        ),
-    )
-    .unwrap();
     agent.start();
     let java = dir.join("logs/java.log");
     let mut trace = String::from(
@@ -677,31 +669,12 @@ rules:
 fn a_multiline_event_split_by_a_restart_is_still_one_event() {
     let chat = MockChat::start();
     let url = chat.webhook("SPACE1", "KEY1", "TOKEN1");
-    let mut agent = Agent::new(&oncall(&url), "");
+    let mut agent = Agent::with_sections(
+        &url,
+        "  - path: {logs}/java.log\n    start_at: beginning\n    multiline: {preset: java, timeout: 2s}\n",
+        "  - name: exception\n    match: '(?P<kind>[A-Za-z_][\\w.]*Exception): '\n    webhook: oncall\n    thread_key: 'exc-{kind}'\n    message: \"```{line}```\"\n",
+    );
     let dir = agent.dir.path().to_path_buf();
-    fs::write(
-        &agent.config,
-        format!(
-            r#"state_dir: {state}
-webhooks:
-  oncall:
-    url: "{url}"
-files:
-  - path: {logs}/java.log
-    start_at: beginning
-    multiline: {{preset: java, timeout: 2s}}
-rules:
-  - name: exception
-    match: '(?P<kind>[A-Za-z_][\w.]*Exception): '
-    webhook: oncall
-    thread_key: 'exc-{{kind}}'
-    message: "```{{line}}```"
-"#,
-            state = dir.join("state").display(),
-            logs = dir.join("logs").display(),
-        ),
-    )
-    .unwrap();
     agent.start();
     let java = dir.join("logs/java.log");
     open_append(&java)

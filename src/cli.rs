@@ -31,7 +31,8 @@ pub enum Command {
     ///
     /// Runs until SIGTERM or SIGINT; then it stops reading, posts what is queued for up
     /// to `delivery.shutdown_grace` and exits 0. What was not posted is sent at the next
-    /// start.
+    /// start. SIGHUP reloads the config; a config with errors is logged and the running
+    /// one stays in force.
     Run {
         /// The YAML config file.
         #[arg(long, short, value_name = "FILE")]
@@ -43,6 +44,9 @@ pub enum Command {
         /// Read what the files hold now, post it, and exit.
         #[arg(long)]
         once: bool,
+        /// Reload the config when its file changes, as on SIGHUP.
+        #[arg(long)]
+        watch_config: bool,
         /// The format of chattail's own log on standard error.
         #[arg(long, value_enum, default_value_t = LogFormat::Human)]
         log_format: LogFormat,
@@ -69,6 +73,13 @@ pub enum Command {
         #[arg(long, value_name = "FORMAT", value_parser = ["rfc3339"])]
         timestamps: Option<String>,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish or powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g. `chattail man > /usr/local/share/man/man1/chattail.1`.
+    Man,
 }
 
 /// The format of chattail's own log lines.
@@ -89,11 +100,25 @@ pub fn main() -> ExitCode {
             config,
             dry_run,
             once,
+            watch_config,
             log_format,
         } => {
             init_logging(log_format);
-            run(&config, RunOptions { dry_run, once })
+            run(
+                &config,
+                RunOptions {
+                    dry_run,
+                    once,
+                    watch_config,
+                },
+            )
         }
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "chattail", &mut io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => man_page(),
         Command::Check { config } => check(&config),
         Command::Test {
             config,
@@ -115,6 +140,30 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Writes the manual page of the whole command line in roff: the main page, then one
+/// section per subcommand with its synopsis, description and options.
+fn man_page() -> anyhow::Result<ExitCode> {
+    let command = <Cli as clap::CommandFactory>::command();
+    let mut page = Vec::new();
+    clap_mangen::Man::new(command.clone()).render(&mut page)?;
+    for sub in command.get_subcommands().filter(|s| s.get_name() != "help") {
+        let name = sub.get_name().to_owned();
+        let man = clap_mangen::Man::new(sub.clone().bin_name(format!("chattail {name}")));
+        let mut section = Vec::new();
+        man.render_synopsis_section(&mut section)?;
+        man.render_description_section(&mut section)?;
+        man.render_options_section(&mut section)?;
+        // Each subcommand's sections become subsections of one section per subcommand.
+        let section = String::from_utf8_lossy(&section).replace(".SH ", ".SS ");
+        writeln!(page, ".SH \"CHATTAIL {}\"", name.to_uppercase())?;
+        page.extend_from_slice(section.as_bytes());
+    }
+    let mut out = io::stdout().lock();
+    out.write_all(&page).context("writing the manual page")?;
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Sets up chattail's own log: level from `CHATTAIL_LOG` (or `RUST_LOG`), default `info`.

@@ -5,16 +5,20 @@
 //! validation, templates, the rule engine, Chat text rendering) does no I/O beyond reading
 //! the config file; see ARCHITECTURE.md for the map and its invariants.
 
+pub mod admin;
 pub mod bursts;
 pub mod chat_text;
 pub mod cli;
 pub mod config;
 pub mod deliver;
+pub mod health;
+pub mod metrics;
 pub mod multiline;
 pub mod outbox;
 pub mod rule_test;
 pub mod rules;
 pub mod run;
+pub mod self_alerts;
 pub mod state;
 pub mod tail;
 pub mod template;

@@ -122,6 +122,19 @@ impl Assembler {
         }
     }
 
+    /// After a reload, points each pending event at its `files` entry in the new config
+    /// (`new_spec(old)`); an event whose entry is gone gets `gone`, an index past the new
+    /// entries, so the next [`expire`](Self::expire) completes it.
+    pub fn respec(&mut self, new_spec: impl Fn(usize) -> Option<usize>, gone: usize) {
+        for e in self.pending.values_mut() {
+            let spec = new_spec(e.spec).unwrap_or(gone);
+            if spec != e.spec {
+                e.spec = spec;
+                self.changed.insert(e.key);
+            }
+        }
+    }
+
     /// The pending events that changed since the last call (`None`: it completed).
     pub fn take_changes(&mut self) -> Vec<(FileKey, Option<Event>)> {
         self.changed

@@ -23,13 +23,20 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 use tokio::sync::watch;
 
+use sd_notify::NotifyState;
+
+use crate::admin::{self, AdminHandle};
 use crate::bursts::Bursts;
-use crate::config::Config;
-use crate::deliver::{self, chat_client::ChatClient};
+use crate::config::{self, Config, UrlPolicy};
+use crate::deliver::{self, WorkerContext, chat_client::ChatClient};
+use crate::health::Health;
+use crate::metrics::{Metrics, PatternLabel, ReasonLabel};
 use crate::multiline::{Assembler, Event};
 use crate::rules::{ContextRing, Notification, RuleSet, Source};
+use crate::self_alerts::SelfAlerts;
 use crate::state::{StateError, StateStore};
-use crate::tail::{LineOrigin, TailOptions, Tailer};
+use crate::tail::{LineOrigin, TailOptions, TailStats, Tailer};
+use prometheus_client::metrics::counter::Counter;
 
 #[derive(Debug, Error)]
 pub enum RunError {
@@ -39,6 +46,11 @@ pub enum RunError {
     Http(#[from] reqwest::Error),
     #[error("cannot start the runtime or install signal handlers: {0}")]
     Runtime(#[from] std::io::Error),
+    #[error("cannot listen on admin.listen {addr}: {source}")]
+    Admin {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("a rule set does not compile: {0}")]
     Rules(#[from] regex::Error),
     #[error("the ingest thread stopped unexpectedly")]
@@ -52,7 +64,13 @@ pub struct RunOptions {
     pub dry_run: bool,
     /// Read what the files hold now, deliver it, and exit.
     pub once: bool,
+    /// Reload when the config file changes, as on SIGHUP.
+    pub watch_config: bool,
 }
+
+/// How often `--watch-config` looks at the config file. Reading it is cheap, and a poll
+/// (unlike a file watch) also sees the symlink swap of a Kubernetes ConfigMap.
+const WATCH_CONFIG_EVERY: Duration = Duration::from_secs(1);
 
 /// Runs the agent until a signal (or, with `once`, until everything is read and posted).
 /// Dry-run output goes to `out`.
@@ -75,6 +93,66 @@ pub fn run(
     runtime.block_on(supervise(config, store, options, out))
 }
 
+/// The delivery workers of one config; replaced as a whole when a reload changes the
+/// webhooks or the delivery settings.
+struct DeliveryGeneration {
+    stop: watch::Sender<Option<tokio::time::Instant>>,
+    handles: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl DeliveryGeneration {
+    fn start(
+        config: &Config,
+        db: Option<&std::path::Path>,
+        wake: &watch::Receiver<u64>,
+        context: &WorkerContext,
+    ) -> Result<Self, RunError> {
+        let (stop, stop_rx) = watch::channel(None);
+        let handles = match db {
+            None => Vec::new(),
+            Some(db) => {
+                let client = ChatClient::new(config.delivery.request_timeout)?;
+                deliver::spawn_workers(config, db, &client, wake, &stop_rx, context)?
+            }
+        };
+        context.health.expect_workers(handles.len());
+        Ok(Self { stop, handles })
+    }
+
+    /// Asks the workers to stop by `deadline` and waits for them.
+    async fn finish(self, deadline: tokio::time::Instant) {
+        let _ = self.stop.send(Some(deadline));
+        futures_join(self.handles).await;
+    }
+}
+
+/// Whether two configs deliver differently (then the workers are replaced on reload).
+fn delivery_changed(old: &Config, new: &Config) -> bool {
+    let same_webhooks = old.webhooks.len() == new.webhooks.len()
+        && old.webhooks.iter().zip(&new.webhooks).all(|(a, b)| {
+            a.name == b.name
+                && a.max_per_second == b.max_per_second
+                && a.url.as_ref().map(|u| u.expose_secret())
+                    == b.url.as_ref().map(|u| u.expose_secret())
+        });
+    !same_webhooks || old.delivery != new.delivery
+}
+
+/// The async half: signals, reloads, delivery workers, the admin endpoint and systemd.
+struct Supervisor {
+    config: Arc<Config>,
+    options: RunOptions,
+    metrics: Metrics,
+    health: Arc<Health>,
+    db: Option<PathBuf>,
+    wake: watch::Receiver<u64>,
+    delivery: Option<DeliveryGeneration>,
+    reloads: std::sync::mpsc::Sender<Arc<Config>>,
+    admin: Option<AdminHandle>,
+    /// The config file's bytes when last loaded or tried, for `--watch-config`.
+    config_bytes: Option<Vec<u8>>,
+}
+
 async fn supervise(
     config: Arc<Config>,
     store: StateStore,
@@ -84,13 +162,39 @@ async fn supervise(
     use tokio::signal::unix::{SignalKind, signal};
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    let metrics = Metrics::default();
+    let health = Arc::new(Health::default());
+    health.beat();
+    let db = (!options.dry_run).then(|| store.db_path().to_path_buf());
     let (wake_tx, wake_rx) = watch::channel(0u64);
-    let (stop_tx, stop_rx) = watch::channel(None);
-    let workers = if options.dry_run {
-        Vec::new()
-    } else {
-        let client = ChatClient::new(config.delivery.request_timeout)?;
-        deliver::spawn_workers(&config, store.db_path(), &client, &wake_rx, &stop_rx)?
+    let context = WorkerContext {
+        metrics: metrics.clone(),
+        health: Arc::clone(&health),
+        first_send: tokio::time::Instant::now(),
+    };
+    let delivery = DeliveryGeneration::start(&config, db.as_deref(), &wake_rx, &context)?;
+    let (admin_stop_tx, mut admin_stop_rx) = watch::channel(false);
+    let admin = match config.admin_listen {
+        None => None,
+        Some(addr) => {
+            let stop = async move {
+                let _ = admin_stop_rx.wait_for(|stop| *stop).await;
+            };
+            let names = config.webhooks.iter().map(|w| w.name.clone()).collect();
+            let (handle, bound, task) = admin::start(
+                addr,
+                metrics.clone(),
+                Arc::clone(&health),
+                db.clone(),
+                names,
+                stop,
+            )
+            .await
+            .map_err(|source| RunError::Admin { addr, source })?;
+            tracing::info!(%bound, "Serving /metrics and /healthz.");
+            Some((handle, task))
+        }
     };
     tracing::info!(
         files = config.files.len(),
@@ -99,20 +203,65 @@ async fn supervise(
         dry_run = options.dry_run,
         "chattail is running."
     );
+    let (reload_tx, reload_rx) = std::sync::mpsc::channel();
     let stop_reading = Arc::new(AtomicBool::new(false));
     let mut ingest = {
         let config = Arc::clone(&config);
         let stop = Arc::clone(&stop_reading);
+        let telemetry = (metrics.clone(), Arc::clone(&health));
         tokio::task::spawn_blocking(move || {
-            Ingest::new(config, store, wake_tx, out, options)?.run(&stop)
+            let health = Arc::clone(&telemetry.1);
+            let result = Ingest::new(config, store, wake_tx, out, options, telemetry, reload_rx)
+                .and_then(|ingest| ingest.run(&stop));
+            health.ingest_stopped();
+            result
         })
     };
-    let mut signalled = false;
-    let ingest_result = tokio::select! {
-        r = &mut ingest => Some(r),
-        _ = terminate.recv() => { signalled = true; None }
-        _ = interrupt.recv() => { signalled = true; None }
+    let mut supervisor = Supervisor {
+        config_bytes: std::fs::read(&config.source_path).ok(),
+        config,
+        options,
+        metrics,
+        health,
+        db,
+        wake: wake_rx,
+        delivery: Some(delivery),
+        reloads: reload_tx,
+        admin: admin.as_ref().map(|(handle, _)| handle.clone()),
     };
+    notify_systemd(&[NotifyState::Ready, NotifyState::Status("running")]);
+    let watchdog = sd_notify::watchdog_enabled();
+    let mut watchdog_tick =
+        tokio::time::interval(watchdog.map_or(Duration::from_secs(3600), |d| d / 2));
+    let mut watch_tick = tokio::time::interval(WATCH_CONFIG_EVERY);
+    watch_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    let mut signalled = false;
+    let ingest_result = loop {
+        tokio::select! {
+            r = &mut ingest => break Some(r),
+            _ = terminate.recv() => { signalled = true; break None }
+            _ = interrupt.recv() => { signalled = true; break None }
+            _ = hangup.recv() => {
+                tracing::info!("SIGHUP: reloading the config.");
+                supervisor.reload().await;
+            }
+            _ = watch_tick.tick(), if options.watch_config => {
+                if supervisor.config_file_changed() {
+                    tracing::info!("The config file changed: reloading it.");
+                    supervisor.reload().await;
+                }
+            }
+            _ = watchdog_tick.tick(), if watchdog.is_some() => {
+                // A stalled run loop or a dead worker stops the pings, so systemd restarts
+                // the agent; a parked webhook does not (a restart would not help).
+                if supervisor.health.is_alive() {
+                    notify_systemd(&[NotifyState::Watchdog]);
+                }
+            }
+        }
+    };
+    notify_systemd(&[NotifyState::Stopping]);
     let ingest_result = match ingest_result {
         Some(r) => r,
         None => {
@@ -124,7 +273,7 @@ async fn supervise(
     let ingest_result = ingest_result
         .map_err(|_| RunError::IngestPanicked)
         .and_then(|r| r);
-    let grace = config.delivery.shutdown_grace;
+    let grace = supervisor.config.delivery.shutdown_grace;
     // With --once and no signal, delivery drains the outbox however long it takes; a
     // signal (or a failure of the ingest half) gives it the grace period only.
     let drain = options.once && !signalled && ingest_result.is_ok();
@@ -134,20 +283,142 @@ async fn supervise(
         } else {
             grace
         };
-    let _ = stop_tx.send(Some(deadline));
-    let all_workers = futures_join(workers);
-    tokio::pin!(all_workers);
-    if drain {
-        tokio::select! {
-            () = &mut all_workers => {}
-            _ = terminate.recv() => { let _ = stop_tx.send(Some(tokio::time::Instant::now() + grace)); all_workers.await; }
-            _ = interrupt.recv() => { let _ = stop_tx.send(Some(tokio::time::Instant::now() + grace)); all_workers.await; }
+    if let Some(delivery) = supervisor.delivery.take() {
+        let stop = delivery.stop.clone();
+        let all_workers = delivery.finish(deadline);
+        tokio::pin!(all_workers);
+        if drain {
+            tokio::select! {
+                () = &mut all_workers => {}
+                _ = terminate.recv() => { let _ = stop.send(Some(tokio::time::Instant::now() + grace)); all_workers.await; }
+                _ = interrupt.recv() => { let _ = stop.send(Some(tokio::time::Instant::now() + grace)); all_workers.await; }
+            }
+        } else {
+            all_workers.await;
         }
-    } else {
-        all_workers.await;
+    }
+    let _ = admin_stop_tx.send(true);
+    if let Some((_, task)) = admin {
+        let _ = task.await;
     }
     tracing::info!("chattail stopped.");
     ingest_result
+}
+
+impl Supervisor {
+    /// Whether the config file's bytes differ from those last loaded or tried.
+    fn config_file_changed(&mut self) -> bool {
+        let Ok(bytes) = std::fs::read(&self.config.source_path) else {
+            // A file being replaced may be missing for a moment; the next look decides.
+            return false;
+        };
+        if self.config_bytes.as_deref() == Some(bytes.as_slice()) {
+            return false;
+        }
+        self.config_bytes = Some(bytes);
+        true
+    }
+
+    /// Loads and validates the config file again. If it is valid it replaces the running
+    /// one (the run loop switches between two polls; delivery workers are replaced only
+    /// when webhooks or delivery settings changed). If not, the errors are logged as
+    /// `check` prints them and the running config stays in force.
+    async fn reload(&mut self) {
+        let mut reloading = vec![NotifyState::Reloading];
+        if let Ok(now) = NotifyState::monotonic_usec_now() {
+            reloading.push(now);
+        }
+        notify_systemd(&reloading);
+        self.config_bytes = std::fs::read(&self.config.source_path).ok();
+        let path = self.config.source_path.clone();
+        let policy = if self.options.dry_run {
+            UrlPolicy::Optional
+        } else {
+            UrlPolicy::Required
+        };
+        let loaded = tokio::task::spawn_blocking(move || config::load(&path, policy)).await;
+        match loaded {
+            Ok(Ok(loaded)) => {
+                if !loaded.warnings.items().is_empty() {
+                    tracing::warn!("The new config has warnings:\n{}", loaded.warnings);
+                }
+                self.apply(loaded.config).await;
+            }
+            Ok(Err(report)) => {
+                self.metrics.config_reload_failures.inc();
+                tracing::error!(
+                    "The new config is not valid; the running config stays in force.\n{report}"
+                );
+            }
+            Err(_) => {
+                self.metrics.config_reload_failures.inc();
+                tracing::error!(
+                    "Loading the new config failed; the running config stays in force."
+                );
+            }
+        }
+        notify_systemd(&[NotifyState::Ready, NotifyState::Status("running")]);
+    }
+
+    async fn apply(&mut self, mut new: Config) {
+        let old = Arc::clone(&self.config);
+        // The state directory and the admin socket belong to the process.
+        if new.state_dir != old.state_dir {
+            tracing::warn!(
+                running = %old.state_dir.display(),
+                new = %new.state_dir.display(),
+                "state_dir changes only at a restart; the running one stays."
+            );
+            new.state_dir = old.state_dir.clone();
+        }
+        if new.admin_listen != old.admin_listen {
+            tracing::warn!("admin.listen changes only at a restart; the running one stays.");
+            new.admin_listen = old.admin_listen;
+        }
+        let new = Arc::new(new);
+        if delivery_changed(&old, &new) {
+            // The old workers stop now (a post in flight is sent again, with the same
+            // request id, by the new ones), and the new ones keep Chat's pace.
+            if let Some(generation) = self.delivery.take() {
+                self.health.expect_workers(0);
+                generation.finish(tokio::time::Instant::now()).await;
+            }
+            let context = WorkerContext {
+                metrics: self.metrics.clone(),
+                health: Arc::clone(&self.health),
+                first_send: tokio::time::Instant::now() + Duration::from_secs(1),
+            };
+            match DeliveryGeneration::start(&new, self.db.as_deref(), &self.wake, &context) {
+                Ok(generation) => self.delivery = Some(generation),
+                Err(error) => {
+                    tracing::error!(%error, "Cannot start delivery for the new config; nothing is posted until the next reload or restart.");
+                }
+            }
+            self.health
+                .retain_webhooks(|name| new.webhooks.iter().any(|w| w.name == name));
+        }
+        if let Some(admin) = &self.admin {
+            admin.set_webhooks(new.webhooks.iter().map(|w| w.name.clone()).collect());
+        }
+        if self.reloads.send(Arc::clone(&new)).is_err() {
+            tracing::warn!("The run loop has stopped; the new config is not applied to reading.");
+        }
+        self.metrics.config_reloads.inc();
+        tracing::info!(
+            files = new.files.len(),
+            rules = new.rules.len(),
+            webhooks = new.webhooks.len(),
+            "Config reloaded."
+        );
+        self.config = new;
+    }
+}
+
+/// Tells systemd (when it started us with `Type=notify`) how we are; a no-op otherwise.
+fn notify_systemd(states: &[NotifyState<'_>]) {
+    if let Err(error) = sd_notify::notify(states) {
+        tracing::debug!(%error, "Cannot notify systemd.");
+    }
 }
 
 async fn futures_join(handles: Vec<tokio::task::JoinHandle<()>>) {
@@ -175,6 +446,20 @@ struct Ingest {
     dedup_windows: HashMap<String, Duration>,
     /// Pending multiline events per file.
     assembler: Assembler,
+    metrics: Metrics,
+    health: Arc<Health>,
+    /// Read and bytes counters of each `files` entry, by index.
+    spec_counters: Vec<(Counter, Counter)>,
+    /// The tailer's and the matcher's counters at the last look, to add the difference.
+    seen_stats: TailStats,
+    seen_assembler_cut: u64,
+    seen_evictions: u64,
+    /// New configs from the supervisor.
+    reloads: std::sync::mpsc::Receiver<Arc<Config>>,
+    self_alerts: SelfAlerts,
+    last_self_check: Option<Instant>,
+    /// Notifications made outside a poll (self-alerts), queued with the next commit.
+    extra: Vec<Notification>,
 }
 
 /// Runs the rules over a line or an event and routes each hit through the burst windows.
@@ -187,6 +472,7 @@ struct Matcher {
     /// The last lines of each file, when some rule has `context.before`.
     rings: HashMap<PathBuf, ContextRing>,
     max_context: usize,
+    metrics: Metrics,
 }
 
 impl Matcher {
@@ -210,14 +496,22 @@ impl Matcher {
                 .entry(path.to_path_buf())
                 .or_insert_with(|| ContextRing::new(max_context))
         });
+        let metrics = &self.metrics;
         rules.evaluate(line, |hit| {
+            metrics.rule_matched(&hit.rule.name);
             let context = match &ring {
                 Some(r) if hit.rule.context_before > 0 => r.last(hit.rule.context_before),
                 _ => Vec::new(),
             };
             let n = hit.notification_with_context(line, &source, &context);
             match &hit.rule.dedup {
-                Some(dedup) => bursts.observe(dedup, n, line, now_ms, out),
+                Some(dedup) => {
+                    let before = bursts.suppressed;
+                    bursts.observe(dedup, n, line, now_ms, out);
+                    if bursts.suppressed > before {
+                        metrics.rule_suppressed(&hit.rule.name);
+                    }
+                }
                 None => out.push(n),
             }
         });
@@ -227,6 +521,32 @@ impl Matcher {
     }
 }
 
+/// `dedup.window` by rule name.
+fn dedup_windows(config: &Config) -> HashMap<String, Duration> {
+    config
+        .rules
+        .iter()
+        .filter_map(|r| r.dedup.as_ref().map(|d| (r.name.clone(), d.window)))
+        .collect()
+}
+
+/// The read counters (lines, bytes) of each `files` entry.
+fn spec_counters(config: &Config, metrics: &Metrics) -> Vec<(Counter, Counter)> {
+    config
+        .files
+        .iter()
+        .map(|f| {
+            let label = PatternLabel {
+                pattern: f.pattern.clone(),
+            };
+            (
+                metrics.read_lines.get_or_create(&label).clone(),
+                metrics.read_bytes.get_or_create(&label).clone(),
+            )
+        })
+        .collect()
+}
+
 impl Ingest {
     fn new(
         config: Arc<Config>,
@@ -234,15 +554,12 @@ impl Ingest {
         wake: watch::Sender<u64>,
         out: Box<dyn Write + Send>,
         options: RunOptions,
+        (metrics, health): (Metrics, Arc<Health>),
+        reloads: std::sync::mpsc::Receiver<Arc<Config>>,
     ) -> Result<Self, RunError> {
         let tailer = Tailer::new(TailOptions::from_config(&config), store.saved_files()?);
         let bursts = Bursts::from_saved(store.saved_windows()?);
         let assembler = Assembler::from_saved(store.saved_events()?);
-        let dedup_windows = config
-            .rules
-            .iter()
-            .filter_map(|r| r.dedup.as_ref().map(|d| (r.name.clone(), d.window)))
-            .collect();
         let matcher = Matcher {
             max_context: config.max_context_before(),
             config: Arc::clone(&config),
@@ -250,8 +567,14 @@ impl Ingest {
             by_rules: HashMap::new(),
             bursts,
             rings: HashMap::new(),
+            metrics: metrics.clone(),
         };
         Ok(Self {
+            dedup_windows: dedup_windows(&config),
+            spec_counters: spec_counters(&config, &metrics),
+            seen_stats: TailStats::default(),
+            seen_assembler_cut: 0,
+            seen_evictions: 0,
             config,
             store,
             tailer,
@@ -262,14 +585,34 @@ impl Ingest {
             outbox_full: false,
             last_outbox_check: None,
             dry_run_threads: BTreeMap::new(),
-            dedup_windows,
             assembler,
+            metrics,
+            health,
+            reloads,
+            self_alerts: SelfAlerts::default(),
+            last_self_check: None,
+            extra: Vec::new(),
         })
     }
 
     fn run(mut self, stop: &AtomicBool) -> Result<(), RunError> {
         while !stop.load(Ordering::Relaxed) {
+            self.health.beat();
+            if let Some(new) = self.latest_reload() {
+                if let Err(error) = self.switch_config(new) {
+                    tracing::error!(%error, "Cannot commit to the state database during a reload; retrying in a second.");
+                    std::thread::sleep(Duration::from_secs(1));
+                    self.restore_from_state()?;
+                }
+                continue;
+            }
+            self.check_self_alerts();
             if self.outbox_is_full() {
+                // Reading waits, but chattail's own alerts (such as the one saying why the
+                // outbox fills) are still queued.
+                if !self.extra.is_empty() {
+                    self.commit_extra()?;
+                }
                 std::thread::sleep(Duration::from_millis(200));
                 continue;
             }
@@ -300,6 +643,138 @@ impl Ingest {
         Ok(())
     }
 
+    /// The newest config the supervisor sent, if any (older ones are superseded).
+    fn latest_reload(&mut self) -> Option<Arc<Config>> {
+        let mut latest = None;
+        while let Ok(config) = self.reloads.try_recv() {
+            latest = Some(config);
+        }
+        latest
+    }
+
+    /// Switches reading to a new config between two polls. What was read under the old
+    /// config is committed first and every file's position is recorded; then the tailer
+    /// is rebuilt from the state, like a restart without the restart: files still
+    /// configured resume exactly where they were, files no longer configured are released
+    /// and new globs are picked up (with their `start_at`). Burst windows of rules that
+    /// keep their `dedup` stay open (by rule name); those of rules that lost it close at
+    /// the next poll with their summary. Pending multiline events follow their `files`
+    /// entry by pattern.
+    fn switch_config(&mut self, new: Arc<Config>) -> Result<(), StateError> {
+        // Read what the old config's files hold (a deleted file can only be read through
+        // the handle held now), then record every position.
+        for _ in 0..100 {
+            if !self.step(false)? {
+                break;
+            }
+        }
+        self.tailer.checkpoint_all();
+        self.step(false)?;
+        let old = std::mem::replace(&mut self.config, Arc::clone(&new));
+        let gone = new.files.len();
+        self.assembler.respec(
+            |spec| {
+                let pattern = &old.files.get(spec)?.pattern;
+                new.files.iter().position(|f| &f.pattern == pattern)
+            },
+            gone,
+        );
+        self.tailer = Tailer::new(TailOptions::from_config(&new), self.store.saved_files()?);
+        self.seen_stats = TailStats::default();
+        self.dedup_windows = dedup_windows(&new);
+        self.spec_counters = spec_counters(&new, &self.metrics);
+        let matcher = &mut self.matcher;
+        matcher.config = Arc::clone(&new);
+        matcher.by_path.clear();
+        matcher.by_rules.clear();
+        if matcher.max_context != new.max_context_before() {
+            matcher.max_context = new.max_context_before();
+            matcher.rings.clear();
+        }
+        // The outbox bound may have changed.
+        self.last_outbox_check = None;
+        Ok(())
+    }
+
+    /// Queues the self-alerts alone, while reading is paused.
+    fn commit_extra(&mut self) -> Result<(), StateError> {
+        let tx = self.store.transaction()?;
+        for n in &self.extra {
+            tx.enqueue(n)?;
+        }
+        tx.commit()?;
+        self.extra.clear();
+        self.wake.send_modify(|n| *n += 1);
+        Ok(())
+    }
+
+    /// Once a second: opens or clears self-alert episodes.
+    fn check_self_alerts(&mut self) {
+        if self
+            .last_self_check
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.last_self_check = Some(Instant::now());
+        let before = self.extra.len();
+        let tailer = &self.tailer;
+        self.self_alerts.check(
+            &self.config,
+            &self.health,
+            |spec| tailer.has_file_for(spec),
+            crate::state::unix_now_ms(),
+            &mut self.extra,
+        );
+        if self.options.dry_run {
+            // Nothing is posted in dry-run; the log has the alert.
+            self.extra.truncate(before);
+        }
+        self.metrics
+            .self_alerts
+            .inc_by((self.extra.len() - before) as u64);
+    }
+
+    /// Adds what the tailer, the assembler and the burst windows counted since the last
+    /// look to the metrics.
+    fn publish_counters(&mut self) {
+        let stats = self.tailer.stats().clone();
+        let seen = std::mem::replace(&mut self.seen_stats, stats.clone());
+        let m = &self.metrics;
+        let add = |family: &prometheus_client::metrics::family::Family<ReasonLabel, Counter>,
+                   reason: &'static str,
+                   n: u64| {
+            if n > 0 {
+                family.get_or_create(&ReasonLabel { reason }).inc_by(n);
+            }
+        };
+        add(
+            &m.rotations,
+            "rename",
+            stats.rotations.saturating_sub(seen.rotations),
+        );
+        add(
+            &m.rotations,
+            "truncate",
+            stats.truncations.saturating_sub(seen.truncations),
+        );
+        add(
+            &m.cut_lines,
+            "max_line_bytes",
+            stats.lines_cut.saturating_sub(seen.lines_cut),
+        );
+        let cut = self.assembler.lines_cut;
+        add(
+            &m.cut_lines,
+            "multiline_max_lines",
+            cut.saturating_sub(std::mem::replace(&mut self.seen_assembler_cut, cut)),
+        );
+        let evictions = self.matcher.bursts.evictions;
+        m.burst_evictions.inc_by(
+            evictions.saturating_sub(std::mem::replace(&mut self.seen_evictions, evictions)),
+        );
+    }
+
     /// After a failed commit, everything in memory that the lines since the last commit
     /// changed (the tailer's positions, burst windows, pending events, context lines) is
     /// ahead of the state. Start it all again from the state: those lines are read again
@@ -312,6 +787,8 @@ impl Ingest {
         self.matcher.bursts = Bursts::from_saved(self.store.saved_windows()?);
         self.matcher.rings.clear();
         self.assembler = Assembler::from_saved(self.store.saved_events()?);
+        self.seen_stats = TailStats::default();
+        self.seen_assembler_cut = 0;
         Ok(())
     }
 
@@ -321,35 +798,51 @@ impl Ingest {
     fn step(&mut self, flush: bool) -> Result<bool, StateError> {
         let mut notifications: Vec<Notification> = Vec::new();
         let now_ms = crate::state::unix_now_ms();
+        notifications.extend(self.extra.iter().cloned());
         let mut events: Vec<Event> = Vec::new();
+        // Lines and bytes per `files` entry, added to the metrics once per poll.
+        let mut read: Vec<(u64, u64)> = vec![(0, 0); self.config.files.len()];
         let more = {
             let config = &self.config;
             let matcher = &mut self.matcher;
             let assembler = &mut self.assembler;
-            let mut sink = |origin: &LineOrigin<'_>, line: &[u8]| match config
-                .files
-                .get(origin.spec)
-                .and_then(|f| f.multiline.as_deref())
-            {
-                Some(settings) => {
-                    let mut done = Vec::new();
-                    assembler.push(
-                        settings,
-                        origin.key,
-                        origin.path,
-                        origin.spec,
-                        line,
-                        now_ms,
-                        &mut done,
-                    );
-                    for event in done {
-                        matcher.evaluate(&event.path, &event.bytes, now_ms, &mut notifications);
-                    }
+            let mut sink = |origin: &LineOrigin<'_>, line: &[u8]| {
+                if let Some(r) = read.get_mut(origin.spec) {
+                    r.0 += 1;
+                    r.1 += line.len() as u64 + 1;
                 }
-                None => matcher.evaluate(origin.path, line, now_ms, &mut notifications),
+                match config
+                    .files
+                    .get(origin.spec)
+                    .and_then(|f| f.multiline.as_deref())
+                {
+                    Some(settings) => {
+                        let mut done = Vec::new();
+                        assembler.push(
+                            settings,
+                            origin.key,
+                            origin.path,
+                            origin.spec,
+                            line,
+                            now_ms,
+                            &mut done,
+                        );
+                        for event in done {
+                            matcher.evaluate(&event.path, &event.bytes, now_ms, &mut notifications);
+                        }
+                    }
+                    None => matcher.evaluate(origin.path, line, now_ms, &mut notifications),
+                }
             };
             self.tailer.poll(&mut sink)
         };
+        for ((lines, bytes), (n, b)) in self.spec_counters.iter().zip(&read) {
+            if *n > 0 {
+                lines.inc_by(*n);
+                bytes.inc_by(*b);
+            }
+        }
+        self.publish_counters();
         // Events with no new line for their timeout are complete; with `flush` and
         // `--once`, every pending event is (nothing more will be read).
         let finish_all = flush && self.options.once;
@@ -410,6 +903,7 @@ impl Ingest {
             }
         }
         tx.commit()?;
+        self.extra.clear();
         if !notifications.is_empty() {
             tracing::debug!(notifications = notifications.len(), "Queued notifications.");
             if self.options.dry_run {
@@ -442,6 +936,7 @@ impl Ingest {
             }
         };
         let full = queued >= max;
+        self.health.set_outbox(queued, max, full);
         if full && !self.outbox_full {
             tracing::warn!(
                 queued,

@@ -66,6 +66,17 @@ pub struct Config {
     pub files: Vec<FileSpec>,
     pub rules: Vec<Arc<Rule>>,
     pub delivery: Delivery,
+    /// Where `/metrics` and `/healthz` are served (`admin.listen`); off when `None`.
+    pub admin_listen: Option<std::net::SocketAddr>,
+    /// The webhook chattail posts its own trouble to (`self_alerts.webhook`).
+    pub self_alerts: Option<SelfAlerts>,
+}
+
+/// `self_alerts:`: where and when chattail tells Chat about its own trouble.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SelfAlerts {
+    /// The name of a configured webhook.
+    pub webhook: String,
 }
 
 /// How notifications are delivered to Chat (`delivery:` in the file).
@@ -132,6 +143,9 @@ pub struct FileSpec {
     pub max_line_bytes: usize,
     /// How lines join into events (stack traces), if they do.
     pub multiline: Option<Arc<Multiline>>,
+    /// When the glob has matched no file for this long, that is an episode worth a
+    /// self-alert (`files[].missing_after`, or `self_alerts.missing_after` for all).
+    pub missing_after: Option<Duration>,
 }
 
 /// How the lines of a file join into multiline events.

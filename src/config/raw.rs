@@ -22,6 +22,21 @@ pub struct RawConfig {
     #[serde(default)]
     pub rules: Vec<RawRule>,
     pub delivery: Option<RawDelivery>,
+    pub admin: Option<RawAdmin>,
+    pub self_alerts: Option<RawSelfAlerts>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub listen: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSelfAlerts {
+    pub webhook: Spanned<String>,
+    pub missing_after: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -49,6 +64,7 @@ pub struct RawFile {
     pub start_at: Option<StartAt>,
     pub max_line_bytes: Option<Spanned<u64>>,
     pub multiline: Option<Spanned<RawMultiline>>,
+    pub missing_after: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -13,7 +13,9 @@ use globset::{Glob, GlobBuilder, GlobSetBuilder};
 use regex::bytes::{Regex, RegexBuilder};
 use serde_saphyr::Spanned;
 
-use super::raw::{RawConfig, RawDedup, RawDelivery, RawMultiline, RawRule, RawWebhook};
+use super::raw::{
+    RawConfig, RawDedup, RawDelivery, RawMultiline, RawRule, RawSelfAlerts, RawWebhook,
+};
 use super::{
     Boundary, Config, DEFAULT_MAX_KEYS, DEFAULT_MAX_LINE_BYTES, DEFAULT_MAX_PER_SECOND,
     DEFAULT_MESSAGE, DEFAULT_MESSAGE_WITH_CONTEXT, DEFAULT_MULTILINE_MAX_LINES,
@@ -174,11 +176,21 @@ impl Validator<'_> {
                 "no `files` are configured: add at least one `- path: /var/log/app/*.log`",
             );
         }
+        let self_alerts = raw.self_alerts.as_ref().map(|s| self.self_alerts(s, &raw));
+        let default_missing_after = raw
+            .self_alerts
+            .as_ref()
+            .and_then(|s| s.missing_after.as_ref())
+            .and_then(|m| self.duration(m, "self_alerts.missing_after"));
         let files = raw
             .files
             .iter()
             .enumerate()
             .filter_map(|(i, file)| {
+                let missing_after = match &file.missing_after {
+                    Some(m) => self.duration(m, &format!("files[{i}].missing_after")),
+                    None => default_missing_after,
+                };
                 let max_line_bytes = match &file.max_line_bytes {
                     None => DEFAULT_MAX_LINE_BYTES,
                     Some(n) if MAX_LINE_BYTES_RANGE.contains(&n.value) => {
@@ -210,6 +222,7 @@ impl Validator<'_> {
                     start_at: file.start_at.unwrap_or_default(),
                     max_line_bytes,
                     multiline,
+                    missing_after,
                 })
             })
             .collect::<Vec<FileSpec>>();
@@ -238,6 +251,19 @@ impl Validator<'_> {
             Some(d) => self.delivery(d),
             None => Delivery::default(),
         };
+        let admin_listen = raw.admin.as_ref().and_then(|admin| {
+            let text = self.expanded(&admin.listen, "admin.listen")?;
+            match text.trim().parse::<std::net::SocketAddr>() {
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    self.report.error(
+                        loc(&admin.listen),
+                        format!("admin.listen `{text}` is not an address and port; write e.g. `127.0.0.1:9898` (or `0.0.0.0:9898` in a container)"),
+                    );
+                    None
+                }
+            }
+        });
         Config {
             source_path: path.to_owned(),
             state_dir,
@@ -246,7 +272,23 @@ impl Validator<'_> {
             files,
             rules,
             delivery,
+            admin_listen,
+            self_alerts,
         }
+    }
+
+    fn self_alerts(&mut self, raw: &RawSelfAlerts, config: &RawConfig) -> super::SelfAlerts {
+        let webhook = raw.webhook.value.clone();
+        if !config.webhooks.contains_key(&webhook) {
+            self.report.error(
+                loc(&raw.webhook),
+                format!(
+                    "self_alerts.webhook `{webhook}` is not defined (defined: {})",
+                    defined_webhooks(config)
+                ),
+            );
+        }
+        super::SelfAlerts { webhook }
     }
 
     /// Expands `${VAR}` in a string value, recording an error that names `what`.
@@ -377,15 +419,12 @@ impl Validator<'_> {
         };
         let webhook = raw.webhook.value.clone();
         if !config.webhooks.contains_key(&webhook) {
-            let defined: Vec<&str> = config.webhooks.keys().map(String::as_str).collect();
-            let defined = if defined.is_empty() {
-                "none".to_owned()
-            } else {
-                defined.join(", ")
-            };
             self.report.error(
                 loc(&raw.webhook),
-                format!("rule `{name}`: webhook `{webhook}` is not defined (defined: {defined})"),
+                format!(
+                    "rule `{name}`: webhook `{webhook}` is not defined (defined: {})",
+                    defined_webhooks(config)
+                ),
             );
         }
         let files = raw.files.as_ref().and_then(|globs| {
@@ -681,6 +720,16 @@ impl Validator<'_> {
                 None
             }
         }
+    }
+}
+
+/// The names of the config's webhooks, for "not defined" errors.
+fn defined_webhooks(config: &RawConfig) -> String {
+    let defined: Vec<&str> = config.webhooks.keys().map(String::as_str).collect();
+    if defined.is_empty() {
+        "none".to_owned()
+    } else {
+        defined.join(", ")
     }
 }
 

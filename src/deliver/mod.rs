@@ -21,6 +21,7 @@ pub mod thread_key;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -29,6 +30,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::config::{Config, Delivery};
+use crate::health::Health;
+use crate::metrics::{Metrics, reason_for_status};
 use crate::outbox::{Batch, Outbox};
 use crate::state::StateError;
 use crate::webhook_url::WebhookUrl;
@@ -49,6 +52,16 @@ struct Target {
 /// wait is not missed.)
 pub type WakeSignal = watch::Receiver<u64>;
 
+/// What workers report to, and when they may post first.
+#[derive(Clone)]
+pub struct WorkerContext {
+    pub metrics: Metrics,
+    pub health: Arc<Health>,
+    /// No post before this instant: after a reload replaced the workers, the old ones may
+    /// have posted less than a second ago, and Chat's quota counts both.
+    pub first_send: Instant,
+}
+
 /// Starts one worker per space of `config`'s webhooks. `wake` moves when new rows are
 /// queued; `stop` says when to finish.
 pub fn spawn_workers(
@@ -57,6 +70,7 @@ pub fn spawn_workers(
     client: &ChatClient,
     wake: &WakeSignal,
     stop: &StopSignal,
+    context: &WorkerContext,
 ) -> Result<Vec<JoinHandle<()>>, StateError> {
     // Webhooks grouped by space; a webhook whose URL names no space is its own group.
     let mut spaces: BTreeMap<String, (Vec<Target>, f64)> = BTreeMap::new();
@@ -79,13 +93,14 @@ pub fn spawn_workers(
         let worker = SpaceWorker {
             space,
             targets,
-            interval: Duration::from_secs_f64(1.0 / rate),
+            interval: paced_interval(rate),
             outbox: Outbox::open(db)?,
             client: client.clone(),
             wake: wake.clone(),
             stop: stop.clone(),
             options: config.delivery.clone(),
             parked: HashMap::new(),
+            context: context.clone(),
         };
         handles.push(tokio::spawn(worker.run()));
     }
@@ -103,12 +118,14 @@ struct SpaceWorker {
     options: Delivery,
     /// Parked webhooks and until when.
     parked: HashMap<String, Instant>,
+    context: WorkerContext,
 }
 
 impl SpaceWorker {
     async fn run(mut self) {
+        let _running = self.context.health.worker_guard();
         tracing::debug!(space = %self.space, webhooks = self.targets.len(), "Delivery worker started.");
-        let mut next_send = Instant::now();
+        let mut next_send = self.context.first_send;
         let mut backoff: Option<backon::ExponentialBackoff> = None;
         let mut failing_since: Option<Instant> = None;
         loop {
@@ -162,8 +179,19 @@ impl SpaceWorker {
                 () = stop_reached(self.stop.clone()) => break,
             };
             next_send = sent_at + self.interval;
+            let metrics = &self.context.metrics;
+            let label = metrics.webhook(&target.name);
             match outcome {
                 PostOutcome::Accepted => {
+                    metrics.chat_posts.get_or_create(&label).inc();
+                    metrics
+                        .chat_notifications
+                        .get_or_create(&label)
+                        .inc_by(batch.rows as u64);
+                    if self.context.health.unpark(&target.name).is_some() {
+                        metrics.webhook_parked.get_or_create(&label).set(0);
+                        tracing::info!(webhook = %target.name, "Chat accepts the webhook's posts again; it is no longer parked.");
+                    }
                     if let Err(error) =
                         tokio::task::block_in_place(|| self.outbox.delivered(&batch.request_id))
                     {
@@ -176,6 +204,11 @@ impl SpaceWorker {
                     log_delivered(&target.name, &batch);
                 }
                 PostOutcome::Retry { after, reason } => {
+                    metrics.chat_failed(&target.name, retry_reason(&reason));
+                    metrics.chat_retries.get_or_create(&label).inc();
+                    if reason == "429" {
+                        metrics.chat_rate_limited.get_or_create(&label).inc();
+                    }
                     let step = backoff
                         .get_or_insert_with(|| self.backoff_builder().build())
                         .next()
@@ -192,6 +225,9 @@ impl SpaceWorker {
                     }
                 }
                 PostOutcome::Refused { status, message } => {
+                    metrics.chat_failed(&target.name, reason_for_status(status));
+                    metrics.webhook_parked.get_or_create(&label).set(1);
+                    self.context.health.park(&target.name, status, &message);
                     let until = Instant::now() + self.options.park_for;
                     self.parked.insert(target.name.clone(), until);
                     tracing::error!(
@@ -271,6 +307,24 @@ async fn stop_reached(mut stop: StopSignal) {
                 }
             }
         }
+    }
+}
+
+/// The time between the starts of two posts to a space allowed `rate` per second. Chat
+/// counts requests as they arrive, and a request may reach it a little sooner after its
+/// start than the one before did (a reused connection, a less loaded moment), so the
+/// interval carries a margin of 5%, at most 50 ms.
+fn paced_interval(rate: f64) -> Duration {
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    interval + (interval / 20).min(Duration::from_millis(50))
+}
+
+/// The bounded `reason` label for a retry reason from the client.
+fn retry_reason(reason: &str) -> &'static str {
+    match reason {
+        "timeout" | "408" => "timeout",
+        "connect" | "network" => "connection",
+        other => other.parse::<u16>().map_or("other", reason_for_status),
     }
 }
 

@@ -291,6 +291,23 @@ impl Tailer {
         paths
     }
 
+    /// Whether a file found by the `files` entry `spec` is followed at its matched path
+    /// now (a file rotated away does not count).
+    pub fn has_file_for(&self, spec: usize) -> bool {
+        self.files
+            .values()
+            .any(|f| f.spec == spec && f.rotated_at.is_none())
+    }
+
+    /// Marks every followed file for a checkpoint at the next
+    /// [`take_checkpoints`](Self::take_checkpoints), so that the state holds every file's
+    /// position, not only those that moved (before a reload rebuilds the tailer from it).
+    pub fn checkpoint_all(&mut self) {
+        for f in self.files.values_mut() {
+            f.dirty = true;
+        }
+    }
+
     /// Whether the file with this key is being followed.
     pub fn follows(&self, key: FileKey) -> bool {
         self.files.contains_key(&key)

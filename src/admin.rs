@@ -1,0 +1,147 @@
+//! The admin endpoint (`admin.listen`): `/metrics` for Prometheus and `/healthz` for
+//! load balancers, Kubernetes probes and people.
+//!
+//! It only reads: the metrics, the health facts and (for the outbox gauges) the state
+//! database through its own read connection. It never changes what the agent does.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tokio::net::TcpListener;
+
+use crate::health::Health;
+use crate::metrics::Metrics;
+use crate::outbox::Outbox;
+
+#[derive(Clone)]
+struct Admin {
+    metrics: Metrics,
+    registry: Arc<prometheus_client::registry::Registry>,
+    health: Arc<Health>,
+    /// The state database, for the outbox gauges; `None` in dry-run.
+    db: Option<PathBuf>,
+    /// Opened at the first scrape and kept.
+    outbox: Arc<Mutex<Option<Outbox>>>,
+    /// The configured webhooks, updated on reload.
+    webhooks: Arc<Mutex<Vec<String>>>,
+}
+
+/// A running admin endpoint; the handle updates what it reports after a reload.
+#[derive(Clone)]
+pub struct AdminHandle {
+    webhooks: Arc<Mutex<Vec<String>>>,
+}
+
+impl AdminHandle {
+    pub fn set_webhooks(&self, names: Vec<String>) {
+        *self
+            .webhooks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = names;
+    }
+}
+
+/// Binds `addr` now (so a taken port fails the start, not a later request) and serves
+/// until `stop` completes.
+pub async fn start(
+    addr: SocketAddr,
+    metrics: Metrics,
+    health: Arc<Health>,
+    db: Option<PathBuf>,
+    webhooks: Vec<String>,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<(AdminHandle, SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let webhooks = Arc::new(Mutex::new(webhooks));
+    let state = Admin {
+        registry: Arc::new(metrics.registry()),
+        metrics,
+        health,
+        db,
+        outbox: Arc::new(Mutex::new(None)),
+        webhooks: Arc::clone(&webhooks),
+    };
+    let app = Router::new()
+        .route("/metrics", get(metrics_page))
+        .route("/healthz", get(healthz))
+        .with_state(state);
+    let task = tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, app)
+            .with_graceful_shutdown(stop)
+            .await
+        {
+            tracing::error!(%error, "The admin endpoint stopped.");
+        }
+    });
+    Ok((AdminHandle { webhooks }, bound, task))
+}
+
+async fn metrics_page(State(admin): State<Admin>) -> impl IntoResponse {
+    let refresh = admin.clone();
+    // The outbox query is a blocking SQLite read; keep it off the async threads.
+    let _ = tokio::task::spawn_blocking(move || refresh.refresh_outbox_gauges()).await;
+    let text = Metrics::encode(&admin.registry);
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text)
+}
+
+async fn healthz(State(admin): State<Admin>) -> impl IntoResponse {
+    let problems = admin.health.problems();
+    if problems.is_empty() {
+        (StatusCode::OK, "ok\n".to_owned())
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{}\n", problems.join("\n")),
+        )
+    }
+}
+
+impl Admin {
+    fn refresh_outbox_gauges(&self) {
+        let Some(db) = &self.db else { return };
+        let mut slot = self
+            .outbox
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if slot.is_none() {
+            match Outbox::open(db) {
+                Ok(outbox) => *slot = Some(outbox),
+                Err(error) => {
+                    tracing::warn!(%error, "Cannot open the outbox for metrics.");
+                    return;
+                }
+            }
+        }
+        let Some(outbox) = slot.as_ref() else { return };
+        let webhooks = self
+            .webhooks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let now_ms = crate::state::unix_now_ms();
+        for name in webhooks {
+            match outbox.depth(&name) {
+                Ok((queued, oldest)) => {
+                    let label = self.metrics.webhook(&name);
+                    self.metrics
+                        .outbox_notifications
+                        .get_or_create(&label)
+                        .set(i64::try_from(queued).unwrap_or(i64::MAX));
+                    let age = oldest.map_or(0.0, |ms| now_ms.saturating_sub(ms) as f64 / 1000.0);
+                    self.metrics
+                        .outbox_oldest_age_seconds
+                        .get_or_create(&label)
+                        .set(age);
+                }
+                Err(error) => tracing::warn!(%error, "Cannot read the outbox for metrics."),
+            }
+        }
+    }
+}

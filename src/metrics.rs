@@ -1,0 +1,267 @@
+//! The agent's counters and gauges, exported at `/metrics` in the Prometheus text format.
+//!
+//! Names follow `chattail_<noun>_<unit>_total` for counters (the `_total` is added by
+//! prometheus-client). Every label takes its values from the config (file patterns, rule
+//! and webhook names) or from a fixed list (`reason`, `kind`), so the number of series is
+//! bounded by the config, whatever the logs contain. Nothing here ever sees a webhook URL.
+//!
+//! The hot path does not touch these atomics per line: the run loop counts lines in plain
+//! integers during a poll and adds the totals once per poll.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct PatternLabel {
+    /// A `files[].path` glob as configured (made absolute).
+    pub pattern: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RuleLabel {
+    pub rule: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct WebhookLabel {
+    pub webhook: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct FailureLabel {
+    pub webhook: String,
+    /// One of [`FAILURE_REASONS`].
+    pub reason: &'static str,
+}
+
+/// The values the `reason` label of `chattail_chat_failures_total` can take.
+pub const FAILURE_REASONS: &[&str] = &[
+    "rate_limited",
+    "server_error",
+    "timeout",
+    "connection",
+    "bad_request",
+    "unauthorized",
+    "forbidden",
+    "not_found",
+    "other",
+];
+
+/// Every metric of the agent. Cloning is cheap and shares the values.
+#[derive(Debug, Clone, Default)]
+pub struct Metrics {
+    pub read_lines: Family<PatternLabel, Counter>,
+    pub read_bytes: Family<PatternLabel, Counter>,
+    pub cut_lines: Family<ReasonLabel, Counter>,
+    pub rotations: Family<ReasonLabel, Counter>,
+    pub rule_matches: Family<RuleLabel, Counter>,
+    pub suppressed_matches: Family<RuleLabel, Counter>,
+    pub burst_evictions: Counter,
+    pub chat_posts: Family<WebhookLabel, Counter>,
+    pub chat_notifications: Family<WebhookLabel, Counter>,
+    pub chat_failures: Family<FailureLabel, Counter>,
+    pub chat_retries: Family<WebhookLabel, Counter>,
+    pub chat_rate_limited: Family<WebhookLabel, Counter>,
+    pub webhook_parked: Family<WebhookLabel, Gauge>,
+    pub outbox_notifications: Family<WebhookLabel, Gauge>,
+    pub outbox_oldest_age_seconds: Family<WebhookLabel, Gauge<f64, AtomicU64>>,
+    pub config_reloads: Counter,
+    pub config_reload_failures: Counter,
+    pub self_alerts: Counter,
+}
+
+impl Metrics {
+    /// A registry that exports these metrics, for the admin endpoint.
+    pub fn registry(&self) -> Registry {
+        let mut r = Registry::default();
+        r.register(
+            "chattail_read_lines",
+            "Lines read from log files, by files[].path pattern",
+            self.read_lines.clone(),
+        );
+        r.register(
+            "chattail_read_bytes",
+            "Bytes of complete lines read from log files, by files[].path pattern",
+            self.read_bytes.clone(),
+        );
+        r.register(
+            "chattail_cut_lines",
+            "Lines cut: longer than max_line_bytes, or past a multiline event's max_lines",
+            self.cut_lines.clone(),
+        );
+        r.register(
+            "chattail_file_rotations",
+            "Rotations seen: kind=rename (moved or deleted, then a new file) or kind=truncate",
+            self.rotations.clone(),
+        );
+        r.register(
+            "chattail_rule_matches",
+            "Lines (or multiline events) a rule matched",
+            self.rule_matches.clone(),
+        );
+        r.register(
+            "chattail_suppressed_matches",
+            "Matches counted into a burst window instead of being posted",
+            self.suppressed_matches.clone(),
+        );
+        r.register(
+            "chattail_burst_evictions",
+            "Burst windows closed early because a rule reached dedup.max_keys",
+            self.burst_evictions.clone(),
+        );
+        r.register(
+            "chattail_chat_posts",
+            "Posts Chat accepted, by webhook",
+            self.chat_posts.clone(),
+        );
+        r.register(
+            "chattail_chat_notifications",
+            "Notifications delivered (several may share a post), by webhook",
+            self.chat_notifications.clone(),
+        );
+        r.register(
+            "chattail_chat_failures",
+            "Posts Chat did not accept, by webhook and reason",
+            self.chat_failures.clone(),
+        );
+        r.register(
+            "chattail_chat_retries",
+            "Posts tried again after a failure that may pass (429, 5xx, timeouts, network)",
+            self.chat_retries.clone(),
+        );
+        r.register(
+            "chattail_chat_rate_limited",
+            "429 answers from Chat, by webhook",
+            self.chat_rate_limited.clone(),
+        );
+        r.register(
+            "chattail_webhook_parked",
+            "1 while Chat refuses a webhook's posts (400/401/403/404) and it is parked",
+            self.webhook_parked.clone(),
+        );
+        r.register(
+            "chattail_outbox_notifications",
+            "Notifications queued and not yet delivered, by webhook",
+            self.outbox_notifications.clone(),
+        );
+        r.register(
+            "chattail_outbox_oldest_age_seconds",
+            "Age of the oldest queued notification, by webhook",
+            self.outbox_oldest_age_seconds.clone(),
+        );
+        r.register(
+            "chattail_config_reloads",
+            "Config reloads applied (SIGHUP or --watch-config)",
+            self.config_reloads.clone(),
+        );
+        r.register(
+            "chattail_config_reload_failures",
+            "Config reloads refused because the new config did not validate",
+            self.config_reload_failures.clone(),
+        );
+        r.register(
+            "chattail_self_alerts",
+            "Self-alerts and their resolutions queued for self_alerts.webhook",
+            self.self_alerts.clone(),
+        );
+        r
+    }
+
+    pub fn rule_matched(&self, rule: &str) {
+        self.rule_matches
+            .get_or_create(&RuleLabel {
+                rule: rule.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn rule_suppressed(&self, rule: &str) {
+        self.suppressed_matches
+            .get_or_create(&RuleLabel {
+                rule: rule.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn webhook(&self, webhook: &str) -> WebhookLabel {
+        WebhookLabel {
+            webhook: webhook.to_owned(),
+        }
+    }
+
+    /// Counts a failed post. `status` is Chat's HTTP status, if it answered.
+    pub fn chat_failed(&self, webhook: &str, reason: &'static str) {
+        self.chat_failures
+            .get_or_create(&FailureLabel {
+                webhook: webhook.to_owned(),
+                reason,
+            })
+            .inc();
+    }
+
+    /// Encodes every metric in the Prometheus text format (version 0.0.4).
+    pub fn encode(registry: &Registry) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut text, registry);
+        text
+    }
+}
+
+/// The `reason` label for an HTTP status from Chat.
+pub fn reason_for_status(status: u16) -> &'static str {
+    match status {
+        429 => "rate_limited",
+        400 => "bad_request",
+        401 => "unauthorized",
+        403 => "forbidden",
+        404 => "not_found",
+        500..=599 => "server_error",
+        _ => "other",
+    }
+}
+
+/// The content type of [`Metrics::encode`]'s output.
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_convention_and_labels_are_escaped() {
+        let m = Metrics::default();
+        m.read_lines
+            .get_or_create(&PatternLabel {
+                pattern: "/var/log/\"odd\"/*.log".to_owned(),
+            })
+            .inc_by(3);
+        m.chat_failed("oncall", reason_for_status(403));
+        let text = Metrics::encode(&m.registry());
+        assert!(
+            text.contains(r#"chattail_read_lines_total{pattern="/var/log/\"odd\"/*.log"} 3"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"chattail_chat_failures_total{webhook="oncall",reason="forbidden"} 1"#),
+            "{text}"
+        );
+        for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+            let mut parts = line.split(' ').skip(2);
+            let (name, kind) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            assert!(name.starts_with("chattail_"), "{line}");
+            if kind == "counter" {
+                assert!(name.ends_with("_total"), "{line}");
+            }
+        }
+    }
+}

@@ -2,9 +2,11 @@
 //! theme; `support` holds the shared helpers.
 
 mod agent_run;
+mod agent_support;
 mod check_diagnostics;
 mod cli_commands;
 mod mock_chat;
+mod operating;
 mod rendered_messages;
 mod support;
 mod tail_model;

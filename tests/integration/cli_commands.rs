@@ -302,3 +302,62 @@ fn test_shows_the_burst_timeline_with_line_timestamps() {
         "{stdout}"
     );
 }
+
+#[test]
+fn completions_and_the_man_page_come_from_the_cli_definition() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = chattail(&["completions", shell], &[], None);
+        assert!(out.status.success(), "{shell}");
+        let script = text(&out.stdout);
+        // Every subcommand and the run options are completed.
+        for word in ["run", "check", "test", "watch-config", "dry-run"] {
+            assert!(script.contains(word), "{shell} completion lacks {word}");
+        }
+    }
+    let out = chattail(&["completions", "tcsh"], &[], None);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "an unknown shell is a usage error"
+    );
+
+    let out = chattail(&["man"], &[], None);
+    assert!(out.status.success());
+    let page = text(&out.stdout);
+    assert!(page.contains(".TH chattail 1"), "{page}");
+    for section in ["CHATTAIL RUN", "CHATTAIL CHECK", "CHATTAIL TEST"] {
+        assert!(page.contains(&format!(".SH \"{section}\"")), "{section}");
+    }
+    // roff escapes dashes in option names.
+    assert!(page.contains(r"\-\-watch\-config"));
+    assert!(page.contains("SIGHUP reloads the config"));
+}
+
+/// The config inside the Kubernetes manifest stays valid as the config format evolves.
+#[test]
+fn the_kubernetes_example_config_passes_check() {
+    let manifest =
+        std::fs::read_to_string(crate::support::repo().join("deploy/kubernetes/daemonset.yaml"))
+            .unwrap();
+    let body: Vec<&str> = manifest
+        .lines()
+        .skip_while(|l| l.trim() != "chattail.yaml: |")
+        .skip(1)
+        .take_while(|l| l.starts_with("    ") || l.trim().is_empty())
+        .map(|l| l.get(4..).unwrap_or(""))
+        .collect();
+    assert!(body.len() > 10, "the ConfigMap holds the config");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("chattail.yaml");
+    std::fs::write(&config, body.join("\n")).unwrap();
+    let out = chattail(
+        &["check", "--config", config.to_str().unwrap()],
+        &[
+            ("CHATTAIL_WEBHOOK_URL", SECRET_URL),
+            ("NODE_NAME", "node-1"),
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("rules (2)"));
+}

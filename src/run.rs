@@ -149,8 +149,9 @@ struct Supervisor {
     delivery: Option<DeliveryGeneration>,
     reloads: std::sync::mpsc::Sender<Arc<Config>>,
     admin: Option<AdminHandle>,
-    /// The config file's bytes when last loaded or tried, for `--watch-config`.
-    config_bytes: Option<Vec<u8>>,
+    /// The digest of the config file's bytes when last loaded or tried, for
+    /// `--watch-config`.
+    config_digest: u64,
 }
 
 async fn supervise(
@@ -218,7 +219,7 @@ async fn supervise(
         })
     };
     let mut supervisor = Supervisor {
-        config_bytes: std::fs::read(&config.source_path).ok(),
+        config_digest: config.source_digest,
         config,
         options,
         metrics,
@@ -306,17 +307,14 @@ async fn supervise(
 }
 
 impl Supervisor {
-    /// Whether the config file's bytes differ from those last loaded or tried.
+    /// Whether the config file's bytes differ from those last loaded or tried (a file
+    /// that failed to load is not tried again until it changes).
     fn config_file_changed(&mut self) -> bool {
         let Ok(bytes) = std::fs::read(&self.config.source_path) else {
             // A file being replaced may be missing for a moment; the next look decides.
             return false;
         };
-        if self.config_bytes.as_deref() == Some(bytes.as_slice()) {
-            return false;
-        }
-        self.config_bytes = Some(bytes);
-        true
+        config::digest(&bytes) != self.config_digest
     }
 
     /// Loads and validates the config file again. If it is valid it replaces the running
@@ -329,22 +327,36 @@ impl Supervisor {
             reloading.push(now);
         }
         notify_systemd(&reloading);
-        self.config_bytes = std::fs::read(&self.config.source_path).ok();
         let path = self.config.source_path.clone();
         let policy = if self.options.dry_run {
             UrlPolicy::Optional
         } else {
             UrlPolicy::Required
         };
-        let loaded = tokio::task::spawn_blocking(move || config::load(&path, policy)).await;
-        match loaded {
-            Ok(Ok(loaded)) => {
+        let attempt = tokio::task::spawn_blocking(move || match std::fs::read(&path) {
+            Ok(bytes) => (
+                Some(config::digest(&bytes)),
+                config::load_source(&path, &bytes, policy),
+            ),
+            Err(error) => {
+                let mut report = config::Report::new(&path, "");
+                report.error(None, format!("cannot read the config file: {error}"));
+                (None, Err(report))
+            }
+        })
+        .await;
+        match attempt {
+            Ok((_, Ok(loaded))) => {
                 if !loaded.warnings.items().is_empty() {
                     tracing::warn!("The new config has warnings:\n{}", loaded.warnings);
                 }
                 self.apply(loaded.config).await;
             }
-            Ok(Err(report)) => {
+            Ok((digest, Err(report))) => {
+                // The bytes that failed are not tried again until the file changes.
+                if let Some(digest) = digest {
+                    self.config_digest = digest;
+                }
                 self.metrics.config_reload_failures.inc();
                 tracing::error!(
                     "The new config is not valid; the running config stays in force.\n{report}"
@@ -361,6 +373,7 @@ impl Supervisor {
     }
 
     async fn apply(&mut self, mut new: Config) {
+        self.config_digest = new.source_digest;
         let old = Arc::clone(&self.config);
         // The state directory and the admin socket belong to the process.
         if new.state_dir != old.state_dir {
@@ -1020,7 +1033,6 @@ fn rules_for(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write as _;
 
     fn config(dir: &std::path::Path, glob: &str, rules: &str) -> Arc<Config> {
         let yaml = format!(

@@ -58,6 +58,8 @@ pub const RULE_REGEX_SIZE_LIMIT: usize = 2 * 1024 * 1024;
 pub struct Config {
     /// The file this config was loaded from.
     pub source_path: PathBuf,
+    /// [`digest`] of the bytes it was loaded from.
+    pub source_digest: u64,
     pub state_dir: PathBuf,
     /// The value of `{host}` in templates.
     pub host: String,
@@ -266,20 +268,28 @@ pub fn load(path: &Path, url_policy: UrlPolicy) -> Result<Loaded, Report> {
             return Err(report);
         }
     };
+    load_source(path, &bytes, url_policy)
+}
+
+/// Validates config bytes read from `path`, with the process's environment and host name.
+pub fn load_source(path: &Path, bytes: &[u8], url_policy: UrlPolicy) -> Result<Loaded, Report> {
     let env = |name: &str| std::env::var(name).ok();
     let options = LoadOptions {
         url_policy,
         env: &env,
         default_host: system_hostname(),
     };
-    load_bytes(path, &bytes, &options)
+    load_bytes(path, bytes, &options)
 }
 
 /// Validates config bytes as if they had been read from `path`. Relative paths in the
 /// config are resolved against `path`'s directory.
 pub fn load_bytes(path: &Path, bytes: &[u8], options: &LoadOptions<'_>) -> Result<Loaded, Report> {
     match std::str::from_utf8(bytes) {
-        Ok(source) => validate::validate(path, source, options),
+        Ok(source) => validate::validate(path, source, options).map(|mut loaded| {
+            loaded.config.source_digest = digest(bytes);
+            loaded
+        }),
         Err(error) => {
             // Point at the first bad byte; the text before it is valid and can be shown.
             let valid = String::from_utf8_lossy(&bytes[..error.valid_up_to()]).into_owned();
@@ -293,6 +303,15 @@ pub fn load_bytes(path: &Path, bytes: &[u8], options: &LoadOptions<'_>) -> Resul
             Err(report)
         }
     }
+}
+
+/// A digest of a config file's bytes, to tell whether the file changed since it was
+/// loaded (`--watch-config`). Not for security: it only needs to differ when bytes do.
+pub fn digest(bytes: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    bytes.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// This machine's host name, from the kernel, for `{host}`.

@@ -266,6 +266,8 @@ impl Validator<'_> {
         });
         Config {
             source_path: path.to_owned(),
+            // Set by `load_bytes`, which has the bytes.
+            source_digest: 0,
             state_dir,
             host,
             webhooks,

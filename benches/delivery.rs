@@ -8,6 +8,11 @@
 //!    1 request per second: the number of posts, the agent's peak memory (VmHWM) and the time
 //!    until the last summary reached Chat.
 //!
+//! 4. Operating: a line every 10 ms for 10 s with a SIGHUP every second (the config
+//!    switching between two messages): the time from each SIGHUP to "Config reloaded." in
+//!    the agent's log, whether every line reached Chat exactly once, and the latency of
+//!    `/metrics` and `/healthz` over 200 requests each, with the agent's memory.
+//!
 //! The agent is the release binary, run as a child process; the mock Chat is the one the
 //! integration tests use.
 
@@ -260,6 +265,153 @@ fn storm() {
     agent.wait().unwrap();
 }
 
+/// A plain HTTP/1.1 GET; the status code.
+fn http_status(addr: &str, path: &str) -> u16 {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+fn percentiles(mut samples: Vec<Duration>) -> (f64, f64, f64) {
+    samples.sort_unstable();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let pct = |p: f64| samples[((samples.len() as f64 - 1.0) * p).round() as usize];
+    (
+        ms(pct(0.5)),
+        ms(pct(0.99)),
+        ms(samples.last().copied().unwrap_or_default()),
+    )
+}
+
+fn operating() {
+    let chat = MockChat::start();
+    chat.set_rate(None, None);
+    let url = chat.webhook("BENCH", "KEY", "TOKEN");
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), &url, 20);
+    let base = fs::read_to_string(&config).unwrap() + "admin:\n  listen: 127.0.0.1:0\n";
+    let variant = |i: usize| {
+        base.replace(
+            "job {job} item {item}",
+            &format!("v{i} job {{job}} item {{item}}"),
+        )
+    };
+    fs::write(&config, variant(0)).unwrap();
+    let stderr_path = dir.path().join("agent.stderr");
+    let mut agent = Command::new(env!("CARGO_BIN_EXE_chattail"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("CHATTAIL_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .unwrap();
+    let log_text = || fs::read_to_string(&stderr_path).unwrap_or_default();
+    let start = Instant::now();
+    let addr = loop {
+        if let Some(addr) = log_text()
+            .lines()
+            .find(|l| l.contains("Serving /metrics"))
+            .and_then(|l| l.split("bound=").nth(1))
+            .and_then(|r| r.split_whitespace().next())
+        {
+            break addr.to_owned();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no admin endpoint"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let log = dir.path().join("logs/app.log");
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .unwrap();
+    let mut reloads = Vec::new();
+    let mut item = 0usize;
+    for second in 1..=10 {
+        for _ in 0..100 {
+            writeln!(f, "ERROR job {} item {item}", item % 10).unwrap();
+            item += 1;
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        fs::write(&config, variant(second)).unwrap();
+        let before = log_text().matches("Config reloaded.").count();
+        let sent = Instant::now();
+        Command::new("kill")
+            .args(["-HUP", &agent.id().to_string()])
+            .status()
+            .unwrap();
+        while log_text().matches("Config reloaded.").count() == before
+            && sent.elapsed() < Duration::from_secs(10)
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        reloads.push(sent.elapsed());
+    }
+    while items_delivered(&chat) < item && start.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut seen = vec![0usize; item];
+    for m in chat.messages() {
+        for (i, _) in m.text.match_indices("item ") {
+            if let Some(n) = m.text[i + 5..]
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .and_then(|n| n.parse::<usize>().ok())
+            {
+                seen[n] += 1;
+            }
+        }
+    }
+    let exactly_once = seen.iter().filter(|&&c| c == 1).count();
+    let (r50, _, rmax) = percentiles(reloads);
+    println!(
+        "  10 SIGHUP reloads while 1,000 lines are written over 10 s: reload applied after p50 {r50:.1} ms, max {rmax:.1} ms (SIGHUP → \"Config reloaded.\"); {exactly_once} of {item} lines reached Chat exactly once"
+    );
+    for path in ["/metrics", "/healthz"] {
+        let samples: Vec<Duration> = (0..200)
+            .map(|_| {
+                let t = Instant::now();
+                assert_eq!(http_status(&addr, path), 200);
+                t.elapsed()
+            })
+            .collect();
+        let (p50, p99, _) = percentiles(samples);
+        println!("  GET {path}: p50 {p50:.2} ms, p99 {p99:.2} ms (200 requests)");
+    }
+    let status = fs::read_to_string(format!("/proc/{}/status", agent.id())).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    };
+    println!(
+        "  agent memory after it: {:.1} MiB resident, peak {:.1} MiB",
+        field("VmRSS:"),
+        field("VmHWM:")
+    );
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -268,4 +420,6 @@ fn main() {
     latency();
     drain();
     storm();
+    println!("Operating:");
+    operating();
 }

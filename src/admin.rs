@@ -1,5 +1,6 @@
-//! The admin endpoint (`admin.listen`): `/metrics` for Prometheus and `/healthz` for
-//! load balancers, Kubernetes probes and people.
+//! The admin endpoint (`admin.listen`): `/metrics` for Prometheus, `/healthz` for
+//! monitoring, readiness probes and people (every problem), and `/livez` for liveness
+//! probes (only problems a restart can fix: a stalled run loop, a stopped sender).
 //!
 //! It only reads: the metrics, the health facts and (for the outbox gauges) the state
 //! database through its own read connection. It never changes what the agent does.
@@ -71,6 +72,7 @@ pub async fn start(
     let app = Router::new()
         .route("/metrics", get(metrics_page))
         .route("/healthz", get(healthz))
+        .route("/livez", get(livez))
         .with_state(state);
     let task = tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, app)
@@ -100,6 +102,13 @@ async fn healthz(State(admin): State<Admin>) -> impl IntoResponse {
             StatusCode::SERVICE_UNAVAILABLE,
             format!("{}\n", problems.join("\n")),
         )
+    }
+}
+
+async fn livez(State(admin): State<Admin>) -> impl IntoResponse {
+    match admin.health.liveness_problem() {
+        None => (StatusCode::OK, "ok\n".to_owned()),
+        Some(problem) => (StatusCode::SERVICE_UNAVAILABLE, format!("{problem}\n")),
     }
 }
 

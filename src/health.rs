@@ -13,8 +13,20 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering}
 use crate::state::unix_now_ms;
 
 /// The run loop must go round at least this often to count as working. It normally goes
-/// round every 250 ms; SQLite's busy timeout is 10 s.
+/// round every 250 ms; a write waits at most SQLite's busy timeout (5 s) before it fails
+/// and is retried a second later.
 pub const STALL_AFTER_MS: i64 = 60_000;
+
+/// Milliseconds on a monotonic clock (since the first call), so that a step of the wall
+/// clock cannot make the run loop look stalled.
+fn monotonic_ms() -> i64 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let epoch = EPOCH.get_or_init(std::time::Instant::now);
+    // Starts at 1 so that 0 can mean "never".
+    i64::try_from(epoch.elapsed().as_millis())
+        .unwrap_or(i64::MAX)
+        .saturating_add(1)
+}
 
 /// Why a webhook is parked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,7 +105,7 @@ impl Health {
 
     /// The run loop went round.
     pub fn beat(&self) {
-        self.ingest_beat_ms.store(unix_now_ms(), Ordering::Relaxed);
+        self.ingest_beat_ms.store(monotonic_ms(), Ordering::Relaxed);
     }
 
     /// The run loop ended (stopping, or failed).
@@ -114,17 +126,19 @@ impl Health {
     }
 
     /// Whether the agent still does its work at all: the run loop goes round and every
-    /// delivery worker runs. This is what the systemd watchdog is told.
+    /// delivery worker runs. This is what the systemd watchdog is told and what `/livez`
+    /// answers.
     pub fn is_alive(&self) -> bool {
         self.liveness_problem().is_none()
     }
 
-    fn liveness_problem(&self) -> Option<String> {
+    /// Why the agent is not alive, if it is not.
+    pub fn liveness_problem(&self) -> Option<String> {
         if self.ingest_stopped.load(Ordering::Relaxed) {
             return Some("the tailer has stopped".to_owned());
         }
         let beat = self.ingest_beat_ms.load(Ordering::Relaxed);
-        let stalled_ms = unix_now_ms().saturating_sub(beat);
+        let stalled_ms = monotonic_ms().saturating_sub(beat);
         if beat > 0 && stalled_ms > STALL_AFTER_MS {
             return Some(format!(
                 "the tailer has not made progress for {} s",

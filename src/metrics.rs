@@ -5,8 +5,9 @@
 //! and webhook names) or from a fixed list (`reason`, `kind`), so the number of series is
 //! bounded by the config, whatever the logs contain. Nothing here ever sees a webhook URL.
 //!
-//! The hot path does not touch these atomics per line: the run loop counts lines in plain
-//! integers during a poll and adds the totals once per poll.
+//! Lines and bytes read, the counters that move with every line, are counted in plain
+//! integers during a poll and added once per poll; the per-rule counters move per match
+//! (a label lookup and a small allocation), which only matching lines pay.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -37,6 +38,12 @@ pub struct ReasonLabel {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct KindLabel {
+    /// `rename` or `truncate`.
+    pub kind: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct FailureLabel {
     pub webhook: String,
     /// One of [`FAILURE_REASONS`].
@@ -62,7 +69,7 @@ pub struct Metrics {
     pub read_lines: Family<PatternLabel, Counter>,
     pub read_bytes: Family<PatternLabel, Counter>,
     pub cut_lines: Family<ReasonLabel, Counter>,
-    pub rotations: Family<ReasonLabel, Counter>,
+    pub rotations: Family<KindLabel, Counter>,
     pub rule_matches: Family<RuleLabel, Counter>,
     pub suppressed_matches: Family<RuleLabel, Counter>,
     pub burst_evictions: Counter,

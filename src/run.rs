@@ -30,12 +30,12 @@ use crate::bursts::Bursts;
 use crate::config::{self, Config, UrlPolicy};
 use crate::deliver::{self, WorkerContext, chat_client::ChatClient};
 use crate::health::Health;
-use crate::metrics::{Metrics, PatternLabel, ReasonLabel};
+use crate::metrics::{KindLabel, Metrics, PatternLabel, ReasonLabel};
 use crate::multiline::{Assembler, Event};
 use crate::rules::{ContextRing, Notification, RuleSet, Source};
 use crate::self_alerts::SelfAlerts;
 use crate::state::{StateError, StateStore};
-use crate::tail::{LineOrigin, TailOptions, TailStats, Tailer};
+use crate::tail::{Checkpoint, FileKey, LineOrigin, TailOptions, TailStats, Tailer};
 use prometheus_client::metrics::counter::Counter;
 
 #[derive(Debug, Error)]
@@ -231,7 +231,8 @@ async fn supervise(
         admin: admin.as_ref().map(|(handle, _)| handle.clone()),
     };
     notify_systemd(&[NotifyState::Ready, NotifyState::Status("running")]);
-    let watchdog = sd_notify::watchdog_enabled();
+    // A zero interval (WATCHDOG_USEC=0) means no watchdog.
+    let watchdog = sd_notify::watchdog_enabled().filter(|d| !d.is_zero());
     let mut watchdog_tick =
         tokio::time::interval(watchdog.map_or(Duration::from_secs(3600), |d| d / 2));
     let mut watch_tick = tokio::time::interval(WATCH_CONFIG_EVERY);
@@ -248,7 +249,7 @@ async fn supervise(
                 supervisor.reload().await;
             }
             _ = watch_tick.tick(), if options.watch_config => {
-                if supervisor.config_file_changed() {
+                if supervisor.config_file_changed().await {
                     tracing::info!("The config file changed: reloading it.");
                     supervisor.reload().await;
                 }
@@ -309,12 +310,15 @@ async fn supervise(
 impl Supervisor {
     /// Whether the config file's bytes differ from those last loaded or tried (a file
     /// that failed to load is not tried again until it changes).
-    fn config_file_changed(&mut self) -> bool {
-        let Ok(bytes) = std::fs::read(&self.config.source_path) else {
-            // A file being replaced may be missing for a moment; the next look decides.
-            return false;
-        };
-        config::digest(&bytes) != self.config_digest
+    async fn config_file_changed(&mut self) -> bool {
+        let path = self.config.source_path.clone();
+        let digest = tokio::task::spawn_blocking(move || std::fs::read(path).ok())
+            .await
+            .ok()
+            .flatten()
+            .map(|bytes| config::digest(&bytes));
+        // A file being replaced may be missing for a moment; the next look decides.
+        digest.is_some_and(|d| d != self.config_digest)
     }
 
     /// Loads and validates the config file again. If it is valid it replaces the running
@@ -401,14 +405,35 @@ impl Supervisor {
                 health: Arc::clone(&self.health),
                 first_send: tokio::time::Instant::now() + Duration::from_secs(1),
             };
-            match DeliveryGeneration::start(&new, self.db.as_deref(), &self.wake, &context) {
+            // Opening the outbox is a blocking SQLite call.
+            let started = tokio::task::block_in_place(|| {
+                DeliveryGeneration::start(&new, self.db.as_deref(), &self.wake, &context)
+            });
+            match started {
                 Ok(generation) => self.delivery = Some(generation),
                 Err(error) => {
+                    // Counted as stopped workers: /healthz and /livez say so, and the
+                    // systemd watchdog restarts the agent.
+                    self.health.expect_workers(new.webhooks.len().max(1));
                     tracing::error!(%error, "Cannot start delivery for the new config; nothing is posted until the next reload or restart.");
                 }
             }
             self.health
                 .retain_webhooks(|name| new.webhooks.iter().any(|w| w.name == name));
+            for gone in old
+                .webhooks
+                .iter()
+                .filter(|w| new.webhook(&w.name).is_none())
+            {
+                let label = self.metrics.webhook(&gone.name);
+                self.metrics.webhook_parked.remove(&label);
+                self.metrics.outbox_notifications.remove(&label);
+                self.metrics.outbox_oldest_age_seconds.remove(&label);
+                tracing::warn!(
+                    webhook = %gone.name,
+                    "The webhook is no longer configured: notifications queued for it stay in the outbox until a webhook of that name is configured again."
+                );
+            }
         }
         if let Some(admin) = &self.admin {
             admin.set_webhooks(new.webhooks.iter().map(|w| w.name.clone()).collect());
@@ -473,6 +498,9 @@ struct Ingest {
     last_self_check: Option<Instant>,
     /// Notifications made outside a poll (self-alerts), queued with the next commit.
     extra: Vec<Notification>,
+    /// A config received but not switched to yet (the outbox is full, or the switch
+    /// failed and is retried).
+    pending_reload: Option<Arc<Config>>,
 }
 
 /// Runs the rules over a line or an event and routes each hit through the burst windows.
@@ -605,6 +633,7 @@ impl Ingest {
             self_alerts: SelfAlerts::default(),
             last_self_check: None,
             extra: Vec::new(),
+            pending_reload: None,
         })
     }
 
@@ -612,21 +641,32 @@ impl Ingest {
         while !stop.load(Ordering::Relaxed) {
             self.health.beat();
             if let Some(new) = self.latest_reload() {
-                if let Err(error) = self.switch_config(new) {
-                    tracing::error!(%error, "Cannot commit to the state database during a reload; retrying in a second.");
-                    std::thread::sleep(Duration::from_secs(1));
-                    self.restore_from_state()?;
-                }
-                continue;
+                self.pending_reload = Some(new);
             }
             self.check_self_alerts();
             if self.outbox_is_full() {
                 // Reading waits, but chattail's own alerts (such as the one saying why the
-                // outbox fills) are still queued.
-                if !self.extra.is_empty() {
-                    self.commit_extra()?;
+                // outbox fills) are still queued. A new config waits too: switching reads
+                // what the old files hold, which the bound forbids now.
+                if !self.extra.is_empty()
+                    && let Err(error) = self.commit_extra()
+                {
+                    tracing::error!(%error, "Cannot queue self-alerts; retrying.");
                 }
                 std::thread::sleep(Duration::from_millis(200));
+                continue;
+            }
+            if let Some(new) = self.pending_reload.take() {
+                match self.switch_config(Arc::clone(&new)) {
+                    Ok(()) => tracing::info!("Reading follows the new config."),
+                    Err(error) => {
+                        tracing::error!(%error, "Cannot commit to the state database while switching to the new config; retrying in a second.");
+                        std::thread::sleep(Duration::from_secs(1));
+                        self.restore_from_state()?;
+                        // Nothing was switched; a newer config, if one comes, wins.
+                        self.pending_reload = Some(new);
+                    }
+                }
                 continue;
             }
             let more = match self.step(false) {
@@ -646,9 +686,12 @@ impl Ingest {
             }
         }
         // One last round so that what was read is committed before the process ends
-        // (unless the outbox is full: then nothing more is read).
+        // (unless the outbox is full: then nothing more is read, but self-alerts are
+        // still queued).
         if !self.outbox_full {
             self.step(true)?;
+        } else if !self.extra.is_empty() {
+            self.commit_extra()?;
         }
         if self.options.dry_run {
             self.write_dry_run_summary();
@@ -665,17 +708,22 @@ impl Ingest {
         latest
     }
 
-    /// Switches reading to a new config between two polls. What was read under the old
-    /// config is committed first and every file's position is recorded; then the tailer
-    /// is rebuilt from the state, like a restart without the restart: files still
-    /// configured resume exactly where they were, files no longer configured are released
-    /// and new globs are picked up (with their `start_at`). Burst windows of rules that
-    /// keep their `dedup` stay open (by rule name); those of rules that lost it close at
-    /// the next poll with their summary. Pending multiline events follow their `files`
-    /// entry by pattern.
+    /// Switches reading to a new config between two polls, like a restart without the
+    /// restart. Everything that can fail happens before anything is switched, so on an
+    /// error the old config is still whole and the caller retries:
+    ///
+    /// 1. What the old tailer holds is read and committed (a deleted file can only be
+    ///    read through the handle held now), with every file's position.
+    /// 2. Files no longer matched by any glob are recorded as released, so they are not
+    ///    read again if their glob comes back; pending multiline events are re-pointed at
+    ///    their `files` entry in the new config (by pattern) and stored.
+    /// 3. The tailer is rebuilt from the state: configured files resume exactly where they
+    ///    were, new globs are picked up (with `start_at`), and files of globs that were
+    ///    already followed are read from their start (they appeared while running).
+    ///
+    /// Burst windows of rules that keep their `dedup` stay open (by rule name); those of
+    /// rules that lost it close at the next poll with their summary.
     fn switch_config(&mut self, new: Arc<Config>) -> Result<(), StateError> {
-        // Read what the old config's files hold (a deleted file can only be read through
-        // the handle held now), then record every position.
         for _ in 0..100 {
             if !self.step(false)? {
                 break;
@@ -683,16 +731,37 @@ impl Ingest {
         }
         self.tailer.checkpoint_all();
         self.step(false)?;
-        let old = std::mem::replace(&mut self.config, Arc::clone(&new));
-        let gone = new.files.len();
+        let old = Arc::clone(&self.config);
+        let released: Vec<FileKey> = self
+            .tailer
+            .followed()
+            .into_iter()
+            .filter(|(_, path)| !new.files.iter().any(|f| f.matcher.is_match(path)))
+            .map(|(key, _)| key)
+            .collect();
         self.assembler.respec(
             |spec| {
                 let pattern = &old.files.get(spec)?.pattern;
                 new.files.iter().position(|f| &f.pattern == pattern)
             },
-            gone,
+            new.files.len(),
         );
-        self.tailer = Tailer::new(TailOptions::from_config(&new), self.store.saved_files()?);
+        let events = self.assembler.take_changes();
+        let tx = self.store.transaction()?;
+        for key in &released {
+            tx.record(&Checkpoint::Released(*key))?;
+        }
+        for (key, event) in &events {
+            tx.save_event(*key, event.as_ref())?;
+        }
+        tx.commit()?;
+        let saved = self.store.saved_files()?;
+
+        // Nothing below can fail.
+        self.config = Arc::clone(&new);
+        let mut tailer = Tailer::new(TailOptions::from_config(&new), saved);
+        tailer.continue_patterns(old.files.iter().map(|f| f.pattern.clone()));
+        self.tailer = tailer;
         self.seen_stats = TailStats::default();
         self.dedup_windows = dedup_windows(&new);
         self.spec_counters = spec_counters(&new, &self.metrics);
@@ -732,10 +801,11 @@ impl Ingest {
         self.last_self_check = Some(Instant::now());
         let before = self.extra.len();
         let tailer = &self.tailer;
+        let has_files = |spec: usize| tailer.has_file_for(spec);
         self.self_alerts.check(
             &self.config,
             &self.health,
-            |spec| tailer.has_file_for(spec),
+            (!self.outbox_full).then_some(&has_files as &dyn Fn(usize) -> bool),
             crate::state::unix_now_ms(),
             &mut self.extra,
         );
@@ -761,16 +831,17 @@ impl Ingest {
                 family.get_or_create(&ReasonLabel { reason }).inc_by(n);
             }
         };
-        add(
-            &m.rotations,
-            "rename",
-            stats.rotations.saturating_sub(seen.rotations),
-        );
-        add(
-            &m.rotations,
-            "truncate",
-            stats.truncations.saturating_sub(seen.truncations),
-        );
+        for (kind, n) in [
+            ("rename", stats.rotations.saturating_sub(seen.rotations)),
+            (
+                "truncate",
+                stats.truncations.saturating_sub(seen.truncations),
+            ),
+        ] {
+            if n > 0 {
+                m.rotations.get_or_create(&KindLabel { kind }).inc_by(n);
+            }
+        }
         add(
             &m.cut_lines,
             "max_line_bytes",
@@ -802,6 +873,7 @@ impl Ingest {
         self.assembler = Assembler::from_saved(self.store.saved_events()?);
         self.seen_stats = TailStats::default();
         self.seen_assembler_cut = 0;
+        self.seen_evictions = 0;
         Ok(())
     }
 
@@ -1035,8 +1107,17 @@ mod tests {
     use super::*;
 
     fn config(dir: &std::path::Path, glob: &str, rules: &str) -> Arc<Config> {
+        config_starting_at(dir, glob, "end", rules)
+    }
+
+    fn config_starting_at(
+        dir: &std::path::Path,
+        glob: &str,
+        start_at: &str,
+        rules: &str,
+    ) -> Arc<Config> {
         let yaml = format!(
-            "state_dir: {state}\nwebhooks:\n  oncall:\n    url: https://chat.googleapis.com/v1/spaces/S/messages?key=k&token=t\nfiles:\n  - path: {glob}\nrules:\n{rules}",
+            "state_dir: {state}\nwebhooks:\n  oncall:\n    url: https://chat.googleapis.com/v1/spaces/S/messages?key=k&token=t\nfiles:\n  - path: {glob}\n    start_at: {start_at}\nrules:\n{rules}",
             state = dir.join("state").display(),
             glob = dir.join(glob).display(),
         );
@@ -1095,9 +1176,9 @@ mod tests {
         panic!("the tailer did not settle");
     }
 
-    /// Lines written after the last poll and before a reload are read under the new
-    /// config, even those of a file deleted meanwhile (delete + recreate rotation): the old
-    /// tailer reads them through the handle it still holds before it is replaced.
+    /// Lines written after the last poll and before a reload are not lost, even those of
+    /// a file deleted meanwhile (delete + recreate rotation): the old tailer reads them
+    /// through the handle it still holds before it is replaced.
     #[test]
     fn lines_written_just_before_a_reload_are_not_lost() {
         let dir = tempfile::tempdir().unwrap();
@@ -1138,5 +1219,49 @@ mod tests {
         );
         settle(&mut ingest);
         assert_eq!(ingest.store.outbox_len().unwrap(), 1);
+    }
+
+    /// A file that appeared under an unchanged glob just before a reload is read from its
+    /// start, as any file that appears while chattail runs (`start_at` is for files that
+    /// were there when the glob was first followed).
+    #[test]
+    fn a_file_created_just_before_a_reload_is_read_from_its_start() {
+        let dir = tempfile::tempdir().unwrap();
+        append(&dir.path().join("a.log"), "");
+        let (mut ingest, _reloads) = ingest(&config(dir.path(), "*.log", ERRORS));
+        settle(&mut ingest);
+        append(&dir.path().join("b.log"), "ERROR in a new file\n");
+        ingest
+            .switch_config(config(dir.path(), "*.log", &format!("{ERRORS}{WARNINGS}")))
+            .unwrap();
+        settle(&mut ingest);
+        assert_eq!(ingest.store.outbox_len().unwrap(), 1);
+    }
+
+    /// A glob removed by one reload and restored by the next does not read its files again
+    /// from the start: they were recorded as released, not forgotten.
+    #[test]
+    fn a_glob_removed_and_restored_is_not_read_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        append(&dir.path().join("a.log"), "ERROR one\n");
+        append(&dir.path().join("b.txt"), "");
+        let logs = config_starting_at(dir.path(), "*.log", "beginning", ERRORS);
+        let (mut ingest, _reloads) = ingest(&logs);
+        settle(&mut ingest);
+        assert_eq!(ingest.store.outbox_len().unwrap(), 1);
+        ingest
+            .switch_config(config_starting_at(dir.path(), "*.txt", "beginning", ERRORS))
+            .unwrap();
+        settle(&mut ingest);
+        ingest
+            .switch_config(config_starting_at(dir.path(), "*.log", "beginning", ERRORS))
+            .unwrap();
+        append(&dir.path().join("a.log"), "ERROR two\n");
+        settle(&mut ingest);
+        assert_eq!(
+            ingest.store.outbox_len().unwrap(),
+            2,
+            "one, two; not one again"
+        );
     }
 }

@@ -39,13 +39,15 @@ pub struct SelfAlerts {
 
 impl SelfAlerts {
     /// Looks at the agent's condition at `now_ms` and queues into `out` a post for every
-    /// episode that opened or cleared since the last look. `has_files(pattern)` says
-    /// whether the tailer follows a file of that `files` entry now.
+    /// episode that opened or cleared since the last look. `has_files(i)` says whether the
+    /// tailer follows a file of `files[i]` now; `None` while reading is paused (the
+    /// tailer does not look at the disk then, so missing files are neither found nor
+    /// cleared).
     pub fn check(
         &mut self,
         config: &Config,
         health: &Health,
-        has_files: impl Fn(usize) -> bool,
+        has_files: Option<&dyn Fn(usize) -> bool>,
         now_ms: i64,
         out: &mut Vec<Notification>,
     ) {
@@ -81,6 +83,14 @@ impl SelfAlerts {
         for (i, spec) in config.files.iter().enumerate() {
             configured.push(spec.pattern.clone());
             let Some(after) = spec.missing_after else {
+                continue;
+            };
+            let Some(has_files) = has_files else {
+                // Paused: an open episode stays open, no new one opens.
+                let condition = Condition::Missing(spec.pattern.clone());
+                if self.open.contains_key(&condition) {
+                    active.insert(condition, String::new());
+                }
                 continue;
             };
             if has_files(i) {
@@ -126,11 +136,22 @@ impl SelfAlerts {
             let lasted = std::time::Duration::from_secs(
                 u64::try_from(now_ms.saturating_sub(since) / 1000).unwrap_or(0),
             );
-            let text = format!(
-                "✅ {} (after {}).",
-                describe(&condition, true),
-                humantime::format_duration(lasted)
-            );
+            // A condition can also end because a reload removed what it was about.
+            let still_configured = match &condition {
+                Condition::Parked(name) => config.webhook(name).is_some(),
+                Condition::Missing(p) => config.files.iter().any(|f| &f.pattern == p),
+                Condition::OutboxHigh => true,
+            };
+            let what = if still_configured {
+                describe(&condition, true)
+            } else {
+                describe(&condition, false)
+                    .trim_end_matches('.')
+                    .replace(" is parked", "")
+                    .replace(" has no file", "")
+                    + " is no longer configured"
+            };
+            let text = format!("✅ {what} (after {}).", humantime::format_duration(lasted));
             tracing::info!(condition = %describe(&condition, false), "Self-alert cleared.");
             self.post(config, text, out);
         }

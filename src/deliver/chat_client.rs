@@ -157,12 +157,15 @@ fn error_message(body: &[u8], url: &WebhookUrl) -> String {
                 .map(str::to_owned)
         })
         .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
-    let text: String = text
+    // Redact the whole text before cutting it, so a key or token that straddles the cut
+    // cannot survive as a prefix the redaction no longer recognises.
+    let text: String = url
+        .redact(&text)
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .take(300)
         .collect();
-    url.redact(text.trim())
+    text.trim().to_owned()
 }
 
 #[cfg(test)]

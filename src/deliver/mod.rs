@@ -101,6 +101,9 @@ pub fn spawn_workers(
             options: config.delivery.clone(),
             parked: HashMap::new(),
             context: context.clone(),
+            // Counted as running from now, not from the task's first poll, so that
+            // `/healthz` never sees fewer workers than expected while they start.
+            _running: context.health.worker_guard(),
         };
         handles.push(tokio::spawn(worker.run()));
     }
@@ -119,11 +122,12 @@ struct SpaceWorker {
     /// Parked webhooks and until when.
     parked: HashMap<String, Instant>,
     context: WorkerContext,
+    /// Dropped when the worker ends, also by a panic.
+    _running: crate::health::WorkerGuard,
 }
 
 impl SpaceWorker {
     async fn run(mut self) {
-        let _running = self.context.health.worker_guard();
         tracing::debug!(space = %self.space, webhooks = self.targets.len(), "Delivery worker started.");
         let mut next_send = self.context.first_send;
         let mut backoff: Option<backon::ExponentialBackoff> = None;
@@ -226,8 +230,13 @@ impl SpaceWorker {
                 }
                 PostOutcome::Refused { status, message } => {
                     metrics.chat_failed(&target.name, reason_for_status(status));
-                    metrics.webhook_parked.get_or_create(&label).set(1);
-                    self.context.health.park(&target.name, status, &message);
+                    // A 400 is about one post (set aside after three), not the webhook:
+                    // only other refusals make the webhook unhealthy until Chat takes one
+                    // of its posts again.
+                    if status != 400 {
+                        metrics.webhook_parked.get_or_create(&label).set(1);
+                        self.context.health.park(&target.name, status, &message);
+                    }
                     let until = Instant::now() + self.options.park_for;
                     self.parked.insert(target.name.clone(), until);
                     tracing::error!(

@@ -240,6 +240,10 @@ pub struct Tailer {
     last_rescan: Option<Instant>,
     rescan_requested: bool,
     wakeups: Option<Wakeups>,
+    /// Patterns that were already followed before this tailer (a reload): a file of theirs
+    /// without saved state appeared while chattail ran, so it is read from its start
+    /// whatever `start_at` says.
+    running_patterns: HashSet<String>,
     /// Paths that could not be opened, so the error is logged once.
     open_failed: HashSet<PathBuf>,
     /// The files each followed directory held at the last rescan.
@@ -271,6 +275,7 @@ impl Tailer {
             last_rescan: None,
             rescan_requested: true,
             wakeups,
+            running_patterns: HashSet::new(),
             open_failed: HashSet::new(),
             dir_snapshot: HashMap::new(),
             consumed_copies: HashSet::new(),
@@ -306,6 +311,21 @@ impl Tailer {
         for f in self.files.values_mut() {
             f.dirty = true;
         }
+    }
+
+    /// The files followed now, by key and the path they were found at.
+    pub fn followed(&self) -> Vec<(FileKey, PathBuf)> {
+        self.files
+            .values()
+            .map(|f| (f.key, f.path.clone()))
+            .collect()
+    }
+
+    /// Marks `patterns` as followed before this tailer started (it replaces another after
+    /// a reload): `start_at` does not apply to their files, which appeared while chattail
+    /// ran and are read from their first byte.
+    pub fn continue_patterns(&mut self, patterns: impl IntoIterator<Item = String>) {
+        self.running_patterns.extend(patterns);
     }
 
     /// Whether the file with this key is being followed.
@@ -821,7 +841,8 @@ impl Tailer {
             .options
             .specs
             .get(spec)
-            .map_or(StartAt::End, |s| s.start_at);
+            .filter(|s| !self.running_patterns.contains(&s.pattern))
+            .map_or(StartAt::Beginning, |s| s.start_at);
         let saved = self.saved.remove(&key);
         // Set when the saved first bytes are not the file's any more: the next sweep must
         // then look at the file even if its size and time have not moved since now.

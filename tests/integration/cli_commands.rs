@@ -310,7 +310,12 @@ fn completions_and_the_man_page_come_from_the_cli_definition() {
         assert!(out.status.success(), "{shell}");
         let script = text(&out.stdout);
         // Every subcommand and the run options are completed.
-        for word in ["run", "check", "test", "watch-config", "dry-run"] {
+        let option = if shell == "fish" {
+            "-l watch-config"
+        } else {
+            "--watch-config"
+        };
+        for word in ["completions", "timestamps", "log-format", option] {
             assert!(script.contains(word), "{shell} completion lacks {word}");
         }
     }

@@ -123,6 +123,13 @@ fn scrape(addr: &str) -> HashMap<String, f64> {
     let parsed = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned())))
         .expect("the Prometheus text parser accepts /metrics");
     assert!(!parsed.samples.is_empty());
+    // Counters are named chattail_<noun>_<unit>_total; everything is chattail_*.
+    for sample in &parsed.samples {
+        assert!(sample.metric.starts_with("chattail_"), "{}", sample.metric);
+        if matches!(sample.value, prometheus_parse::Value::Counter(_)) {
+            assert!(sample.metric.ends_with("_total"), "{}", sample.metric);
+        }
+    }
     parsed
         .samples
         .into_iter()
@@ -201,10 +208,6 @@ fn metrics_are_parsed_by_a_prometheus_parser_and_the_counters_move() {
         7.0
     );
     assert!(value(&second, "chattail_chat_posts_total{webhook=oncall}") > posts);
-    // Every counter name follows chattail_<noun>_<unit>_total.
-    for key in second.keys() {
-        assert!(key.starts_with("chattail_"), "{key}");
-    }
     assert!(s.agent.terminate().success());
 }
 
@@ -222,6 +225,8 @@ fn healthz_is_503_while_chat_refuses_a_webhook_and_200_once_it_recovers() {
     });
     let (_, body) = http_get(&addr, "/healthz");
     assert_eq!(body, "webhook oncall is parked: Chat answered 403\n");
+    // A restart would not help, so liveness stays green.
+    assert_eq!(http_get(&addr, "/livez"), (200, "ok\n".to_owned()));
     let metrics = scrape(&addr);
     assert_eq!(
         value(&metrics, "chattail_webhook_parked{webhook=oncall}"),
@@ -286,7 +291,12 @@ fn a_parked_webhook_and_a_filling_outbox_are_each_alerted_once_and_cleared_once(
         1,
         "{texts:#?}"
     );
-    assert!(texts[0].contains("Chat answered 403"), "{texts:#?}");
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.contains("is parked") && t.contains("Chat answered 403")),
+        "{texts:#?}"
+    );
     assert!(
         !texts
             .iter()
@@ -393,8 +403,8 @@ fn sighup_applies_a_valid_change_without_losing_or_repeating_a_line() {
     )
     .unwrap();
     s.agent.signal("HUP");
-    wait_for("the reload", Duration::from_secs(10), || {
-        s.agent.stderr().contains("Config reloaded.")
+    wait_for("the switch", Duration::from_secs(10), || {
+        s.agent.stderr().contains("Reading follows the new config.")
     });
     writer.join().unwrap();
     write_timeouts(&s.agent.log(), "db-a", 60..70);
@@ -492,8 +502,8 @@ fn watch_config_reloads_when_the_file_changes() {
         config(s.agent.dir.path(), &s.oncall, &s.ops, &changed, ""),
     )
     .unwrap();
-    wait_for("the reload", Duration::from_secs(10), || {
-        s.agent.stderr().contains("Config reloaded.")
+    wait_for("the switch", Duration::from_secs(10), || {
+        s.agent.stderr().contains("Reading follows the new config.")
     });
     let mut f = open_append(&s.agent.log());
     writeln!(f, "ERROR disk full on /dev/sdb1").unwrap();
@@ -538,5 +548,41 @@ fn systemd_is_told_ready_reloading_and_stopping() {
     assert!(next().contains("STOPPING=1"));
     assert_eq!(received.len(), 4, "{received:?}");
     // It is stopping already; this waits for the exit.
+    assert!(s.agent.terminate().success());
+}
+
+#[test]
+fn a_reload_that_changes_a_webhook_url_moves_delivery_to_the_new_url() {
+    let mut s = setup(DB_RULE, "");
+    s.agent.start();
+    write_timeouts(&s.agent.log(), "db-a", 0..2);
+    wait_for("the first 2", Duration::from_secs(20), || {
+        delivered_numbers(&s.chat, "db-a").len() == 2
+    });
+    // The old webhook is revoked and replaced by a new one in the same space.
+    let replacement = s.chat.webhook("SPACE1", "KEY3", "TOKEN3");
+    s.chat.revoke("TOKEN1", Some(403));
+    fs::write(
+        &s.agent.config,
+        config(s.agent.dir.path(), &replacement, &s.ops, DB_RULE, ""),
+    )
+    .unwrap();
+    s.agent.signal("HUP");
+    wait_for("the switch", Duration::from_secs(10), || {
+        s.agent.stderr().contains("Reading follows the new config.")
+    });
+    write_timeouts(&s.agent.log(), "db-a", 2..4);
+    wait_for("the next 2", Duration::from_secs(20), || {
+        delivered_numbers(&s.chat, "db-a") == [0, 1, 2, 3]
+    });
+    let requests = s.chat.requests();
+    assert!(
+        requests.iter().all(|r| r.status != 403),
+        "the old URL is not used after the reload: {requests:?}"
+    );
+    assert!(
+        requests.iter().all(|r| r.status != 429),
+        "paced across the swap"
+    );
     assert!(s.agent.terminate().success());
 }

@@ -1121,6 +1121,10 @@ mod tests {
             state = dir.join("state").display(),
             glob = dir.join(glob).display(),
         );
+        load_yaml(dir, &yaml)
+    }
+
+    fn load_yaml(dir: &std::path::Path, yaml: &str) -> Arc<Config> {
         let env = |_: &str| None;
         let options = config::LoadOptions {
             url_policy: UrlPolicy::Required,
@@ -1262,6 +1266,53 @@ mod tests {
             ingest.store.outbox_len().unwrap(),
             2,
             "one, two; not one again"
+        );
+    }
+
+    /// A pending multiline event follows its `files` entry when a reload reorders the
+    /// entries: it keeps its own entry's multiline settings, not those of whatever entry
+    /// now has its old index.
+    #[test]
+    fn a_pending_multiline_event_follows_its_entry_when_entries_are_reordered() {
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = |first: &str, second: &str| {
+            format!(
+                "state_dir: {state}\nwebhooks:\n  oncall:\n    url: https://chat.googleapis.com/v1/spaces/S/messages?key=k&token=t\nfiles:\n{first}{second}rules:\n{ERRORS}",
+                state = dir.path().join("state").display(),
+            )
+        };
+        let traces = format!(
+            "  - path: {}\n    start_at: beginning\n    multiline:\n      start: '^\\S'\n      timeout: 1h\n",
+            dir.path().join("a.log").display()
+        );
+        let plain = format!(
+            "  - path: {}\n    start_at: beginning\n",
+            dir.path().join("b.log").display()
+        );
+        append(&dir.path().join("a.log"), "ERROR first line\n  continued\n");
+        append(&dir.path().join("b.log"), "");
+        let (mut ingest, _reloads) = ingest(&load_yaml(dir.path(), &yaml(&traces, &plain)));
+        settle(&mut ingest);
+        assert_eq!(
+            ingest.store.outbox_len().unwrap(),
+            0,
+            "the event is pending"
+        );
+        ingest
+            .switch_config(load_yaml(dir.path(), &yaml(&plain, &traces)))
+            .unwrap();
+        settle(&mut ingest);
+        assert_eq!(
+            ingest.store.outbox_len().unwrap(),
+            0,
+            "still pending: its entry's timeout is an hour"
+        );
+        append(&dir.path().join("a.log"), "next event\n");
+        settle(&mut ingest);
+        assert_eq!(
+            ingest.store.outbox_len().unwrap(),
+            1,
+            "one event of two lines"
         );
     }
 }

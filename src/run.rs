@@ -1013,8 +1013,14 @@ impl Ingest {
         }
         self.last_outbox_check = Some(Instant::now());
         let max = self.config.delivery.max_outbox;
-        let queued = match self.store.outbox_len() {
-            Ok(n) => n,
+        // Rows of webhooks the config no longer has (after a reload) cannot be sent, so
+        // they do not count: they would otherwise hold reading paused for good.
+        let queued = match self.store.outbox_by_webhook() {
+            Ok(rows) => rows
+                .iter()
+                .filter(|(webhook, _)| self.config.webhook(webhook).is_some())
+                .map(|(_, n)| n)
+                .sum::<u64>(),
             Err(error) => {
                 tracing::error!(%error, "Cannot count the outbox.");
                 return self.outbox_full;
@@ -1314,5 +1320,37 @@ mod tests {
             1,
             "one event of two lines"
         );
+    }
+
+    /// Rows queued for a webhook a reload removed cannot be sent; they must not hold
+    /// reading paused.
+    #[test]
+    fn rows_of_a_removed_webhook_do_not_fill_the_outbox() {
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = format!(
+            "state_dir: {state}\nwebhooks:\n  oncall:\n    url: https://chat.googleapis.com/v1/spaces/S/messages?key=k&token=t\nfiles:\n  - path: {glob}\ndelivery:\n  max_outbox: 2\nrules:\n{ERRORS}",
+            state = dir.path().join("state").display(),
+            glob = dir.path().join("*.log").display(),
+        );
+        let (mut ingest, _reloads) = ingest(&load_yaml(dir.path(), &yaml));
+        let row = |webhook: &str| Notification {
+            rule: "errors".to_owned(),
+            webhook: webhook.to_owned(),
+            thread_key: "errors".to_owned(),
+            dedup_key: None,
+            text: "ERROR".to_owned(),
+        };
+        let tx = ingest.store.transaction().unwrap();
+        for _ in 0..5 {
+            tx.enqueue(&row("removed")).unwrap();
+        }
+        tx.enqueue(&row("oncall")).unwrap();
+        tx.commit().unwrap();
+        assert!(!ingest.outbox_is_full(), "1 of 2 for configured webhooks");
+        let tx = ingest.store.transaction().unwrap();
+        tx.enqueue(&row("oncall")).unwrap();
+        tx.commit().unwrap();
+        ingest.last_outbox_check = None;
+        assert!(ingest.outbox_is_full(), "2 of 2");
     }
 }

@@ -284,6 +284,20 @@ impl StateStore {
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
+    /// Notifications waiting for Chat, by webhook name (not given up on).
+    pub fn outbox_by_webhook(&self) -> Result<Vec<(String, u64)>, StateError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT webhook, COUNT(*) FROM outbox WHERE dead = 0 GROUP BY webhook",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Every file with a saved offset, released ones included (within retention).
     pub fn saved_files(&self) -> Result<Vec<SavedFile>, StateError> {
         let mut stmt = self.conn.prepare(

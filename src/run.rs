@@ -230,7 +230,8 @@ async fn supervise(
         reloads: reload_tx,
         admin: admin.as_ref().map(|(handle, _)| handle.clone()),
     };
-    notify_systemd(&[NotifyState::Ready, NotifyState::Status("running")]);
+    let status = running_status(&supervisor.config);
+    notify_systemd(&[NotifyState::Ready, NotifyState::Status(&status)]);
     // A zero interval (WATCHDOG_USEC=0) means no watchdog.
     let watchdog = sd_notify::watchdog_enabled().filter(|d| !d.is_zero());
     let mut watchdog_tick =
@@ -373,7 +374,8 @@ impl Supervisor {
                 );
             }
         }
-        notify_systemd(&[NotifyState::Ready, NotifyState::Status("running")]);
+        let status = running_status(&self.config);
+        notify_systemd(&[NotifyState::Ready, NotifyState::Status(&status)]);
     }
 
     async fn apply(&mut self, mut new: Config) {
@@ -450,6 +452,16 @@ impl Supervisor {
         );
         self.config = new;
     }
+}
+
+/// The `STATUS=` line `systemctl status` shows.
+fn running_status(config: &Config) -> String {
+    format!(
+        "running: {} rules over {} file patterns, {} webhooks",
+        config.rules.len(),
+        config.files.len(),
+        config.webhooks.len()
+    )
 }
 
 /// Tells systemd (when it started us with `Type=notify`) how we are; a no-op otherwise.

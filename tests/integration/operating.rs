@@ -538,7 +538,12 @@ fn systemd_is_told_ready_reloading_and_stopping() {
         received.push(text.clone());
         text
     };
-    assert!(next().contains("READY=1"));
+    let ready = next();
+    assert!(ready.contains("READY=1"), "{ready}");
+    assert!(
+        ready.contains("STATUS=running: 1 rules over 1 file patterns, 2 webhooks"),
+        "{ready}"
+    );
     s.agent.signal("HUP");
     let reloading = next();
     assert!(reloading.contains("RELOADING=1"), "{reloading}");

@@ -9,7 +9,7 @@
 //!    until the last summary reached Chat.
 //!
 //! 4. Operating: a line every 10 ms for 10 s with a SIGHUP every second (the config
-//!    switching between two messages): the time from each SIGHUP to "Config reloaded." in
+//!    switching between two messages): the time from each SIGHUP to "Reading follows the new config." in
 //!    the agent's log, whether every line reached Chat exactly once, and the latency of
 //!    `/metrics` and `/healthz` over 200 requests each, with the agent's memory.
 //!
@@ -349,13 +349,13 @@ fn operating() {
             std::thread::sleep(Duration::from_millis(10));
         }
         fs::write(&config, variant(second)).unwrap();
-        let before = log_text().matches("Config reloaded.").count();
+        let before = log_text().matches("Reading follows the new config.").count();
         let sent = Instant::now();
         Command::new("kill")
             .args(["-HUP", &agent.id().to_string()])
             .status()
             .unwrap();
-        while log_text().matches("Config reloaded.").count() == before
+        while log_text().matches("Reading follows the new config.").count() == before
             && sent.elapsed() < Duration::from_secs(10)
         {
             std::thread::sleep(Duration::from_millis(1));
@@ -380,7 +380,7 @@ fn operating() {
     let exactly_once = seen.iter().filter(|&&c| c == 1).count();
     let (r50, _, rmax) = percentiles(reloads);
     println!(
-        "  10 SIGHUP reloads while 1,000 lines are written over 10 s: reload applied after p50 {r50:.1} ms, max {rmax:.1} ms (SIGHUP → \"Config reloaded.\"); {exactly_once} of {item} lines reached Chat exactly once"
+        "  10 SIGHUP reloads while 1,000 lines are written over 10 s: reload applied after p50 {r50:.1} ms, max {rmax:.1} ms (SIGHUP → \"Reading follows the new config.\"); {exactly_once} of {item} lines reached Chat exactly once"
     );
     for path in ["/metrics", "/healthz"] {
         let samples: Vec<Duration> = (0..200)

@@ -9,9 +9,10 @@
 //!    until the last summary reached Chat.
 //!
 //! 4. Operating: a line every 10 ms for 10 s with a SIGHUP every second (the config
-//!    switching between two messages): the time from each SIGHUP to "Reading follows the new config." in
-//!    the agent's log, whether every line reached Chat exactly once, and the latency of
-//!    `/metrics` and `/healthz` over 200 requests each, with the agent's memory.
+//!    switching between two messages): the time from each SIGHUP to "Reading follows the
+//!    new config." in the agent's log, whether every line reached Chat exactly once, and
+//!    the latency of `/metrics` and `/healthz` over 200 requests each, with the agent's
+//!    memory.
 //!
 //! The agent is the release binary, run as a child process; the mock Chat is the one the
 //! integration tests use.
@@ -349,13 +350,18 @@ fn operating() {
             std::thread::sleep(Duration::from_millis(10));
         }
         fs::write(&config, variant(second)).unwrap();
-        let before = log_text().matches("Reading follows the new config.").count();
+        let before = log_text()
+            .matches("Reading follows the new config.")
+            .count();
         let sent = Instant::now();
         Command::new("kill")
             .args(["-HUP", &agent.id().to_string()])
             .status()
             .unwrap();
-        while log_text().matches("Reading follows the new config.").count() == before
+        while log_text()
+            .matches("Reading follows the new config.")
+            .count()
+            == before
             && sent.elapsed() < Duration::from_secs(10)
         {
             std::thread::sleep(Duration::from_millis(1));

@@ -145,11 +145,7 @@ impl SelfAlerts {
             let what = if still_configured {
                 describe(&condition, true)
             } else {
-                describe(&condition, false)
-                    .trim_end_matches('.')
-                    .replace(" is parked", "")
-                    .replace(" has no file", "")
-                    + " is no longer configured"
+                format!("{} is no longer configured", subject(&condition))
             };
             let text = format!("✅ {what} (after {}).", humantime::format_duration(lasted));
             tracing::info!(condition = %describe(&condition, false), "Self-alert cleared.");
@@ -171,13 +167,99 @@ impl SelfAlerts {
     }
 }
 
+/// What a condition is about, as the start of a sentence.
+fn subject(condition: &Condition) -> String {
+    match condition {
+        Condition::Parked(name) => format!("Webhook `{name}`"),
+        Condition::OutboxHigh => "The outbox".to_owned(),
+        Condition::Missing(p) => format!("`{p}`"),
+    }
+}
+
 fn describe(condition: &Condition, cleared: bool) -> String {
-    match (condition, cleared) {
-        (Condition::Parked(name), false) => format!("Webhook `{name}` is parked."),
-        (Condition::Parked(name), true) => format!("Webhook `{name}` delivers again"),
-        (Condition::OutboxHigh, false) => "The outbox is filling up.".to_owned(),
-        (Condition::OutboxHigh, true) => "The outbox has drained".to_owned(),
-        (Condition::Missing(p), false) => format!("`{p}` has no file."),
-        (Condition::Missing(p), true) => format!("`{p}` has a file again"),
+    let state = match (condition, cleared) {
+        (Condition::Parked(_), false) => "is parked.",
+        (Condition::Parked(_), true) => "delivers again",
+        (Condition::OutboxHigh, false) => "is filling up.",
+        (Condition::OutboxHigh, true) => "has drained",
+        (Condition::Missing(_), false) => "has no file.",
+        (Condition::Missing(_), true) => "has a file again",
+    };
+    format!("{} {state}", subject(condition))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{LoadOptions, UrlPolicy, load_bytes};
+
+    fn config(webhooks: &[&str]) -> Config {
+        let mut yaml = String::from("webhooks:\n");
+        for w in webhooks {
+            yaml.push_str(&format!(
+                "  {w}:\n    url: https://chat.googleapis.com/v1/spaces/{w}/messages?key=k&token=t\n"
+            ));
+        }
+        yaml.push_str("self_alerts:\n  webhook: ops\nfiles:\n  - path: /var/log/x.log\nrules:\n  - name: r\n    match: ERROR\n    webhook: ops\n");
+        let env = |_: &str| None;
+        let options = LoadOptions {
+            url_policy: UrlPolicy::Required,
+            env: &env,
+            default_host: "web-1".to_owned(),
+        };
+        load_bytes(
+            std::path::Path::new("/etc/c.yaml"),
+            yaml.as_bytes(),
+            &options,
+        )
+        .unwrap_or_else(|report| panic!("{report}"))
+        .config
+    }
+
+    fn texts(out: &[Notification]) -> Vec<&str> {
+        out.iter().map(|n| n.text.as_str()).collect()
+    }
+
+    #[test]
+    fn an_episode_posts_once_and_its_end_says_why_it_ended() {
+        let health = Health::default();
+        let mut alerts = SelfAlerts::default();
+        let mut out = Vec::new();
+        let both = config(&["app", "ops"]);
+        health.park("app", 403, "The caller does not have permission");
+        for t in 0..3 {
+            alerts.check(&both, &health, Some(&|_| true), t * 1000, &mut out);
+        }
+        assert_eq!(
+            texts(&out),
+            [
+                "*chattail on web-1*: ⚠️ Webhook `app` is parked. Chat answered 403 (The caller does not have permission). Its messages stay queued and are retried every 5m."
+            ]
+        );
+        assert_eq!(out[0].webhook, "ops");
+        assert_eq!(out[0].thread_key, "chattail-self-alerts-web-1");
+        out.clear();
+        // A reload removes the webhook: the episode ends, and the post says so.
+        health.retain_webhooks(|name| name != "app");
+        alerts.check(
+            &config(&["ops"]),
+            &health,
+            Some(&|_| true),
+            64_000,
+            &mut out,
+        );
+        assert_eq!(
+            texts(&out),
+            ["*chattail on web-1*: ✅ Webhook `app` is no longer configured (after 1m 4s)."]
+        );
+    }
+
+    #[test]
+    fn the_self_alert_webhook_is_not_alerted_about_itself() {
+        let health = Health::default();
+        health.park("ops", 404, "Not found");
+        let mut out = Vec::new();
+        SelfAlerts::default().check(&config(&["ops"]), &health, Some(&|_| true), 0, &mut out);
+        assert!(out.is_empty());
     }
 }

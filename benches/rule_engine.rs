@@ -9,7 +9,7 @@ use std::hint::black_box;
 use std::path::Path;
 
 use chattail::config::{LoadOptions, UrlPolicy, load_bytes};
-use chattail::rules::{RuleSet, Source};
+use chattail::pipeline::{RuleSet, Source};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 /// A small deterministic generator, so every run benchmarks the same corpus.

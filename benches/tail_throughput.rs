@@ -15,10 +15,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use chattail::config::{LoadOptions, StartAt, UrlPolicy, load_bytes};
-use chattail::rules::RuleSet;
-use chattail::state::StateStore;
-use chattail::tail::{LineOrigin, TailOptions, Tailer, WatchSpec};
+use chattail::agent::state_rows::commit_checkpoints;
+use chattail::config::{LoadOptions, UrlPolicy, load_bytes};
+use chattail::path_glob::PathGlob;
+use chattail::pipeline::RuleSet;
+use chattail::store::Store;
+use chattail::tail::{LineOrigin, NoEvents, StartAt, TailOptions, Tailer, WatchSpec};
 
 fn env_number(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -125,10 +127,10 @@ fn throughput(dir: &Path) {
     wc("warm");
 
     let state_dir = dir.join("state-throughput");
-    let mut store = StateStore::open(&state_dir).unwrap();
+    let mut store = Store::open(&state_dir).unwrap();
     let options = TailOptions {
         specs: vec![WatchSpec {
-            pattern: dir.join("*.log").to_string_lossy().into_owned(),
+            glob: PathGlob::new(&dir.join("*.log").to_string_lossy()).unwrap(),
             start_at: StartAt::Beginning,
             max_line_bytes: 64 * 1024,
         }],
@@ -136,7 +138,7 @@ fn throughput(dir: &Path) {
         ..TailOptions::default()
     };
     let rules = rules();
-    let mut tailer = Tailer::new(options, Vec::new());
+    let mut tailer = Tailer::new(options, Vec::new(), Arc::new(NoEvents));
     let mut seen = 0u64;
     let mut hits = 0usize;
     let cpu_start = thread_cpu();
@@ -147,9 +149,7 @@ fn throughput(dir: &Path) {
             hits += rules.evaluate(line, |_| {});
         };
         tailer.poll(&mut sink);
-        store
-            .commit_checkpoints(&tailer.take_checkpoints())
-            .unwrap();
+        commit_checkpoints(&mut store, &tailer.take_checkpoints()).unwrap();
     }
     let elapsed = start.elapsed();
     let cpu = thread_cpu() - cpu_start;
@@ -180,7 +180,7 @@ fn following(dir: &Path) {
     }
     let options = TailOptions {
         specs: vec![WatchSpec {
-            pattern: logs.join("*.log").to_string_lossy().into_owned(),
+            glob: PathGlob::new(&logs.join("*.log").to_string_lossy()).unwrap(),
             start_at: StartAt::Beginning,
             max_line_bytes: 64 * 1024,
         }],
@@ -193,9 +193,9 @@ fn following(dir: &Path) {
         let stop = Arc::clone(&stop);
         let state_dir = dir.join("state-follow");
         std::thread::spawn(move || {
-            let mut store = StateStore::open(&state_dir).unwrap();
+            let mut store = Store::open(&state_dir).unwrap();
             let rules = rules();
-            let mut tailer = Tailer::new(options, Vec::new());
+            let mut tailer = Tailer::new(options, Vec::new(), Arc::new(NoEvents));
             let mut seen = 0u64;
             let cpu_start = thread_cpu();
             let start = Instant::now();
@@ -205,9 +205,7 @@ fn following(dir: &Path) {
                     rules.evaluate(line, |_| {});
                 };
                 let more = tailer.poll(&mut sink);
-                store
-                    .commit_checkpoints(&tailer.take_checkpoints())
-                    .unwrap();
+                commit_checkpoints(&mut store, &tailer.take_checkpoints()).unwrap();
                 if !more {
                     tailer.wait(Duration::from_millis(250));
                 }

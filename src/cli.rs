@@ -8,14 +8,14 @@ use std::fs::File;
 use std::io::{self, BufReader, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use crate::agent::RunOptions;
 use crate::config::{self, Config, UrlPolicy};
 use crate::rule_test;
-use crate::rules::RuleSet;
-use crate::run::RunOptions;
 
 /// Follow log files, match YAML regex rules, post grouped alerts to Google Chat threads.
 #[derive(Debug, Parser)]
@@ -60,7 +60,9 @@ pub enum Command {
     /// Run the rules over sample logs and show what each match would post.
     ///
     /// Reads the given log files (or standard input when none is given), never the network
-    /// or the state directory. Every rule is applied to every input, whatever its `files`.
+    /// or the state directory. Lines pass through the same pipeline as in `run`
+    /// (multiline events, context, burst windows); every rule is applied to every input,
+    /// whatever its `files`.
     Test {
         /// The YAML config file.
         #[arg(long, short, value_name = "FILE")]
@@ -196,7 +198,7 @@ fn run(path: &std::path::Path, options: RunOptions) -> anyhow::Result<ExitCode> 
         return Ok(ExitCode::from(EXIT_CONFIG));
     };
     let state_dir = config.state_dir.clone();
-    crate::run::run(config, options, Box::new(io::stdout()))
+    crate::agent::run(config, options, Box::new(io::stdout()))
         .with_context(|| format!("running with the state directory {}", state_dir.display()))?;
     Ok(ExitCode::SUCCESS)
 }
@@ -277,43 +279,26 @@ fn test(
     let Some(config) = load(config_path, UrlPolicy::Optional) else {
         return Ok(ExitCode::from(EXIT_CONFIG));
     };
-    let rules = RuleSet::all(&config).context("building the rule gate")?;
     let mut out = io::stdout().lock();
-    let mut summary = rule_test::Summary::default();
-    let mut timeline = rule_test::Timeline::new(if timestamps {
+    let clock = if timestamps {
         rule_test::Clock::Rfc3339
     } else {
         rule_test::Clock::AtOnce
-    });
+    };
+    let mut test = rule_test::RuleTest::new(Arc::new(config), clock);
     if logs.is_empty() {
         let mut stdin = io::stdin().lock();
-        rule_test::test_input(
-            &config,
-            &rules,
-            "(stdin)",
-            &mut stdin,
-            &mut out,
-            &mut summary,
-            &mut timeline,
-        )
-        .context("reading standard input")?;
+        test.input("(stdin)", &mut stdin, &mut out)
+            .context("reading standard input")?;
     }
     for log in logs {
         let file = File::open(log).with_context(|| format!("opening {}", log.display()))?;
         let name = log.display().to_string();
         let mut reader = BufReader::with_capacity(64 * 1024, file);
-        rule_test::test_input(
-            &config,
-            &rules,
-            &name,
-            &mut reader,
-            &mut out,
-            &mut summary,
-            &mut timeline,
-        )
-        .with_context(|| format!("reading {}", log.display()))?;
+        test.input(&name, &mut reader, &mut out)
+            .with_context(|| format!("reading {}", log.display()))?;
     }
-    rule_test::write_summary(&config, &summary, &mut timeline, &mut out)?;
+    test.finish(&mut out)?;
     out.flush()?;
     Ok(ExitCode::SUCCESS)
 }

@@ -1,25 +1,29 @@
 //! chattail follows log files, runs the operator's regex rules on every line and posts what
 //! matters to Google Chat threads.
 //!
-//! The crate is a library with a thin binary on top (`src/main.rs`). The pure core (config
-//! validation, templates, the rule engine, Chat text rendering) does no I/O beyond reading
-//! the config file; see ARCHITECTURE.md for the map and its invariants.
+//! The crate is a library with a thin binary on top (`src/main.rs`). Its modules follow the
+//! pipeline (ARCHITECTURE.md has the map and the invariants, which `tests/integration/
+//! module_edges.rs` enforces):
+//!
+//! - [`config`]: the YAML file to a validated [`config::Config`].
+//! - [`tail`]: files to lines, through every kind of rotation.
+//! - [`pipeline`]: the pure core, lines to notifications (rules, multiline, context, bursts,
+//!   templates, Chat text, thread keys, self-alert decisions). No I/O, no clock.
+//! - [`store`]: every SQL statement: offsets, the outbox, burst windows, pending events.
+//! - [`deliver`]: the outbox to Chat, paced per space.
+//! - [`ops`]: metrics, health and the admin endpoint.
+//! - [`agent`]: `chattail run`, the one composition root of all of the above.
+//! - [`rule_test`] and [`cli`]: the commands' outer shells.
 
-pub mod admin;
-pub mod bursts;
-pub mod chat_text;
+pub mod agent;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod deliver;
-pub mod health;
-pub mod metrics;
-pub mod multiline;
-pub mod outbox;
+pub mod ops;
+pub mod path_glob;
+pub mod pipeline;
 pub mod rule_test;
-pub mod rules;
-pub mod run;
-pub mod self_alerts;
-pub mod state;
+pub mod store;
 pub mod tail;
-pub mod template;
 pub mod webhook_url;

@@ -1,19 +1,27 @@
 //! `chattail test`: runs the rules over sample logs and shows what each match would post.
 //!
 //! This is the rule author's tool, in the spirit of fail2ban-regex but for the whole rule:
-//! for every matching line it shows the rule, the captures, the rendered thread key and the
-//! rendered Chat text, and at the end how often each rule hit and how many lines no rule
-//! matched. For rules with `dedup` it shows the burst timeline: whether each match would be
-//! posted or counted into a window, and the summaries the windows would post. Lines arrive
-//! at once unless `--timestamps rfc3339` takes their time from the line itself. It reads
-//! only the given inputs: no network, no state directory.
+//! for every matching line (or multiline event) it shows the rule, the captures, the
+//! rendered thread key and the rendered Chat text, and at the end how often each rule hit
+//! and how many lines no rule matched. It drives the agent's own
+//! [`Pipeline`](crate::pipeline::Pipeline), so multiline events, context lines and burst
+//! windows behave exactly as in `run`: for rules with `dedup` it shows whether each match
+//! is posted or counted, and the summaries the windows post. Lines arrive at once unless
+//! `--timestamps rfc3339` takes their time from the line itself. It reads only the given
+//! inputs: no network, no state directory.
+//!
+//! Differences from `run`, on purpose: every rule applies to every input whatever its
+//! `files:` filter, and an input takes the multiline settings of the `files` entry whose
+//! glob matches its path, or else of the first entry that has `multiline` (said in the
+//! output).
 
 use std::collections::BTreeMap;
 use std::io::{self, BufRead, Write};
+use std::path::Path;
+use std::sync::Arc;
 
-use crate::bursts::Bursts;
 use crate::config::Config;
-use crate::rules::{Notification, RuleSet, Source};
+use crate::pipeline::{Cause, FileId, HitReport, Notification, Origin, Output, Pipeline, Routed};
 
 /// Where the time of a line comes from, for burst windows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -26,27 +34,279 @@ pub enum Clock {
     Rfc3339,
 }
 
-/// Burst windows across all inputs of one `chattail test` run.
-#[derive(Debug, Default)]
-pub struct Timeline {
-    pub clock: Clock,
-    bursts: Bursts,
-    now_ms: i64,
+/// Counts gathered over all inputs.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Summary {
+    pub lines: u64,
+    /// Lines that were (part of) a line or event some rule matched.
+    pub matched_lines: u64,
+    /// Hits per rule name, for every rule in the config (zero included).
+    pub hits: BTreeMap<String, u64>,
 }
 
-impl Timeline {
-    pub fn new(clock: Clock) -> Self {
+/// One `chattail test` run over any number of inputs.
+pub struct RuleTest {
+    config: Arc<Config>,
+    pipeline: Pipeline,
+    clock: Clock,
+    now_ms: i64,
+    inputs: u64,
+    summary: Summary,
+}
+
+impl RuleTest {
+    pub fn new(config: Arc<Config>, clock: Clock) -> Self {
+        let summary = Summary {
+            hits: config.rules.iter().map(|r| (r.name.clone(), 0)).collect(),
+            ..Summary::default()
+        };
         Self {
+            pipeline: Pipeline::new(Arc::clone(&config), Vec::new(), Vec::new())
+                .ignoring_file_filters(),
+            config,
             clock,
-            ..Self::default()
+            now_ms: 0,
+            inputs: 0,
+            summary,
         }
     }
 
-    fn advance(&mut self, line: &[u8]) {
-        if self.clock == Clock::Rfc3339
-            && let Some(ms) = line_time_ms(line)
+    /// Runs the rules over every line of `input`, writing each match to `out`.
+    ///
+    /// `name` is what `{file}` renders to and what the output calls the input. Lines are
+    /// split on `\n`, a trailing `\r` is dropped, and a last line without a newline still
+    /// counts. The input's pending multiline event completes at its end.
+    pub fn input(
+        &mut self,
+        name: &str,
+        input: &mut dyn BufRead,
+        out: &mut dyn Write,
+    ) -> io::Result<()> {
+        self.inputs += 1;
+        let id = FileId {
+            dev: 0,
+            ino: self.inputs,
+        };
+        let spec = self.files_entry(name);
+        if let Some(i) = spec {
+            writeln!(
+                out,
+                "({name}: lines join into events as files[{i}] ({}) says)\n",
+                self.config.files[i].pattern
+            )?;
+        }
+        let path = Path::new(name);
+        let mut report = Report::new(name, out, &mut self.summary);
+        let mut buf = Vec::with_capacity(4096);
+        let mut number: u64 = 0;
+        loop {
+            buf.clear();
+            if input.read_until(b'\n', &mut buf)? == 0 {
+                break;
+            }
+            number += 1;
+            let line = strip_newline(&buf);
+            if self.clock == Clock::Rfc3339
+                && let Some(ms) = line_time_ms(line)
+            {
+                self.now_ms = self.now_ms.max(ms);
+            }
+            report.summaries_are("window closed");
+            self.pipeline.tick(self.now_ms, false, &mut report);
+            report.end_block()?;
+            let origin = Origin {
+                id,
+                path,
+                spec: spec.unwrap_or(usize::MAX),
+                number,
+            };
+            report.summaries_are("window closed or evicted");
+            self.pipeline.line(&origin, line, self.now_ms, &mut report);
+            report.end_block()?;
+            report.summary.lines += 1;
+        }
+        report.summaries_are("window closed");
+        self.pipeline.tick(self.now_ms, true, &mut report);
+        report.end_block()
+    }
+
+    /// Writes the summaries of the windows still open when the inputs end, the per-rule
+    /// table and the line counts, and returns the counts.
+    pub fn finish(mut self, out: &mut dyn Write) -> io::Result<Summary> {
+        let mut pending = Vec::new();
+        self.pipeline.flush_windows(&mut pending);
+        if !pending.is_empty() {
+            writeln!(
+                out,
+                "At the end of the input, open burst windows post their summaries:"
+            )?;
+            write_summaries(out, &pending, "end of input")?;
+            writeln!(out)?;
+        }
+        let summary = self.summary;
+        let width = self
+            .config
+            .rules
+            .iter()
+            .map(|r| r.name.len())
+            .chain(["(no rule)".len()])
+            .max()
+            .unwrap_or(4);
+        writeln!(out, "{:<width$}  {:>8}", "rule", "hits")?;
+        for rule in &self.config.rules {
+            let hits = summary.hits.get(&rule.name).copied().unwrap_or(0);
+            writeln!(out, "{:<width$}  {hits:>8}", rule.name)?;
+        }
+        let unmatched = summary.lines - summary.matched_lines;
+        writeln!(out, "{:<width$}  {unmatched:>8}", "(no rule)")?;
+        writeln!(
+            out,
+            "\n{} lines read, {} matched by a rule, {} matched by no rule",
+            summary.lines, summary.matched_lines, unmatched
+        )?;
+        Ok(summary)
+    }
+
+    /// The `files` entry whose multiline settings an input takes (see the module
+    /// documentation); `None` when no entry has `multiline`.
+    fn files_entry(&self, name: &str) -> Option<usize> {
+        let files = &self.config.files;
+        let absolute = std::path::absolute(name).unwrap_or_else(|_| name.into());
+        let matching = files.iter().position(|f| f.glob.is_match(&absolute));
+        match matching {
+            Some(i) if files[i].multiline.is_some() => Some(i),
+            Some(_) => None,
+            None => files.iter().position(|f| f.multiline.is_some()),
+        }
+    }
+}
+
+/// Writes what the pipeline reports while one input is read. Output errors are kept and
+/// returned at the end of the block (the pipeline's callbacks cannot fail).
+struct Report<'a> {
+    name: &'a str,
+    out: &'a mut dyn Write,
+    summary: &'a mut Summary,
+    /// How summaries queued now are labelled.
+    why: &'static str,
+    /// Summaries queued by the hit being reported (printed with it).
+    queued: Vec<Notification>,
+    /// The lines whose header was printed last, while their block is open.
+    shown: Option<(u64, u64)>,
+    error: Option<io::Error>,
+}
+
+impl<'a> Report<'a> {
+    fn new(name: &'a str, out: &'a mut dyn Write, summary: &'a mut Summary) -> Self {
+        Self {
+            name,
+            out,
+            summary,
+            why: "window closed",
+            queued: Vec::new(),
+            shown: None,
+            error: None,
+        }
+    }
+
+    fn summaries_are(&mut self, why: &'static str) {
+        self.why = why;
+    }
+
+    /// Ends the block of the last line or event (a blank line) and returns the first
+    /// output error since the last call.
+    fn end_block(&mut self) -> io::Result<()> {
+        if self.error.is_none() && !self.queued.is_empty() {
+            let queued = std::mem::take(&mut self.queued);
+            let written = write_summaries(self.out, &queued, self.why);
+            self.keep(written);
+        }
+        if self.shown.take().is_some() {
+            let written = writeln!(self.out);
+            self.keep(written);
+        }
+        self.error.take().map_or(Ok(()), Err)
+    }
+
+    fn keep(&mut self, result: io::Result<()>) {
+        if let Err(e) = result
+            && self.error.is_none()
         {
-            self.now_ms = self.now_ms.max(ms);
+            self.error = Some(e);
+        }
+    }
+
+    fn write_hit(&mut self, report: &HitReport<'_, '_, '_>) -> io::Result<()> {
+        let out = &mut *self.out;
+        let (first, last) = report.lines;
+        if self.shown != Some(report.lines) {
+            self.shown = Some(report.lines);
+            self.summary.matched_lines += last - first + 1;
+            let text = String::from_utf8_lossy(report.text);
+            if first == last {
+                writeln!(out, "{}:{first}: {text}", self.name)?;
+            } else {
+                let head = text.lines().next().unwrap_or("");
+                writeln!(out, "{}:{first}-{last}: {head}", self.name)?;
+                let lines = text.lines().count();
+                writeln!(out, "  event:      {lines} lines joined by multiline")?;
+            }
+        }
+        let n = report.notification;
+        writeln!(out, "  rule:       {} → webhook {}", n.rule, n.webhook)?;
+        let captures = report.hit.named_captures();
+        if !captures.is_empty() {
+            let shown: Vec<String> = captures
+                .iter()
+                .map(|(k, v)| match v {
+                    Some(v) => format!("{k}={v:?}"),
+                    None => format!("{k}=(none)"),
+                })
+                .collect();
+            writeln!(out, "  captures:   {}", shown.join(" "))?;
+        }
+        writeln!(out, "  thread key: {}", n.thread_key)?;
+        if let Some(key) = &n.dedup_key {
+            writeln!(out, "  dedup key:  {key}")?;
+        }
+        writeln!(out, "  message:")?;
+        for text_line in n.text.lines() {
+            writeln!(out, "    │ {text_line}")?;
+        }
+        let queued = std::mem::take(&mut self.queued);
+        write_summaries(out, &queued, "window closed or evicted")?;
+        let key = n.dedup_key.as_deref().unwrap_or_default();
+        match (report.routed, &report.hit.rule.dedup) {
+            (Routed::Posted, Some(dedup)) => writeln!(
+                out,
+                "  burst:      posted; opens a {} window for key {key:?}",
+                humantime::format_duration(dedup.window)
+            ),
+            (Routed::Counted, _) => writeln!(
+                out,
+                "  burst:      counted in the window of key {key:?}, not posted"
+            ),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Output for Report<'_> {
+    fn notification(&mut self, n: Notification, cause: Cause) {
+        if cause == Cause::Summary {
+            self.queued.push(n);
+        }
+    }
+
+    fn hit(&mut self, report: &HitReport<'_, '_, '_>) {
+        *self
+            .summary
+            .hits
+            .entry(report.hit.rule.name.clone())
+            .or_default() += 1;
+        if self.error.is_none() {
+            let written = self.write_hit(report);
+            self.keep(written);
         }
     }
 }
@@ -70,178 +330,6 @@ fn write_summaries(out: &mut dyn Write, summaries: &[Notification], why: &str) -
         }
     }
     Ok(())
-}
-
-/// Counts gathered over all inputs.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Summary {
-    pub lines: u64,
-    pub matched_lines: u64,
-    /// Hits per rule name, for every rule in the config (zero included).
-    pub hits: BTreeMap<String, u64>,
-}
-
-/// Runs `rules` over every line of `input`, writing each match to `out`.
-///
-/// `name` is what `{file}` renders to and what the output calls the input. Lines are split
-/// on `\n`, a trailing `\r` is dropped, and a last line without a newline still counts.
-pub fn test_input(
-    config: &Config,
-    rules: &RuleSet,
-    name: &str,
-    input: &mut dyn BufRead,
-    out: &mut dyn Write,
-    summary: &mut Summary,
-    timeline: &mut Timeline,
-) -> io::Result<()> {
-    for rule in &config.rules {
-        summary.hits.entry(rule.name.clone()).or_default();
-    }
-    let source = Source {
-        file: name,
-        host: &config.host,
-    };
-    let mut buf = Vec::with_capacity(4096);
-    let mut number: u64 = 0;
-    let max_context = config.max_context_before();
-    // `dedup.window` by rule name, for closing windows as the lines' time moves on.
-    let windows: BTreeMap<&str, std::time::Duration> = config
-        .rules
-        .iter()
-        .filter_map(|r| r.dedup.as_ref().map(|d| (r.name.as_str(), d.window)))
-        .collect();
-    let mut ring = crate::rules::ContextRing::new(max_context);
-    loop {
-        buf.clear();
-        if input.read_until(b'\n', &mut buf)? == 0 {
-            break;
-        }
-        number += 1;
-        let line = strip_newline(&buf);
-        timeline.advance(line);
-        let mut closed = Vec::new();
-        timeline.bursts.expire(
-            timeline.now_ms,
-            |rule| windows.get(rule).copied(),
-            &mut closed,
-        );
-        write_summaries(out, &closed, "window closed")?;
-        let mut shown = false;
-        let mut error = None;
-        rules.evaluate(line, |hit| {
-            if error.is_some() {
-                return;
-            }
-            *summary.hits.entry(hit.rule.name.clone()).or_default() += 1;
-            let context = ring.last(hit.rule.context_before);
-            let n = hit.notification_with_context(line, &source, &context);
-            let result = (|| -> io::Result<()> {
-                if !shown {
-                    writeln!(out, "{name}:{number}: {}", String::from_utf8_lossy(line))?;
-                    shown = true;
-                }
-                writeln!(out, "  rule:       {} → webhook {}", n.rule, n.webhook)?;
-                let captures = hit.named_captures();
-                if !captures.is_empty() {
-                    let shown: Vec<String> = captures
-                        .iter()
-                        .map(|(k, v)| match v {
-                            Some(v) => format!("{k}={v:?}"),
-                            None => format!("{k}=(none)"),
-                        })
-                        .collect();
-                    writeln!(out, "  captures:   {}", shown.join(" "))?;
-                }
-                writeln!(out, "  thread key: {}", n.thread_key)?;
-                if let Some(key) = &n.dedup_key {
-                    writeln!(out, "  dedup key:  {key}")?;
-                }
-                writeln!(out, "  message:")?;
-                for text_line in n.text.lines() {
-                    writeln!(out, "    │ {text_line}")?;
-                }
-                if let Some(dedup) = &hit.rule.dedup {
-                    let mut queued = Vec::new();
-                    let key = n.dedup_key.clone().unwrap_or_default();
-                    timeline
-                        .bursts
-                        .observe(dedup, n.clone(), line, timeline.now_ms, &mut queued);
-                    let posted = queued.last().is_some_and(|q| q.text == n.text);
-                    let earlier = if posted {
-                        &queued[..queued.len() - 1]
-                    } else {
-                        &queued[..]
-                    };
-                    write_summaries(out, earlier, "window closed or evicted")?;
-                    if posted {
-                        writeln!(
-                            out,
-                            "  burst:      posted; opens a {} window for key {key:?}",
-                            humantime::format_duration(dedup.window)
-                        )?;
-                    } else {
-                        writeln!(
-                            out,
-                            "  burst:      counted in the window of key {key:?}, not posted"
-                        )?;
-                    }
-                }
-                Ok(())
-            })();
-            if let Err(e) = result {
-                error = Some(e);
-            }
-        });
-        if let Some(e) = error {
-            return Err(e);
-        }
-        ring.push(line);
-        summary.lines += 1;
-        if shown {
-            summary.matched_lines += 1;
-            writeln!(out)?;
-        }
-    }
-    Ok(())
-}
-
-/// Writes the summaries of the windows still open when the input ends, the per-rule table
-/// and the line counts.
-pub fn write_summary(
-    config: &Config,
-    summary: &Summary,
-    timeline: &mut Timeline,
-    out: &mut dyn Write,
-) -> io::Result<()> {
-    let mut pending = Vec::new();
-    timeline.bursts.flush(&mut pending);
-    if !pending.is_empty() {
-        writeln!(
-            out,
-            "At the end of the input, open burst windows post their summaries:"
-        )?;
-        write_summaries(out, &pending, "end of input")?;
-        writeln!(out)?;
-    }
-    let width = config
-        .rules
-        .iter()
-        .map(|r| r.name.len())
-        .chain(["(no rule)".len()])
-        .max()
-        .unwrap_or(4);
-    writeln!(out, "{:<width$}  {:>8}", "rule", "hits")?;
-    for rule in &config.rules {
-        let hits = summary.hits.get(&rule.name).copied().unwrap_or(0);
-        writeln!(out, "{:<width$}  {hits:>8}", rule.name)?;
-    }
-    let unmatched = summary.lines - summary.matched_lines;
-    writeln!(out, "{:<width$}  {unmatched:>8}", "(no rule)")?;
-    writeln!(
-        out,
-        "\n{} lines read, {} matched by a rule, {} matched by no rule",
-        summary.lines, summary.matched_lines, unmatched
-    )
 }
 
 /// Drops a trailing `\n` and then a trailing `\r`.

@@ -128,6 +128,11 @@ impl WebhookUrl {
     pub fn expose_secret(&self) -> &str {
         self.secret.expose_secret()
     }
+
+    /// Whether two URLs are the same, secret included, without showing either.
+    pub fn same_as(&self, other: &Self) -> bool {
+        self.secret.expose_secret() == other.secret.expose_secret()
+    }
 }
 
 impl fmt::Debug for WebhookUrl {

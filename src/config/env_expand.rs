@@ -44,7 +44,7 @@ pub fn expand(value: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<St
                 None => (body, None),
             };
             // Variable names follow the same rule as template placeholders.
-            if !crate::template::is_identifier(name) {
+            if !crate::pipeline::template::is_identifier(name) {
                 return Err(ExpandError::BadName(body.to_owned()));
             }
             match (lookup(name), default) {

@@ -16,14 +16,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use globset::{GlobMatcher, GlobSet};
 use regex::bytes::Regex;
 
 pub use diagnostics::{Diagnostic, Location, Report, Severity};
 pub use env_expand::{ExpandError, expand};
 pub use raw::StartAt;
 
-use crate::template::Template;
+use crate::path_glob::PathGlob;
+use crate::pipeline::template::Template;
 use crate::webhook_url::WebhookUrl;
 
 /// Where `state_dir` points when the config does not say.
@@ -139,7 +139,8 @@ pub struct Webhook {
 pub struct FileSpec {
     /// The glob, made absolute against the config file's directory.
     pub pattern: String,
-    pub matcher: GlobMatcher,
+    /// `pattern`, compiled: discovery expands it, and paths are matched against it.
+    pub glob: PathGlob,
     pub start_at: StartAt,
     /// Longer lines are cut to this many bytes.
     pub max_line_bytes: usize,
@@ -213,7 +214,7 @@ pub struct Rule {
     pub message: Template,
     pub dedup: Option<Dedup>,
     /// Restricts the rule to files matching one of these globs; `None` means every file.
-    pub files: Option<GlobSet>,
+    pub files: Option<Vec<PathGlob>>,
     /// How many lines before a match its message shows (`{context}`).
     pub context_before: usize,
 }
@@ -221,7 +222,9 @@ pub struct Rule {
 impl Rule {
     /// Whether this rule applies to the file at `path`.
     pub fn applies_to(&self, path: &Path) -> bool {
-        self.files.as_ref().is_none_or(|set| set.is_match(path))
+        self.files
+            .as_ref()
+            .is_none_or(|globs| globs.iter().any(|g| g.is_match(path)))
     }
 }
 
@@ -260,15 +263,17 @@ pub struct Loaded {
 /// Reads and validates the config file at `path`, with the process environment and this
 /// machine's host name.
 pub fn load(path: &Path, url_policy: UrlPolicy) -> Result<Loaded, Report> {
-    let bytes = match std::fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(error) => {
-            let mut report = Report::new(path, "");
-            report.error(None, format!("cannot read the config file: {error}"));
-            return Err(report);
-        }
-    };
+    let bytes = read_source(path)?;
     load_source(path, &bytes, url_policy)
+}
+
+/// The config file's bytes, or a report saying why they cannot be read.
+pub fn read_source(path: &Path) -> Result<Vec<u8>, Report> {
+    std::fs::read(path).map_err(|error| {
+        let mut report = Report::new(path, "");
+        report.error(None, format!("cannot read the config file: {error}"));
+        report
+    })
 }
 
 /// Validates config bytes read from `path`, with the process's environment and host name.
@@ -390,8 +395,8 @@ mod tests {
         );
         assert!(
             loaded.config.files[0]
-                .matcher
-                .is_match("/etc/chattail/fixtures/webapp.log")
+                .glob
+                .is_match(Path::new("/etc/chattail/fixtures/webapp.log"))
         );
     }
 }

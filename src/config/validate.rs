@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use globset::{Glob, GlobBuilder, GlobSetBuilder};
 use regex::bytes::{Regex, RegexBuilder};
 use serde_saphyr::Spanned;
 
@@ -23,7 +22,8 @@ use super::{
     LoadOptions, Loaded, Location, MAX_CONTEXT_BEFORE, MAX_LINE_BYTES_RANGE, MULTILINE_PRESETS,
     Multiline, RULE_REGEX_SIZE_LIMIT, Report, Rule, Severity, UrlPolicy, Webhook, expand,
 };
-use crate::template::{BUILTINS, Template};
+use crate::path_glob::PathGlob;
+use crate::pipeline::template::{BUILTINS, Template};
 use crate::webhook_url::WebhookUrl;
 
 /// The longest dedup window accepted; longer ones are almost always a unit mistake.
@@ -214,11 +214,10 @@ impl Validator<'_> {
                     .as_ref()
                     .and_then(|m| self.multiline(m, i))
                     .map(Arc::new);
-                let pattern = self.glob_path(&file.path, &format!("files[{i}].path"))?;
-                let matcher = compile_glob(&pattern).ok()?.compile_matcher();
+                let glob = self.glob_path(&file.path, &format!("files[{i}].path"))?;
                 Some(super::FileSpec {
-                    pattern,
-                    matcher,
+                    pattern: glob.as_str().to_owned(),
+                    glob,
                     start_at: file.start_at.unwrap_or_default(),
                     max_line_bytes,
                     multiline,
@@ -321,20 +320,20 @@ impl Validator<'_> {
         self.absolute(&text)
     }
 
-    /// Expands and checks a glob, returning it made absolute.
-    fn glob_path(&mut self, value: &Spanned<String>, what: &str) -> Option<String> {
+    /// Expands, makes absolute and compiles a glob, with the engine discovery uses.
+    fn glob_path(&mut self, value: &Spanned<String>, what: &str) -> Option<PathGlob> {
         let text = self.expanded(value, what)?;
         if text.trim().is_empty() {
             self.report.error(loc(value), format!("{what} is empty"));
             return None;
         }
         let absolute = self.absolute(&text).to_string_lossy().into_owned();
-        match compile_glob(&absolute) {
-            Ok(_) => Some(absolute),
+        match PathGlob::new(&absolute) {
+            Ok(glob) => Some(glob),
             Err(error) => {
                 self.report.error(
                     loc(value),
-                    format!("{what}: `{text}` is not a valid glob: {}", error.kind()),
+                    format!("{what}: `{text}` is not a valid glob: {error}"),
                 );
                 None
             }
@@ -437,12 +436,12 @@ impl Validator<'_> {
                 );
                 return None;
             }
-            let mut builder = GlobSetBuilder::new();
-            for (i, glob) in globs.iter().enumerate() {
-                let pattern = self.glob_path(glob, &what(&format!("files[{i}]")))?;
-                builder.add(compile_glob(&pattern).ok()?);
-            }
-            builder.build().ok()
+            let compiled: Vec<Option<PathGlob>> = globs
+                .iter()
+                .enumerate()
+                .map(|(i, glob)| self.glob_path(glob, &what(&format!("files[{i}]"))))
+                .collect();
+            compiled.into_iter().collect::<Option<Vec<PathGlob>>>()
         });
 
         // Templates can only be checked against a pattern that compiled.
@@ -733,12 +732,6 @@ fn defined_webhooks(config: &RawConfig) -> String {
     } else {
         defined.join(", ")
     }
-}
-
-/// Compiles a glob the way paths are matched everywhere: `*` stays within one directory
-/// and `**` crosses directories.
-fn compile_glob(pattern: &str) -> Result<Glob, globset::Error> {
-    GlobBuilder::new(pattern).literal_separator(true).build()
 }
 
 /// Names of rules and webhooks end up in logs and metric labels, so they stay plain.

@@ -17,7 +17,6 @@
 //! No URL is ever logged: workers name webhooks, and the client strips URLs from errors.
 
 pub mod chat_client;
-pub mod thread_key;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -30,10 +29,10 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::config::{Config, Delivery};
-use crate::health::Health;
-use crate::metrics::{Metrics, reason_for_status};
-use crate::outbox::{Batch, Outbox};
-use crate::state::StateError;
+use crate::ops::health::Health;
+use crate::ops::metrics::{Metrics, reason_for_status};
+use crate::store::StoreError;
+use crate::store::outbox::{Batch, Outbox};
 use crate::webhook_url::WebhookUrl;
 use chat_client::{ChatClient, PostOutcome};
 
@@ -71,7 +70,7 @@ pub fn spawn_workers(
     wake: &WakeSignal,
     stop: &StopSignal,
     context: &WorkerContext,
-) -> Result<Vec<JoinHandle<()>>, StateError> {
+) -> Result<Vec<JoinHandle<()>>, StoreError> {
     // Webhooks grouped by space; a webhook whose URL names no space is its own group.
     let mut spaces: BTreeMap<String, (Vec<Target>, f64)> = BTreeMap::new();
     for w in &config.webhooks {
@@ -123,7 +122,7 @@ struct SpaceWorker {
     parked: HashMap<String, Instant>,
     context: WorkerContext,
     /// Dropped when the worker ends, also by a panic.
-    _running: crate::health::WorkerGuard,
+    _running: crate::ops::health::WorkerGuard,
 }
 
 impl SpaceWorker {
@@ -175,7 +174,7 @@ impl SpaceWorker {
             else {
                 continue;
             };
-            let chat_key = thread_key::chat_thread_key(&batch.thread_key);
+            let chat_key = crate::pipeline::thread_key::chat_thread_key(&batch.thread_key);
             // Chat counts requests as they arrive, so the pace runs from start to start.
             let sent_at = Instant::now();
             let outcome = tokio::select! {
@@ -338,7 +337,7 @@ fn retry_reason(reason: &str) -> &'static str {
 }
 
 fn log_delivered(webhook: &str, batch: &Batch) {
-    let age_ms = crate::state::unix_now_ms().saturating_sub(batch.oldest_ms);
+    let age_ms = crate::clock::unix_now_ms().saturating_sub(batch.oldest_ms);
     tracing::debug!(
         webhook,
         thread_key = %batch.thread_key,

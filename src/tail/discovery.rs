@@ -1,46 +1,9 @@
-//! Finding the files a glob names, and the directories worth watching for it.
+//! The directories worth watching for a glob, and the rotated siblings of a file.
+//! (Expanding a glob is [`PathGlob::expand`](crate::path_glob::PathGlob::expand).)
 
 use std::collections::HashSet;
 use std::fs;
-use std::path::{Component, Path, PathBuf};
-
-use glob::MatchOptions;
-
-const GLOB_OPTIONS: MatchOptions = MatchOptions {
-    case_sensitive: true,
-    // `*` stays within one directory; `**` crosses directories.
-    require_literal_separator: true,
-    require_literal_leading_dot: false,
-};
-
-/// The regular files (after following symlinks) that `pattern` names right now.
-/// Unreadable directories are skipped: they may become readable later.
-pub fn expand(pattern: &str) -> Vec<PathBuf> {
-    let Ok(paths) = glob::glob_with(pattern, GLOB_OPTIONS) else {
-        // The config validated the pattern; a failure here means nothing can match.
-        return Vec::new();
-    };
-    paths
-        .filter_map(Result::ok)
-        .filter(|p| fs::metadata(p).is_ok_and(|m| m.is_file()))
-        .collect()
-}
-
-/// The directory part of `pattern` before its first glob character.
-pub fn base_dir(pattern: &str) -> PathBuf {
-    let mut base = PathBuf::new();
-    let path = Path::new(pattern);
-    let components: Vec<Component<'_>> = path.components().collect();
-    for (i, component) in components.iter().enumerate() {
-        let text = component.as_os_str().to_string_lossy();
-        let is_last = i + 1 == components.len();
-        if is_last || text.contains(['*', '?', '[', '{']) {
-            break;
-        }
-        base.push(component);
-    }
-    base
-}
+use std::path::{Path, PathBuf};
 
 /// `dir` if it exists, otherwise its closest existing ancestor. Watching that ancestor
 /// notices when the missing directories are created.
@@ -48,16 +11,16 @@ pub fn nearest_existing(dir: &Path) -> Option<PathBuf> {
     dir.ancestors().find(|d| d.is_dir()).map(Path::to_path_buf)
 }
 
-/// Directories to watch so that writes to `paths` and new files for `patterns` wake
-/// the tailer: each file's parent (and its symlink target's parent) and each pattern's
-/// base directory.
+/// Directories to watch so that writes to `paths` and new files for the globs wake the
+/// tailer: each file's parent (and its symlink target's parent) and each glob's base
+/// directory (`bases`).
 pub fn watch_dirs<'a>(
-    patterns: impl Iterator<Item = &'a str>,
+    bases: impl Iterator<Item = &'a Path>,
     paths: impl Iterator<Item = &'a Path>,
 ) -> HashSet<PathBuf> {
     let mut dirs = HashSet::new();
-    for pattern in patterns {
-        if let Some(dir) = nearest_existing(&base_dir(pattern)) {
+    for base in bases {
+        if let Some(dir) = nearest_existing(base) {
             dirs.insert(dir);
         }
     }
@@ -110,17 +73,6 @@ pub fn rotation_order(path: &Path, base: &str) -> RotationOrder {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base_dir_stops_at_the_first_glob() {
-        assert_eq!(
-            base_dir("/var/log/app/*.log"),
-            PathBuf::from("/var/log/app")
-        );
-        assert_eq!(base_dir("/var/log/**/x.log"), PathBuf::from("/var/log"));
-        assert_eq!(base_dir("/var/log/app.log"), PathBuf::from("/var/log"));
-        assert_eq!(base_dir("/srv/*/logs/*.log"), PathBuf::from("/srv"));
-    }
 
     #[test]
     fn rotation_order_is_oldest_first() {

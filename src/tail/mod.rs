@@ -25,6 +25,7 @@
 //! if it still sits in the same directory, uncompressed.
 
 pub mod discovery;
+pub mod events;
 pub mod line_splitter;
 mod wakeups;
 
@@ -33,9 +34,12 @@ use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::config::{Config, StartAt};
+pub use events::{NoEvents, Rotation, TailEvents};
+
+use crate::path_glob::PathGlob;
 use line_splitter::{LineSplitter, SplitLine};
 use wakeups::Wakeups;
 
@@ -86,10 +90,20 @@ pub enum Checkpoint {
     Forget(FileKey),
 }
 
+/// Where a file is read from when it is seen for the first time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartAt {
+    Beginning,
+    /// Only what is written from now on (for files present when a glob is first
+    /// followed; files that appear later are read from their start).
+    #[default]
+    End,
+}
+
 /// One glob to follow, with its settings.
 #[derive(Debug, Clone)]
 pub struct WatchSpec {
-    pub pattern: String,
+    pub glob: PathGlob,
     pub start_at: StartAt,
     pub max_line_bytes: usize,
 }
@@ -113,23 +127,6 @@ pub struct TailOptions {
     /// After a file event, how long to gather further events before reading: the
     /// latency traded for far fewer polls when many files are written at once.
     pub coalesce: Duration,
-}
-
-impl TailOptions {
-    pub fn from_config(config: &Config) -> Self {
-        Self {
-            specs: config
-                .files
-                .iter()
-                .map(|f| WatchSpec {
-                    pattern: f.pattern.clone(),
-                    start_at: f.start_at,
-                    max_line_bytes: f.max_line_bytes,
-                })
-                .collect(),
-            ..Self::default()
-        }
-    }
 }
 
 impl Default for TailOptions {
@@ -167,21 +164,6 @@ impl<F: FnMut(&LineOrigin<'_>, &[u8])> LineSink for F {
     fn line(&mut self, origin: &LineOrigin<'_>, line: &[u8]) {
         self(origin, line);
     }
-}
-
-/// Counters of what the tailer did, for metrics.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TailStats {
-    pub files_added: u64,
-    pub files_released: u64,
-    pub rotations: u64,
-    pub truncations: u64,
-    pub lines_read: u64,
-    pub bytes_read: u64,
-    pub lines_cut: u64,
-    pub copies_recovered: u64,
-    pub open_errors: u64,
-    pub read_errors: u64,
 }
 
 /// One file being followed.
@@ -251,14 +233,14 @@ pub struct Tailer {
     /// Copies left by copytruncate whose lines were recovered.
     consumed_copies: HashSet<FileKey>,
     checkpoints: Vec<Checkpoint>,
-    stats: TailStats,
+    events: Arc<dyn TailEvents>,
     buf: Vec<u8>,
 }
 
 impl Tailer {
-    /// A tailer that resumes from `saved` (the state store's rows). No file is touched
-    /// until the first [`poll`](Self::poll).
-    pub fn new(options: TailOptions, saved: Vec<SavedFile>) -> Self {
+    /// A tailer that resumes from `saved` (the positions its checkpoints recorded) and
+    /// reports to `events`. No file is touched until the first [`poll`](Self::poll).
+    pub fn new(options: TailOptions, saved: Vec<SavedFile>, events: Arc<dyn TailEvents>) -> Self {
         let wakeups = if options.use_events {
             Wakeups::new()
         } else {
@@ -280,13 +262,9 @@ impl Tailer {
             dir_snapshot: HashMap::new(),
             consumed_copies: HashSet::new(),
             checkpoints: Vec::new(),
-            stats: TailStats::default(),
+            events,
             buf: vec![0; CHUNK],
         }
-    }
-
-    pub fn stats(&self) -> &TailStats {
-        &self.stats
     }
 
     /// The paths followed right now, rotated files included.
@@ -447,7 +425,7 @@ impl Tailer {
             let metadata = match f.file.metadata() {
                 Ok(m) => m,
                 Err(error) => {
-                    self.stats.read_errors += 1;
+                    self.events.read_failed(f.spec);
                     tracing::warn!(path = %f.path.display(), %error, "Cannot stat a followed file.");
                     continue;
                 }
@@ -481,8 +459,8 @@ impl Tailer {
 
     /// Handles a file whose content was cut or replaced in place (copytruncate).
     fn truncated(&mut self, key: FileKey, sink: &mut dyn LineSink) {
-        self.stats.truncations += 1;
         let copy = self.files.get(&key).and_then(|f| {
+            self.events.rotated(f.spec, Rotation::Truncated);
             tracing::warn!(path = %f.path.display(), offset = f.offset, "File truncated; reading it again from its start.");
             find_copy(&f.path, &f.prefix, f.offset, &self.files)
         });
@@ -492,7 +470,7 @@ impl Tailer {
         // Lines written after our last read and before the truncation live on in the
         // copy that copytruncate made, if it is next to the file.
         if let Some((copy_path, copy)) = copy {
-            self.stats.copies_recovered += 1;
+            self.events.copy_recovered(f.spec);
             // Remember the copy as read, in the state too: after a restart, or when a glob
             // also matches rotated names, it must not be read again as a new file.
             if let Ok(m) = copy.metadata() {
@@ -517,16 +495,16 @@ impl Tailer {
                     Ok(0) => break,
                     Ok(n) => n,
                     Err(error) => {
-                        self.stats.read_errors += 1;
+                        self.events.read_failed(f.spec);
                         tracing::warn!(copy = %copy_path.display(), %error, "Cannot read the copy.");
                         break;
                     }
                 };
                 offset += n as u64;
-                emit_lines(f, &self.buf[..n], sink, &mut self.stats);
+                emit_lines(f, &self.buf[..n], sink, &*self.events);
             }
         }
-        flush_lines(f, sink, &mut self.stats);
+        flush_lines(f, sink, &*self.events);
         f.offset = 0;
         f.prefix.clear();
         f.splitter.reset();
@@ -539,7 +517,7 @@ impl Tailer {
         let mut found: Vec<(PathBuf, usize, fs::Metadata)> = Vec::new();
         let mut seen_paths = HashSet::new();
         for (spec_index, spec) in self.options.specs.iter().enumerate() {
-            for path in discovery::expand(&spec.pattern) {
+            for path in spec.glob.expand() {
                 if !seen_paths.insert(path.clone()) {
                     continue;
                 }
@@ -567,7 +545,7 @@ impl Tailer {
             let Some(f) = self.files.get_mut(&key) else {
                 continue;
             };
-            self.stats.rotations += 1;
+            self.events.rotated(f.spec, Rotation::Renamed);
             tracing::info!(path = %f.path.display(), "File rotated away; reading it to its end.");
             f.rotated_at = Some(Instant::now());
             f.last_growth = Instant::now();
@@ -597,7 +575,7 @@ impl Tailer {
                     self.missed_rotations(&path, &found_keys, Siblings::NewSince(&before))
                 {
                     tracing::info!(path = %sibling.display(), "Found a file rotated between two scans; reading it.");
-                    self.stats.rotations += 1;
+                    self.events.rotated(spec, Rotation::Renamed);
                     self.follow(path.clone(), Some(sibling), spec, &metadata, true);
                 }
             }
@@ -701,7 +679,7 @@ impl Tailer {
             self.options
                 .specs
                 .iter()
-                .filter_map(|s| discovery::nearest_existing(&discovery::base_dir(&s.pattern))),
+                .filter_map(|s| discovery::nearest_existing(s.glob.base_dir())),
         );
         self.dir_snapshot.clear();
         for dir in dirs {
@@ -779,8 +757,8 @@ impl Tailer {
         } in located
         {
             tracing::info!(path = %saved.path.display(), rotated = %rotated.display(), "File was rotated while chattail was down; finishing it.");
-            self.stats.rotations += 1;
             let spec = self.spec_for(&saved.path);
+            self.events.rotated(spec, Rotation::Renamed);
             self.follow(saved.path.clone(), Some(rotated), spec, &metadata, true);
             newest.insert(saved.path.clone(), (modified, spec));
         }
@@ -792,7 +770,7 @@ impl Tailer {
                 self.missed_rotations(&path, found, Siblings::ModifiedSince(modified))
             {
                 tracing::info!(path = %sibling.display(), "Found another file rotated while chattail was down; reading it.");
-                self.stats.rotations += 1;
+                self.events.rotated(spec, Rotation::Renamed);
                 self.follow(path.clone(), Some(sibling), spec, &metadata, true);
             }
         }
@@ -803,7 +781,7 @@ impl Tailer {
         self.options
             .specs
             .iter()
-            .position(|spec| glob::Pattern::new(&spec.pattern).is_ok_and(|p| p.matches_path(path)))
+            .position(|spec| spec.glob.is_match(path))
             .unwrap_or(0)
     }
 
@@ -821,7 +799,7 @@ impl Tailer {
         let file = match File::open(&open_path) {
             Ok(file) => file,
             Err(error) => {
-                self.stats.open_errors += 1;
+                self.events.open_failed(spec);
                 if self.open_failed.insert(path.clone()) {
                     tracing::warn!(path = %open_path.display(), %error, "Cannot open a log file; retrying at every scan.");
                 }
@@ -841,7 +819,7 @@ impl Tailer {
             .options
             .specs
             .get(spec)
-            .filter(|s| !self.running_patterns.contains(&s.pattern))
+            .filter(|s| !self.running_patterns.contains(s.glob.as_str()))
             .map_or(StartAt::Beginning, |s| s.start_at);
         let saved = self.saved.remove(&key);
         // Set when the saved first bytes are not the file's any more: the next sweep must
@@ -881,7 +859,7 @@ impl Tailer {
             LineSplitter::new(max_line)
         };
         tracing::info!(path = %path.display(), offset, how, "Following a file.");
-        self.stats.files_added += 1;
+        self.events.file_followed(spec);
         let now = Instant::now();
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -948,7 +926,7 @@ impl Tailer {
                 Ok(n) => n,
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
                 Err(error) => {
-                    self.stats.read_errors += 1;
+                    self.events.read_failed(f.spec);
                     tracing::warn!(path = %f.path.display(), %error, "Cannot read a followed file.");
                     return ReadOutcome::Drained;
                 }
@@ -966,8 +944,7 @@ impl Tailer {
             f.offset += n as u64;
             f.dirty = true;
             f.last_growth = Instant::now();
-            self.stats.bytes_read += n as u64;
-            emit_lines(f, chunk, sink, &mut self.stats);
+            emit_lines(f, chunk, sink, &*self.events);
             total += n;
             if total >= self.options.read_budget {
                 f.wants_read = true;
@@ -996,13 +973,13 @@ impl Tailer {
             let Some(mut f) = self.files.remove(&key) else {
                 continue;
             };
-            flush_lines(&mut f, sink, &mut self.stats);
+            flush_lines(&mut f, sink, &*self.events);
             let mut saved = f.checkpoint();
             saved.released = true;
             self.checkpoints.push(Checkpoint::Progress(saved.clone()));
             self.checkpoints.push(Checkpoint::Released(key));
             self.saved.insert(key, saved);
-            self.stats.files_released += 1;
+            self.events.file_released(f.spec);
             tracing::info!(path = %f.path.display(), offset = f.offset, "Released a file that was rotated away or deleted.");
         }
     }
@@ -1012,7 +989,7 @@ impl Tailer {
             return;
         };
         let dirs = discovery::watch_dirs(
-            self.options.specs.iter().map(|s| s.pattern.as_str()),
+            self.options.specs.iter().map(|s| s.glob.base_dir()),
             self.files.values().map(|f| f.path.as_path()),
         );
         w.sync(&dirs);
@@ -1048,13 +1025,15 @@ enum Siblings<'a> {
 }
 
 /// Hands the lines completed by `chunk` to `sink`.
-fn emit_lines(f: &mut Followed, chunk: &[u8], sink: &mut dyn LineSink, stats: &mut TailStats) {
+fn emit_lines(f: &mut Followed, chunk: &[u8], sink: &mut dyn LineSink, events: &dyn TailEvents) {
     let (path, key, spec) = (&f.path, f.key, f.spec);
     let cut_logged = &mut f.cut_logged;
+    let (mut lines, mut bytes) = (0u64, 0u64);
     f.splitter.push(chunk, &mut |line: SplitLine<'_>| {
-        stats.lines_read += 1;
+        lines += 1;
+        bytes += line.bytes.len() as u64 + 1;
         if line.cut {
-            stats.lines_cut += 1;
+            events.line_cut(spec);
             if !*cut_logged {
                 *cut_logged = true;
                 tracing::warn!(path = %path.display(), kept = line.bytes.len(), "Line longer than max_line_bytes; it was cut (further cuts in this file are only counted).");
@@ -1062,13 +1041,16 @@ fn emit_lines(f: &mut Followed, chunk: &[u8], sink: &mut dyn LineSink, stats: &m
         }
         sink.line(&LineOrigin { path, key, spec, cut: line.cut }, line.bytes);
     });
+    if lines > 0 {
+        events.lines_read(spec, lines, bytes);
+    }
 }
 
 /// Hands out an unfinished last line.
-fn flush_lines(f: &mut Followed, sink: &mut dyn LineSink, stats: &mut TailStats) {
+fn flush_lines(f: &mut Followed, sink: &mut dyn LineSink, events: &dyn TailEvents) {
     let (path, key, spec) = (&f.path, f.key, f.spec);
     f.splitter.flush(&mut |line: SplitLine<'_>| {
-        stats.lines_read += 1;
+        events.lines_read(spec, 1, line.bytes.len() as u64);
         sink.line(
             &LineOrigin {
                 path,

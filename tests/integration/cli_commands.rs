@@ -213,7 +213,7 @@ fn run_refuses_a_config_whose_webhook_variable_is_unset() {
 #[test]
 fn a_second_agent_on_the_same_state_dir_gets_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let _held = chattail::state::StateStore::open(dir.path()).unwrap();
+    let _held = chattail::store::Store::open(dir.path()).unwrap();
     let out = chattail(
         &["run", "--config", "rules.example.yaml", "--once"],
         &[

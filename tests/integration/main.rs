@@ -6,6 +6,7 @@ mod agent_support;
 mod check_diagnostics;
 mod cli_commands;
 mod mock_chat;
+mod module_edges;
 mod operating;
 mod rendered_messages;
 mod support;

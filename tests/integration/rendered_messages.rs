@@ -3,8 +3,8 @@
 use std::io::BufReader;
 
 use chattail::config::UrlPolicy;
-use chattail::rule_test::{self, Clock, Summary, Timeline};
-use chattail::rules::{Notification, RuleSet, Source};
+use chattail::pipeline::{Notification, RuleSet, Source};
+use chattail::rule_test::{Clock, RuleTest};
 
 use crate::support::{load_fixture, repo};
 
@@ -28,25 +28,14 @@ fn notifications(input: &[u8]) -> Vec<Notification> {
 #[test]
 fn example_rules_over_the_sample_logs() {
     let loaded = load_fixture("rules.example.yaml", UrlPolicy::Required).unwrap();
-    let config = loaded.config;
-    let rules = RuleSet::all(&config).unwrap();
+    let mut test = RuleTest::new(std::sync::Arc::new(loaded.config), Clock::Rfc3339);
     let mut out = Vec::new();
-    let mut summary = Summary::default();
-    let mut timeline = Timeline::new(Clock::Rfc3339);
     for name in ["fixtures/webapp.log", "fixtures/kern.log"] {
         let file = std::fs::File::open(repo().join(name)).unwrap();
-        rule_test::test_input(
-            &config,
-            &rules,
-            name,
-            &mut BufReader::new(file),
-            &mut out,
-            &mut summary,
-            &mut timeline,
-        )
-        .unwrap();
+        test.input(name, &mut BufReader::new(file), &mut out)
+            .unwrap();
     }
-    rule_test::write_summary(&config, &summary, &mut timeline, &mut out).unwrap();
+    let summary = test.finish(&mut out).unwrap();
     assert_eq!(summary.lines, 406);
     assert_eq!(summary.hits["http-5xx"], 9, "the /healthz 503 is excluded");
     assert_eq!(summary.hits["oom-kill"], 2);

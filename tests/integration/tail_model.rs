@@ -9,7 +9,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use chattail::config::StartAt;
+use chattail::tail::StartAt;
 use proptest::prelude::*;
 
 use crate::tail_support::{DEADLINE, Harness, open_append};

@@ -7,11 +7,61 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use chattail::config::StartAt;
-use chattail::state::StateStore;
-use chattail::tail::{LineOrigin, TailOptions, Tailer, WatchSpec};
+use chattail::agent::state_rows::{commit_checkpoints, saved_files};
+use chattail::path_glob::PathGlob;
+use chattail::store::Store;
+use chattail::tail::{LineOrigin, Rotation, StartAt, TailEvents, TailOptions, Tailer, WatchSpec};
+
+/// The tailer's events, counted (since the harness was made, across restarts).
+#[derive(Debug, Default)]
+pub struct EventCounts {
+    renames: AtomicU64,
+    truncations: AtomicU64,
+    copies_recovered: AtomicU64,
+    lines_cut: AtomicU64,
+    files_released: AtomicU64,
+}
+
+impl EventCounts {
+    pub fn renames(&self) -> u64 {
+        self.renames.load(Ordering::Relaxed)
+    }
+    pub fn truncations(&self) -> u64 {
+        self.truncations.load(Ordering::Relaxed)
+    }
+    pub fn copies_recovered(&self) -> u64 {
+        self.copies_recovered.load(Ordering::Relaxed)
+    }
+    pub fn lines_cut(&self) -> u64 {
+        self.lines_cut.load(Ordering::Relaxed)
+    }
+    pub fn files_released(&self) -> u64 {
+        self.files_released.load(Ordering::Relaxed)
+    }
+}
+
+impl TailEvents for EventCounts {
+    fn rotated(&self, _spec: usize, kind: Rotation) {
+        match kind {
+            Rotation::Renamed => &self.renames,
+            Rotation::Truncated => &self.truncations,
+        }
+        .fetch_add(1, Ordering::Relaxed);
+    }
+    fn copy_recovered(&self, _spec: usize) {
+        self.copies_recovered.fetch_add(1, Ordering::Relaxed);
+    }
+    fn line_cut(&self, _spec: usize) {
+        self.lines_cut.fetch_add(1, Ordering::Relaxed);
+    }
+    fn file_released(&self, _spec: usize) {
+        self.files_released.fetch_add(1, Ordering::Relaxed);
+    }
+}
 
 /// How long any wait in these tests may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(20);
@@ -19,7 +69,8 @@ pub const DEADLINE: Duration = Duration::from_secs(20);
 pub struct Harness {
     pub dir: tempfile::TempDir,
     pub options: TailOptions,
-    store: Option<StateStore>,
+    pub events: Arc<EventCounts>,
+    store: Option<Store>,
     tailer: Option<Tailer>,
     /// Lines read but not yet committed.
     pending: Vec<(PathBuf, Vec<u8>, bool)>,
@@ -35,7 +86,7 @@ impl Harness {
         let dir = tempfile::tempdir().unwrap();
         let options = TailOptions {
             specs: vec![WatchSpec {
-                pattern: dir.path().join(pattern).to_string_lossy().into_owned(),
+                glob: PathGlob::new(&dir.path().join(pattern).to_string_lossy()).unwrap(),
                 start_at,
                 max_line_bytes: 64 * 1024,
             }],
@@ -49,6 +100,7 @@ impl Harness {
         let mut h = Self {
             dir,
             options,
+            events: Arc::default(),
             store: None,
             tailer: None,
             pending: Vec::new(),
@@ -69,9 +121,10 @@ impl Harness {
 
     /// Starts the tailer from the saved state.
     pub fn start(&mut self) {
-        let store = StateStore::open(&self.state_dir()).unwrap();
-        let saved = store.saved_files().unwrap();
-        self.tailer = Some(Tailer::new(self.options.clone(), saved));
+        let store = Store::open(&self.state_dir()).unwrap();
+        let saved = saved_files(&store).unwrap();
+        let events: Arc<dyn TailEvents> = self.events.clone();
+        self.tailer = Some(Tailer::new(self.options.clone(), saved, events));
         self.store = Some(store);
     }
 
@@ -118,11 +171,7 @@ impl Harness {
             pending.push((o.path.to_path_buf(), l.to_vec(), o.cut))
         });
         let checkpoints = t.take_checkpoints();
-        self.store
-            .as_mut()
-            .unwrap()
-            .commit_checkpoints(&checkpoints)
-            .unwrap();
+        commit_checkpoints(self.store.as_mut().unwrap(), &checkpoints).unwrap();
         self.committed.append(&mut self.pending);
         more
     }

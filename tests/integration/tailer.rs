@@ -4,8 +4,9 @@
 use std::fs;
 use std::io::Write;
 
-use chattail::config::StartAt;
-use chattail::state::{StateError, StateStore};
+use chattail::agent::state_rows::{commit_checkpoints, saved_files};
+use chattail::store::{Store, StoreError};
+use chattail::tail::StartAt;
 
 use crate::tail_support::{Harness, append, open_append, rename, write_lines};
 
@@ -36,7 +37,7 @@ fn rename_and_create_rotation_reads_the_old_file_to_its_end_then_the_new_one() {
     expected.extend(write_lines(&mut new, "new", 0..50));
     h.settle();
     assert_eq!(h.lines_text(), expected);
-    assert_eq!(h.tailer().stats().rotations, 1);
+    assert_eq!(h.events.renames(), 1);
 }
 
 #[test]
@@ -53,8 +54,8 @@ fn copytruncate_restarts_at_zero_and_recovers_unread_lines_from_the_copy() {
     expected.extend(write_lines(&mut f, "after", 0..30));
     h.settle();
     assert_eq!(h.lines_text(), expected);
-    assert_eq!(h.tailer().stats().truncations, 1);
-    assert_eq!(h.tailer().stats().copies_recovered, 1);
+    assert_eq!(h.events.truncations(), 1);
+    assert_eq!(h.events.copies_recovered(), 1);
 }
 
 #[test]
@@ -193,25 +194,20 @@ fn a_reused_inode_with_other_content_is_read_from_the_start() {
     h.stop();
     // Replace the file and forge a saved row claiming the new file's inode with the old
     // file's first bytes, as if the filesystem had reused the inode.
-    let old_rows = StateStore::open(&h.path("state"))
-        .unwrap()
-        .saved_files()
-        .unwrap();
+    let old_rows = saved_files(&Store::open(&h.path("state")).unwrap()).unwrap();
     fs::remove_file(&path).unwrap();
     append(&path, b"brand new file\n");
     let meta = fs::metadata(&path).unwrap();
     {
         use std::os::unix::fs::MetadataExt;
-        let mut store = StateStore::open(&h.path("state")).unwrap();
+        let mut store = Store::open(&h.path("state")).unwrap();
         let mut row = old_rows[0].clone();
         row.key = chattail::tail::FileKey {
             dev: meta.dev(),
             ino: meta.ino(),
         };
         row.offset = 10;
-        store
-            .commit_checkpoints(&[chattail::tail::Checkpoint::Progress(row)])
-            .unwrap();
+        commit_checkpoints(&mut store, &[chattail::tail::Checkpoint::Progress(row)]).unwrap();
     }
     h.start();
     h.settle();
@@ -232,7 +228,7 @@ fn a_huge_line_without_newline_is_cut_and_the_file_keeps_flowing() {
     assert_eq!(lines[0].1.len(), 64 * 1024);
     assert!(lines[0].2, "the first line is marked cut");
     assert_eq!(h.lines_text()[1..], ["normal 1", "normal 2"]);
-    assert_eq!(h.tailer().stats().lines_cut, 1);
+    assert_eq!(h.events.lines_cut(), 1);
 }
 
 #[test]
@@ -334,15 +330,15 @@ fn files_that_disappear_are_released() {
     fs::remove_file(&path).unwrap();
     h.settle();
     assert!(h.tailer().followed_paths().is_empty());
-    assert_eq!(h.tailer().stats().files_released, 1);
+    assert_eq!(h.events.files_released(), 1);
 }
 
 #[test]
 fn a_second_agent_on_the_same_state_dir_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let _first = StateStore::open(dir.path()).unwrap();
-    let second = StateStore::open(dir.path());
-    assert!(matches!(second, Err(StateError::Locked { .. })));
+    let _first = Store::open(dir.path()).unwrap();
+    let second = Store::open(dir.path());
+    assert!(matches!(second, Err(StoreError::Locked { .. })));
     let message = second.unwrap_err().to_string();
     assert!(
         message.contains("another chattail is already using the state directory"),

@@ -16,9 +16,9 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use tokio::net::TcpListener;
 
-use crate::health::Health;
-use crate::metrics::Metrics;
-use crate::outbox::Outbox;
+use crate::ops::health::Health;
+use crate::ops::metrics::Metrics;
+use crate::store::outbox::Outbox;
 
 #[derive(Clone)]
 struct Admin {
@@ -90,7 +90,10 @@ async fn metrics_page(State(admin): State<Admin>) -> impl IntoResponse {
     // The outbox query is a blocking SQLite read; keep it off the async threads.
     let _ = tokio::task::spawn_blocking(move || refresh.refresh_outbox_gauges()).await;
     let text = Metrics::encode(&admin.registry);
-    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text)
+    (
+        [(header::CONTENT_TYPE, crate::ops::metrics::CONTENT_TYPE)],
+        text,
+    )
 }
 
 async fn healthz(State(admin): State<Admin>) -> impl IntoResponse {
@@ -134,7 +137,7 @@ impl Admin {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
-        let now_ms = crate::state::unix_now_ms();
+        let now_ms = crate::clock::unix_now_ms();
         for name in webhooks {
             match outbox.depth(&name) {
                 Ok((queued, oldest)) => {

@@ -77,7 +77,7 @@ pub enum Escape {
     /// Values are copied as they are (thread keys, dedup keys).
     None,
     /// Values are neutralised for Chat text: they cannot close a code block or mention
-    /// everyone (see [`crate::chat_text::neutralise_into`]).
+    /// everyone (see [`crate::pipeline::chat_text::neutralise_into`]).
     ChatText,
 }
 
@@ -190,7 +190,7 @@ impl Template {
             };
             match escape {
                 Escape::None => out.push_str(&value),
-                Escape::ChatText => crate::chat_text::neutralise_into(&value, out),
+                Escape::ChatText => crate::pipeline::chat_text::neutralise_into(&value, out),
             }
         }
     }

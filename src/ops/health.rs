@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 
-use crate::state::unix_now_ms;
+use crate::clock::unix_now_ms;
 
 /// The run loop must go round at least this often to count as working. It normally goes
 /// round every 250 ms; a write waits at most SQLite's busy timeout (5 s) before it fails

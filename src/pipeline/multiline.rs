@@ -13,12 +13,12 @@ use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 
 use crate::config::Multiline;
-use crate::tail::FileKey;
+use crate::pipeline::{FileId, Origin};
 
 /// An event that is being assembled, or is complete.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
-    pub key: FileKey,
+    pub key: FileId,
     pub path: PathBuf,
     /// The `files` entry the file was found by (for its multiline settings).
     pub spec: usize,
@@ -29,15 +29,17 @@ pub struct Event {
     pub cut_lines: usize,
     /// When its last line arrived (unix milliseconds).
     pub last_ms: i64,
+    /// The caller's numbers of its first and last line ([`Origin::number`]); not
+    /// persisted (the agent numbers nothing).
+    pub first_number: u64,
+    pub last_number: u64,
 }
 
 /// The pending events of all files.
 #[derive(Debug, Default)]
 pub struct Assembler {
-    pending: HashMap<FileKey, Event>,
-    changed: HashSet<FileKey>,
-    /// Lines cut from events over `max_lines`, for metrics.
-    pub lines_cut: u64,
+    pending: HashMap<FileId, Event>,
+    changed: HashSet<FileId>,
 }
 
 impl Assembler {
@@ -50,17 +52,16 @@ impl Assembler {
     }
 
     /// A line of a file whose entry has `settings`. Completed events go to `out`.
-    #[allow(clippy::too_many_arguments)]
+    /// Returns whether the line was cut (the event had `max_lines` already).
     pub fn push(
         &mut self,
         settings: &Multiline,
-        key: FileKey,
-        path: &std::path::Path,
-        spec: usize,
+        origin: &Origin<'_>,
         line: &[u8],
         now_ms: i64,
         out: &mut Vec<Event>,
-    ) {
+    ) -> bool {
+        let key = origin.id;
         self.changed.insert(key);
         if settings.starts_event(line) {
             if let Some(done) = self.pending.remove(&key) {
@@ -68,29 +69,32 @@ impl Assembler {
             }
         } else if let Some(event) = self.pending.get_mut(&key) {
             event.last_ms = now_ms;
+            event.last_number = origin.number;
             if event.lines >= settings.max_lines {
                 event.cut_lines += 1;
-                self.lines_cut += 1;
-            } else {
-                event.bytes.push(b'\n');
-                event.bytes.extend_from_slice(line);
-                event.lines += 1;
+                return true;
             }
-            return;
+            event.bytes.push(b'\n');
+            event.bytes.extend_from_slice(line);
+            event.lines += 1;
+            return false;
         }
         // A start line, or a continuation with nothing to continue: a new event.
         self.pending.insert(
             key,
             Event {
                 key,
-                path: path.to_path_buf(),
-                spec,
+                path: origin.path.to_path_buf(),
+                spec: origin.spec,
                 bytes: line.to_vec(),
                 lines: 1,
                 cut_lines: 0,
                 last_ms: now_ms,
+                first_number: origin.number,
+                last_number: origin.number,
             },
         );
+        false
     }
 
     /// Completes the events that had no new line for their file's timeout
@@ -101,7 +105,7 @@ impl Assembler {
         timeout_of: impl Fn(&Event) -> Option<std::time::Duration>,
         out: &mut Vec<Event>,
     ) {
-        let due: Vec<FileKey> = self
+        let due: Vec<FileId> = self
             .pending
             .values()
             .filter(|e| match timeout_of(e) {
@@ -136,7 +140,7 @@ impl Assembler {
     }
 
     /// The pending events that changed since the last call (`None`: it completed).
-    pub fn take_changes(&mut self) -> Vec<(FileKey, Option<Event>)> {
+    pub fn take_changes(&mut self) -> Vec<(FileId, Option<Event>)> {
         self.changed
             .drain()
             .map(|k| (k, self.pending.get(&k).cloned()))
@@ -169,20 +173,20 @@ mod tests {
         }
     }
 
+    fn origin() -> Origin<'static> {
+        Origin {
+            id: FileId { dev: 1, ino: 2 },
+            path: Path::new("/x.log"),
+            spec: 0,
+            number: 0,
+        }
+    }
+
     fn assemble(settings: &Multiline, text: &str) -> Vec<String> {
-        let key = FileKey { dev: 1, ino: 2 };
         let mut a = Assembler::default();
         let mut out = Vec::new();
         for line in text.lines() {
-            a.push(
-                settings,
-                key,
-                Path::new("/x.log"),
-                0,
-                line.as_bytes(),
-                0,
-                &mut out,
-            );
+            a.push(settings, &origin(), line.as_bytes(), 0, &mut out);
         }
         a.expire(10_000, |_| Some(settings.timeout), &mut out);
         out.iter()
@@ -224,20 +228,13 @@ mod tests {
     #[test]
     fn events_are_cut_at_max_lines_and_complete_after_the_timeout() {
         let settings = preset("java", 3);
-        let key = FileKey { dev: 1, ino: 2 };
         let mut a = Assembler::default();
         let mut out = Vec::new();
-        for line in ["start", "\tat a", "\tat b", "\tat c", "\tat d"] {
-            a.push(
-                &settings,
-                key,
-                Path::new("/x.log"),
-                0,
-                line.as_bytes(),
-                100,
-                &mut out,
-            );
-        }
+        let cut: Vec<bool> = ["start", "\tat a", "\tat b", "\tat c", "\tat d"]
+            .iter()
+            .map(|line| a.push(&settings, &origin(), line.as_bytes(), 100, &mut out))
+            .collect();
+        assert_eq!(cut, [false, false, false, true, true]);
         a.expire(1_099, |_| Some(settings.timeout), &mut out);
         assert!(out.is_empty(), "still within the timeout");
         a.expire(1_100, |_| Some(settings.timeout), &mut out);

@@ -16,9 +16,9 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use crate::chat_text;
 use crate::config::Dedup;
-use crate::rules::Notification;
+use crate::pipeline::chat_text;
+use crate::pipeline::rules::Notification;
 
 /// One open window.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,10 +48,15 @@ pub struct Bursts {
     next_seq: u64,
     changed: HashSet<WindowId>,
     removed: HashSet<WindowId>,
-    /// Windows closed early because their rule had `max_keys` windows.
-    pub evictions: u64,
-    /// Occurrences counted instead of posted.
-    pub suppressed: u64,
+}
+
+/// What [`Bursts::observe`] did with an occurrence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Observed {
+    /// It opened a window and was queued (last); otherwise it was counted.
+    pub posted: bool,
+    /// Opening its window closed the rule's least recently seen one (`max_keys`).
+    pub evicted: bool,
 }
 
 impl Bursts {
@@ -99,8 +104,8 @@ impl Bursts {
     }
 
     /// An occurrence of `n` (a hit of a rule with `dedup`) at `now_ms`. Queues into `out`
-    /// what must be posted: the occurrence itself when it opens a window, and the summary
-    /// of a window it closes or evicts.
+    /// what must be posted: the summary of a window it closes or evicts, then the
+    /// occurrence itself when it opens a window.
     pub fn observe(
         &mut self,
         dedup: &Dedup,
@@ -108,7 +113,7 @@ impl Bursts {
         line: &[u8],
         now_ms: i64,
         out: &mut Vec<Notification>,
-    ) {
+    ) -> Observed {
         let key = n.dedup_key.clone().unwrap_or_else(|| n.thread_key.clone());
         let id = (n.rule.clone(), key.clone());
         let window_ms = i64::try_from(dedup.window.as_millis()).unwrap_or(i64::MAX);
@@ -124,7 +129,6 @@ impl Bursts {
             w.count += 1;
             w.last_ms = now_ms;
             w.last_line = String::from_utf8_lossy(line).into_owned();
-            self.suppressed += 1;
             // Seen now: it becomes the most recently seen of its rule.
             let old = *seq;
             let new = self.next_seq;
@@ -135,8 +139,12 @@ impl Bursts {
                 r.insert(new, id.1.clone());
             }
             self.changed.insert(id);
-            return;
+            return Observed {
+                posted: false,
+                evicted: false,
+            };
         }
+        let mut evicted = false;
         // A new window; make room first.
         let open = self.recency.get(&n.rule).map_or(0, BTreeMap::len);
         if open >= dedup.max_keys {
@@ -147,7 +155,7 @@ impl Bursts {
             if let Some(old_key) = oldest
                 && let Some(w) = self.remove(&(n.rule.clone(), old_key))
             {
-                self.evictions += 1;
+                evicted = true;
                 push_summary(&w, out);
             }
         }
@@ -162,6 +170,10 @@ impl Bursts {
             last_line: String::new(),
         });
         out.push(n);
+        Observed {
+            posted: true,
+            evicted,
+        }
     }
 
     /// Closes the windows whose time is up (per `window_of(rule)`; a rule that no longer
@@ -260,7 +272,7 @@ fn push_summary(w: &Window, out: &mut Vec<Notification>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::template::Template;
+    use crate::pipeline::template::Template;
     use std::time::Duration;
 
     fn dedup(window_s: u64, max_keys: usize) -> Dedup {
@@ -286,14 +298,16 @@ mod tests {
         let d = dedup(4, 100);
         let mut b = Bursts::default();
         let mut out = Vec::new();
+        let mut counted = 0;
         for i in 0..300 {
-            b.observe(
+            let observed = b.observe(
                 &d,
                 note("a"),
                 format!("line {i}").as_bytes(),
                 1_000 + i * 3,
                 &mut out,
             );
+            counted += u32::from(!observed.posted);
         }
         assert_eq!(out.len(), 1);
         b.expire(4_999, |_| Some(d.window), &mut out);
@@ -312,7 +326,7 @@ mod tests {
         // The next occurrence opens a new window and is posted.
         b.observe(&d, note("a"), b"again", 6_000, &mut out);
         assert_eq!(out.len(), 3);
-        assert_eq!(b.suppressed, 299);
+        assert_eq!(counted, 299);
     }
 
     #[test]
@@ -326,7 +340,14 @@ mod tests {
         b.observe(&d, note("b"), b"b2", 3, &mut out);
         b.observe(&d, note("b"), b"b3", 4, &mut out);
         // `a` was seen least recently: `c` evicts it and its summary is queued.
-        b.observe(&d, note("c"), b"c1", 5, &mut out);
+        let observed = b.observe(&d, note("c"), b"c1", 5, &mut out);
+        assert_eq!(
+            observed,
+            Observed {
+                posted: true,
+                evicted: true
+            }
+        );
         let texts: Vec<&str> = out.iter().map(|n| n.text.as_str()).collect();
         assert_eq!(texts.len(), 4, "{texts:?}");
         assert_eq!(texts[0], "first a");
@@ -338,7 +359,6 @@ mod tests {
         );
         assert!(texts[2].contains("a2"));
         assert_eq!(texts[3], "first c");
-        assert_eq!(b.evictions, 1);
         b.flush(&mut out);
         assert!(
             out[4].text.starts_with("*db*: 2 more occurrences"),

@@ -7,13 +7,42 @@
 //! the run loop, which queues the posts in the same transaction as everything else; this
 //! module does no I/O.
 //!
-//! Every condition is also logged, whether or not `self_alerts` is configured.
+//! The caller logs every episode change [`SelfAlerts::check`] returns, whether or not
+//! `self_alerts` is configured; this module only decides.
 
 use std::collections::BTreeMap;
 
 use crate::config::Config;
-use crate::health::Health;
-use crate::rules::Notification;
+use crate::pipeline::rules::Notification;
+
+/// A webhook Chat refuses, as the delivery workers reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParkedWebhook {
+    pub name: String,
+    /// Chat's HTTP status.
+    pub status: u16,
+    /// Chat's own message, redacted.
+    pub message: String,
+}
+
+/// The agent's condition at one instant, gathered by the caller.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Facts {
+    pub parked: Vec<ParkedWebhook>,
+    pub outbox_queued: u64,
+    pub outbox_max: u64,
+}
+
+/// An episode that opened or cleared, for the caller's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EpisodeChange {
+    /// The condition, as a sentence ("Webhook `app` is parked.").
+    pub condition: String,
+    /// Whether it opened (otherwise it cleared).
+    pub opened: bool,
+    /// What is known about it (empty when it cleared).
+    pub detail: String,
+}
 
 /// The rule name self-alert notifications carry in the outbox.
 pub const SELF_ALERT_RULE: &str = "chattail-self-alert";
@@ -46,27 +75,28 @@ impl SelfAlerts {
     pub fn check(
         &mut self,
         config: &Config,
-        health: &Health,
+        facts: &Facts,
         has_files: Option<&dyn Fn(usize) -> bool>,
         now_ms: i64,
         out: &mut Vec<Notification>,
-    ) {
+    ) -> Vec<EpisodeChange> {
+        let mut changes = Vec::new();
         let mut active: BTreeMap<Condition, String> = BTreeMap::new();
         let target = config.self_alerts.as_ref().map(|s| s.webhook.as_str());
-        for (name, p) in health.parked() {
-            // An alert about the self-alert webhook itself could not be delivered; the log
-            // says it.
-            if Some(name.as_str()) != target {
+        for p in &facts.parked {
+            // An alert about the self-alert webhook itself could not be delivered; the
+            // caller's log says it.
+            if Some(p.name.as_str()) != target {
                 let detail = format!(
                     "Chat answered {} ({}). Its messages stay queued and are retried every {}.",
                     p.status,
                     p.message,
                     humantime::format_duration(config.delivery.park_for)
                 );
-                active.insert(Condition::Parked(name), detail);
+                active.insert(Condition::Parked(p.name.clone()), detail);
             }
         }
-        let (queued, max) = health.outbox();
+        let (queued, max) = (facts.outbox_queued, facts.outbox_max);
         if max > 0 {
             let share = queued as f64 / max as f64;
             let was_high = self.open.contains_key(&Condition::OutboxHigh);
@@ -122,7 +152,11 @@ impl SelfAlerts {
             }
             self.open.insert(condition.clone(), now_ms);
             let text = format!("⚠️ {} {detail}", describe(condition, false));
-            tracing::warn!(condition = %describe(condition, false), "Self-alert: {detail}");
+            changes.push(EpisodeChange {
+                condition: describe(condition, false),
+                opened: true,
+                detail: detail.clone(),
+            });
             self.post(config, text, out);
         }
         let cleared: Vec<(Condition, i64)> = self
@@ -148,9 +182,14 @@ impl SelfAlerts {
                 format!("{} is no longer configured", subject(&condition))
             };
             let text = format!("✅ {what} (after {}).", humantime::format_duration(lasted));
-            tracing::info!(condition = %describe(&condition, false), "Self-alert cleared.");
+            changes.push(EpisodeChange {
+                condition: describe(&condition, false),
+                opened: false,
+                detail: String::new(),
+            });
             self.post(config, text, out);
         }
+        changes
     }
 
     fn post(&self, config: &Config, text: String, out: &mut Vec<Notification>) {
@@ -222,13 +261,20 @@ mod tests {
 
     #[test]
     fn an_episode_posts_once_and_its_end_says_why_it_ended() {
-        let health = Health::default();
+        let mut facts = Facts {
+            parked: vec![ParkedWebhook {
+                name: "app".to_owned(),
+                status: 403,
+                message: "The caller does not have permission".to_owned(),
+            }],
+            ..Facts::default()
+        };
         let mut alerts = SelfAlerts::default();
         let mut out = Vec::new();
         let both = config(&["app", "ops"]);
-        health.park("app", 403, "The caller does not have permission");
         for t in 0..3 {
-            alerts.check(&both, &health, Some(&|_| true), t * 1000, &mut out);
+            let changes = alerts.check(&both, &facts, Some(&|_| true), t * 1000, &mut out);
+            assert_eq!(changes.len(), usize::from(t == 0), "once per episode");
         }
         assert_eq!(
             texts(&out),
@@ -240,14 +286,8 @@ mod tests {
         assert_eq!(out[0].thread_key, "chattail-self-alerts-web-1");
         out.clear();
         // A reload removes the webhook: the episode ends, and the post says so.
-        health.retain_webhooks(|name| name != "app");
-        alerts.check(
-            &config(&["ops"]),
-            &health,
-            Some(&|_| true),
-            64_000,
-            &mut out,
-        );
+        facts.parked.clear();
+        alerts.check(&config(&["ops"]), &facts, Some(&|_| true), 64_000, &mut out);
         assert_eq!(
             texts(&out),
             ["*chattail on web-1*: ✅ Webhook `app` is no longer configured (after 1m 4s)."]
@@ -256,10 +296,16 @@ mod tests {
 
     #[test]
     fn the_self_alert_webhook_is_not_alerted_about_itself() {
-        let health = Health::default();
-        health.park("ops", 404, "Not found");
+        let facts = Facts {
+            parked: vec![ParkedWebhook {
+                name: "ops".to_owned(),
+                status: 404,
+                message: "Not found".to_owned(),
+            }],
+            ..Facts::default()
+        };
         let mut out = Vec::new();
-        SelfAlerts::default().check(&config(&["ops"]), &health, Some(&|_| true), 0, &mut out);
+        SelfAlerts::default().check(&config(&["ops"]), &facts, Some(&|_| true), 0, &mut out);
         assert!(out.is_empty());
     }
 }

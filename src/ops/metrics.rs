@@ -5,9 +5,9 @@
 //! and webhook names) or from a fixed list (`reason`, `kind`), so the number of series is
 //! bounded by the config, whatever the logs contain. Nothing here ever sees a webhook URL.
 //!
-//! Lines and bytes read, the counters that move with every line, are counted in plain
-//! integers during a poll and added once per poll; the per-rule counters move per match
-//! (a label lookup and a small allocation), which only matching lines pay.
+//! Lines and bytes read, the counters that move with every line, are reported by the
+//! tailer once per chunk read (not per line); the per-rule counters move per match (a
+//! label lookup and a small allocation), which only matching lines pay.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -70,6 +70,10 @@ pub struct Metrics {
     pub read_bytes: Family<PatternLabel, Counter>,
     pub cut_lines: Family<ReasonLabel, Counter>,
     pub rotations: Family<KindLabel, Counter>,
+    pub files_followed: Counter,
+    pub files_released: Counter,
+    pub copytruncate_recoveries: Counter,
+    pub file_errors: Family<ReasonLabel, Counter>,
     pub rule_matches: Family<RuleLabel, Counter>,
     pub suppressed_matches: Family<RuleLabel, Counter>,
     pub burst_evictions: Counter,
@@ -109,6 +113,26 @@ impl Metrics {
             "chattail_file_rotations",
             "Rotations seen: kind=rename (moved or deleted, then a new file) or kind=truncate",
             self.rotations.clone(),
+        );
+        r.register(
+            "chattail_files_followed",
+            "Files opened for following: new, resumed, or found under a rotated name",
+            self.files_followed.clone(),
+        );
+        r.register(
+            "chattail_files_released",
+            "Rotated or deleted files read to their end and closed",
+            self.files_released.clone(),
+        );
+        r.register(
+            "chattail_copytruncate_recoveries",
+            "Truncations whose unread lines were recovered from the copy next to the file",
+            self.copytruncate_recoveries.clone(),
+        );
+        r.register(
+            "chattail_file_errors",
+            "Log files that could not be opened (reason=open) or read (reason=read)",
+            self.file_errors.clone(),
         );
         r.register(
             "chattail_rule_matches",

@@ -80,7 +80,8 @@ fn marker(cut: usize) -> String {
     format!("\n_[chattail: {cut} more characters cut]_")
 }
 
-fn utf16_len(text: &str) -> usize {
+/// The length of `text` as Chat counts it: in UTF-16 code units.
+pub fn utf16_len(text: &str) -> usize {
     text.chars().map(char::len_utf16).sum()
 }
 

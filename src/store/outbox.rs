@@ -1,8 +1,8 @@
 //! The sender's side of the outbox: forming posts from queued notifications and removing
 //! them once Chat has accepted them.
 //!
-//! Rows are written by the run loop, in the transaction that advances the offsets of the
-//! lines they came from (see `state.rs`). A post (a *batch*) is one or more rows of the same
+//! Rows are written by the agent's ingest loop, in the transaction that advances the offsets
+//! of the lines they came from (see [`super::StoreTx::enqueue`]). A post (a *batch*) is one or more rows of the same
 //! webhook and thread, merged up to Chat's size limit. Its request id is written to the rows
 //! before the post is sent, so that after a crash exactly the same post, with the same id,
 //! is sent again; Chat answers a repeated request id with the message it already stored.
@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::chat_text::MAX_TEXT_CHARS;
-use crate::state::StateError;
+use crate::pipeline::chat_text::{MAX_TEXT_CHARS, utf16_len};
+use crate::store::StoreError;
 
 /// Separates merged notifications in one post.
 const MERGE_SEPARATOR: &str = "\n\n";
@@ -50,8 +50,8 @@ impl std::fmt::Debug for Outbox {
 }
 
 impl Outbox {
-    /// Opens the state database at `db` (created by `StateStore::open`).
-    pub fn open(db: &Path) -> Result<Self, StateError> {
+    /// Opens the state database at `db` (created by `Store::open`).
+    pub fn open(db: &Path) -> Result<Self, StoreError> {
         let conn = Connection::open(db)?;
         conn.busy_timeout(Duration::from_secs(10))?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
@@ -65,7 +65,7 @@ impl Outbox {
     /// The next post for any of `webhooks`: a post already formed (and maybe sent) before a
     /// crash or a retry comes first, unchanged; otherwise a new one is formed from the
     /// oldest queued notification and the later ones of the same thread.
-    pub fn next_batch(&mut self, webhooks: &[String]) -> Result<Option<Batch>, StateError> {
+    pub fn next_batch(&mut self, webhooks: &[String]) -> Result<Option<Batch>, StoreError> {
         for webhook in webhooks {
             if let Some(batch) = self.formed_batch(webhook)? {
                 return Ok(Some(batch));
@@ -90,7 +90,7 @@ impl Outbox {
         self.form_batch(first_id, &webhook)
     }
 
-    fn formed_batch(&mut self, webhook: &str) -> Result<Option<Batch>, StateError> {
+    fn formed_batch(&mut self, webhook: &str) -> Result<Option<Batch>, StoreError> {
         let batch: Option<String> = self
             .conn
             .prepare_cached("SELECT batch FROM outbox WHERE webhook = ?1 AND dead = 0 AND batch IS NOT NULL ORDER BY id LIMIT 1")?
@@ -102,7 +102,7 @@ impl Outbox {
         }
     }
 
-    fn load_batch(&mut self, request_id: &str) -> Result<Option<Batch>, StateError> {
+    fn load_batch(&mut self, request_id: &str) -> Result<Option<Batch>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT webhook, thread_key, text, created_ms FROM outbox WHERE batch = ?1 ORDER BY id",
         )?;
@@ -127,7 +127,7 @@ impl Outbox {
     }
 
     /// Forms a post from row `first_id` and later queued rows of its thread, as many as fit.
-    fn form_batch(&mut self, first_id: i64, webhook: &str) -> Result<Option<Batch>, StateError> {
+    fn form_batch(&mut self, first_id: i64, webhook: &str) -> Result<Option<Batch>, StoreError> {
         // IMMEDIATE takes the write lock up front: a deferred transaction that reads first
         // cannot wait for the lock when it later writes (SQLite answers BUSY at once).
         let tx = self
@@ -175,7 +175,7 @@ impl Outbox {
     }
 
     /// Chat accepted the post: its rows are done.
-    pub fn delivered(&mut self, request_id: &str) -> Result<(), StateError> {
+    pub fn delivered(&mut self, request_id: &str) -> Result<(), StoreError> {
         self.conn
             .prepare_cached("DELETE FROM outbox WHERE batch = ?1")?
             .execute(params![request_id])?;
@@ -183,7 +183,7 @@ impl Outbox {
     }
 
     /// Chat refused the post itself (400). Returns whether it is now set aside as dead.
-    pub fn refused(&mut self, request_id: &str) -> Result<bool, StateError> {
+    pub fn refused(&mut self, request_id: &str) -> Result<bool, StoreError> {
         self.conn
             .prepare_cached("UPDATE outbox SET attempts = attempts + 1 WHERE batch = ?1")?
             .execute(params![request_id])?;
@@ -195,7 +195,7 @@ impl Outbox {
     }
 
     /// Queued notifications per webhook and the age of the oldest, for health and metrics.
-    pub fn depth(&self, webhook: &str) -> Result<(u64, Option<i64>), StateError> {
+    pub fn depth(&self, webhook: &str) -> Result<(u64, Option<i64>), StoreError> {
         let (n, oldest): (i64, Option<i64>) = self.conn.query_row(
             "SELECT COUNT(*), MIN(created_ms) FROM outbox WHERE webhook = ?1 AND dead = 0",
             params![webhook],
@@ -205,30 +205,24 @@ impl Outbox {
     }
 }
 
-fn utf16_len(text: &str) -> usize {
-    text.chars().map(char::len_utf16).sum()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rules::Notification;
-    use crate::state::StateStore;
+    use crate::store::{NewNotification, Store};
 
-    fn note(webhook: &str, key: &str, text: &str) -> Notification {
-        Notification {
-            rule: "r".into(),
-            webhook: webhook.into(),
-            thread_key: key.into(),
-            dedup_key: None,
-            text: text.into(),
+    fn note<'a>(webhook: &'a str, key: &'a str, text: &'a str) -> NewNotification<'a> {
+        NewNotification {
+            rule: "r",
+            webhook,
+            thread_key: key,
+            text,
         }
     }
 
     #[test]
     fn merges_a_thread_backlog_and_resends_a_formed_batch_unchanged() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = StateStore::open(dir.path()).unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
         let tx = store.transaction().unwrap();
         for (key, text) in [("a", "a1"), ("b", "b1"), ("a", "a2"), ("a", "a3")] {
             tx.enqueue(&note("oncall", key, text)).unwrap();
@@ -256,10 +250,11 @@ mod tests {
     #[test]
     fn a_merged_post_stays_within_chats_limit() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = StateStore::open(dir.path()).unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
         let tx = store.transaction().unwrap();
         for _ in 0..5 {
-            tx.enqueue(&note("oncall", "k", &"x".repeat(1500))).unwrap();
+            let text = "x".repeat(1500);
+            tx.enqueue(&note("oncall", "k", &text)).unwrap();
         }
         tx.commit().unwrap();
         let mut outbox = Outbox::open(store.db_path()).unwrap();
@@ -276,7 +271,7 @@ mod tests {
     #[test]
     fn a_post_refused_three_times_is_set_aside() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = StateStore::open(dir.path()).unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
         let tx = store.transaction().unwrap();
         tx.enqueue(&note("oncall", "k", "bad")).unwrap();
         tx.commit().unwrap();

@@ -1,0 +1,56 @@
+//! `run --dry-run`: what would be posted, printed instead of queued.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use crate::pipeline::Notification;
+use crate::pipeline::thread_key::chat_thread_key;
+
+/// Prints notifications as they would be posted, and at the end the threads they went to.
+pub(super) struct DryRun {
+    out: Box<dyn Write + Send>,
+    /// Messages per (webhook, thread), for the closing summary.
+    threads: BTreeMap<(String, String), usize>,
+}
+
+impl DryRun {
+    pub(super) fn new(out: Box<dyn Write + Send>) -> Self {
+        Self {
+            out,
+            threads: BTreeMap::new(),
+        }
+    }
+
+    pub(super) fn print(&mut self, notifications: &[Notification]) {
+        for n in notifications {
+            *self
+                .threads
+                .entry((n.webhook.clone(), n.thread_key.clone()))
+                .or_default() += 1;
+            let thread = chat_thread_key(&n.thread_key);
+            let mut text = format!("── {} · thread {} · rule {}\n", n.webhook, thread, n.rule);
+            for line in n.text.lines() {
+                text.push_str("   ");
+                text.push_str(line);
+                text.push('\n');
+            }
+            if writeln!(self.out, "{text}").is_err() {
+                // Standard output is gone (a closed pipe); nothing useful is left to do.
+                return;
+            }
+        }
+        let _ = self.out.flush();
+    }
+
+    pub(super) fn write_summary(&mut self) {
+        let _ = writeln!(self.out, "Threads that would receive messages:");
+        for ((webhook, key), count) in &self.threads {
+            let _ = writeln!(
+                self.out,
+                "  {webhook} · {key}: {count} message{}",
+                if *count == 1 { "" } else { "s" }
+            );
+        }
+        let _ = self.out.flush();
+    }
+}

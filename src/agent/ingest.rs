@@ -1,0 +1,360 @@
+//! The ingest loop: poll the tailer, pass its lines through the pipeline, commit one store
+//! transaction per poll.
+//!
+//! The transaction holds the tailer's checkpoints, the notifications of the lines before
+//! them, the burst windows and pending events those lines changed, and any self-alerts. If
+//! it fails, everything in memory that ran ahead of the state is rebuilt from the state
+//! (`restore_from_state`), so the lines are read again: never lost, never queued twice.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use super::dry_run::DryRun;
+use super::reports::{PollOutput, TailMetrics};
+use super::state_rows;
+use super::{RunError, RunOptions};
+use crate::clock::unix_now_ms;
+use crate::config::Config;
+use crate::ops::health::Health;
+use crate::ops::metrics::Metrics;
+use crate::pipeline::self_alerts::{Facts, ParkedWebhook, SelfAlerts};
+use crate::pipeline::{Notification, Origin, Pipeline};
+use crate::store::{Store, StoreError};
+use crate::tail::{LineOrigin, TailOptions, Tailer, WatchSpec};
+
+/// How long the loop waits for file events when nothing is left to read.
+const IDLE_WAIT: Duration = Duration::from_millis(250);
+
+/// The ingest half: tailer, pipeline and the transaction that binds them.
+pub(super) struct Ingest {
+    pub(super) config: Arc<Config>,
+    pub(super) store: Store,
+    pub(super) tailer: Tailer,
+    pub(super) pipeline: Pipeline,
+    wake: watch::Sender<u64>,
+    /// Set with `--dry-run`: notifications are printed instead of queued.
+    dry_run: Option<DryRun>,
+    options: RunOptions,
+    outbox_full: bool,
+    pub(super) last_outbox_check: Option<Instant>,
+    pub(super) metrics: Metrics,
+    health: Arc<Health>,
+    /// New configs from the supervisor.
+    reloads: std::sync::mpsc::Receiver<Arc<Config>>,
+    self_alerts: SelfAlerts,
+    last_self_check: Option<Instant>,
+    /// Notifications made outside a poll (self-alerts), queued with the next commit.
+    extra: Vec<Notification>,
+    /// A config received but not switched to yet (the outbox is full, or the switch
+    /// failed and is retried).
+    pending_reload: Option<Arc<Config>>,
+}
+
+/// The tailer's settings for `config`: the globs it follows and how.
+pub(super) fn tail_options(config: &Config) -> TailOptions {
+    TailOptions {
+        specs: config
+            .files
+            .iter()
+            .map(|f| WatchSpec {
+                glob: f.glob.clone(),
+                start_at: match f.start_at {
+                    crate::config::StartAt::Beginning => crate::tail::StartAt::Beginning,
+                    crate::config::StartAt::End => crate::tail::StartAt::End,
+                },
+                max_line_bytes: f.max_line_bytes,
+            })
+            .collect(),
+        ..TailOptions::default()
+    }
+}
+
+impl Ingest {
+    pub(super) fn new(
+        config: Arc<Config>,
+        store: Store,
+        wake: watch::Sender<u64>,
+        out: Box<dyn Write + Send>,
+        options: RunOptions,
+        (metrics, health): (Metrics, Arc<Health>),
+        reloads: std::sync::mpsc::Receiver<Arc<Config>>,
+    ) -> Result<Self, RunError> {
+        let tailer = Tailer::new(
+            tail_options(&config),
+            state_rows::saved_files(&store)?,
+            Arc::new(TailMetrics::new(&config, &metrics)),
+        );
+        let pipeline = Pipeline::new(
+            Arc::clone(&config),
+            state_rows::saved_windows(&store)?,
+            state_rows::saved_events(&store)?,
+        );
+        Ok(Self {
+            config,
+            store,
+            tailer,
+            pipeline,
+            wake,
+            dry_run: options.dry_run.then(|| DryRun::new(out)),
+            options,
+            outbox_full: false,
+            last_outbox_check: None,
+            metrics,
+            health,
+            reloads,
+            self_alerts: SelfAlerts::default(),
+            last_self_check: None,
+            extra: Vec::new(),
+            pending_reload: None,
+        })
+    }
+
+    pub(super) fn run(mut self, stop: &AtomicBool) -> Result<(), RunError> {
+        while !stop.load(Ordering::Relaxed) {
+            self.health.beat();
+            if let Some(new) = self.latest_reload() {
+                self.pending_reload = Some(new);
+            }
+            self.check_self_alerts();
+            if self.outbox_is_full() {
+                // Reading waits, but chattail's own alerts (such as the one saying why the
+                // outbox fills) are still queued. A new config waits too: switching reads
+                // what the old files hold, which the bound forbids now.
+                if !self.extra.is_empty()
+                    && let Err(error) = self.commit_extra()
+                {
+                    tracing::error!(%error, "Cannot queue self-alerts; retrying.");
+                }
+                std::thread::sleep(Duration::from_millis(200));
+                continue;
+            }
+            if let Some(new) = self.pending_reload.take() {
+                match self.switch_config(Arc::clone(&new)) {
+                    Ok(()) => tracing::info!("Reading follows the new config."),
+                    Err(error) => {
+                        tracing::error!(%error, "Cannot commit to the state database while switching to the new config; retrying in a second.");
+                        std::thread::sleep(Duration::from_secs(1));
+                        self.restore_from_state()?;
+                        // Nothing was switched; a newer config, if one comes, wins.
+                        self.pending_reload = Some(new);
+                    }
+                }
+                continue;
+            }
+            let more = match self.step(false) {
+                Ok(more) => more,
+                Err(error) => {
+                    tracing::error!(%error, "Cannot commit to the state database; retrying in a second.");
+                    std::thread::sleep(Duration::from_secs(1));
+                    self.restore_from_state()?;
+                    continue;
+                }
+            };
+            if self.options.once && !more && self.tailer.is_idle() {
+                break;
+            }
+            if !more {
+                self.tailer.wait(IDLE_WAIT);
+            }
+        }
+        // One last round so that what was read is committed before the process ends
+        // (unless the outbox is full: then nothing more is read, but self-alerts are
+        // still queued).
+        if !self.outbox_full {
+            self.step(true)?;
+        } else if !self.extra.is_empty() {
+            self.commit_extra()?;
+        }
+        if let Some(dry_run) = &mut self.dry_run {
+            dry_run.write_summary();
+        }
+        Ok(())
+    }
+
+    /// The newest config the supervisor sent, if any (older ones are superseded).
+    fn latest_reload(&mut self) -> Option<Arc<Config>> {
+        let mut latest = None;
+        while let Ok(config) = self.reloads.try_recv() {
+            latest = Some(config);
+        }
+        latest
+    }
+
+    /// Queues the self-alerts alone, while reading is paused.
+    fn commit_extra(&mut self) -> Result<(), StoreError> {
+        let tx = self.store.transaction()?;
+        for n in &self.extra {
+            state_rows::enqueue(&tx, n)?;
+        }
+        tx.commit()?;
+        self.extra.clear();
+        self.wake.send_modify(|n| *n += 1);
+        Ok(())
+    }
+
+    /// Once a second: opens or clears self-alert episodes, and logs each change.
+    fn check_self_alerts(&mut self) {
+        if self
+            .last_self_check
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.last_self_check = Some(Instant::now());
+        let (outbox_queued, outbox_max) = self.health.outbox();
+        let facts = Facts {
+            parked: self
+                .health
+                .parked()
+                .into_iter()
+                .map(|(name, p)| ParkedWebhook {
+                    name,
+                    status: p.status,
+                    message: p.message,
+                })
+                .collect(),
+            outbox_queued,
+            outbox_max,
+        };
+        let before = self.extra.len();
+        let tailer = &self.tailer;
+        let has_files = |spec: usize| tailer.has_file_for(spec);
+        let changes = self.self_alerts.check(
+            &self.config,
+            &facts,
+            (!self.outbox_full).then_some(&has_files as &dyn Fn(usize) -> bool),
+            unix_now_ms(),
+            &mut self.extra,
+        );
+        for change in changes {
+            if change.opened {
+                tracing::warn!(condition = %change.condition, "Self-alert: {}", change.detail);
+            } else {
+                tracing::info!(condition = %change.condition, "Self-alert cleared.");
+            }
+        }
+        if self.dry_run.is_some() {
+            // Nothing is posted in dry-run; the log has the alert.
+            self.extra.truncate(before);
+        }
+        self.metrics
+            .self_alerts
+            .inc_by((self.extra.len() - before) as u64);
+    }
+
+    /// After a failed commit, everything in memory that the lines since the last commit
+    /// changed (the tailer's positions, burst windows, pending events, context lines) is
+    /// ahead of the state. Start it all again from the state: those lines are read again
+    /// and produce the same notifications, none lost and none counted twice.
+    pub(super) fn restore_from_state(&mut self) -> Result<(), StoreError> {
+        self.tailer = Tailer::new(
+            tail_options(&self.config),
+            state_rows::saved_files(&self.store)?,
+            Arc::new(TailMetrics::new(&self.config, &self.metrics)),
+        );
+        self.pipeline.restore(
+            state_rows::saved_windows(&self.store)?,
+            state_rows::saved_events(&self.store)?,
+        );
+        Ok(())
+    }
+
+    /// One poll of the tailer and one transaction: the offsets, the notifications of the
+    /// lines read, and the burst windows and pending events they changed. With `flush`,
+    /// every burst summary is queued too (shutdown), and with `--once` every pending
+    /// event completes. Returns whether more data is waiting.
+    pub(super) fn step(&mut self, flush: bool) -> Result<bool, StoreError> {
+        let now_ms = unix_now_ms();
+        let mut out = PollOutput::new(self.extra.clone(), &self.metrics);
+        let more = {
+            let pipeline = &mut self.pipeline;
+            let mut sink = |origin: &LineOrigin<'_>, line: &[u8]| {
+                let origin = Origin {
+                    id: state_rows::file_id(origin.key),
+                    path: origin.path,
+                    spec: origin.spec,
+                    number: 0,
+                };
+                pipeline.line(&origin, line, now_ms, &mut out);
+            };
+            self.tailer.poll(&mut sink)
+        };
+        self.pipeline
+            .tick(now_ms, flush && self.options.once, &mut out);
+        if flush {
+            self.pipeline.flush_windows(&mut out);
+        }
+        let notifications = out.into_notifications();
+        let checkpoints = self.tailer.take_checkpoints();
+        if checkpoints.is_empty() && notifications.is_empty() && !self.pipeline.has_changes() {
+            return Ok(more);
+        }
+        let changes = self.pipeline.take_changes();
+        let tx = self.store.transaction()?;
+        for checkpoint in &checkpoints {
+            state_rows::record(&tx, checkpoint)?;
+        }
+        state_rows::save_changes(&tx, &changes)?;
+        if self.dry_run.is_none() {
+            for n in &notifications {
+                state_rows::enqueue(&tx, n)?;
+            }
+        }
+        tx.commit()?;
+        self.extra.clear();
+        if !notifications.is_empty() {
+            tracing::debug!(notifications = notifications.len(), "Queued notifications.");
+            match &mut self.dry_run {
+                Some(dry_run) => dry_run.print(&notifications),
+                None => self.wake.send_modify(|n| *n += 1),
+            }
+        }
+        Ok(more)
+    }
+
+    /// Whether the outbox holds `delivery.max_outbox` notifications (then reading pauses).
+    pub(super) fn outbox_is_full(&mut self) -> bool {
+        if self.dry_run.is_some() {
+            return false;
+        }
+        // Counting is cheap but not free: once a second is enough.
+        if self
+            .last_outbox_check
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return self.outbox_full;
+        }
+        self.last_outbox_check = Some(Instant::now());
+        let max = self.config.delivery.max_outbox;
+        // Rows of webhooks the config no longer has (after a reload) cannot be sent, so
+        // they do not count: they would otherwise hold reading paused for good.
+        let queued = match self.store.outbox_by_webhook() {
+            Ok(rows) => rows
+                .iter()
+                .filter(|(webhook, _)| self.config.webhook(webhook).is_some())
+                .map(|(_, n)| n)
+                .sum::<u64>(),
+            Err(error) => {
+                tracing::error!(%error, "Cannot count the outbox.");
+                return self.outbox_full;
+            }
+        };
+        let full = queued >= max;
+        self.health.set_outbox(queued, max, full);
+        if full && !self.outbox_full {
+            tracing::warn!(
+                queued,
+                max,
+                "The outbox is full: reading is paused until Chat takes posts again. Nothing is dropped."
+            );
+        } else if !full && self.outbox_full {
+            tracing::info!(queued, "The outbox has room again: reading resumes.");
+        }
+        self.outbox_full = full;
+        full
+    }
+}

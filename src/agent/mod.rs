@@ -1,0 +1,83 @@
+//! `chattail run`: the agent, and the one place where the tailer, the pipeline, the store,
+//! delivery and operations are put together.
+//!
+//! Two halves meet at the outbox:
+//!
+//! - The *ingest* thread (`ingest.rs`, blocking, one OS thread) polls the tailer, passes
+//!   every line through the [`Pipeline`](crate::pipeline::Pipeline) and commits, in one
+//!   store transaction, the notifications the lines produced, the burst windows and
+//!   pending events they changed, and the offsets that say those lines are done. A crash
+//!   at any instant leaves all or none. When the outbox holds `delivery.max_outbox`
+//!   notifications, reading pauses; nothing is dropped.
+//! - The *supervisor* (`supervisor.rs`, async) starts the delivery workers (one per Chat
+//!   space) and the admin endpoint, talks to systemd, and handles signals and reloads
+//!   (`reload.rs`).
+//!
+//! SIGTERM or SIGINT stops reading (the last batch is committed), gives delivery
+//! `delivery.shutdown_grace` to post what is queued, and returns; what was not posted stays
+//! in the outbox for the next start. `--dry-run` prints instead of queueing
+//! (`dry_run.rs`), with the state in memory.
+
+mod dry_run;
+mod ingest;
+mod reload;
+mod reports;
+pub mod state_rows;
+mod supervisor;
+
+use std::io::Write;
+use std::sync::Arc;
+
+use thiserror::Error;
+
+use crate::config::Config;
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot create the HTTP client: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("cannot start the runtime or install signal handlers: {0}")]
+    Runtime(#[from] std::io::Error),
+    #[error("cannot listen on admin.listen {addr}: {source}")]
+    Admin {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the ingest thread stopped unexpectedly")]
+    IngestPanicked,
+}
+
+/// How `run` behaves.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Print what would be posted instead of posting; state lives in memory only.
+    pub dry_run: bool,
+    /// Read what the files hold now, deliver it, and exit.
+    pub once: bool,
+    /// Reload when the config file changes, as on SIGHUP.
+    pub watch_config: bool,
+}
+
+/// Runs the agent until a signal (or, with `once`, until everything is read and posted).
+/// Dry-run output goes to `out`.
+pub fn run(
+    config: Config,
+    options: RunOptions,
+    out: Box<dyn Write + Send>,
+) -> Result<(), RunError> {
+    let config = Arc::new(config);
+    let store = if options.dry_run {
+        Store::in_memory()?
+    } else {
+        Store::open(&config.state_dir)?
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("chattail")
+        .build()?;
+    runtime.block_on(supervisor::supervise(config, store, options, out))
+}

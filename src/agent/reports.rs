@@ -1,0 +1,141 @@
+//! Where the reports of the tailer and the pipeline go in the agent: into the outbox (the
+//! notifications) and into the metrics (everything they count).
+
+use prometheus_client::metrics::counter::Counter;
+
+use crate::config::Config;
+use crate::ops::metrics::{KindLabel, Metrics, PatternLabel, ReasonLabel};
+use crate::pipeline::{Cause, HitReport, Notification, Output, Routed};
+use crate::tail::{Rotation, TailEvents};
+
+/// The pipeline's output during one poll: notifications in order, counters as they move.
+pub(super) struct PollOutput<'m> {
+    notifications: Vec<Notification>,
+    metrics: &'m Metrics,
+}
+
+impl<'m> PollOutput<'m> {
+    /// Starts with `queued` (notifications made outside the poll, such as self-alerts).
+    pub(super) fn new(queued: Vec<Notification>, metrics: &'m Metrics) -> Self {
+        Self {
+            notifications: queued,
+            metrics,
+        }
+    }
+
+    pub(super) fn into_notifications(self) -> Vec<Notification> {
+        self.notifications
+    }
+}
+
+impl Output for PollOutput<'_> {
+    fn notification(&mut self, n: Notification, _cause: Cause) {
+        self.notifications.push(n);
+    }
+
+    fn hit(&mut self, report: &HitReport<'_, '_, '_>) {
+        let rule = &report.hit.rule.name;
+        self.metrics.rule_matched(rule);
+        if report.routed == Routed::Counted {
+            self.metrics.rule_suppressed(rule);
+        }
+    }
+
+    fn window_evicted(&mut self, _rule: &str) {
+        self.metrics.burst_evictions.inc();
+    }
+
+    fn event_line_cut(&mut self) {
+        self.metrics
+            .cut_lines
+            .get_or_create(&ReasonLabel {
+                reason: "multiline_max_lines",
+            })
+            .inc();
+    }
+
+    fn rules_unavailable(&mut self, path: &std::path::Path, error: &regex::Error) {
+        tracing::error!(path = %path.display(), %error, "Cannot build the rule gate for a file; its lines match nothing until the config is reloaded.");
+    }
+}
+
+/// The tailer's events as metrics, with the read counters of each `files` entry resolved
+/// once (no label lookup per chunk).
+pub(super) struct TailMetrics {
+    metrics: Metrics,
+    /// Lines and bytes read, by `files` entry index.
+    read: Vec<(Counter, Counter)>,
+}
+
+impl TailMetrics {
+    pub(super) fn new(config: &Config, metrics: &Metrics) -> Self {
+        let read = config
+            .files
+            .iter()
+            .map(|f| {
+                let label = PatternLabel {
+                    pattern: f.pattern.clone(),
+                };
+                (
+                    metrics.read_lines.get_or_create(&label).clone(),
+                    metrics.read_bytes.get_or_create(&label).clone(),
+                )
+            })
+            .collect();
+        Self {
+            metrics: metrics.clone(),
+            read,
+        }
+    }
+
+    fn count(
+        family: &prometheus_client::metrics::family::Family<ReasonLabel, Counter>,
+        reason: &'static str,
+    ) {
+        family.get_or_create(&ReasonLabel { reason }).inc();
+    }
+}
+
+impl TailEvents for TailMetrics {
+    fn file_followed(&self, _spec: usize) {
+        self.metrics.files_followed.inc();
+    }
+
+    fn file_released(&self, _spec: usize) {
+        self.metrics.files_released.inc();
+    }
+
+    fn rotated(&self, _spec: usize, kind: Rotation) {
+        let kind = match kind {
+            Rotation::Renamed => "rename",
+            Rotation::Truncated => "truncate",
+        };
+        self.metrics
+            .rotations
+            .get_or_create(&KindLabel { kind })
+            .inc();
+    }
+
+    fn copy_recovered(&self, _spec: usize) {
+        self.metrics.copytruncate_recoveries.inc();
+    }
+
+    fn lines_read(&self, spec: usize, lines: u64, bytes: u64) {
+        if let Some((l, b)) = self.read.get(spec) {
+            l.inc_by(lines);
+            b.inc_by(bytes);
+        }
+    }
+
+    fn line_cut(&self, _spec: usize) {
+        Self::count(&self.metrics.cut_lines, "max_line_bytes");
+    }
+
+    fn open_failed(&self, _spec: usize) {
+        Self::count(&self.metrics.file_errors, "open");
+    }
+
+    fn read_failed(&self, _spec: usize) {
+        Self::count(&self.metrics.file_errors, "read");
+    }
+}

@@ -1,0 +1,145 @@
+//! The agent's translation between the store's plain rows and the tailer's and the
+//! pipeline's own types. Neither side knows the other; this is where they meet.
+
+use crate::pipeline::{Changes, Event, FileId, Notification, Window};
+use crate::store::{EventRow, FileRow, NewNotification, Store, StoreError, StoreTx, WindowRow};
+use crate::tail::{Checkpoint, FileKey, SavedFile};
+
+/// A file's identity for the pipeline.
+pub fn file_id(key: FileKey) -> FileId {
+    FileId {
+        dev: key.dev,
+        ino: key.ino,
+    }
+}
+
+/// The saved positions, for a tailer to resume from.
+pub fn saved_files(store: &Store) -> Result<Vec<SavedFile>, StoreError> {
+    Ok(store
+        .saved_files()?
+        .into_iter()
+        .map(|r| SavedFile {
+            key: FileKey {
+                dev: r.dev,
+                ino: r.ino,
+            },
+            path: r.path,
+            prefix: r.prefix,
+            offset: r.offset,
+            skipping: r.skipping,
+            released: r.released,
+        })
+        .collect())
+}
+
+/// Records one tailer checkpoint: a file's new position, its release, or its end.
+pub fn record(tx: &StoreTx<'_>, checkpoint: &Checkpoint) -> Result<(), StoreError> {
+    match checkpoint {
+        Checkpoint::Progress(f) => tx.save_file(&FileRow {
+            dev: f.key.dev,
+            ino: f.key.ino,
+            path: f.path.clone(),
+            prefix: f.prefix.clone(),
+            offset: f.offset,
+            skipping: f.skipping,
+            released: f.released,
+        }),
+        Checkpoint::Released(key) => tx.release_file(key.dev, key.ino),
+        Checkpoint::Forget(key) => tx.forget_file(key.dev, key.ino),
+    }
+}
+
+/// Records the tailer's checkpoints in a transaction of their own (for tools and tests
+/// that drive a tailer without a pipeline).
+pub fn commit_checkpoints(store: &mut Store, checkpoints: &[Checkpoint]) -> Result<(), StoreError> {
+    let tx = store.transaction()?;
+    for checkpoint in checkpoints {
+        record(&tx, checkpoint)?;
+    }
+    tx.commit()
+}
+
+/// The open burst windows, for a pipeline to resume.
+pub fn saved_windows(store: &Store) -> Result<Vec<Window>, StoreError> {
+    Ok(store
+        .saved_windows()?
+        .into_iter()
+        .map(|r| Window {
+            rule: r.rule,
+            key: r.key,
+            webhook: r.webhook,
+            thread_key: r.thread_key,
+            first_ms: r.first_ms,
+            last_ms: r.last_ms,
+            count: r.count,
+            last_line: r.last_line,
+        })
+        .collect())
+}
+
+/// The pending multiline events, for a pipeline to resume.
+pub fn saved_events(store: &Store) -> Result<Vec<Event>, StoreError> {
+    Ok(store
+        .saved_events()?
+        .into_iter()
+        .map(|r| Event {
+            key: FileId {
+                dev: r.dev,
+                ino: r.ino,
+            },
+            path: r.path,
+            spec: r.spec,
+            bytes: r.bytes,
+            lines: r.lines,
+            cut_lines: r.cut_lines,
+            last_ms: r.last_ms,
+            first_number: 0,
+            last_number: 0,
+        })
+        .collect())
+}
+
+/// Stores what the pipeline changed: burst windows and pending events.
+pub fn save_changes(tx: &StoreTx<'_>, changes: &Changes) -> Result<(), StoreError> {
+    for w in &changes.windows {
+        tx.save_window(&WindowRow {
+            rule: w.rule.clone(),
+            key: w.key.clone(),
+            webhook: w.webhook.clone(),
+            thread_key: w.thread_key.clone(),
+            first_ms: w.first_ms,
+            last_ms: w.last_ms,
+            count: w.count,
+            last_line: w.last_line.clone(),
+        })?;
+    }
+    for (rule, key) in &changes.closed_windows {
+        tx.remove_window(rule, key)?;
+    }
+    for (id, event) in &changes.events {
+        match event {
+            Some(e) => tx.save_event(&EventRow {
+                dev: id.dev,
+                ino: id.ino,
+                path: e.path.clone(),
+                spec: e.spec,
+                bytes: e.bytes.clone(),
+                lines: e.lines,
+                cut_lines: e.cut_lines,
+                last_ms: e.last_ms,
+            })?,
+            None => tx.remove_event(id.dev, id.ino)?,
+        }
+    }
+    Ok(())
+}
+
+/// Queues a notification.
+pub fn enqueue(tx: &StoreTx<'_>, n: &Notification) -> Result<(), StoreError> {
+    tx.enqueue(&NewNotification {
+        rule: &n.rule,
+        webhook: &n.webhook,
+        thread_key: &n.thread_key,
+        text: &n.text,
+    })
+}

@@ -1,0 +1,409 @@
+//! The pure core: lines (or multiline events) in, notifications and state changes out.
+//!
+//! One [`Pipeline`] serves both `chattail run` and `chattail test`, so what a rule author
+//! sees in `test` is what the agent does: the same multiline assembly, the same context
+//! lines, the same burst windows. The pipeline owns
+//!
+//! - the rule sets of each file (one `RegexSet` gate per distinct set of applicable rules),
+//! - the multiline [`Assembler`] (the pending event of each file),
+//! - the [`ContextRing`] of each file (for `context.before`),
+//! - the [`Bursts`] windows of `dedup` rules,
+//!
+//! and nothing else. Time is an argument (unix milliseconds); it does no I/O, reads no
+//! clock and writes no log. What it decides reaches the caller through an [`Output`]:
+//! notifications to queue, and reports of hits, evictions and cut lines for counters and
+//! the `test` report. What must be persisted is taken with [`Pipeline::take_changes`], so
+//! the caller can store it in the transaction that advances the offsets.
+
+pub mod bursts;
+pub mod chat_text;
+pub mod context;
+pub mod multiline;
+pub mod rules;
+pub mod self_alerts;
+pub mod template;
+pub mod thread_key;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::Config;
+pub use bursts::{Bursts, Window};
+pub use context::ContextRing;
+pub use multiline::{Assembler, Event};
+pub use rules::{Hit, Notification, RuleSet, Source};
+
+/// How the caller identifies a file (the agent: device and inode; `test`: the input's
+/// number). Pending multiline events are kept per file id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+/// Where a line comes from.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin<'a> {
+    pub id: FileId,
+    /// What `{file}` renders to and what `files:` filters of rules match.
+    pub path: &'a Path,
+    /// The index of the `files` entry the file belongs to, for its multiline settings;
+    /// past the end (or an entry without `multiline`) means lines are matched one by one.
+    pub spec: usize,
+    /// The caller's number for this line (`test`: its line number), reported back in
+    /// [`HitReport::lines`]. The agent passes 0.
+    pub number: u64,
+}
+
+/// What became of a hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routed {
+    /// The rule has no `dedup`: its notification is queued.
+    Queued,
+    /// It opened a burst window: queued, and repeats will be counted.
+    Posted,
+    /// It was counted into an open window, not queued.
+    Counted,
+}
+
+/// Why a notification is queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// A hit (or a hit that opened a burst window).
+    Hit,
+    /// The summary of a burst window that ended, was evicted, or was flushed.
+    Summary,
+}
+
+/// One rule matching one line or event, as reported to [`Output::hit`].
+#[derive(Debug)]
+pub struct HitReport<'a, 'r, 'l> {
+    pub hit: &'a Hit<'r, 'l>,
+    /// The line, or the event's lines joined with `\n`.
+    pub text: &'l [u8],
+    /// The caller's numbers of the first and last line of the text.
+    pub lines: (u64, u64),
+    pub notification: &'a Notification,
+    pub routed: Routed,
+}
+
+/// Receives what the pipeline decides. Only `notification` is required; the other
+/// reports default to nothing.
+pub trait Output {
+    /// A notification to queue, in order.
+    fn notification(&mut self, n: Notification, cause: Cause);
+    /// A rule hit. Called after the notifications this hit caused (its own, and the
+    /// summary of a window it closed or evicted).
+    fn hit(&mut self, _report: &HitReport<'_, '_, '_>) {}
+    /// A burst window of `rule` was closed early because the rule reached `max_keys`.
+    fn window_evicted(&mut self, _rule: &str) {}
+    /// A line was dropped from a multiline event at its `max_lines`.
+    fn event_line_cut(&mut self) {}
+    /// The rules that apply to `path` could not be put behind one gate (which validation
+    /// makes practically impossible); its lines match nothing until the next reload.
+    fn rules_unavailable(&mut self, _path: &Path, _error: &regex::Error) {}
+}
+
+impl Output for Vec<Notification> {
+    fn notification(&mut self, n: Notification, _cause: Cause) {
+        self.push(n);
+    }
+}
+
+/// What changed since the last [`Pipeline::take_changes`], for the state.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// Burst windows opened or changed.
+    pub windows: Vec<Window>,
+    /// Burst windows closed, by (rule, key).
+    pub closed_windows: Vec<(String, String)>,
+    /// Pending multiline events that changed (`None`: the file has none now).
+    pub events: Vec<(FileId, Option<Event>)>,
+}
+
+/// The line → notification pipeline. See the module documentation.
+#[derive(Debug)]
+pub struct Pipeline {
+    config: Arc<Config>,
+    /// Rule sets by file path, shared between files with the same applicable rules.
+    by_path: HashMap<PathBuf, Arc<RuleSet>>,
+    by_rules: HashMap<Vec<usize>, Arc<RuleSet>>,
+    assembler: Assembler,
+    rings: HashMap<PathBuf, ContextRing>,
+    max_context: usize,
+    bursts: Bursts,
+    /// `dedup.window` by rule name.
+    dedup_windows: HashMap<String, Duration>,
+    /// Whether rules' `files:` filters apply (not in `chattail test`).
+    file_filters: bool,
+    /// Reused buffers, so a poll does not allocate them per line.
+    events: Vec<Event>,
+    queued: Vec<Notification>,
+}
+
+impl Pipeline {
+    /// A pipeline for `config`, resuming the burst windows and pending events a previous
+    /// run stored.
+    pub fn new(config: Arc<Config>, windows: Vec<Window>, events: Vec<Event>) -> Self {
+        Self {
+            max_context: config.max_context_before(),
+            dedup_windows: dedup_windows(&config),
+            config,
+            by_path: HashMap::new(),
+            by_rules: HashMap::new(),
+            assembler: Assembler::from_saved(events),
+            rings: HashMap::new(),
+            bursts: Bursts::from_saved(windows),
+            file_filters: true,
+            events: Vec::new(),
+            queued: Vec::new(),
+        }
+    }
+
+    /// Every rule applies to every file, whatever its `files:` filter (`chattail test`,
+    /// where inputs are samples whose paths need not match).
+    pub fn ignoring_file_filters(mut self) -> Self {
+        self.file_filters = false;
+        self
+    }
+
+    /// One line of a file at `now_ms`. A file whose `files` entry has `multiline` passes
+    /// it through its pending event; the rules see the event when it completes.
+    pub fn line(&mut self, origin: &Origin<'_>, line: &[u8], now_ms: i64, out: &mut dyn Output) {
+        let config = Arc::clone(&self.config);
+        match config
+            .files
+            .get(origin.spec)
+            .and_then(|f| f.multiline.as_deref())
+        {
+            Some(settings) => {
+                let mut done = std::mem::take(&mut self.events);
+                let cut = self
+                    .assembler
+                    .push(settings, origin, line, now_ms, &mut done);
+                if cut {
+                    out.event_line_cut();
+                }
+                for event in done.drain(..) {
+                    self.evaluate_event(&event, now_ms, out);
+                }
+                self.events = done;
+            }
+            None => self.evaluate(
+                origin.path,
+                line,
+                (origin.number, origin.number),
+                now_ms,
+                out,
+            ),
+        }
+    }
+
+    /// Completes the multiline events idle for their timeout and closes the burst windows
+    /// whose time is up, queuing what they post. With `finish_events`, every pending event
+    /// completes now (the input ended, or `--once` read everything).
+    pub fn tick(&mut self, now_ms: i64, finish_events: bool, out: &mut dyn Output) {
+        let config = Arc::clone(&self.config);
+        let mut done = std::mem::take(&mut self.events);
+        self.assembler.expire(
+            now_ms,
+            |e| {
+                if finish_events {
+                    return None;
+                }
+                config
+                    .files
+                    .get(e.spec)
+                    .and_then(|f| f.multiline.as_ref())
+                    .map(|m| m.timeout)
+            },
+            &mut done,
+        );
+        for event in done.drain(..) {
+            self.evaluate_event(&event, now_ms, out);
+        }
+        self.events = done;
+        let windows = &self.dedup_windows;
+        self.bursts
+            .expire(now_ms, |rule| windows.get(rule).copied(), &mut self.queued);
+        self.drain_queued(Cause::Summary, out);
+    }
+
+    /// Queues the summaries of every burst window with a count now (shutdown, end of
+    /// input). Windows with nothing counted stay open.
+    pub fn flush_windows(&mut self, out: &mut dyn Output) {
+        self.bursts.flush(&mut self.queued);
+        self.drain_queued(Cause::Summary, out);
+    }
+
+    /// Whether anything is waiting for [`take_changes`](Self::take_changes).
+    pub fn has_changes(&self) -> bool {
+        self.bursts.has_changes() || self.assembler.has_changes()
+    }
+
+    /// The burst windows and pending events changed since the last call.
+    pub fn take_changes(&mut self) -> Changes {
+        let (windows, closed_windows) = self.bursts.take_changes();
+        Changes {
+            windows,
+            closed_windows,
+            events: self.assembler.take_changes(),
+        }
+    }
+
+    /// Forgets everything in memory that is ahead of the state (after a failed commit)
+    /// and resumes from what the state holds: the lines since the last commit are read
+    /// again and give the same notifications.
+    pub fn restore(&mut self, windows: Vec<Window>, events: Vec<Event>) {
+        self.bursts = Bursts::from_saved(windows);
+        self.assembler = Assembler::from_saved(events);
+        self.rings.clear();
+    }
+
+    /// Switches to a new config between two polls. Pending events follow their `files`
+    /// entry by pattern (an event whose entry is gone completes at the next tick); burst
+    /// windows stay by rule name (those of a rule that lost `dedup` close at the next
+    /// tick); context lines stay unless the deepest `context.before` changed.
+    pub fn switch_config(&mut self, new: Arc<Config>) {
+        let old = Arc::clone(&self.config);
+        self.assembler.respec(
+            |spec| {
+                let pattern = &old.files.get(spec)?.pattern;
+                new.files.iter().position(|f| &f.pattern == pattern)
+            },
+            new.files.len(),
+        );
+        self.by_path.clear();
+        self.by_rules.clear();
+        self.dedup_windows = dedup_windows(&new);
+        if self.max_context != new.max_context_before() {
+            self.max_context = new.max_context_before();
+            self.rings.clear();
+        }
+        self.config = new;
+    }
+
+    fn evaluate_event(&mut self, event: &Event, now_ms: i64, out: &mut dyn Output) {
+        self.evaluate(
+            &event.path,
+            &event.bytes,
+            (event.first_number, event.last_number),
+            now_ms,
+            out,
+        );
+    }
+
+    /// Runs the file's rules over `text` and routes each hit.
+    fn evaluate(
+        &mut self,
+        path: &Path,
+        text: &[u8],
+        lines: (u64, u64),
+        now_ms: i64,
+        out: &mut dyn Output,
+    ) {
+        let rules = self.rules_for(path, out);
+        let file = path.to_string_lossy();
+        let source = Source {
+            file: &file,
+            host: &self.config.host,
+        };
+        let max_context = self.max_context;
+        let mut ring = (max_context > 0).then(|| {
+            self.rings
+                .entry(path.to_path_buf())
+                .or_insert_with(|| ContextRing::new(max_context))
+        });
+        let bursts = &mut self.bursts;
+        let queued = &mut self.queued;
+        rules.evaluate(text, |hit| {
+            let context = match &ring {
+                Some(r) if hit.rule.context_before > 0 => r.last(hit.rule.context_before),
+                _ => Vec::new(),
+            };
+            let n = hit.notification_with_context(text, &source, &context);
+            let routed = match &hit.rule.dedup {
+                Some(dedup) => {
+                    let observed = bursts.observe(dedup, n.clone(), text, now_ms, queued);
+                    if observed.evicted {
+                        out.window_evicted(&hit.rule.name);
+                    }
+                    // The occurrence itself, when posted, is the last one queued.
+                    let own = observed.posted.then(|| queued.pop()).flatten();
+                    for summary in queued.drain(..) {
+                        out.notification(summary, Cause::Summary);
+                    }
+                    if let Some(own) = own {
+                        out.notification(own, Cause::Hit);
+                        Routed::Posted
+                    } else {
+                        Routed::Counted
+                    }
+                }
+                None => {
+                    out.notification(n.clone(), Cause::Hit);
+                    Routed::Queued
+                }
+            };
+            out.hit(&HitReport {
+                hit: &hit,
+                text,
+                lines,
+                notification: &n,
+                routed,
+            });
+        });
+        if let Some(r) = ring.as_mut() {
+            r.push(text);
+        }
+    }
+
+    fn drain_queued(&mut self, cause: Cause, out: &mut dyn Output) {
+        for n in self.queued.drain(..) {
+            out.notification(n, cause);
+        }
+    }
+
+    /// The rule set for a file, compiled once per distinct set of applicable rules.
+    fn rules_for(&mut self, path: &Path, out: &mut dyn Output) -> Arc<RuleSet> {
+        if let Some(set) = self.by_path.get(path) {
+            return Arc::clone(set);
+        }
+        let config = &self.config;
+        let file_filters = self.file_filters;
+        let indexes: Vec<usize> = config
+            .rules
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| !file_filters || r.applies_to(path))
+            .map(|(i, _)| i)
+            .collect();
+        let set = self
+            .by_rules
+            .entry(indexes)
+            .or_insert_with_key(|indexes| {
+                let rules = indexes.iter().map(|&i| Arc::clone(&config.rules[i]));
+                // Every pattern compiled on its own when the config was loaded, and the
+                // gate's size limit grows with the number of rules, so the set compiles
+                // too; should it not, the caller hears of it and nothing panics.
+                Arc::new(RuleSet::new(rules.collect()).unwrap_or_else(|error| {
+                    out.rules_unavailable(path, &error);
+                    RuleSet::empty()
+                }))
+            })
+            .clone();
+        self.by_path.insert(path.to_path_buf(), Arc::clone(&set));
+        set
+    }
+}
+
+/// `dedup.window` by rule name.
+fn dedup_windows(config: &Config) -> HashMap<String, Duration> {
+    config
+        .rules
+        .iter()
+        .filter_map(|r| r.dedup.as_ref().map(|d| (r.name.clone(), d.window)))
+        .collect()
+}

@@ -1,0 +1,435 @@
+//! The durable state under `state_dir`, and every SQL statement chattail runs.
+//!
+//! The database is `state_dir/state.sqlite3` in WAL mode; an operator can inspect it with
+//! the `sqlite3` shell. A lock file (`state_dir/chattail.lock`, held with an OS file lock
+//! for the life of the process) keeps a second agent away from the same directory.
+//!
+//! It holds four tables (see `schema.rs`): `files` (offsets), `outbox` (notifications
+//! waiting for Chat), `bursts` (open burst windows) and `multiline_events` (pending events).
+//! The agent changes them through one [`StoreTx`] per poll, so offsets advance together
+//! with the notifications, windows and events the same lines produced: a crash leaves
+//! either all or none. The sender's side of the outbox is [`outbox::Outbox`].
+//!
+//! The store speaks in plain rows ([`FileRow`], [`WindowRow`], [`EventRow`],
+//! [`NewNotification`]); it knows nothing of the tailer or the pipeline, and they know
+//! nothing of SQLite.
+
+pub mod outbox;
+mod schema;
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, params};
+use thiserror::Error;
+
+use crate::clock::{unix_now_ms, unix_now_s};
+pub use schema::SCHEMA_VERSION;
+
+/// Released files are remembered this long, so a file that comes back under a matched
+/// path (or after a restart) resumes instead of being read again.
+const RELEASED_RETENTION_SECS: i64 = 24 * 3600;
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("cannot create the state directory {dir}: {source}")]
+    CreateDir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open the lock file {path}: {source}")]
+    LockFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "another chattail is already using the state directory {dir} (it holds {dir}/chattail.lock); \
+         give each agent its own state_dir"
+    )]
+    Locked { dir: PathBuf },
+    #[error(
+        "the state database {path} was written by a newer chattail (schema {found}, this one knows {SCHEMA_VERSION})"
+    )]
+    TooNew { path: PathBuf, found: i64 },
+    #[error("state database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+/// A file's saved position (a row of `files`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRow {
+    pub dev: u64,
+    pub ino: u64,
+    pub path: PathBuf,
+    /// The file's first bytes when the offset was saved (its fingerprint).
+    pub prefix: Vec<u8>,
+    /// The first byte not yet handed out as (part of) a line.
+    pub offset: u64,
+    /// Whether `offset` is inside a cut line whose rest is being skipped.
+    pub skipping: bool,
+    /// Whether the file was released (rotated away or deleted) by then.
+    pub released: bool,
+}
+
+/// An open burst window (a row of `bursts`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowRow {
+    pub rule: String,
+    pub key: String,
+    pub webhook: String,
+    pub thread_key: String,
+    pub first_ms: i64,
+    pub last_ms: i64,
+    pub count: u64,
+    pub last_line: String,
+}
+
+/// A pending multiline event (a row of `multiline_events`), one per file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRow {
+    pub dev: u64,
+    pub ino: u64,
+    pub path: PathBuf,
+    /// The index of its `files` entry.
+    pub spec: usize,
+    pub bytes: Vec<u8>,
+    pub lines: usize,
+    pub cut_lines: usize,
+    pub last_ms: i64,
+}
+
+/// A notification to queue in the outbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewNotification<'a> {
+    pub rule: &'a str,
+    pub webhook: &'a str,
+    pub thread_key: &'a str,
+    pub text: &'a str,
+}
+
+/// The open state directory. Dropping it releases the lock.
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+    _lock: File,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// A state that lives in memory only, for `run --dry-run`: it never touches
+    /// `state_dir`, and every file is new to it.
+    pub fn in_memory() -> Result<Self, StoreError> {
+        let conn = Connection::open_in_memory()?;
+        let lock = File::open("/dev/null").map_err(|source| StoreError::LockFile {
+            path: PathBuf::from("/dev/null"),
+            source,
+        })?;
+        let path = PathBuf::from(":memory:");
+        schema::migrate(&conn, &path)?;
+        Ok(Self {
+            conn,
+            path,
+            _lock: lock,
+        })
+    }
+
+    /// Opens (creating if needed) the state in `dir` and takes its lock.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+            dir: dir.to_owned(),
+            source,
+        })?;
+        let lock_path = dir.join("chattail.lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|source| StoreError::LockFile {
+                path: lock_path.clone(),
+                source,
+            })?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StoreError::Locked {
+                    dir: dir.to_owned(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(source)) => {
+                return Err(StoreError::LockFile {
+                    path: lock_path,
+                    source,
+                });
+            }
+        }
+        let path = dir.join("state.sqlite3");
+        let conn = Connection::open(&path)?;
+        // WAL keeps readers (an operator's sqlite3 shell) from blocking the agent. With WAL,
+        // synchronous=NORMAL never loses a committed transaction when the process dies;
+        // only a power cut can roll back the last ones, and then offsets and outbox roll
+        // back together.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        schema::migrate(&conn, &path)?;
+        Ok(Self {
+            conn,
+            path,
+            _lock: lock,
+        })
+    }
+
+    /// The database file, for the sender's and the admin endpoint's own connections.
+    pub fn db_path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Every file with a saved offset, released ones included (within retention).
+    pub fn saved_files(&self) -> Result<Vec<FileRow>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT dev, ino, path, prefix, offset, skipping, released_at IS NOT NULL FROM files",
+        )?;
+        let rows = stmt.query_map([], |row| {
+            Ok(FileRow {
+                dev: from_sql_u64(row.get(0)?),
+                ino: from_sql_u64(row.get(1)?),
+                path: PathBuf::from(row.get::<_, String>(2)?),
+                prefix: row.get(3)?,
+                offset: from_sql_u64(row.get(4)?),
+                skipping: row.get(5)?,
+                released: row.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// The open burst windows.
+    pub fn saved_windows(&self) -> Result<Vec<WindowRow>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT rule, key, webhook, thread_key, first_ms, last_ms, count, last_line FROM bursts",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(WindowRow {
+                rule: r.get(0)?,
+                key: r.get(1)?,
+                webhook: r.get(2)?,
+                thread_key: r.get(3)?,
+                first_ms: r.get(4)?,
+                last_ms: r.get(5)?,
+                count: u64::try_from(r.get::<_, i64>(6)?).unwrap_or(0),
+                last_line: r.get(7)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// The pending multiline events.
+    pub fn saved_events(&self) -> Result<Vec<EventRow>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT dev, ino, path, spec, bytes, lines, cut_lines, last_ms FROM multiline_events",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(EventRow {
+                dev: from_sql_u64(r.get(0)?),
+                ino: from_sql_u64(r.get(1)?),
+                path: PathBuf::from(r.get::<_, String>(2)?),
+                spec: usize::try_from(r.get::<_, i64>(3)?).unwrap_or(0),
+                bytes: r.get(4)?,
+                lines: usize::try_from(r.get::<_, i64>(5)?).unwrap_or(0),
+                cut_lines: usize::try_from(r.get::<_, i64>(6)?).unwrap_or(0),
+                last_ms: r.get(7)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// Notifications waiting for Chat (not given up on).
+    pub fn outbox_len(&self) -> Result<u64, StoreError> {
+        let n: i64 =
+            self.conn
+                .query_row("SELECT COUNT(*) FROM outbox WHERE dead = 0", [], |r| {
+                    r.get(0)
+                })?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// Notifications waiting for Chat, by webhook name (not given up on).
+    pub fn outbox_by_webhook(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT webhook, COUNT(*) FROM outbox WHERE dead = 0 GROUP BY webhook",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Starts a transaction; nothing is visible to a later start until it commits.
+    pub fn transaction(&mut self) -> Result<StoreTx<'_>, StoreError> {
+        Ok(StoreTx {
+            // IMMEDIATE: take the write lock now, waiting for the sender if it holds it,
+            // rather than failing with BUSY at the first write.
+            tx: self
+                .conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?,
+        })
+    }
+}
+
+/// One atomic change to the state: the agent commits one per poll.
+pub struct StoreTx<'a> {
+    tx: rusqlite::Transaction<'a>,
+}
+
+impl StoreTx<'_> {
+    /// Records a file's position (a new offset, or a file seen again).
+    pub fn save_file(&self, file: &FileRow) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO files (dev, ino, path, prefix, offset, skipping, released_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, ?7)
+                 ON CONFLICT (dev, ino) DO UPDATE SET
+                     path = excluded.path, prefix = excluded.prefix, offset = excluded.offset,
+                     skipping = excluded.skipping, released_at = NULL, updated_at = excluded.updated_at",
+            )?
+            .execute(params![
+                to_sql_u64(file.dev),
+                to_sql_u64(file.ino),
+                file.path.to_string_lossy(),
+                file.prefix,
+                to_sql_u64(file.offset),
+                file.skipping,
+                unix_now_s(),
+            ])?;
+        Ok(())
+    }
+
+    /// Records that a file is no longer followed; its row is kept for the retention time.
+    pub fn release_file(&self, dev: u64, ino: u64) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached("UPDATE files SET released_at = ?3 WHERE dev = ?1 AND ino = ?2")?
+            .execute(params![to_sql_u64(dev), to_sql_u64(ino), unix_now_s()])?;
+        Ok(())
+    }
+
+    /// Forgets a file that no longer exists anywhere.
+    pub fn forget_file(&self, dev: u64, ino: u64) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached("DELETE FROM files WHERE dev = ?1 AND ino = ?2")?
+            .execute(params![to_sql_u64(dev), to_sql_u64(ino)])?;
+        Ok(())
+    }
+
+    /// Records an open burst window (new or changed).
+    pub fn save_window(&self, w: &WindowRow) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO bursts (rule, key, webhook, thread_key, first_ms, last_ms, count, last_line)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (rule, key) DO UPDATE SET
+                     webhook = excluded.webhook, thread_key = excluded.thread_key,
+                     first_ms = excluded.first_ms, last_ms = excluded.last_ms,
+                     count = excluded.count, last_line = excluded.last_line",
+            )?
+            .execute(params![
+                w.rule,
+                w.key,
+                w.webhook,
+                w.thread_key,
+                w.first_ms,
+                w.last_ms,
+                i64::try_from(w.count).unwrap_or(i64::MAX),
+                w.last_line
+            ])?;
+        Ok(())
+    }
+
+    /// Forgets a closed burst window.
+    pub fn remove_window(&self, rule: &str, key: &str) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached("DELETE FROM bursts WHERE rule = ?1 AND key = ?2")?
+            .execute(params![rule, key])?;
+        Ok(())
+    }
+
+    /// Records the pending multiline event of a file.
+    pub fn save_event(&self, e: &EventRow) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached(
+                "INSERT OR REPLACE INTO multiline_events (dev, ino, path, spec, bytes, lines, cut_lines, last_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![
+                to_sql_u64(e.dev),
+                to_sql_u64(e.ino),
+                e.path.to_string_lossy(),
+                i64::try_from(e.spec).unwrap_or(0),
+                e.bytes,
+                i64::try_from(e.lines).unwrap_or(i64::MAX),
+                i64::try_from(e.cut_lines).unwrap_or(i64::MAX),
+                e.last_ms
+            ])?;
+        Ok(())
+    }
+
+    /// Forgets the pending multiline event of a file (it completed).
+    pub fn remove_event(&self, dev: u64, ino: u64) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached("DELETE FROM multiline_events WHERE dev = ?1 AND ino = ?2")?
+            .execute(params![to_sql_u64(dev), to_sql_u64(ino)])?;
+        Ok(())
+    }
+
+    /// Queues a notification for Chat.
+    pub fn enqueue(&self, n: &NewNotification<'_>) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO outbox (webhook, rule, thread_key, text, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![n.webhook, n.rule, n.thread_key, n.text, unix_now_ms()])?;
+        Ok(())
+    }
+
+    /// Makes the transaction durable, dropping released files past their retention.
+    pub fn commit(self) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached("DELETE FROM files WHERE released_at IS NOT NULL AND released_at < ?1")?
+            .execute(params![unix_now_s() - RELEASED_RETENTION_SECS])?;
+        Ok(self.tx.commit()?)
+    }
+}
+
+/// `n` random bytes from the kernel, as hex; falls back to time and process id, which are
+/// unique enough for an agent id.
+fn random_hex(n: usize) -> String {
+    use std::io::Read;
+    let mut bytes = vec![0u8; n];
+    let ok = File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+    if ok.is_err() {
+        let seed = unix_now_ms().unsigned_abs() ^ (u64::from(std::process::id()) << 32);
+        for (i, b) in bytes.iter_mut().enumerate() {
+            *b = (seed >> ((i % 8) * 8)) as u8 ^ (i as u8);
+        }
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// SQLite integers are signed 64-bit; device and inode numbers are stored bit for bit.
+fn to_sql_u64(value: u64) -> i64 {
+    i64::from_ne_bytes(value.to_ne_bytes())
+}
+
+fn from_sql_u64(value: i64) -> u64 {
+    u64::from_ne_bytes(value.to_ne_bytes())
+}

@@ -1,0 +1,105 @@
+//! The schema of the state database, created or upgraded in place and tracked with
+//! SQLite's `user_version`. Every table is defined here and only here.
+
+use rusqlite::Connection;
+
+use super::{StoreError, random_hex};
+
+/// The schema version this code writes.
+pub const SCHEMA_VERSION: i64 = 4;
+
+/// Creates or upgrades the schema of `conn` (the database at `path`, for errors).
+pub fn migrate(conn: &Connection, path: &std::path::Path) -> Result<(), StoreError> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::TooNew {
+            path: path.to_owned(),
+            found: version,
+        });
+    }
+    if version < 1 {
+        conn.execute_batch(
+            "BEGIN;
+             CREATE TABLE files (
+                 dev         INTEGER NOT NULL,
+                 ino         INTEGER NOT NULL,
+                 path        TEXT    NOT NULL,
+                 prefix      BLOB    NOT NULL,
+                 offset      INTEGER NOT NULL,
+                 skipping    INTEGER NOT NULL,
+                 released_at INTEGER,
+                 updated_at  INTEGER NOT NULL,
+                 PRIMARY KEY (dev, ino)
+             );
+             PRAGMA user_version = 1;
+             COMMIT;",
+        )?;
+    }
+    if version < 2 {
+        // The outbox: notifications waiting for Chat, written in the same transaction
+        // as the offsets of the lines that produced them. `batch` is the request id of
+        // the post a row is part of, set before the post is sent so that a retry after
+        // a crash sends exactly the same post again.
+        let agent_id = random_hex(8);
+        conn.execute_batch(&format!(
+            "BEGIN;
+             CREATE TABLE outbox (
+                 id         INTEGER PRIMARY KEY AUTOINCREMENT,
+                 webhook    TEXT    NOT NULL,
+                 rule       TEXT    NOT NULL,
+                 thread_key TEXT    NOT NULL,
+                 text       TEXT    NOT NULL,
+                 created_ms INTEGER NOT NULL,
+                 batch      TEXT,
+                 attempts   INTEGER NOT NULL DEFAULT 0,
+                 dead       INTEGER NOT NULL DEFAULT 0
+             );
+             CREATE INDEX outbox_by_webhook ON outbox (webhook, dead, id);
+             CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+             INSERT INTO meta (key, value) VALUES ('agent_id', '{agent_id}'), ('batch_seq', '0');
+             PRAGMA user_version = 2;
+             COMMIT;"
+        ))?;
+    }
+    if version < 3 {
+        // Open burst windows, written with the offsets and the outbox so that a crash
+        // neither posts a first occurrence twice nor loses a count.
+        conn.execute_batch(
+            "BEGIN;
+             CREATE TABLE bursts (
+                 rule       TEXT    NOT NULL,
+                 key        TEXT    NOT NULL,
+                 webhook    TEXT    NOT NULL,
+                 thread_key TEXT    NOT NULL,
+                 first_ms   INTEGER NOT NULL,
+                 last_ms    INTEGER NOT NULL,
+                 count      INTEGER NOT NULL,
+                 last_line  TEXT    NOT NULL,
+                 PRIMARY KEY (rule, key)
+             );
+             PRAGMA user_version = 3;
+             COMMIT;",
+        )?;
+    }
+    if version < 4 {
+        // The incomplete multiline event of each file, so that an event split by a
+        // restart is still one event.
+        conn.execute_batch(
+            "BEGIN;
+             CREATE TABLE multiline_events (
+                 dev       INTEGER NOT NULL,
+                 ino       INTEGER NOT NULL,
+                 path      TEXT    NOT NULL,
+                 spec      INTEGER NOT NULL,
+                 bytes     BLOB    NOT NULL,
+                 lines     INTEGER NOT NULL,
+                 cut_lines INTEGER NOT NULL,
+                 last_ms   INTEGER NOT NULL,
+                 PRIMARY KEY (dev, ino)
+             );
+             PRAGMA user_version = 4;
+             COMMIT;",
+        )?;
+    }
+    Ok(())
+}

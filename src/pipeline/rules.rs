@@ -6,7 +6,6 @@
 //! its own regex for captures and its `exclude` pattern. The engine does no I/O; it
 //! borrows the line and renders into new strings only for matches.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use regex::bytes::{Captures, RegexSet, RegexSetBuilder};
@@ -74,25 +73,9 @@ impl RuleSet {
         }
     }
 
-    /// The rules of `config` that apply to the file at `path`.
-    pub fn for_file(config: &Config, path: &Path) -> Result<Self, regex::Error> {
-        Self::new(
-            config
-                .rules
-                .iter()
-                .filter(|r| r.applies_to(path))
-                .cloned()
-                .collect(),
-        )
-    }
-
     /// Every rule of `config`, whatever files it is limited to.
     pub fn all(config: &Config) -> Result<Self, regex::Error> {
         Self::new(config.rules.clone())
-    }
-
-    pub fn rules(&self) -> &[Arc<Rule>] {
-        &self.rules
     }
 
     /// Calls `on_hit` for each rule that matches `line` and whose `exclude` does not, in
@@ -252,8 +235,9 @@ mod tests {
              \x20 - name: any\n    match: 'timeout'\n    webhook: oncall\n",
         );
         let names = |path: &str| -> Vec<String> {
-            let set = RuleSet::for_file(&c, Path::new(path)).unwrap();
-            set.rules().iter().map(|r| r.name.clone()).collect()
+            let path = Path::new(path);
+            let rules = c.rules.iter().filter(|r| r.applies_to(path));
+            rules.map(|r| r.name.clone()).collect()
         };
         assert_eq!(names("/var/log/app/db-main.log"), ["db", "any"]);
         assert_eq!(names("/var/log/app/web.log"), ["any"]);

@@ -366,3 +366,139 @@ fn the_kubernetes_example_config_passes_check() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("rules (2)"));
 }
+
+/// A config whose `files` entry joins lines into events at each timestamped line, with a
+/// rule that matches an exception line inside an event.
+fn stack_trace_config(dir: &std::path::Path) -> std::path::PathBuf {
+    let config = dir.join("traces.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir: {state}\nwebhooks:\n  oncall:\n    url: http://127.0.0.1:9/v1/spaces/S/messages\nfiles:\n  - path: {log}\n    start_at: beginning\n    multiline:\n      start: '^\\d{{4}}-\\d{{2}}-\\d{{2}} '\nrules:\n  - name: exception\n    match: '(?m)^(?P<exception>[\\w.]+(?:Exception|Error)): (?P<detail>.*)$'\n    webhook: oncall\n    thread_key: 'exc-{{exception}}'\n    message: \"*{{exception}}* {{detail}} after `{{first_line}}`\"\n",
+            state = dir.join("state").display(),
+            log = super::support::repo().join("fixtures/stacktraces.log").display(),
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// `chattail test` joins a Java stack trace and a Python traceback into one event each,
+/// as `run` does, and the rule matches the exception line inside each event.
+#[test]
+fn test_applies_multiline_as_run_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = stack_trace_config(dir.path());
+    let config = config.to_str().unwrap();
+    let out = chattail(
+        &["test", "--config", config, "fixtures/stacktraces.log"],
+        &[],
+        None,
+    );
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        stdout.contains("lines join into events as files[0]"),
+        "{stdout}"
+    );
+    let java = "*java.lang.IllegalStateException* cart is locked after `2026-11-28 14:00:01 ERROR Request failed`";
+    let python = "*KeyError* 'user_id' after `2026-11-28 14:00:03 ERROR worker crashed`";
+    assert!(
+        stdout.contains("fixtures/stacktraces.log:2-8: 2026-11-28 14:00:01 ERROR Request failed\n  event:      7 lines joined by multiline"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("fixtures/stacktraces.log:10-14: 2026-11-28 14:00:03 ERROR worker crashed\n  event:      5 lines joined by multiline"),
+        "{stdout}"
+    );
+    assert!(stdout.contains(java) && stdout.contains(python), "{stdout}");
+    assert_eq!(
+        stdout.matches("  rule:       exception").count(),
+        2,
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("15 lines read, 12 matched by a rule, 3 matched by no rule"),
+        "{stdout}"
+    );
+
+    // `run` posts exactly those two messages.
+    let out = chattail(
+        &["run", "--config", config, "--dry-run", "--once"],
+        &[],
+        None,
+    );
+    let posted = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        posted.matches("── oncall · thread exc-").count(),
+        2,
+        "{posted}"
+    );
+    assert!(posted.contains(java) && posted.contains(python), "{posted}");
+}
+
+/// Brace alternatives in a `files` glob pass `check` and are followed by `run`, for a file
+/// there at start and one created later.
+#[test]
+fn brace_globs_pass_check_and_are_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir(&logs).unwrap();
+    std::fs::write(logs.join("before.log"), "ERROR in a .log there at start\n").unwrap();
+    std::fs::write(
+        logs.join("skipped.gz"),
+        "ERROR in a file the glob does not name\n",
+    )
+    .unwrap();
+    let config = dir.path().join("braces.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir: {state}\nwebhooks:\n  oncall:\n    url: http://127.0.0.1:9/v1/spaces/S/messages\nfiles:\n  - path: {logs}/*.{{log,txt}}\n    start_at: beginning\nrules:\n  - name: errors\n    match: 'ERROR (?P<what>.*)'\n    webhook: oncall\n    message: '{{what}}'\n",
+            state = dir.path().join("state").display(),
+            logs = logs.display(),
+        ),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let out = chattail(&["check", "--config", config], &[], None);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("*.{log,txt}"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // A file created after the agent started is found by the same glob.
+    let agent = std::process::Command::new(env!("CARGO_BIN_EXE_chattail"))
+        .args(["run", "--config", config, "--dry-run"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = agent.id();
+    let stdout = std::io::BufReader::new(agent.stdout.unwrap());
+    let (tx, messages) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in stdout.lines() {
+            if let Some(what) = line.unwrap().strip_prefix("   ") {
+                let _ = tx.send(what.to_owned());
+            }
+        }
+    });
+    let wait = std::time::Duration::from_secs(20);
+    let first = messages.recv_timeout(wait);
+    // Only now, with the agent running and the first file read, the second file appears.
+    std::fs::write(logs.join("after.txt"), "ERROR in a .txt created later\n").unwrap();
+    let second = messages.recv_timeout(wait);
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    assert_eq!(first.as_deref(), Ok("in a .log there at start"));
+    assert_eq!(second.as_deref(), Ok("in a .txt created later"));
+    // Nothing else: the .gz is not followed.
+    let rest: Vec<String> = messages.iter().collect();
+    assert!(rest.is_empty(), "{rest:?}");
+}

@@ -471,14 +471,14 @@ fn brace_globs_pass_check_and_are_followed() {
     );
 
     // A file created after the agent started is found by the same glob.
-    let agent = std::process::Command::new(env!("CARGO_BIN_EXE_chattail"))
+    let mut agent = std::process::Command::new(env!("CARGO_BIN_EXE_chattail"))
         .args(["run", "--config", config, "--dry-run"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let pid = agent.id();
-    let stdout = std::io::BufReader::new(agent.stdout.unwrap());
+    let stdout = std::io::BufReader::new(agent.stdout.take().unwrap());
     let (tx, messages) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         use std::io::BufRead;
@@ -496,6 +496,8 @@ fn brace_globs_pass_check_and_are_followed() {
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status();
+    let status = agent.wait().unwrap();
+    assert!(status.success(), "{status}");
     assert_eq!(first.as_deref(), Ok("in a .log there at start"));
     assert_eq!(second.as_deref(), Ok("in a .txt created later"));
     // Nothing else: the .gz is not followed.

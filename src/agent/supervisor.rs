@@ -92,10 +92,7 @@ pub(super) async fn supervise(
     options: RunOptions,
     out: Box<dyn Write + Send>,
 ) -> Result<(), RunError> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut hangup = signal(SignalKind::hangup())?;
+    let mut signals = Signals::install()?;
     let metrics = Metrics::default();
     let health = Arc::new(Health::default());
     health.beat();
@@ -107,28 +104,7 @@ pub(super) async fn supervise(
         first_send: tokio::time::Instant::now(),
     };
     let delivery = DeliveryGeneration::start(&config, db.as_deref(), &wake_rx, &context)?;
-    let (admin_stop_tx, mut admin_stop_rx) = watch::channel(false);
-    let admin = match config.admin_listen {
-        None => None,
-        Some(addr) => {
-            let stop = async move {
-                let _ = admin_stop_rx.wait_for(|stop| *stop).await;
-            };
-            let names = config.webhooks.iter().map(|w| w.name.clone()).collect();
-            let (handle, bound, task) = admin::start(
-                addr,
-                metrics.clone(),
-                Arc::clone(&health),
-                db.clone(),
-                names,
-                stop,
-            )
-            .await
-            .map_err(|source| RunError::Admin { addr, source })?;
-            tracing::info!(%bound, "Serving /metrics and /healthz.");
-            Some((handle, task))
-        }
-    };
+    let admin = AdminServer::start(&config, &metrics, &health, db.clone()).await?;
     tracing::info!(
         files = config.files.len(),
         rules = config.rules.len(),
@@ -160,44 +136,14 @@ pub(super) async fn supervise(
         wake: wake_rx,
         delivery: Some(delivery),
         reloads: reload_tx,
-        admin: admin.as_ref().map(|(handle, _)| handle.clone()),
+        admin: admin.as_ref().map(|a| a.handle.clone()),
     };
     let status = running_status(&supervisor.config);
     notify_systemd(&[NotifyState::Ready, NotifyState::Status(&status)]);
-    // A zero interval (WATCHDOG_USEC=0) means no watchdog.
-    let watchdog = sd_notify::watchdog_enabled().filter(|d| !d.is_zero());
-    let mut watchdog_tick =
-        tokio::time::interval(watchdog.map_or(Duration::from_secs(3600), |d| d / 2));
-    let mut watch_tick = tokio::time::interval(WATCH_CONFIG_EVERY);
-    watch_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-
-    let mut signalled = false;
-    let ingest_result = loop {
-        tokio::select! {
-            r = &mut ingest => break Some(r),
-            _ = terminate.recv() => { signalled = true; break None }
-            _ = interrupt.recv() => { signalled = true; break None }
-            _ = hangup.recv() => {
-                tracing::info!("SIGHUP: reloading the config.");
-                supervisor.reload().await;
-            }
-            _ = watch_tick.tick(), if options.watch_config => {
-                if supervisor.config_file_changed().await {
-                    tracing::info!("The config file changed: reloading it.");
-                    supervisor.reload().await;
-                }
-            }
-            _ = watchdog_tick.tick(), if watchdog.is_some() => {
-                // A stalled run loop or a dead worker stops the pings, so systemd restarts
-                // the agent; a parked webhook does not (a restart would not help).
-                if supervisor.health.is_alive() {
-                    notify_systemd(&[NotifyState::Watchdog]);
-                }
-            }
-        }
-    };
+    let ended = supervisor.serve(&mut signals, &mut ingest).await;
     notify_systemd(&[NotifyState::Stopping]);
-    let ingest_result = match ingest_result {
+    let signalled = ended.is_none();
+    let ingest_result = match ended {
         Some(r) => r,
         None => {
             tracing::info!("Stopping: reading no more, posting what is queued.");
@@ -208,36 +154,157 @@ pub(super) async fn supervise(
     let ingest_result = ingest_result
         .map_err(|_| RunError::IngestPanicked)
         .and_then(|r| r);
-    let grace = supervisor.config.delivery.shutdown_grace;
     // With --once and no signal, delivery drains the outbox however long it takes; a
     // signal (or a failure of the ingest half) gives it the grace period only.
     let drain = options.once && !signalled && ingest_result.is_ok();
-    let deadline = tokio::time::Instant::now()
-        + if drain {
-            Duration::from_secs(86_400)
-        } else {
-            grace
+    supervisor.finish_delivery(&mut signals, drain).await;
+    if let Some(admin) = admin {
+        admin.stop().await;
+    }
+    tracing::info!("chattail stopped.");
+    ingest_result
+}
+
+type IngestTask = tokio::task::JoinHandle<Result<(), RunError>>;
+
+/// The signals the agent answers.
+struct Signals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Self, RunError> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+            hangup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// SIGTERM or SIGINT.
+    async fn stop(&mut self) {
+        tokio::select! {
+            _ = self.terminate.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
+    }
+}
+
+/// The admin endpoint's server task and how to stop it.
+struct AdminServer {
+    handle: AdminHandle,
+    task: tokio::task::JoinHandle<()>,
+    stop: watch::Sender<bool>,
+}
+
+impl AdminServer {
+    /// Binds `admin.listen` (a taken port fails the start), if it is set.
+    async fn start(
+        config: &Config,
+        metrics: &Metrics,
+        health: &Arc<Health>,
+        db: Option<PathBuf>,
+    ) -> Result<Option<Self>, RunError> {
+        let Some(addr) = config.admin_listen else {
+            return Ok(None);
         };
-    if let Some(delivery) = supervisor.delivery.take() {
+        let (stop, mut stop_rx) = watch::channel(false);
+        let stopped = async move {
+            let _ = stop_rx.wait_for(|stop| *stop).await;
+        };
+        let names = config.webhooks.iter().map(|w| w.name.clone()).collect();
+        let (handle, bound, task) = admin::start(
+            addr,
+            metrics.clone(),
+            Arc::clone(health),
+            db,
+            names,
+            stopped,
+        )
+        .await
+        .map_err(|source| RunError::Admin { addr, source })?;
+        tracing::info!(%bound, "Serving /metrics and /healthz.");
+        Ok(Some(Self { handle, task, stop }))
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+impl Supervisor {
+    /// Answers signals, reloads and the watchdog until ingest ends (`Some`, its outcome)
+    /// or a stop signal comes (`None`).
+    async fn serve(
+        &mut self,
+        signals: &mut Signals,
+        ingest: &mut IngestTask,
+    ) -> Option<Result<Result<(), RunError>, tokio::task::JoinError>> {
+        // A zero interval (WATCHDOG_USEC=0) means no watchdog.
+        let watchdog = sd_notify::watchdog_enabled().filter(|d| !d.is_zero());
+        let mut watchdog_tick =
+            tokio::time::interval(watchdog.map_or(Duration::from_secs(3600), |d| d / 2));
+        let mut watch_tick = tokio::time::interval(WATCH_CONFIG_EVERY);
+        watch_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                r = &mut *ingest => return Some(r),
+                _ = signals.terminate.recv() => return None,
+                _ = signals.interrupt.recv() => return None,
+                _ = signals.hangup.recv() => {
+                    tracing::info!("SIGHUP: reloading the config.");
+                    self.reload().await;
+                }
+                _ = watch_tick.tick(), if self.options.watch_config => {
+                    if self.config_file_changed().await {
+                        tracing::info!("The config file changed: reloading it.");
+                        self.reload().await;
+                    }
+                }
+                _ = watchdog_tick.tick(), if watchdog.is_some() => {
+                    // A stalled run loop or a dead worker stops the pings, so systemd
+                    // restarts the agent; a parked webhook does not (a restart would not
+                    // help).
+                    if self.health.is_alive() {
+                        notify_systemd(&[NotifyState::Watchdog]);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Lets delivery post what is queued: for `delivery.shutdown_grace`, or with `drain`
+    /// until the outbox is empty (a stop signal then cuts it to the grace period).
+    async fn finish_delivery(&mut self, signals: &mut Signals, drain: bool) {
+        let grace = self.config.delivery.shutdown_grace;
+        let Some(delivery) = self.delivery.take() else {
+            return;
+        };
+        let deadline = tokio::time::Instant::now()
+            + if drain {
+                Duration::from_secs(86_400)
+            } else {
+                grace
+            };
         let stop = delivery.stop.clone();
         let all_workers = delivery.finish(deadline);
         tokio::pin!(all_workers);
         if drain {
             tokio::select! {
                 () = &mut all_workers => {}
-                _ = terminate.recv() => { let _ = stop.send(Some(tokio::time::Instant::now() + grace)); all_workers.await; }
-                _ = interrupt.recv() => { let _ = stop.send(Some(tokio::time::Instant::now() + grace)); all_workers.await; }
+                () = signals.stop() => {
+                    let _ = stop.send(Some(tokio::time::Instant::now() + grace));
+                    all_workers.await;
+                }
             }
         } else {
             all_workers.await;
         }
     }
-    let _ = admin_stop_tx.send(true);
-    if let Some((_, task)) = admin {
-        let _ = task.await;
-    }
-    tracing::info!("chattail stopped.");
-    ingest_result
 }
 
 /// The `STATUS=` line `systemctl status` shows.

@@ -99,6 +99,8 @@ pub fn spawn_workers(
             stop: stop.clone(),
             options: config.delivery.clone(),
             parked: HashMap::new(),
+            backoff: None,
+            failing_since: None,
             context: context.clone(),
             // Counted as running from now, not from the task's first poll, so that
             // `/healthz` never sees fewer workers than expected while they start.
@@ -120,6 +122,9 @@ struct SpaceWorker {
     options: Delivery,
     /// Parked webhooks and until when.
     parked: HashMap<String, Instant>,
+    /// The backoff of the current run of failures, and since when it lasts.
+    backoff: Option<backon::ExponentialBackoff>,
+    failing_since: Option<Instant>,
     context: WorkerContext,
     /// Dropped when the worker ends, also by a panic.
     _running: crate::ops::health::WorkerGuard,
@@ -129,8 +134,6 @@ impl SpaceWorker {
     async fn run(mut self) {
         tracing::debug!(space = %self.space, webhooks = self.targets.len(), "Delivery worker started.");
         let mut next_send = self.context.first_send;
-        let mut backoff: Option<backon::ExponentialBackoff> = None;
-        let mut failing_since: Option<Instant> = None;
         loop {
             let deadline = *self.stop.borrow();
             if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -182,87 +185,105 @@ impl SpaceWorker {
                 () = stop_reached(self.stop.clone()) => break,
             };
             next_send = sent_at + self.interval;
-            let metrics = &self.context.metrics;
-            let label = metrics.webhook(&target.name);
             match outcome {
-                PostOutcome::Accepted => {
-                    metrics.chat_posts.get_or_create(&label).inc();
-                    metrics
-                        .chat_notifications
-                        .get_or_create(&label)
-                        .inc_by(batch.rows as u64);
-                    if self.context.health.unpark(&target.name).is_some() {
-                        metrics.webhook_parked.get_or_create(&label).set(0);
-                        tracing::info!(webhook = %target.name, "Chat accepts the webhook's posts again; it is no longer parked.");
-                    }
-                    if let Err(error) =
-                        tokio::task::block_in_place(|| self.outbox.delivered(&batch.request_id))
-                    {
-                        tracing::error!(space = %self.space, %error, "Cannot remove a delivered post from the outbox; it may be sent again (Chat ignores the repeat).");
-                    }
-                    if let Some(since) = failing_since.take() {
-                        tracing::info!(webhook = %target.name, down_for_s = since.elapsed().as_secs(), "Chat accepts posts again.");
-                    }
-                    backoff = None;
-                    log_delivered(&target.name, &batch);
-                }
+                PostOutcome::Accepted => self.accepted(&target, &batch),
                 PostOutcome::Retry { after, reason } => {
-                    metrics.chat_failed(&target.name, retry_reason(&reason));
-                    metrics.chat_retries.get_or_create(&label).inc();
-                    if reason == "429" {
-                        metrics.chat_rate_limited.get_or_create(&label).inc();
-                    }
-                    let step = backoff
-                        .get_or_insert_with(|| self.backoff_builder().build())
-                        .next()
-                        .unwrap_or(self.options.max_backoff);
-                    let wait = after.map_or(step, |a| a.max(step));
-                    if failing_since.is_none() {
-                        failing_since = Some(Instant::now());
-                        tracing::warn!(webhook = %target.name, reason = %reason, retry_in_ms = wait.as_millis() as u64, "Chat did not take a post; retrying with backoff.");
-                    } else {
-                        tracing::debug!(webhook = %target.name, reason = %reason, retry_in_ms = wait.as_millis() as u64, "Chat still does not take posts.");
-                    }
+                    let wait = self.retry_wait(&target, after, &reason);
                     if !self.sleep_or_stop(wait).await {
                         break;
                     }
                 }
                 PostOutcome::Refused { status, message } => {
-                    metrics.chat_failed(&target.name, reason_for_status(status));
-                    // A 400 is about one post (set aside after three), not the webhook:
-                    // only other refusals make the webhook unhealthy until Chat takes one
-                    // of its posts again.
-                    if status != 400 {
-                        metrics.webhook_parked.get_or_create(&label).set(1);
-                        self.context.health.park(&target.name, status, &message);
-                    }
-                    let until = Instant::now() + self.options.park_for;
-                    self.parked.insert(target.name.clone(), until);
-                    tracing::error!(
-                        webhook = %target.name,
-                        status,
-                        chat_message = %message,
-                        retry_in_s = self.options.park_for.as_secs(),
-                        "Chat refused the webhook's post; the webhook is parked and its messages stay queued."
-                    );
-                    if status == 400 {
-                        match tokio::task::block_in_place(|| self.outbox.refused(&batch.request_id))
-                        {
-                            Ok(true) => tracing::error!(
-                                webhook = %target.name,
-                                request_id = %batch.request_id,
-                                "Chat refused this post three times; it is set aside (dead) in the outbox."
-                            ),
-                            Ok(false) => {}
-                            Err(error) => {
-                                tracing::error!(%error, "Cannot record a refusal in the outbox.")
-                            }
-                        }
-                    }
+                    self.refused(&target, &batch, status, &message);
                 }
             }
         }
         tracing::debug!(space = %self.space, "Delivery worker stopped.");
+    }
+
+    /// Chat took the post: its rows are done, and the webhook is healthy again.
+    fn accepted(&mut self, target: &Target, batch: &Batch) {
+        let metrics = &self.context.metrics;
+        let label = metrics.webhook(&target.name);
+        metrics.chat_posts.get_or_create(&label).inc();
+        metrics
+            .chat_notifications
+            .get_or_create(&label)
+            .inc_by(batch.rows as u64);
+        if self.context.health.unpark(&target.name).is_some() {
+            metrics.webhook_parked.get_or_create(&label).set(0);
+            tracing::info!(webhook = %target.name, "Chat accepts the webhook's posts again; it is no longer parked.");
+        }
+        if let Err(error) = tokio::task::block_in_place(|| self.outbox.delivered(&batch.request_id))
+        {
+            tracing::error!(space = %self.space, %error, "Cannot remove a delivered post from the outbox; it may be sent again (Chat ignores the repeat).");
+        }
+        if let Some(since) = self.failing_since.take() {
+            tracing::info!(webhook = %target.name, down_for_s = since.elapsed().as_secs(), "Chat accepts posts again.");
+        }
+        self.backoff = None;
+        log_delivered(&target.name, batch);
+    }
+
+    /// Chat did not take the post but may later (429, 5xx, network): how long to wait.
+    fn retry_wait(&mut self, target: &Target, after: Option<Duration>, reason: &str) -> Duration {
+        let metrics = &self.context.metrics;
+        let label = metrics.webhook(&target.name);
+        metrics.chat_failed(&target.name, retry_reason(reason));
+        metrics.chat_retries.get_or_create(&label).inc();
+        if reason == "429" {
+            metrics.chat_rate_limited.get_or_create(&label).inc();
+        }
+        let builder = self.backoff_builder();
+        let step = self
+            .backoff
+            .get_or_insert_with(|| builder.build())
+            .next()
+            .unwrap_or(self.options.max_backoff);
+        let wait = after.map_or(step, |a| a.max(step));
+        if self.failing_since.is_none() {
+            self.failing_since = Some(Instant::now());
+            tracing::warn!(webhook = %target.name, reason = %reason, retry_in_ms = wait.as_millis() as u64, "Chat did not take a post; retrying with backoff.");
+        } else {
+            tracing::debug!(webhook = %target.name, reason = %reason, retry_in_ms = wait.as_millis() as u64, "Chat still does not take posts.");
+        }
+        wait
+    }
+
+    /// Chat refused the post: the webhook is parked (a 400 also counts against the post).
+    fn refused(&mut self, target: &Target, batch: &Batch, status: u16, message: &str) {
+        let metrics = &self.context.metrics;
+        let label = metrics.webhook(&target.name);
+        metrics.chat_failed(&target.name, reason_for_status(status));
+        // A 400 is about one post (set aside after three), not the webhook:
+        // only other refusals make the webhook unhealthy until Chat takes one
+        // of its posts again.
+        if status != 400 {
+            metrics.webhook_parked.get_or_create(&label).set(1);
+            self.context.health.park(&target.name, status, message);
+        }
+        let until = Instant::now() + self.options.park_for;
+        self.parked.insert(target.name.clone(), until);
+        tracing::error!(
+            webhook = %target.name,
+            status,
+            chat_message = %message,
+            retry_in_s = self.options.park_for.as_secs(),
+            "Chat refused the webhook's post; the webhook is parked and its messages stay queued."
+        );
+        if status == 400 {
+            match tokio::task::block_in_place(|| self.outbox.refused(&batch.request_id)) {
+                Ok(true) => tracing::error!(
+                    webhook = %target.name,
+                    request_id = %batch.request_id,
+                    "Chat refused this post three times; it is set aside (dead) in the outbox."
+                ),
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::error!(%error, "Cannot record a refusal in the outbox.")
+                }
+            }
+        }
     }
 
     fn backoff_builder(&self) -> ExponentialBuilder {

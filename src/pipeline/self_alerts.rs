@@ -80,7 +80,62 @@ impl SelfAlerts {
         now_ms: i64,
         out: &mut Vec<Notification>,
     ) -> Vec<EpisodeChange> {
+        let active = self.active(config, facts, has_files, now_ms);
         let mut changes = Vec::new();
+        for (condition, detail) in &active {
+            if self.open.contains_key(condition) {
+                continue;
+            }
+            self.open.insert(condition.clone(), now_ms);
+            let text = format!("⚠️ {} {detail}", describe(condition, false));
+            changes.push(EpisodeChange {
+                condition: describe(condition, false),
+                opened: true,
+                detail: detail.clone(),
+            });
+            self.post(config, text, out);
+        }
+        let cleared: Vec<(Condition, i64)> = self
+            .open
+            .iter()
+            .filter(|(c, _)| !active.contains_key(c))
+            .map(|(c, since)| (c.clone(), *since))
+            .collect();
+        for (condition, since) in cleared {
+            self.open.remove(&condition);
+            let lasted = std::time::Duration::from_secs(
+                u64::try_from(now_ms.saturating_sub(since) / 1000).unwrap_or(0),
+            );
+            // A condition can also end because a reload removed what it was about.
+            let still_configured = match &condition {
+                Condition::Parked(name) => config.webhook(name).is_some(),
+                Condition::Missing(p) => config.files.iter().any(|f| &f.pattern == p),
+                Condition::OutboxHigh => true,
+            };
+            let what = if still_configured {
+                describe(&condition, true)
+            } else {
+                format!("{} is no longer configured", subject(&condition))
+            };
+            let text = format!("✅ {what} (after {}).", humantime::format_duration(lasted));
+            changes.push(EpisodeChange {
+                condition: describe(&condition, false),
+                opened: false,
+                detail: String::new(),
+            });
+            self.post(config, text, out);
+        }
+        changes
+    }
+
+    /// The conditions that hold now, each with its detail.
+    fn active(
+        &mut self,
+        config: &Config,
+        facts: &Facts,
+        has_files: Option<&dyn Fn(usize) -> bool>,
+        now_ms: i64,
+    ) -> BTreeMap<Condition, String> {
         let mut active: BTreeMap<Condition, String> = BTreeMap::new();
         let target = config.self_alerts.as_ref().map(|s| s.webhook.as_str());
         for p in &facts.parked {
@@ -146,50 +201,7 @@ impl SelfAlerts {
         }
         self.missing_since.retain(|p, _| configured.contains(p));
 
-        for (condition, detail) in &active {
-            if self.open.contains_key(condition) {
-                continue;
-            }
-            self.open.insert(condition.clone(), now_ms);
-            let text = format!("⚠️ {} {detail}", describe(condition, false));
-            changes.push(EpisodeChange {
-                condition: describe(condition, false),
-                opened: true,
-                detail: detail.clone(),
-            });
-            self.post(config, text, out);
-        }
-        let cleared: Vec<(Condition, i64)> = self
-            .open
-            .iter()
-            .filter(|(c, _)| !active.contains_key(c))
-            .map(|(c, since)| (c.clone(), *since))
-            .collect();
-        for (condition, since) in cleared {
-            self.open.remove(&condition);
-            let lasted = std::time::Duration::from_secs(
-                u64::try_from(now_ms.saturating_sub(since) / 1000).unwrap_or(0),
-            );
-            // A condition can also end because a reload removed what it was about.
-            let still_configured = match &condition {
-                Condition::Parked(name) => config.webhook(name).is_some(),
-                Condition::Missing(p) => config.files.iter().any(|f| &f.pattern == p),
-                Condition::OutboxHigh => true,
-            };
-            let what = if still_configured {
-                describe(&condition, true)
-            } else {
-                format!("{} is no longer configured", subject(&condition))
-            };
-            let text = format!("✅ {what} (after {}).", humantime::format_duration(lasted));
-            changes.push(EpisodeChange {
-                condition: describe(&condition, false),
-                opened: false,
-                detail: String::new(),
-            });
-            self.post(config, text, out);
-        }
-        changes
+        active
     }
 
     fn post(&self, config: &Config, text: String, out: &mut Vec<Notification>) {

@@ -195,6 +195,9 @@ fn metrics_are_parsed_by_a_prometheus_parser_and_the_counters_move() {
         value(&first, "chattail_outbox_notifications{webhook=oncall}"),
         0.0
     );
+    // The tailer's events reach the metrics too (the log file was followed once).
+    assert_eq!(value(&first, "chattail_files_followed_total{}"), 1.0);
+    assert_eq!(value(&first, "chattail_files_released_total{}"), 0.0);
 
     write_timeouts(&s.agent.log(), "db-a", 3..7);
     wait_for("7 notifications", Duration::from_secs(20), || {

@@ -1,0 +1,272 @@
+//! Validating rules: patterns, templates against their capture groups, burst settings,
+//! and the `multiline` settings of `files` entries.
+
+use regex::bytes::{Regex, RegexBuilder};
+use serde_saphyr::Spanned;
+
+use super::super::raw::{RawConfig, RawDedup, RawMultiline, RawRule};
+use super::super::{
+    Boundary, DEFAULT_MAX_KEYS, DEFAULT_MESSAGE, DEFAULT_MESSAGE_WITH_CONTEXT,
+    DEFAULT_MULTILINE_MAX_LINES, DEFAULT_MULTILINE_TIMEOUT, DEFAULT_THREAD_KEY, Dedup,
+    MAX_CONTEXT_BEFORE, MULTILINE_PRESETS, Multiline, RULE_REGEX_SIZE_LIMIT, Rule,
+};
+use super::{Validator, defined_webhooks, is_name, loc};
+use crate::path_glob::PathGlob;
+use crate::pipeline::template::{BUILTINS, Template};
+
+impl Validator<'_> {
+    pub(super) fn rule(&mut self, raw: &RawRule, config: &RawConfig) -> Option<Rule> {
+        let name = raw.name.value.clone();
+        if !is_name(&name) {
+            self.report.error(
+                loc(&raw.name),
+                format!("rule name `{name}` may only use letters, digits, `-`, `_` and `.`"),
+            );
+        }
+        let what = |field: &str| format!("rule `{name}`: {field}");
+        let pattern = self
+            .expanded(&raw.pattern, &what("match"))
+            .and_then(|p| self.regex(&p, &raw.pattern, &what("`match`")));
+        let exclude = match &raw.exclude {
+            None => None,
+            Some(ex) => self
+                .expanded(ex, &what("exclude"))
+                .and_then(|p| self.regex(&p, ex, &what("`exclude`"))),
+        };
+        let webhook = raw.webhook.value.clone();
+        if !config.webhooks.contains_key(&webhook) {
+            self.report.error(
+                loc(&raw.webhook),
+                format!(
+                    "rule `{name}`: webhook `{webhook}` is not defined (defined: {})",
+                    defined_webhooks(config)
+                ),
+            );
+        }
+        let files = raw.files.as_ref().and_then(|globs| {
+            if globs.is_empty() {
+                self.report.error(
+                    None,
+                    format!("rule `{name}`: `files` is empty; leave it out to apply the rule to every file"),
+                );
+                return None;
+            }
+            let compiled: Vec<Option<PathGlob>> = globs
+                .iter()
+                .enumerate()
+                .map(|(i, glob)| self.glob_path(glob, &what(&format!("files[{i}]"))))
+                .collect();
+            compiled.into_iter().collect::<Option<Vec<PathGlob>>>()
+        });
+
+        // Templates can only be checked against a pattern that compiled.
+        let pattern = pattern?;
+        for group in pattern.capture_names().flatten() {
+            if BUILTINS.contains(&group) {
+                self.report.error(
+                    loc(&raw.pattern),
+                    format!(
+                        "rule `{name}`: the capture group `{group}` hides the built-in `{{{group}}}`; rename the group"
+                    ),
+                );
+            }
+        }
+        let thread_key = self.template(
+            &pattern,
+            raw.thread_key.as_ref(),
+            DEFAULT_THREAD_KEY,
+            &what("thread_key"),
+        );
+        let context_before = match &raw.context {
+            None => 0,
+            Some(c) if (1..=MAX_CONTEXT_BEFORE).contains(&c.before.value) => {
+                usize::try_from(c.before.value).unwrap_or(0)
+            }
+            Some(c) => {
+                self.report.error(
+                    loc(&c.before),
+                    format!(
+                        "rule `{name}`: context.before must be between 1 and {MAX_CONTEXT_BEFORE}, not {}",
+                        c.before.value
+                    ),
+                );
+                0
+            }
+        };
+        let default_message = if context_before > 0 {
+            DEFAULT_MESSAGE_WITH_CONTEXT
+        } else {
+            DEFAULT_MESSAGE
+        };
+        let message = self.template(
+            &pattern,
+            raw.message.as_ref(),
+            default_message,
+            &what("message"),
+        );
+        if context_before > 0
+            && let Some(m) = &message
+            && !m.uses_context()
+        {
+            self.report.error(
+                raw.message.as_ref().and_then(loc),
+                format!("rule `{name}`: context.before is set but the message does not show `{{context}}`"),
+            );
+        }
+        let dedup = raw
+            .dedup
+            .as_ref()
+            .and_then(|d| self.dedup(d, &pattern, &thread_key, &name));
+        Some(Rule {
+            name,
+            pattern,
+            exclude,
+            webhook,
+            thread_key: thread_key?,
+            message: message?,
+            dedup,
+            files,
+            context_before,
+        })
+    }
+
+    fn regex(&mut self, source: &str, value: &Spanned<String>, what: &str) -> Option<Regex> {
+        match RegexBuilder::new(source)
+            .size_limit(RULE_REGEX_SIZE_LIMIT)
+            .build()
+        {
+            Ok(re) => Some(re),
+            Err(regex::Error::CompiledTooBig(limit)) => {
+                self.report.error(
+                    loc(value),
+                    format!(
+                        "{what} is too big once compiled (over {} KiB); bound large repetitions such as \
+                         `\\w{{1000}}`, or use `(?-u:\\w)` when ASCII is enough",
+                        limit / 1024
+                    ),
+                );
+                None
+            }
+            Err(error) => {
+                self.report
+                    .error(loc(value), format!("{what} is not a valid regex:\n{error}"));
+                None
+            }
+        }
+    }
+
+    fn template(
+        &mut self,
+        pattern: &Regex,
+        value: Option<&Spanned<String>>,
+        default: &str,
+        what: &str,
+    ) -> Option<Template> {
+        let (text, location) = match value {
+            Some(v) => (self.expanded(v, what)?, loc(v)),
+            None => (default.to_owned(), None),
+        };
+        let names: Vec<&str> = pattern.capture_names().flatten().collect();
+        let index = |name: &str| pattern.capture_names().position(|n| n == Some(name));
+        match Template::parse(&text, index, &names) {
+            Ok(t) => Some(t),
+            Err(error) => {
+                self.report.error(location, format!("{what} {error}"));
+                None
+            }
+        }
+    }
+
+    fn dedup(
+        &mut self,
+        raw: &RawDedup,
+        pattern: &Regex,
+        thread_key: &Option<Template>,
+        name: &str,
+    ) -> Option<Dedup> {
+        let window = self.duration(&raw.window, &format!("rule `{name}`: dedup.window"));
+        let key = match &raw.key {
+            Some(_) => self.template(
+                pattern,
+                raw.key.as_ref(),
+                "",
+                &format!("rule `{name}`: dedup.key"),
+            ),
+            None => thread_key.clone(),
+        };
+        let max_keys = match &raw.max_keys {
+            None => DEFAULT_MAX_KEYS,
+            Some(n) if n.value == 0 => {
+                self.report.error(
+                    loc(n),
+                    format!("rule `{name}`: dedup.max_keys must be at least 1"),
+                );
+                return None;
+            }
+            Some(n) => usize::try_from(n.value).unwrap_or(usize::MAX),
+        };
+        Some(Dedup {
+            window: window?,
+            key: key?,
+            max_keys,
+        })
+    }
+
+    pub(super) fn multiline(&mut self, raw: &Spanned<RawMultiline>, i: usize) -> Option<Multiline> {
+        let what = format!("files[{i}].multiline");
+        let r = &raw.value;
+        let boundary = match (&r.start, &r.preset) {
+            (Some(start), None) => {
+                let text = self.expanded(start, &format!("{what}.start"))?;
+                Boundary::Start(self.regex(&text, start, &format!("{what}.start"))?)
+            }
+            (None, Some(preset)) => {
+                let name = preset.value.as_str();
+                let Some((_, pattern)) = MULTILINE_PRESETS.iter().find(|(n, _)| *n == name) else {
+                    let known: Vec<&str> = MULTILINE_PRESETS.iter().map(|(n, _)| *n).collect();
+                    self.report.error(
+                        loc(preset),
+                        format!(
+                            "{what}.preset `{name}` is not a preset (known: {})",
+                            known.join(", ")
+                        ),
+                    );
+                    return None;
+                };
+                Boundary::Continue(self.regex(pattern, preset, &format!("{what}.preset"))?)
+            }
+            _ => {
+                self.report.error(
+                    loc(raw),
+                    format!("{what} needs exactly one of `start` (a regex that begins an event) or `preset` (java, python, go)"),
+                );
+                return None;
+            }
+        };
+        let timeout = match &r.timeout {
+            Some(t) => self.duration(t, &format!("{what}.timeout"))?,
+            None => DEFAULT_MULTILINE_TIMEOUT,
+        };
+        let max_lines = match &r.max_lines {
+            None => DEFAULT_MULTILINE_MAX_LINES,
+            Some(n) if (2..=10_000).contains(&n.value) => {
+                usize::try_from(n.value).unwrap_or(DEFAULT_MULTILINE_MAX_LINES)
+            }
+            Some(n) => {
+                self.report.error(
+                    loc(n),
+                    format!(
+                        "{what}.max_lines must be between 2 and 10000, not {}",
+                        n.value
+                    ),
+                );
+                return None;
+            }
+        };
+        Some(Multiline {
+            boundary,
+            timeout,
+            max_lines,
+        })
+    }
+}

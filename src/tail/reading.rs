@@ -1,0 +1,349 @@
+//! Reading followed files: the sweep that notices growth, truncation and deletion, reads
+//! up to the per-poll budget, copytruncate recovery, and the release of rotated files.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime};
+
+use super::line_splitter::SplitLine;
+use super::{
+    Checkpoint, FileKey, Followed, LineOrigin, LineSink, PREFIX_LEN, Rotation, SavedFile,
+    TailEvents, Tailer, discovery,
+};
+
+impl Tailer {
+    /// `fstat`s every open file: detects truncation and deletion, and notices growth the
+    /// events missed.
+    pub(super) fn sweep(&mut self, sink: &mut dyn LineSink) {
+        let keys: Vec<FileKey> = self.files.keys().copied().collect();
+        for key in keys {
+            let Some(f) = self.files.get_mut(&key) else {
+                continue;
+            };
+            let metadata = match f.file.metadata() {
+                Ok(m) => m,
+                Err(error) => {
+                    self.events.read_failed(f.spec);
+                    tracing::warn!(path = %f.path.display(), %error, "Cannot stat a followed file.");
+                    continue;
+                }
+            };
+            if metadata.nlink() == 0 && f.rotated_at.is_none() {
+                tracing::info!(path = %f.path.display(), "File deleted; reading it to its end.");
+                f.rotated_at = Some(Instant::now());
+                f.last_growth = Instant::now();
+            }
+            // A path now naming another file (or nothing) means a rotation: look for files.
+            if f.rotated_at.is_none() {
+                match fs::metadata(&f.path) {
+                    Ok(m) if FileKey::of(&m) == key => {}
+                    _ => self.rescan_requested = true,
+                }
+            }
+            let size = metadata.len();
+            let mtime = metadata.mtime_nsec() + metadata.mtime() * 1_000_000_000;
+            let changed = size != f.last_size || mtime != f.last_mtime;
+            f.last_size = size;
+            f.last_mtime = mtime;
+            let truncated = size < f.offset
+                || (changed && !f.prefix.is_empty() && !prefix_matches(&f.file, &f.prefix));
+            if truncated {
+                self.truncated(key, sink);
+            } else if size > f.offset {
+                f.wants_read = true;
+            }
+        }
+    }
+
+    /// Handles a file whose content was cut or replaced in place (copytruncate).
+    pub(super) fn truncated(&mut self, key: FileKey, sink: &mut dyn LineSink) {
+        let copy = self.files.get(&key).and_then(|f| {
+            self.events.rotated(f.spec, Rotation::Truncated);
+            tracing::warn!(path = %f.path.display(), offset = f.offset, "File truncated; reading it again from its start.");
+            find_copy(&f.path, &f.prefix, f.offset, &self.files)
+        });
+        let Some(f) = self.files.get_mut(&key) else {
+            return;
+        };
+        // Lines written after our last read and before the truncation live on in the
+        // copy that copytruncate made, if it is next to the file.
+        if let Some((copy_path, copy)) = copy {
+            self.events.copy_recovered(f.spec);
+            // Remember the copy as read, in the state too: after a restart, or when a glob
+            // also matches rotated names, it must not be read again as a new file.
+            if let Ok(m) = copy.metadata() {
+                let copy_key = FileKey::of(&m);
+                self.consumed_copies.insert(copy_key);
+                let done = SavedFile {
+                    key: copy_key,
+                    path: copy_path.clone(),
+                    prefix: f.prefix.clone(),
+                    offset: m.len(),
+                    skipping: false,
+                    released: true,
+                };
+                self.saved.insert(copy_key, done.clone());
+                self.checkpoints.push(Checkpoint::Progress(done));
+                self.checkpoints.push(Checkpoint::Released(copy_key));
+            }
+            tracing::info!(path = %f.path.display(), copy = %copy_path.display(), "Reading the rest of the truncated content from its copy.");
+            let mut offset = f.offset;
+            loop {
+                let n = match copy.read_at(&mut self.buf, offset) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(error) => {
+                        self.events.read_failed(f.spec);
+                        tracing::warn!(copy = %copy_path.display(), %error, "Cannot read the copy.");
+                        break;
+                    }
+                };
+                offset += n as u64;
+                emit_lines(f, &self.buf[..n], sink, &*self.events);
+            }
+        }
+        flush_lines(f, sink, &*self.events);
+        f.offset = 0;
+        f.prefix.clear();
+        f.splitter.reset();
+        f.dirty = true;
+        f.wants_read = true;
+    }
+
+    /// Reads what file `key` has, up to the budget, handling a truncation found on the
+    /// way. Returns whether more is waiting.
+    pub(super) fn read(&mut self, key: FileKey, sink: &mut dyn LineSink) -> bool {
+        loop {
+            match self.read_some(key, sink) {
+                ReadOutcome::Drained => return false,
+                ReadOutcome::BudgetSpent => return true,
+                ReadOutcome::Truncated => self.truncated(key, sink),
+            }
+        }
+    }
+
+    pub(super) fn read_some(&mut self, key: FileKey, sink: &mut dyn LineSink) -> ReadOutcome {
+        let Some(f) = self.files.get_mut(&key) else {
+            return ReadOutcome::Drained;
+        };
+        f.wants_read = false;
+        // A rotated file is drained before the file that replaced it. If it was also
+        // truncated and rewritten to exactly our offset, nothing new is read and only its
+        // first bytes tell; check them now so that its new content is not read after the
+        // next file's. (Other files learn of such a truncation at the next sweep.)
+        if f.rotated_at.is_some()
+            && f.offset > 0
+            && !f.prefix.is_empty()
+            && !prefix_matches(&f.file, &f.prefix)
+        {
+            return ReadOutcome::Truncated;
+        }
+        let mut total = 0usize;
+        loop {
+            let n = match f.file.read_at(&mut self.buf, f.offset) {
+                Ok(0) => return ReadOutcome::Drained,
+                Ok(n) => n,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => {
+                    self.events.read_failed(f.spec);
+                    tracing::warn!(path = %f.path.display(), %error, "Cannot read a followed file.");
+                    return ReadOutcome::Drained;
+                }
+            };
+            // Check again after the read: a truncation racing with it cannot slip through.
+            if f.offset > 0 && !f.prefix.is_empty() && !prefix_matches(&f.file, &f.prefix) {
+                return ReadOutcome::Truncated;
+            }
+            let chunk = &self.buf[..n];
+            // While the file is read from its start, its first bytes become its prefix.
+            if f.prefix.len() < PREFIX_LEN && f.prefix.len() as u64 == f.offset {
+                let take = (PREFIX_LEN - f.prefix.len()).min(n);
+                f.prefix.extend_from_slice(&chunk[..take]);
+            }
+            f.offset += n as u64;
+            f.dirty = true;
+            f.last_growth = Instant::now();
+            emit_lines(f, chunk, sink, &*self.events);
+            total += n;
+            if total >= self.options.read_budget {
+                f.wants_read = true;
+                return ReadOutcome::BudgetSpent;
+            }
+            // A short read of a regular file means its end was reached; skip the read
+            // that would return nothing.
+            if n < self.buf.len() {
+                return ReadOutcome::Drained;
+            }
+        }
+    }
+
+    /// Releases rotated files that have not grown for `rotate_wait`.
+    pub(super) fn release_expired(&mut self, sink: &mut dyn LineSink) {
+        let wait = self.options.rotate_wait;
+        let expired: Vec<FileKey> = self
+            .files
+            .values()
+            .filter(|f| f.rotated_at.is_some() && f.last_growth.elapsed() >= wait && !f.wants_read)
+            .map(|f| f.key)
+            .collect();
+        for key in expired {
+            // One last read, then hand out an unfinished last line: no newline can come.
+            self.read(key, sink);
+            let Some(mut f) = self.files.remove(&key) else {
+                continue;
+            };
+            flush_lines(&mut f, sink, &*self.events);
+            let mut saved = f.checkpoint();
+            saved.released = true;
+            self.checkpoints.push(Checkpoint::Progress(saved.clone()));
+            self.checkpoints.push(Checkpoint::Released(key));
+            self.saved.insert(key, saved);
+            self.events.file_released(f.spec);
+            tracing::info!(path = %f.path.display(), offset = f.offset, "Released a file that was rotated away or deleted.");
+        }
+    }
+}
+
+/// How a read of one file ended.
+pub(super) enum ReadOutcome {
+    /// Everything there is was read.
+    Drained,
+    /// The per-poll budget ran out; more is waiting.
+    BudgetSpent,
+    /// The file no longer starts as it did: it was truncated and written again.
+    Truncated,
+}
+
+/// Hands the lines completed by `chunk` to `sink`.
+pub(super) fn emit_lines(
+    f: &mut Followed,
+    chunk: &[u8],
+    sink: &mut dyn LineSink,
+    events: &dyn TailEvents,
+) {
+    let (path, key, spec) = (&f.path, f.key, f.spec);
+    let cut_logged = &mut f.cut_logged;
+    let (mut lines, mut bytes) = (0u64, 0u64);
+    f.splitter.push(chunk, &mut |line: SplitLine<'_>| {
+        lines += 1;
+        bytes += line.bytes.len() as u64 + 1;
+        if line.cut {
+            events.line_cut(spec);
+            if !*cut_logged {
+                *cut_logged = true;
+                tracing::warn!(path = %path.display(), kept = line.bytes.len(), "Line longer than max_line_bytes; it was cut (further cuts in this file are only counted).");
+            }
+        }
+        sink.line(&LineOrigin { path, key, spec, cut: line.cut }, line.bytes);
+    });
+    if lines > 0 {
+        events.lines_read(spec, lines, bytes);
+    }
+}
+
+/// Hands out an unfinished last line.
+pub(super) fn flush_lines(f: &mut Followed, sink: &mut dyn LineSink, events: &dyn TailEvents) {
+    let (path, key, spec) = (&f.path, f.key, f.spec);
+    f.splitter.flush(&mut |line: SplitLine<'_>| {
+        events.lines_read(spec, 1, line.bytes.len() as u64);
+        sink.line(
+            &LineOrigin {
+                path,
+                key,
+                spec,
+                cut: false,
+            },
+            line.bytes,
+        );
+    });
+}
+
+/// Whether `file` starts with `prefix`.
+pub(super) fn prefix_matches(file: &File, prefix: &[u8]) -> bool {
+    if prefix.is_empty() {
+        return true;
+    }
+    let mut head = vec![0; prefix.len()];
+    file.read_exact_at(&mut head, 0).is_ok() && head == prefix
+}
+
+/// Whether the file at `path` and a followed file's `prefix` start with the same bytes
+/// (one a prefix of the other), as a copy of that file does.
+pub(super) fn starts_alike(path: &Path, prefix: &[u8]) -> bool {
+    if prefix.is_empty() {
+        return false;
+    }
+    let Ok(file) = File::open(path) else {
+        return false;
+    };
+    let mut head = vec![0; prefix.len()];
+    let mut filled = 0;
+    while filled < head.len() {
+        match file.read_at(&mut head[filled..], filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(_) => return false,
+        }
+    }
+    filled > 0 && head[..filled] == prefix[..filled]
+}
+
+/// The first bytes of a file of `size` bytes, up to [`PREFIX_LEN`].
+pub(super) fn read_prefix(file: &File, size: u64) -> Vec<u8> {
+    let mut prefix = vec![0; PREFIX_LEN.min(usize::try_from(size).unwrap_or(PREFIX_LEN))];
+    if file.read_exact_at(&mut prefix, 0).is_err() {
+        prefix.clear();
+    }
+    prefix
+}
+
+pub(super) fn last_byte(file: &File, size: u64) -> Option<u8> {
+    let mut byte = [0u8; 1];
+    file.read_exact_at(&mut byte, size.checked_sub(1)?).ok()?;
+    Some(byte[0])
+}
+
+/// The copy that copytruncate left next to `path`: a rotated sibling that starts with the
+/// same `prefix`, is at least `offset` long and is not followed. The newest one wins.
+pub(super) fn find_copy(
+    path: &Path,
+    prefix: &[u8],
+    offset: u64,
+    followed: &HashMap<FileKey, Followed>,
+) -> Option<(PathBuf, File)> {
+    if prefix.is_empty() {
+        return None;
+    }
+    let dir = path.parent()?;
+    let base = path.file_name()?.to_str()?;
+    let mut best: Option<(SystemTime, PathBuf, File)> = None;
+    for entry in fs::read_dir(dir).ok()?.filter_map(Result::ok) {
+        let name = entry.file_name();
+        if !name
+            .to_str()
+            .is_some_and(|n| discovery::is_rotated_sibling(n, base))
+        {
+            continue;
+        }
+        let Ok(file) = File::open(entry.path()) else {
+            continue;
+        };
+        let Ok(metadata) = file.metadata() else {
+            continue;
+        };
+        if followed.contains_key(&FileKey::of(&metadata))
+            || metadata.len() < offset
+            || !prefix_matches(&file, prefix)
+        {
+            continue;
+        }
+        let modified = metadata.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+        if best.as_ref().is_none_or(|(m, _, _)| modified > *m) {
+            best = Some((modified, entry.path(), file));
+        }
+    }
+    best.map(|(_, p, f)| (p, f))
+}

@@ -1,5 +1,5 @@
-//! The wall clock, read at the edges (the agent, delivery, health) and passed inward: the
-//! pipeline never reads it.
+//! The wall clock, read at the edges (the agent, the store's bookkeeping, delivery, ops)
+//! and passed inward: the pipeline never reads it.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -4,18 +4,23 @@
 //!
 //! Syntax (globset's, with `*` kept within one directory): `*`, `?`, `[abc]`, `[!abc]`,
 //! `{log,txt}` alternatives, and `**` as a whole path component for any number of
-//! directories. A `/` inside `{…}` or `[…]` is refused: expansion walks the directory tree
-//! one component at a time, and such a group would span components.
+//! directories. The pattern is made lexically normal first (`//` and `.` dropped, `..`
+//! resolved, without touching the disk), so `./logs/*.log` matches the paths the walk
+//! finds.
 //!
-//! Expansion walks from the pattern's literal base directory, reading only the
-//! directories the pattern can reach. Symbolic links are followed, and a directory already
+//! Expansion walks from the pattern's literal base directory, one component at a time,
+//! reading only the directories the pattern can reach (a `{…}` group holding a `/` spans
+//! components, so such a pattern walks everything below its base, bounded like `**`).
+//! Directory entries are visited in name order, so the result does not depend on the
+//! file system's listing order. Symbolic links are followed, and a directory already
 //! visited for the same pattern component (by device and inode) is not entered again, so
-//! a link loop under `**` ends; `**` also stops at [`MAX_RECURSIVE_DEPTH`].
+//! a link loop under `**` ends and a directory reachable by two paths is reported by the
+//! first in name order; `**` also stops at [`MAX_RECURSIVE_DEPTH`].
 
 use std::collections::HashSet;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use globset::{GlobBuilder, GlobMatcher};
 use thiserror::Error;
@@ -27,8 +32,8 @@ pub const MAX_RECURSIVE_DEPTH: usize = 32;
 pub enum GlobError {
     #[error("the pattern must be an absolute path")]
     NotAbsolute,
-    #[error("a `/` inside `{{…}}` or `[…]` is not supported; write one entry per alternative")]
-    SeparatorInGroup,
+    #[error("the pattern names a directory, not files; add a file pattern such as `/*.log`")]
+    NoFileName,
     #[error("{0}")]
     Syntax(String),
 }
@@ -71,40 +76,49 @@ impl PathGlob {
         if !pattern.starts_with('/') {
             return Err(GlobError::NotAbsolute);
         }
-        if separator_in_group(pattern) {
-            return Err(GlobError::SeparatorInGroup);
-        }
-        let matcher = compile(pattern)?;
+        let pattern = normalise(pattern);
+        let matcher = compile(&pattern)?;
         let mut base = PathBuf::from("/");
         let mut steps = Vec::new();
-        for component in Path::new(pattern).components() {
-            let Component::Normal(name) = component else {
-                continue;
-            };
-            let name = name.to_string_lossy();
-            if steps.is_empty() && !is_wild(&name) {
-                base.push(&*name);
+        // A group holding a `/` spans components: walk everything below the literal base
+        // and let the whole-pattern matcher decide.
+        let spanning = separator_in_group(&pattern);
+        for name in pattern.split('/').filter(|c| !c.is_empty()) {
+            if spanning && (!steps.is_empty() || is_wild(name)) {
+                steps = vec![Step::AnyDirs];
+                break;
+            }
+            if steps.is_empty() && !is_wild(name) {
+                base.push(name);
             } else if name == "**" {
                 steps.push(Step::AnyDirs);
-            } else if is_wild(&name) {
-                steps.push(Step::Wild(compile(&name)?));
+            } else if is_wild(name) {
+                steps.push(Step::Wild(compile(name)?));
             } else {
-                steps.push(Step::Literal(name.into_owned()));
+                steps.push(Step::Literal(name.to_owned()));
             }
         }
         // The last literal component is the file name, not a directory to start from.
-        if steps.is_empty()
-            && let Some(name) = base.file_name().map(|n| n.to_string_lossy().into_owned())
-        {
+        if steps.is_empty() {
+            let name = base
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .ok_or(GlobError::NoFileName)?;
             base.pop();
             steps.push(Step::Literal(name));
         }
         Ok(Self {
-            pattern: pattern.to_owned(),
+            pattern,
             matcher,
             base,
             steps,
         })
+    }
+
+    /// Whether the pattern ends with `**`, which names every file below a directory
+    /// (binary and compressed ones included).
+    pub fn ends_with_any_dirs(&self) -> bool {
+        matches!(self.steps.last(), Some(Step::AnyDirs)) && self.pattern.ends_with("**")
     }
 
     pub fn as_str(&self) -> &str {
@@ -137,6 +151,22 @@ impl PathGlob {
         found.dedup();
         found
     }
+}
+
+/// `pattern` with `//` and `.` components dropped and `..` resolved, lexically (a `..`
+/// above the root stays at the root, as the kernel does).
+fn normalise(pattern: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in pattern.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            _ => parts.push(part),
+        }
+    }
+    format!("/{}", parts.join("/"))
 }
 
 /// Whether a `{…}` or `[…]` group of `pattern` contains a `/`.
@@ -216,10 +246,14 @@ impl Walk<'_> {
     }
 }
 
+/// The entries of `dir` in name order (none if it cannot be read: it may become readable
+/// later).
 fn entries(dir: &Path) -> Vec<PathBuf> {
-    fs::read_dir(dir)
+    let mut entries: Vec<PathBuf> = fs::read_dir(dir)
         .map(|rd| rd.filter_map(Result::ok).map(|e| e.path()).collect())
-        .unwrap_or_default()
+        .unwrap_or_default();
+    entries.sort();
+    entries
 }
 
 #[cfg(test)]
@@ -301,15 +335,54 @@ mod tests {
     }
 
     #[test]
+    fn odd_spellings_are_normalised_and_groups_may_span_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for f in [
+            "logs/a.log",
+            "nginx/n.log",
+            "app/current/c.log",
+            "app/old/o.log",
+        ] {
+            touch(&root.join(f));
+        }
+        let r = root.display();
+        for spelling in [
+            format!("{r}/./logs/*.log"),
+            format!("{r}//logs//*.log"),
+            format!("{r}/nginx/../logs/*.log"),
+        ] {
+            let glob = PathGlob::new(&spelling).unwrap();
+            assert_eq!(names(&glob, root), ["logs/a.log"], "{spelling}");
+            assert!(glob.is_match(&root.join("logs/a.log")), "{spelling}");
+        }
+        let spanning = PathGlob::new(&format!("{r}/{{nginx,app/current}}/*.log")).unwrap();
+        assert_eq!(names(&spanning, root), ["app/current/c.log", "nginx/n.log"]);
+        assert!(
+            !PathGlob::new(&format!("{r}/logs/*.log"))
+                .unwrap()
+                .ends_with_any_dirs()
+        );
+        assert!(
+            PathGlob::new(&format!("{r}/logs/**"))
+                .unwrap()
+                .ends_with_any_dirs()
+        );
+    }
+
+    #[test]
     fn refusals() {
         assert_eq!(
             PathGlob::new("logs/*.log").unwrap_err(),
             GlobError::NotAbsolute
         );
-        assert_eq!(
-            PathGlob::new("/var/{log,lib/x}/*.log").unwrap_err(),
-            GlobError::SeparatorInGroup
-        );
+        for root in ["/", "/.", "/..", "//"] {
+            assert_eq!(
+                PathGlob::new(root).unwrap_err(),
+                GlobError::NoFileName,
+                "{root}"
+            );
+        }
         assert!(matches!(
             PathGlob::new("/var/log/[a.log").unwrap_err(),
             GlobError::Syntax(_)

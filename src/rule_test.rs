@@ -292,6 +292,14 @@ impl<'a> Report<'a> {
 }
 
 impl Output for Report<'_> {
+    fn rules_unavailable(&mut self, _path: &Path, error: &regex::Error) {
+        if self.error.is_none() {
+            self.error = Some(io::Error::other(format!(
+                "the rules cannot be put behind one gate: {error}"
+            )));
+        }
+    }
+
     fn notification(&mut self, n: Notification, cause: Cause) {
         if cause == Cause::Summary {
             self.queued.push(n);

@@ -201,14 +201,17 @@ impl Ingest {
                 state_rows::record(&tx, &Checkpoint::Released(*key))?;
             }
             state_rows::save_changes(&tx, &changes)?;
+            // Read before the commit, so that nothing can fail once it is made.
+            let saved = state_rows::saved_files_in(&tx)?;
             tx.commit()?;
-            state_rows::saved_files(&self.store)
+            Ok(saved)
         })();
         let saved = match committed {
             Ok(saved) => saved,
             Err(error) => {
-                // Back to the old config; the caller restores windows and events from
-                // the state, which this failed transaction did not touch.
+                // Nothing was committed: back to the old config; the caller restores
+                // windows and events from the state, which this transaction did not
+                // change.
                 self.pipeline.switch_config(old);
                 return Err(error);
             }

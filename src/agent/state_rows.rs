@@ -15,9 +15,16 @@ pub fn file_id(key: FileKey) -> FileId {
 
 /// The saved positions, for a tailer to resume from.
 pub fn saved_files(store: &Store) -> Result<Vec<SavedFile>, StoreError> {
-    Ok(store
-        .saved_files()?
-        .into_iter()
+    Ok(to_saved_files(store.saved_files()?))
+}
+
+/// The positions a transaction sees, before it commits.
+pub fn saved_files_in(tx: &StoreTx<'_>) -> Result<Vec<SavedFile>, StoreError> {
+    Ok(to_saved_files(tx.saved_files()?))
+}
+
+fn to_saved_files(rows: Vec<FileRow>) -> Vec<SavedFile> {
+    rows.into_iter()
         .map(|r| SavedFile {
             key: FileKey {
                 dev: r.dev,
@@ -29,7 +36,7 @@ pub fn saved_files(store: &Store) -> Result<Vec<SavedFile>, StoreError> {
             skipping: r.skipping,
             released: r.released,
         })
-        .collect())
+        .collect()
 }
 
 /// Records one tailer checkpoint: a file's new position, its release, or its end.

@@ -8,7 +8,8 @@
 //! - waits for its turn (`1 / max_per_second`), posts, and deletes the rows once Chat has
 //!   accepted them;
 //! - on 429, 5xx, timeouts and connection errors waits with exponential backoff and jitter
-//!   (at least `Retry-After`) and tries the same post again, for as long as it takes: an
+//!   (at least `Retry-After`, at most `max_backoff`) and tries the same post again, for as
+//!   long as it takes: an
 //!   outage only grows the outbox;
 //! - on a refusal (400, 401, 403, 404) logs once, with the webhook's name, the status and
 //!   Chat's message, and parks that webhook for `park_for`; the space's other webhooks go
@@ -240,7 +241,11 @@ impl SpaceWorker {
             .get_or_insert_with(|| builder.build())
             .next()
             .unwrap_or(self.options.max_backoff);
-        let wait = after.map_or(step, |a| a.max(step));
+        // Chat's `Retry-After` is honoured up to `max_backoff`: a server (or a proxy) asking
+        // for a day, or for u64::MAX seconds, does not stall delivery or overflow a clock.
+        let wait = after
+            .map_or(step, |a| a.max(step))
+            .min(self.options.max_backoff);
         if self.failing_since.is_none() {
             self.failing_since = Some(Instant::now());
             tracing::warn!(webhook = %target.name, reason = %reason, retry_in_ms = wait.as_millis() as u64, "Chat did not take a post; retrying with backoff.");
@@ -262,7 +267,7 @@ impl SpaceWorker {
             metrics.webhook_parked.get_or_create(&label).set(1);
             self.context.health.park(&target.name, status, message);
         }
-        let until = Instant::now() + self.options.park_for;
+        let until = later(self.options.park_for);
         self.parked.insert(target.name.clone(), until);
         tracing::error!(
             webhook = %target.name,
@@ -309,7 +314,7 @@ impl SpaceWorker {
 
     /// Sleeps for `wait` unless the stop deadline comes first. Returns false on stop.
     async fn sleep_or_stop(&mut self, wait: Duration) -> bool {
-        self.sleep_until_or_stop(Instant::now() + wait).await
+        self.sleep_until_or_stop(later(wait)).await
     }
 
     async fn sleep_until_or_stop(&mut self, until: Instant) -> bool {
@@ -344,8 +349,22 @@ async fn stop_reached(mut stop: StopSignal) {
 /// start than the one before did (a reused connection, a less loaded moment), so the
 /// interval carries a margin of 5%, at most 50 ms.
 fn paced_interval(rate: f64) -> Duration {
-    let interval = Duration::from_secs_f64(1.0 / rate);
+    // The config bounds the rate to 0.01..=100 per second; should a value outside that
+    // ever get here, the interval is clamped instead of panicking.
+    let interval = Duration::try_from_secs_f64(1.0 / rate)
+        .unwrap_or(MAX_INTERVAL)
+        .min(MAX_INTERVAL);
     interval + (interval / 20).min(Duration::from_millis(50))
+}
+
+/// The longest interval between two posts to a space (the slowest allowed rate).
+const MAX_INTERVAL: Duration = Duration::from_secs(100);
+
+/// `now + wait`, or a point so far ahead that it never comes, instead of an overflow.
+fn later(wait: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(wait)
+        .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600))
 }
 
 /// The bounded `reason` label for a retry reason from the client.

@@ -116,7 +116,7 @@ impl Metrics {
         );
         r.register(
             "chattail_files_followed",
-            "Files opened for following: new, resumed, or found under a rotated name",
+            "Files opened for following: new, found under a rotated name, or resumed (at start, reload or recovery)",
             self.files_followed.clone(),
         );
         r.register(
@@ -131,7 +131,7 @@ impl Metrics {
         );
         r.register(
             "chattail_file_errors",
-            "Log files that could not be opened (reason=open) or read (reason=read)",
+            "Log files that could not be opened (reason=open, once per path until it opens) or read (reason=read)",
             self.file_errors.clone(),
         );
         r.register(

@@ -35,6 +35,10 @@ pub use context::ContextRing;
 pub use multiline::{Assembler, Event};
 pub use rules::{Hit, Notification, RuleSet, Source};
 
+/// How many paths the rule-set index and the context rings remember before they start
+/// over (a date-named log adds a path a day, forever).
+const MAX_CACHED_FILES: usize = 10_000;
+
 /// How the caller identifies a file (the agent: device and inode; `test`: the input's
 /// number). Pending multiline events are kept per file id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -296,6 +300,10 @@ impl Pipeline {
     }
 
     /// Runs the file's rules over `text` and routes each hit.
+    ///
+    /// A text that is not valid UTF-8 is matched as its lossy form (each invalid sequence
+    /// becomes U+FFFD), so that `.` and negated classes cross a stray byte as operators
+    /// expect, and captures render the same way. A valid line costs only the validation.
     fn evaluate(
         &mut self,
         path: &Path,
@@ -304,6 +312,14 @@ impl Pipeline {
         now_ms: i64,
         out: &mut dyn Output,
     ) {
+        let lossy;
+        let text = match std::str::from_utf8(text) {
+            Ok(_) => text,
+            Err(_) => {
+                lossy = String::from_utf8_lossy(text).into_owned();
+                lossy.as_bytes()
+            }
+        };
         let rules = self.rules_for(path, out);
         let file = path.to_string_lossy();
         let source = Source {
@@ -311,11 +327,16 @@ impl Pipeline {
             host: &self.config.host,
         };
         let max_context = self.max_context;
-        let mut ring = (max_context > 0).then(|| {
+        if max_context > 0 && !self.rings.contains_key(path) {
+            if self.rings.len() >= MAX_CACHED_FILES {
+                // Paths come and go (date-named logs); forgetting the context of files
+                // not seen lately bounds the memory.
+                self.rings.clear();
+            }
             self.rings
-                .entry(path.to_path_buf())
-                .or_insert_with(|| ContextRing::new(max_context))
-        });
+                .insert(path.to_path_buf(), ContextRing::new(max_context));
+        }
+        let mut ring = self.rings.get_mut(path);
         let bursts = &mut self.bursts;
         let queued = &mut self.queued;
         rules.evaluate(text, |hit| {
@@ -370,6 +391,10 @@ impl Pipeline {
     fn rules_for(&mut self, path: &Path, out: &mut dyn Output) -> Arc<RuleSet> {
         if let Some(set) = self.by_path.get(path) {
             return Arc::clone(set);
+        }
+        if self.by_path.len() >= MAX_CACHED_FILES {
+            // The sets themselves stay (by rules); only the path index is rebuilt.
+            self.by_path.clear();
         }
         let config = &self.config;
         let file_filters = self.file_filters;

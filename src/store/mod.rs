@@ -4,8 +4,9 @@
 //! the `sqlite3` shell. A lock file (`state_dir/chattail.lock`, held with an OS file lock
 //! for the life of the process) keeps a second agent away from the same directory.
 //!
-//! It holds four tables (see `schema.rs`): `files` (offsets), `outbox` (notifications
-//! waiting for Chat), `bursts` (open burst windows) and `multiline_events` (pending events).
+//! Its tables (see `schema.rs`): `files` (offsets), `outbox` (notifications waiting for
+//! Chat), `bursts` (open burst windows), `multiline_events` (pending events) and `meta`
+//! (the agent id and the request sequence).
 //! The agent changes them through one [`StoreTx`] per poll, so offsets advance together
 //! with the notifications, windows and events the same lines produced: a crash leaves
 //! either all or none. The sender's side of the outbox is [`outbox::Outbox`].
@@ -194,21 +195,7 @@ impl Store {
 
     /// Every file with a saved offset, released ones included (within retention).
     pub fn saved_files(&self) -> Result<Vec<FileRow>, StoreError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT dev, ino, path, prefix, offset, skipping, released_at IS NOT NULL FROM files",
-        )?;
-        let rows = stmt.query_map([], |row| {
-            Ok(FileRow {
-                dev: from_sql_u64(row.get(0)?),
-                ino: from_sql_u64(row.get(1)?),
-                path: PathBuf::from(row.get::<_, String>(2)?),
-                prefix: row.get(3)?,
-                offset: from_sql_u64(row.get(4)?),
-                skipping: row.get(5)?,
-                released: row.get(6)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        read_files(&self.conn)
     }
 
     /// The open burst windows.
@@ -401,6 +388,12 @@ impl StoreTx<'_> {
         Ok(())
     }
 
+    /// Every file with a saved offset, as this transaction sees them (its own changes
+    /// included).
+    pub fn saved_files(&self) -> Result<Vec<FileRow>, StoreError> {
+        read_files(&self.tx)
+    }
+
     /// Makes the transaction durable, dropping released files past their retention.
     pub fn commit(self) -> Result<(), StoreError> {
         self.tx
@@ -408,6 +401,24 @@ impl StoreTx<'_> {
             .execute(params![unix_now_s() - RELEASED_RETENTION_SECS])?;
         Ok(self.tx.commit()?)
     }
+}
+
+fn read_files(conn: &Connection) -> Result<Vec<FileRow>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT dev, ino, path, prefix, offset, skipping, released_at IS NOT NULL FROM files",
+    )?;
+    let rows = stmt.query_map([], |row| {
+        Ok(FileRow {
+            dev: from_sql_u64(row.get(0)?),
+            ino: from_sql_u64(row.get(1)?),
+            path: PathBuf::from(row.get::<_, String>(2)?),
+            prefix: row.get(3)?,
+            offset: from_sql_u64(row.get(4)?),
+            skipping: row.get(5)?,
+            released: row.get(6)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
 
 /// `n` random bytes from the kernel, as hex; falls back to time and process id, which are

@@ -17,18 +17,22 @@ pub enum Rotation {
 /// Receives the tailer's events. `spec` is the index of the [`WatchSpec`](super::WatchSpec)
 /// the file was found by. Every method defaults to nothing.
 pub trait TailEvents: Send + Sync {
-    /// A file is followed from now on (new, resumed, or found under a rotated name).
+    /// A file is followed from now on: new, found under a rotated name, or resumed (every
+    /// file is resumed when a tailer is made: at start, at a reload, after a failed
+    /// commit).
     fn file_followed(&self, _spec: usize) {}
     /// A rotated or deleted file was read to its end and closed.
     fn file_released(&self, _spec: usize) {}
     fn rotated(&self, _spec: usize, _kind: Rotation) {}
     /// Lines lost to a copytruncate were recovered from the copy next to the file.
     fn copy_recovered(&self, _spec: usize) {}
-    /// Complete lines handed out, and their bytes counting each newline.
+    /// Lines handed out, and their bytes with their newline (an unfinished last line,
+    /// handed out when its file is released, has none).
     fn lines_read(&self, _spec: usize, _lines: u64, _bytes: u64) {}
     /// A line longer than `max_line_bytes` was cut.
     fn line_cut(&self, _spec: usize) {}
-    /// A file could not be opened (it is tried again at every rescan).
+    /// A file could not be opened (once per path until it opens; it is tried again at
+    /// every rescan).
     fn open_failed(&self, _spec: usize) {}
     /// A followed file could not be read or `fstat`ed.
     fn read_failed(&self, _spec: usize) {}

@@ -299,8 +299,8 @@ impl Tailer {
         let file = match File::open(&open_path) {
             Ok(file) => file,
             Err(error) => {
-                self.events.open_failed(spec);
                 if self.open_failed.insert(path.clone()) {
+                    self.events.open_failed(spec);
                     tracing::warn!(path = %open_path.display(), %error, "Cannot open a log file; retrying at every scan.");
                 }
                 return false;

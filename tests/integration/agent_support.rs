@@ -107,6 +107,11 @@ impl Agent {
         self.child = Some(child);
     }
 
+    /// The running agent's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
     /// Sends a signal (`HUP`, `TERM`, ...) to the running agent.
     pub fn signal(&self, name: &str) {
         let child = self.child.as_ref().unwrap();

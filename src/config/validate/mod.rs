@@ -26,6 +26,9 @@ use crate::path_glob::PathGlob;
 use crate::webhook_url::WebhookUrl;
 
 /// The longest dedup window accepted; longer ones are almost always a unit mistake.
+/// The range `max_per_second` may take: below it a post would wait hours, above it no
+/// Chat space would take the posts.
+const MAX_PER_SECOND_RANGE: std::ops::RangeInclusive<f64> = 0.01..=100.0;
 const MAX_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
 
 pub(super) fn validate(
@@ -190,6 +193,14 @@ impl Validator<'_> {
             .and_then(|m| self.multiline(m, i))
             .map(Arc::new);
         let glob = self.glob_path(&file.path, &format!("files[{i}].path"))?;
+        if glob.ends_with_any_dirs() {
+            self.report.warning(
+                loc(&file.path),
+                format!(
+                    "files[{i}].path ends with `**`: every file below is followed, binary and compressed ones included; end it with a file pattern such as `**/*.log`"
+                ),
+            );
+        }
         Some(super::FileSpec {
             pattern: glob.as_str().to_owned(),
             glob,
@@ -294,10 +305,15 @@ impl Validator<'_> {
             None => DEFAULT_MAX_PER_SECOND,
             Some(rate) => {
                 let value = rate.value;
-                if !(value.is_finite() && value > 0.0 && value <= 100.0) {
+                if !(value.is_finite() && MAX_PER_SECOND_RANGE.contains(&value)) {
                     self.report.error(
                         loc(rate),
-                        format!("webhook `{name}`: max_per_second must be above 0 and at most 100, not {value}"),
+                        format!(
+                            "webhook `{name}`: max_per_second must be between {} (one post every {} s) and {}, not {value}",
+                            MAX_PER_SECOND_RANGE.start(),
+                            1.0 / MAX_PER_SECOND_RANGE.start(),
+                            MAX_PER_SECOND_RANGE.end()
+                        ),
                     );
                 } else if value > 1.0 {
                     self.report.warning(

@@ -1,0 +1,433 @@
+//! Hostile and unlucky inputs: nothing stops the agent, nothing hides an error line.
+//!
+//! Each test reproduces one way the agent was broken (a stray byte, a symlink loop, a
+//! FIFO, a descriptor limit, a number, a deleted lock file, a pasted URL, a trailing dot,
+//! an early signal, a giant event) against the real binary, real files and the mock Chat.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::agent_support::{Agent, delivered_numbers, oncall, wait_for, write_timeouts};
+use crate::mock_chat::{Fault, MockChat};
+use crate::support::{chattail, text};
+use crate::tail_support::open_append;
+
+/// A rule using `.*`, as operators write it, matches a line with a stray Latin-1 byte
+/// and one with invalid sequences; the message shows them as U+FFFD.
+#[test]
+fn lines_with_invalid_utf8_are_matched_with_dot_star() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("rules.yaml");
+    std::fs::write(
+        &config,
+        "webhooks:\n  oncall:\n    url: http://127.0.0.1:9/v1/spaces/S/messages\nfiles:\n  - path: /var/log/*.log\nrules:\n  - name: upload\n    match: 'ERROR \\[upload\\] cannot open (?P<name>.*)\\.csv'\n    webhook: oncall\n    message: 'cannot open {name}'\n  - name: any-error\n    match: 'ERROR .* tail$'\n    webhook: oncall\n",
+    )
+    .unwrap();
+    let input = b"ERROR [upload] cannot open caf\xe9.csv\nERROR \xff\xfe\xc3 tail\n";
+    let out = chattail(
+        &["test", "--config", config.to_str().unwrap()],
+        &[],
+        Some(input),
+    );
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(stdout.contains("cannot open caf\u{fffd}"), "{stdout}");
+    assert!(
+        stdout.contains("2 lines read, 2 matched by a rule, 0 matched by no rule"),
+        "{stdout}"
+    );
+}
+
+/// `ln -s . logs/l1; ln -s . logs/l2` under a `**` glob: the loop is walked once, the
+/// real file is read, and SIGTERM still stops the agent promptly.
+#[test]
+fn symlink_loops_under_a_recursive_glob_are_walked_once() {
+    let chat = MockChat::start();
+    let url = chat.webhook("SPACE1", "KEY1", "TOKEN1");
+    let mut agent = Agent::new(&oncall(&url), "");
+    let logs = agent.dir.path().join("logs");
+    std::fs::write(
+        &agent.config,
+        std::fs::read_to_string(&agent.config)
+            .unwrap()
+            .replace("/*.log", "/**/*.log"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(".", logs.join("l1")).unwrap();
+    std::os::unix::fs::symlink(".", logs.join("l2")).unwrap();
+    agent.start();
+    write_timeouts(&agent.log(), "db-a", 0..3);
+    wait_for("3 notifications", Duration::from_secs(20), || {
+        delivered_numbers(&chat, "db-a").len() == 3
+    });
+    assert_eq!(
+        delivered_numbers(&chat, "db-a"),
+        [0, 1, 2],
+        "each line once"
+    );
+    let asked = Instant::now();
+    assert!(agent.terminate().success());
+    assert!(asked.elapsed() < Duration::from_secs(10));
+}
+
+/// A FIFO named like a rotated sibling is never opened for reading (it would block the
+/// agent for good): a truncation next to it is handled, and a restart with it in place
+/// starts and stops normally.
+#[test]
+fn a_fifo_next_to_a_followed_file_blocks_nothing() {
+    let chat = MockChat::start();
+    let url = chat.webhook("SPACE1", "KEY1", "TOKEN1");
+    let mut agent = Agent::new(&oncall(&url), "");
+    agent.start();
+    write_timeouts(&agent.log(), "db-a", 0..2);
+    wait_for("2 notifications", Duration::from_secs(20), || {
+        delivered_numbers(&chat, "db-a").len() == 2
+    });
+    let fifo = agent.dir.path().join("logs/app.log.1");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    // copytruncate without a copy: the agent looks for the copy among the siblings.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(agent.log())
+        .unwrap();
+    write_timeouts(&agent.log(), "db-a", 2..4);
+    wait_for("4 notifications", Duration::from_secs(20), || {
+        delivered_numbers(&chat, "db-a").len() == 4
+    });
+    assert!(agent.terminate().success());
+    agent.start();
+    write_timeouts(&agent.log(), "db-a", 4..5);
+    wait_for("5 notifications", Duration::from_secs(20), || {
+        delivered_numbers(&chat, "db-a").len() == 5
+    });
+    assert!(agent.terminate().success());
+    assert_eq!(delivered_numbers(&chat, "db-a"), [0, 1, 2, 3, 4]);
+}
+
+/// Starts the agent under `ulimit` settings (a real limit, set in the child's shell).
+fn start_with_ulimit(agent: &mut Agent, ulimit: &str) -> std::process::Child {
+    let stderr = std::fs::File::create(agent.dir.path().join("ulimit.stderr")).unwrap();
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("{ulimit} && exec \"$0\" run --config \"$1\"",))
+        .arg(env!("CARGO_BIN_EXE_chattail"))
+        .arg(&agent.config)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("CHATTAIL_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap()
+}
+
+fn stop(child: &mut std::process::Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// 300 files under a soft limit of 256 descriptors: the agent raises its soft limit to
+/// the hard one at start, follows every file, and never mistakes `EMFILE` for rotation.
+#[test]
+fn many_files_under_a_low_soft_descriptor_limit_are_all_followed() {
+    let chat = MockChat::start();
+    let url = chat.webhook("SPACE1", "KEY1", "TOKEN1");
+    let mut agent = Agent::new(&oncall(&url), "");
+    let logs = agent.dir.path().join("logs");
+    for i in 0..300 {
+        let mut f = open_append(&logs.join(format!("f{i:03}.log")));
+        writeln!(
+            f,
+            "2026-11-28T14:00:00Z ERROR timeout connecting to db-{i} #0"
+        )
+        .unwrap();
+    }
+    let mut child = start_with_ulimit(&mut agent, "ulimit -S -n 256");
+    wait_for("300 notifications", Duration::from_secs(120), || {
+        chat.messages().len() >= 300
+    });
+    stop(&mut child);
+    let log = std::fs::read_to_string(agent.dir.path().join("ulimit.stderr")).unwrap();
+    assert!(!log.contains("rotated away"), "{log}");
+    assert_eq!(chat.messages().len(), 300);
+}
+
+/// A hard limit below what the files need: the agent keeps what it has open, says once
+/// that descriptors ran out, and does not churn (no file is "rotated away").
+#[test]
+fn running_out_of_descriptors_degrades_deliberately() {
+    let chat = MockChat::start();
+    let url = chat.webhook("SPACE1", "KEY1", "TOKEN1");
+    let mut agent = Agent::new(&oncall(&url), "");
+    let logs = agent.dir.path().join("logs");
+    for i in 0..200 {
+        std::fs::File::create(logs.join(format!("f{i:03}.log"))).unwrap();
+    }
+    let mut child = start_with_ulimit(&mut agent, "ulimit -n 128");
+    let log_path = agent.dir.path().join("ulimit.stderr");
+    wait_for("the descriptor warning", Duration::from_secs(30), || {
+        std::fs::read_to_string(&log_path)
+            .unwrap_or_default()
+            .contains("descriptors")
+    });
+    // A file that is followed still delivers.
+    let followed = (0..200)
+        .map(|i| logs.join(format!("f{i:03}.log")))
+        .next()
+        .unwrap();
+    let mut f = open_append(&followed);
+    writeln!(
+        f,
+        "2026-11-28T14:00:00Z ERROR timeout connecting to db-first #0"
+    )
+    .unwrap();
+    drop(f);
+    wait_for("a delivery", Duration::from_secs(30), || {
+        delivered_numbers(&chat, "db-first") == [0]
+    });
+    // Some more scans happen; they must not read exhaustion as rotation.
+    let seen = Instant::now();
+    wait_for("three rescans", Duration::from_secs(10), || {
+        seen.elapsed() >= Duration::from_secs(3)
+    });
+    stop(&mut child);
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(!log.contains("rotated away"), "{log}");
+    assert_eq!(log.matches("descriptors").count(), 1, "said once:\n{log}");
+}
+
+/// Idle and half-sent connections to the admin endpoint are capped and time out; they
+/// cannot starve reading, delivery or `/healthz` itself of descriptors.
+#[test]
+fn idle_admin_connections_cannot_starve_the_agent() {
+    use std::net::TcpStream;
+    let chat = MockChat::start();
+    let url = chat.webhook("SPACE1", "KEY1", "TOKEN1");
+    let mut agent = Agent::new(&oncall(&url), "");
+    let config = std::fs::read_to_string(&agent.config).unwrap();
+    std::fs::write(
+        &agent.config,
+        format!("admin:\n  listen: 127.0.0.1:0\n{config}"),
+    )
+    .unwrap();
+    let mut child = start_with_ulimit(&mut agent, "ulimit -n 256");
+    let log_path = agent.dir.path().join("ulimit.stderr");
+    let mut addr = String::new();
+    wait_for("the admin endpoint", Duration::from_secs(20), || {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        match log.split("bound=").nth(1) {
+            Some(rest) => {
+                addr = rest.split_whitespace().next().unwrap_or("").to_owned();
+                true
+            }
+            None => false,
+        }
+    });
+    let mut idle = Vec::new();
+    for _ in 0..400 {
+        match TcpStream::connect(&addr) {
+            Ok(mut s) => {
+                let _ = s.write_all(b"GET /metr");
+                idle.push(s);
+            }
+            Err(_) => break,
+        }
+    }
+    write_timeouts(&agent.log(), "db-a", 0..2);
+    wait_for("2 notifications", Duration::from_secs(30), || {
+        delivered_numbers(&chat, "db-a").len() == 2
+    });
+    wait_for("/healthz to answer", Duration::from_secs(30), || {
+        healthz(&addr).is_some_and(|answer| answer.starts_with("HTTP/1.1 200"))
+    });
+    drop(idle);
+    stop(&mut child);
+    let log = std::fs::read_to_string(agent.dir.path().join("ulimit.stderr")).unwrap();
+    assert!(!log.contains("rotated away"), "{log}");
+}
+
+/// GET /healthz, tolerating refusals and timeouts: the status line and body, if any.
+fn healthz(addr: &str) -> Option<String> {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    Some(response)
+}
+
+/// `max_per_second` out of range is a located error in `check`, not a panic in `run`.
+#[test]
+fn absurd_rates_are_refused_by_check() {
+    for rate in ["1e-20", "1e-19", "0.0001", "1e300"] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("rate.yaml");
+        std::fs::write(
+            &config,
+            format!("webhooks:\n  oncall:\n    url: http://127.0.0.1:9/v1/spaces/S/messages\n    max_per_second: {rate}\nfiles:\n  - path: /var/log/*.log\nrules:\n  - name: r\n    match: ERROR\n    webhook: oncall\n"),
+        )
+        .unwrap();
+        let out = chattail(&["check", "--config", config.to_str().unwrap()], &[], None);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{rate}: {stderr}");
+        assert!(stderr.contains("max_per_second"), "{stderr}");
+        assert!(stderr.contains("rate.yaml:4:21"), "{stderr}");
+    }
+}
+
+/// A `Retry-After` of u64::MAX seconds, then of a day: the worker neither panics nor
+/// stalls; it waits at most `max_backoff` (1 s here) between tries.
+#[test]
+fn a_huge_retry_after_waits_at_most_max_backoff() {
+    let chat = MockChat::start();
+    let url = chat.webhook("SPACE1", "KEY1", "TOKEN1");
+    chat.push_fault(Fault::Status {
+        status: 429,
+        retry_after: Some(u64::MAX),
+    });
+    chat.push_fault(Fault::Status {
+        status: 503,
+        retry_after: Some(86_400),
+    });
+    let mut agent = Agent::new(&oncall(&url), "");
+    agent.start();
+    let start = Instant::now();
+    write_timeouts(&agent.log(), "db-a", 0..1);
+    wait_for("the notification", Duration::from_secs(30), || {
+        delivered_numbers(&chat, "db-a") == [0]
+    });
+    assert!(
+        start.elapsed() < Duration::from_secs(15),
+        "waited {:?}",
+        start.elapsed()
+    );
+    assert!(agent.terminate().success());
+    assert!(!agent.stderr().contains("panicked"), "{}", agent.stderr());
+}
+
+/// Deleting the lock file does not let a second agent onto the same state.
+#[test]
+fn deleting_the_lock_file_does_not_admit_a_second_agent() {
+    let chat = MockChat::start();
+    let url = chat.webhook("SPACE1", "KEY1", "TOKEN1");
+    let mut agent = Agent::new(&oncall(&url), "");
+    agent.start();
+    write_timeouts(&agent.log(), "db-a", 0..1);
+    wait_for("the first notification", Duration::from_secs(20), || {
+        delivered_numbers(&chat, "db-a") == [0]
+    });
+    let _ = std::fs::remove_file(agent.dir.path().join("state/chattail.lock"));
+    let second = Command::new(env!("CARGO_BIN_EXE_chattail"))
+        .args(["run", "--config"])
+        .arg(&agent.config)
+        .env_clear()
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = text(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("another chattail is already using the state directory"),
+        "{stderr}"
+    );
+    assert!(agent.terminate().success());
+}
+
+/// SIGHUP in the first milliseconds of a start (and during a slow one) is a reload once
+/// the agent runs, never its death.
+#[test]
+fn sighup_during_start_does_not_kill_the_agent() {
+    let chat = MockChat::start();
+    let url = chat.webhook("SPACE1", "KEY1", "TOKEN1");
+    let mut agent = Agent::new(&oncall(&url), "");
+    // Many rules make the start slow enough to be hit while loading.
+    let mut rules = String::new();
+    for i in 0..300 {
+        rules.push_str(&format!(
+            "  - name: r{i}\n    match: 'ERROR \\[svc{i}\\] .*timeout connecting to (?P<db>[\\w.-]+)'\n    webhook: oncall\n"
+        ));
+    }
+    let config = std::fs::read_to_string(&agent.config).unwrap();
+    std::fs::write(&agent.config, format!("{config}{rules}")).unwrap();
+    agent.start();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(300) {
+        agent.signal("HUP");
+    }
+    write_timeouts(&agent.log(), "db-a", 0..1);
+    wait_for("the notification", Duration::from_secs(30), || {
+        delivered_numbers(&chat, "db-a") == [0]
+    });
+    assert!(agent.terminate().success(), "{}", agent.stderr());
+}
+
+/// A 12 MB multiline event (200 continuation lines of 60 KB over two seconds) is cut at
+/// `max_bytes` and written to the state a bounded number of bytes, not rewritten whole
+/// at every commit.
+#[test]
+fn a_growing_multiline_event_writes_a_bounded_amount_of_state() {
+    let chat = MockChat::start();
+    let url = chat.webhook("SPACE1", "KEY1", "TOKEN1");
+    let mut agent = Agent::with_sections(
+        &url,
+        "  - path: {logs}/*.log\n    start_at: beginning\n    max_line_bytes: 100000\n    multiline:\n      start: '^START'\n      timeout: 30s\n",
+        "  - name: event\n    match: '^START (?P<n>\\d+)'\n    webhook: oncall\n    message: 'event {n}'\n",
+    );
+    agent
+        .env
+        .push(("CHATTAIL_LOG".to_owned(), "warn".to_owned()));
+    agent.start();
+    let state = agent.dir.path().join("state");
+    wait_for("the state database", Duration::from_secs(20), || {
+        state.join("state.sqlite3").exists()
+    });
+    let before = state_bytes_written(&agent);
+    let mut f = open_append(&agent.log());
+    writeln!(f, "START 1").unwrap();
+    let chunk = "x".repeat(60_000);
+    for _ in 0..200 {
+        writeln!(f, "  {chunk}").unwrap();
+        f.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    writeln!(f, "START 2").unwrap();
+    drop(f);
+    wait_for("event 1", Duration::from_secs(30), || {
+        chat.messages().iter().any(|m| m.text.contains("event 1"))
+    });
+    let written = state_bytes_written(&agent) - before;
+    assert!(agent.terminate().success());
+    assert!(
+        written < 64 * 1024 * 1024,
+        "{written} bytes written to the state for one 12 MB event"
+    );
+}
+
+/// Bytes the agent process has written with `write`-like calls (`/proc/PID/io`), which at
+/// `CHATTAIL_LOG=warn` is almost only the state database and its WAL.
+fn state_bytes_written(agent: &Agent) -> u64 {
+    let pid = agent.pid();
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
+    io.lines()
+        .find_map(|l| l.strip_prefix("wchar: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap()
+}

@@ -138,10 +138,28 @@ pub fn main() -> ExitCode {
             }) {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", error_chain(&error));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes in one line, each cause once: a typed error that already
+/// shows its source (`cannot create …: Permission denied`) is not followed by that source
+/// again.
+fn error_chain(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let cause = cause.to_string();
+        if text.contains(&cause) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&cause);
+    }
+    text
 }
 
 /// Writes the manual page of the whole command line in roff: the main page, then one
@@ -189,6 +207,13 @@ fn init_logging(format: LogFormat) {
 }
 
 fn run(path: &std::path::Path, options: RunOptions) -> anyhow::Result<ExitCode> {
+    // Signal handlers come before the config: a SIGHUP during a slow start must not kill.
+    let launch = crate::agent::prepare().context("starting the runtime")?;
+    tracing::info!(
+        config = %path.display(),
+        version = env!("CARGO_PKG_VERSION"),
+        "chattail is starting: loading the config."
+    );
     let policy = if options.dry_run {
         UrlPolicy::Optional
     } else {
@@ -198,7 +223,8 @@ fn run(path: &std::path::Path, options: RunOptions) -> anyhow::Result<ExitCode> 
         return Ok(ExitCode::from(EXIT_CONFIG));
     };
     let state_dir = config.state_dir.clone();
-    crate::agent::run(config, options, Box::new(io::stdout()))
+    launch
+        .run(config, options, Box::new(io::stdout()))
         .with_context(|| format!("running with the state directory {}", state_dir.display()))?;
     Ok(ExitCode::SUCCESS)
 }

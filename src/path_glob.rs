@@ -137,19 +137,25 @@ impl PathGlob {
     }
 
     /// The regular files (after following symlinks) the pattern names right now, sorted.
-    /// Unreadable directories are skipped: they may become readable later.
-    pub fn expand(&self) -> Vec<PathBuf> {
+    /// Missing and unreadable directories are skipped (they may appear or become readable
+    /// later); any other failure to list a directory (out of descriptors, an I/O error)
+    /// is an error, because the result would then wrongly say that files are gone.
+    pub fn expand(&self) -> std::io::Result<Vec<PathBuf>> {
         let mut walk = Walk {
             steps: &self.steps,
             visited: HashSet::new(),
             found: Vec::new(),
+            error: None,
         };
         walk.visit(&self.base, 0, 0);
+        if let Some(error) = walk.error {
+            return Err(error);
+        }
         let mut found = walk.found;
         found.retain(|p| self.matcher.is_match(p));
         found.sort();
         found.dedup();
-        found
+        Ok(found)
     }
 }
 
@@ -195,6 +201,8 @@ struct Walk<'a> {
     /// (device, inode, step) of directories entered, so a link loop is entered once.
     visited: HashSet<(u64, u64, usize)>,
     found: Vec<PathBuf>,
+    /// The first failure that makes the result incomplete.
+    error: Option<std::io::Error>,
 }
 
 impl Walk<'_> {
@@ -210,7 +218,7 @@ impl Walk<'_> {
         match &self.steps[step] {
             Step::Literal(name) => self.take(dir.join(name), step, last, depth),
             Step::Wild(matcher) => {
-                for path in entries(dir) {
+                for path in self.entries(dir) {
                     if path.file_name().is_some_and(|n| matcher.is_match(n)) {
                         self.take(path, step, last, depth);
                     }
@@ -219,17 +227,41 @@ impl Walk<'_> {
             Step::AnyDirs => {
                 // Zero directories: the next step applies here (or, last, every file).
                 if last {
-                    for path in entries(dir) {
+                    for path in self.entries(dir) {
                         self.take(path.clone(), step, true, depth);
                     }
                 } else {
                     self.visit(dir, step + 1, depth);
                 }
                 if depth < MAX_RECURSIVE_DEPTH {
-                    for path in entries(dir) {
+                    for path in self.entries(dir) {
                         self.visit(&path, step, depth + 1);
                     }
                 }
+            }
+        }
+    }
+
+    /// The entries of `dir` in name order. A directory that is missing, not a directory
+    /// or not readable has none; any other failure is kept for [`PathGlob::expand`].
+    fn entries(&mut self, dir: &Path) -> Vec<PathBuf> {
+        use std::io::ErrorKind;
+        match fs::read_dir(dir) {
+            Ok(rd) => {
+                let mut entries: Vec<PathBuf> =
+                    rd.filter_map(Result::ok).map(|e| e.path()).collect();
+                entries.sort();
+                entries
+            }
+            Err(error) => {
+                let expected = matches!(
+                    error.kind(),
+                    ErrorKind::NotFound | ErrorKind::PermissionDenied | ErrorKind::NotADirectory
+                );
+                if !expected && self.error.is_none() {
+                    self.error = Some(error);
+                }
+                Vec::new()
             }
         }
     }
@@ -246,16 +278,6 @@ impl Walk<'_> {
     }
 }
 
-/// The entries of `dir` in name order (none if it cannot be read: it may become readable
-/// later).
-fn entries(dir: &Path) -> Vec<PathBuf> {
-    let mut entries: Vec<PathBuf> = fs::read_dir(dir)
-        .map(|rd| rd.filter_map(Result::ok).map(|e| e.path()).collect())
-        .unwrap_or_default();
-    entries.sort();
-    entries
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,6 +289,7 @@ mod tests {
 
     fn names(glob: &PathGlob, root: &Path) -> Vec<String> {
         glob.expand()
+            .unwrap()
             .iter()
             .map(|p| p.strip_prefix(root).unwrap().display().to_string())
             .collect()
@@ -318,7 +341,7 @@ mod tests {
         );
         assert_eq!(names(&glob("a.log"), root), ["a.log"]);
         assert_eq!(names(&glob("[ab].*"), root), ["a.log", "b.txt"]);
-        for path in glob("**/*.log").expand() {
+        for path in glob("**/*.log").expand().unwrap() {
             assert!(glob("**/*.log").is_match(&path));
         }
     }

@@ -57,8 +57,12 @@ impl WebhookUrl {
         if scheme != "https" && scheme != "http" {
             return Err(UrlError::Scheme(scheme.to_owned()));
         }
+        // `chat.googleapis.com.` (a fully qualified name) is the same host: normalise
+        // before the https-only rule, so a trailing dot cannot sidestep it.
         let host = match parsed.host_str() {
-            Some(h) if !h.is_empty() => h.to_ascii_lowercase(),
+            Some(h) if !h.trim_end_matches('.').is_empty() => {
+                h.trim_end_matches('.').to_ascii_lowercase()
+            }
             _ => return Err(UrlError::NoHost),
         };
         let space = space_from_path(parsed.path());

@@ -69,6 +69,7 @@ pub(super) fn tail_options(config: &Config) -> TailOptions {
                 max_line_bytes: f.max_line_bytes,
             })
             .collect(),
+        max_open_files: super::descriptors::max_open_files(),
         ..TailOptions::default()
     }
 }
@@ -146,8 +147,12 @@ impl Ingest {
                 continue;
             }
             let more = match self.step(false) {
-                Ok(more) => more,
+                Ok(more) => {
+                    self.health.state_ok();
+                    more
+                }
                 Err(error) => {
+                    self.health.state_failed(&error.to_string());
                     tracing::error!(%error, "Cannot commit to the state database; retrying in a second.");
                     std::thread::sleep(Duration::from_secs(1));
                     self.restore_from_state()?;

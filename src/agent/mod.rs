@@ -9,7 +9,8 @@
 //!   pending events they changed, and the offsets that say those lines are done. A crash
 //!   at any instant leaves all or none. When the outbox holds `delivery.max_outbox`
 //!   notifications, reading pauses; nothing is dropped.
-//! - The *supervisor* (`supervisor.rs`, async) starts the delivery workers (one per Chat
+//! - The *supervisor* (`supervisor.rs`, async, its runtime and signal handlers made by
+//!   [`prepare`] before the config is loaded) starts the delivery workers (one per Chat
 //!   space) and the admin endpoint, talks to systemd, and handles signals and reloads
 //!   (`reload.rs`).
 //!
@@ -18,6 +19,7 @@
 //! in the outbox for the next start. `--dry-run` prints instead of queueing
 //! (`dry_run.rs`), with the state in memory.
 
+mod descriptors;
 mod dry_run;
 mod ingest;
 mod reload;
@@ -31,7 +33,7 @@ use std::sync::Arc;
 use thiserror::Error;
 
 use crate::config::Config;
-use crate::store::{Store, StoreError};
+use crate::store::{LostState, Store, StoreError};
 
 #[derive(Debug, Error)]
 pub enum RunError {
@@ -61,23 +63,53 @@ pub struct RunOptions {
     pub watch_config: bool,
 }
 
-/// Runs the agent until a signal (or, with `once`, until everything is read and posted).
-/// Dry-run output goes to `out`.
-pub fn run(
-    config: Config,
-    options: RunOptions,
-    out: Box<dyn Write + Send>,
-) -> Result<(), RunError> {
-    let config = Arc::new(config);
-    let store = if options.dry_run {
-        Store::in_memory()?
-    } else {
-        Store::open(&config.state_dir)?
-    };
+/// The agent's runtime and signal handlers, made before anything is loaded: a SIGHUP or
+/// SIGTERM that arrives while a large config is validated is held and handled once the
+/// agent runs (a reload, or a clean stop), instead of killing the process.
+pub struct Launch {
+    runtime: tokio::runtime::Runtime,
+    signals: supervisor::Signals,
+}
+
+/// Builds the runtime and installs the signal handlers, and raises the descriptor limit.
+/// Call it first.
+pub fn prepare() -> Result<Launch, RunError> {
+    descriptors::raise_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .thread_name("chattail")
         .build()?;
-    runtime.block_on(supervisor::supervise(config, store, options, out))
+    let signals = runtime.block_on(async { supervisor::Signals::install() })?;
+    Ok(Launch { runtime, signals })
+}
+
+impl Launch {
+    /// Runs the agent until a signal (or, with `once`, until everything is read and
+    /// posted). Dry-run output goes to `out`.
+    pub fn run(
+        self,
+        config: Config,
+        options: RunOptions,
+        out: Box<dyn Write + Send>,
+    ) -> Result<(), RunError> {
+        let config = Arc::new(config);
+        let store = if options.dry_run {
+            Store::in_memory()?
+        } else {
+            Store::open(&config.state_dir)?
+        };
+        if let Some(lost) = store.lost_state() {
+            let what = match lost {
+                LostState::Empty => "is empty (zero bytes)",
+                LostState::Deleted => "was deleted",
+            };
+            tracing::error!(
+                database = %store.db_path().display(),
+                "The state database {what}: chattail starts afresh. Every file is treated as never seen: with `start_at: beginning` lines already posted are posted again, with `end` lines written while chattail was stopped are skipped; notifications that were queued and burst windows are gone."
+            );
+        }
+        let Self { runtime, signals } = self;
+        runtime.block_on(supervisor::supervise(config, store, options, out, signals))
+    }
 }

@@ -138,4 +138,8 @@ impl TailEvents for TailMetrics {
     fn read_failed(&self, _spec: usize) {
         Self::count(&self.metrics.file_errors, "read");
     }
+
+    fn out_of_descriptors(&self, _spec: usize) {
+        Self::count(&self.metrics.file_errors, "descriptors");
+    }
 }

@@ -1,8 +1,10 @@
 //! The agent's translation between the store's plain rows and the tailer's and the
 //! pipeline's own types. Neither side knows the other; this is where they meet.
 
-use crate::pipeline::{Changes, Event, FileId, Notification, Window};
-use crate::store::{EventRow, FileRow, NewNotification, Store, StoreError, StoreTx, WindowRow};
+use crate::pipeline::{Changes, Event, EventChange, FileId, Notification, Window};
+use crate::store::{
+    EventGrowth, EventRow, FileRow, NewNotification, Store, StoreError, StoreTx, WindowRow,
+};
 use crate::tail::{Checkpoint, FileKey, SavedFile};
 
 /// A file's identity for the pipeline.
@@ -123,11 +125,11 @@ pub fn save_changes(tx: &StoreTx<'_>, changes: &Changes) -> Result<(), StoreErro
     for (rule, key) in &changes.closed_windows {
         tx.remove_window(rule, key)?;
     }
-    for (id, event) in &changes.events {
-        match event {
-            Some(e) => tx.save_event(&EventRow {
-                dev: id.dev,
-                ino: id.ino,
+    for change in &changes.events {
+        match change {
+            EventChange::Whole(e) => tx.save_event(&EventRow {
+                dev: e.key.dev,
+                ino: e.key.ino,
                 path: e.path.clone(),
                 spec: e.spec,
                 bytes: e.bytes.clone(),
@@ -135,7 +137,23 @@ pub fn save_changes(tx: &StoreTx<'_>, changes: &Changes) -> Result<(), StoreErro
                 cut_lines: e.cut_lines,
                 last_ms: e.last_ms,
             })?,
-            None => tx.remove_event(id.dev, id.ino)?,
+            EventChange::Grew {
+                key,
+                appended,
+                spec,
+                lines,
+                cut_lines,
+                last_ms,
+            } => tx.grow_event(&EventGrowth {
+                dev: key.dev,
+                ino: key.ino,
+                appended,
+                spec: *spec,
+                lines: *lines,
+                cut_lines: *cut_lines,
+                last_ms: *last_ms,
+            })?,
+            EventChange::Gone(key) => tx.remove_event(key.dev, key.ino)?,
         }
     }
     Ok(())

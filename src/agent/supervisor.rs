@@ -91,8 +91,8 @@ pub(super) async fn supervise(
     store: Store,
     options: RunOptions,
     out: Box<dyn Write + Send>,
+    mut signals: Signals,
 ) -> Result<(), RunError> {
-    let mut signals = Signals::install()?;
     let metrics = Metrics::default();
     let health = Arc::new(Health::default());
     health.beat();
@@ -168,14 +168,16 @@ pub(super) async fn supervise(
 type IngestTask = tokio::task::JoinHandle<Result<(), RunError>>;
 
 /// The signals the agent answers.
-struct Signals {
+pub(super) struct Signals {
     terminate: tokio::signal::unix::Signal,
     interrupt: tokio::signal::unix::Signal,
     hangup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
-    fn install() -> Result<Self, RunError> {
+    /// Installs the handlers (inside the runtime). From here on a signal is held until
+    /// the supervisor looks, never the process's death.
+    pub(super) fn install() -> Result<Self, RunError> {
         use tokio::signal::unix::{SignalKind, signal};
         Ok(Self {
             terminate: signal(SignalKind::terminate())?,

@@ -8,8 +8,9 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-/// Replaces the values of `key=` and `token=` query parameters with `…`, so that a
-/// snippet of a line holding a literal webhook URL does not print its secret.
+/// Replaces the values of `key=` and `token=` query parameters with `…`, so that neither
+/// a snippet of a line holding a literal webhook URL nor a message echoing a value (a URL
+/// pasted where a webhook name belongs) prints its secret.
 pub fn redact_secrets(line: &str) -> String {
     let mut out = String::with_capacity(line.len());
     let mut rest = line;
@@ -23,7 +24,7 @@ pub fn redact_secrets(line: &str) -> String {
         out.push_str(&rest[..start + len]);
         rest = &rest[start + len..];
         let end = rest
-            .find(|c: char| c == '&' || c == '"' || c == '\'' || c.is_whitespace())
+            .find(|c: char| matches!(c, '&' | '"' | '\'' | '`' | '#' | ',') || c.is_whitespace())
             .unwrap_or(rest.len());
         if end > 0 {
             out.push('…');
@@ -32,6 +33,32 @@ pub fn redact_secrets(line: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// The most characters of a source line a snippet shows.
+const SNIPPET_CHARS: usize = 120;
+
+/// At most [`SNIPPET_CHARS`] characters of `line` around character `column`, with `…` where
+/// it was cut, and the column within the window. A one-line config of 250 KB must not
+/// print 250 KB under each error.
+fn snippet_window(line: &str, column: usize) -> (String, usize) {
+    let total = line.chars().count();
+    if total <= SNIPPET_CHARS {
+        return (line.to_owned(), column);
+    }
+    let start = column
+        .saturating_sub(SNIPPET_CHARS / 2)
+        .min(total - SNIPPET_CHARS);
+    let mut window: String = line.chars().skip(start).take(SNIPPET_CHARS).collect();
+    let mut column = column - start;
+    if start + SNIPPET_CHARS < total {
+        window.push('…');
+    }
+    if start > 0 {
+        window.insert(0, '…');
+        column += 1;
+    }
+    (window, column)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,10 +137,11 @@ impl Report {
         message: String,
         show_source: bool,
     ) {
+        // Messages echo values from the file; one may be a webhook URL in the wrong place.
         self.items.push(Diagnostic {
             severity,
             location,
-            message,
+            message: redact_secrets(&message),
             show_source,
         });
     }
@@ -174,12 +202,13 @@ impl fmt::Display for Report {
                         loc.column
                     )?;
                     if let Some(text) = self.source_line(loc.line).filter(|_| d.show_source) {
-                        let text = redact_secrets(text);
+                        let column = usize::try_from(loc.column - 1).unwrap_or(0);
+                        let (text, column) = snippet_window(&redact_secrets(text), column);
                         let gutter = loc.line.to_string().len();
                         let pad = " ".repeat(gutter);
                         let caret_pad: String = text
                             .chars()
-                            .take(usize::try_from(loc.column - 1).unwrap_or(0))
+                            .take(column)
                             .map(|c| if c == '\t' { '\t' } else { ' ' })
                             .collect();
                         writeln!(f, "{pad} |")?;

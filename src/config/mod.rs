@@ -32,6 +32,10 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/chattail";
 pub const DEFAULT_MULTILINE_TIMEOUT: Duration = Duration::from_secs(1);
 /// The most lines a multiline event keeps unless a file entry says otherwise.
 pub const DEFAULT_MULTILINE_MAX_LINES: usize = 500;
+/// The most bytes a multiline event keeps unless a file entry says otherwise.
+pub const DEFAULT_MULTILINE_MAX_BYTES: usize = 256 * 1024;
+/// The range `multiline.max_bytes` may take.
+pub const MULTILINE_MAX_BYTES_RANGE: std::ops::RangeInclusive<u64> = 1024..=16 * 1024 * 1024;
 /// Lines longer than this many bytes are cut unless a file entry says otherwise.
 pub const DEFAULT_MAX_LINE_BYTES: usize = 64 * 1024;
 /// The range `max_line_bytes` may take.
@@ -159,6 +163,8 @@ pub struct Multiline {
     pub timeout: Duration,
     /// Lines beyond this many are cut from the event (and counted).
     pub max_lines: usize,
+    /// Lines that would take the event past this many bytes are cut (and counted).
+    pub max_bytes: usize,
 }
 
 /// What tells one event from the next.

@@ -74,6 +74,7 @@ pub struct RawMultiline {
     pub preset: Option<Spanned<String>>,
     pub timeout: Option<Spanned<String>>,
     pub max_lines: Option<Spanned<u64>>,
+    pub max_bytes: Option<Spanned<u64>>,
 }
 
 /// Where to start reading a file that has no saved offset.

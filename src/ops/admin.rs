@@ -75,6 +75,7 @@ pub async fn start(
         .route("/livez", get(livez))
         .with_state(state);
     let task = tokio::spawn(async move {
+        let listener = crate::ops::admin_conn::LimitedListener::new(listener);
         if let Err(error) = axum::serve(listener, app)
             .with_graceful_shutdown(stop)
             .await

@@ -49,6 +49,8 @@ pub struct Health {
     ingest_stopped: AtomicBool,
     workers_running: AtomicUsize,
     workers_expected: AtomicUsize,
+    /// Since when (monotonic ms) commits to the state database fail, and the last error.
+    state_failing: Mutex<Option<(i64, String)>>,
 }
 
 impl Health {
@@ -101,6 +103,27 @@ impl Health {
             self.outbox_queued.load(Ordering::Relaxed),
             self.outbox_max.load(Ordering::Relaxed),
         )
+    }
+
+    /// A commit to the state database failed (a full disk, a read-only file system); the
+    /// run loop retries every second. The episode keeps its first time.
+    pub fn state_failed(&self, error: &str) {
+        let mut failing = self
+            .state_failing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let since = failing
+            .as_ref()
+            .map_or_else(monotonic_ms, |(since, _)| *since);
+        *failing = Some((since, error.to_owned()));
+    }
+
+    /// A commit succeeded.
+    pub fn state_ok(&self) {
+        *self
+            .state_failing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
     }
 
     /// The run loop went round.
@@ -172,6 +195,17 @@ impl Health {
                 "the outbox is full ({queued} of {max}); reading is paused"
             ));
         }
+        let failing = self
+            .state_failing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if let Some((since, error)) = failing {
+            let seconds = monotonic_ms().saturating_sub(since) / 1000;
+            problems.push(format!(
+                "the state database cannot be written for {seconds} s ({error}); reading waits and retries"
+            ));
+        }
         problems
     }
 }
@@ -214,6 +248,24 @@ mod tests {
             health.problems(),
             ["the outbox is full (10 of 10); reading is paused"]
         );
+    }
+
+    #[test]
+    fn failing_commits_are_a_problem_until_one_succeeds() {
+        let health = Health::default();
+        health.beat();
+        health.state_failed("database or disk is full");
+        health.state_failed("database or disk is full");
+        let problems = health.problems();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].starts_with(
+                "the state database cannot be written for 0 s (database or disk is full)"
+            ),
+            "{problems:?}"
+        );
+        health.state_ok();
+        assert!(health.problems().is_empty());
     }
 
     #[test]

@@ -131,7 +131,7 @@ impl Metrics {
         );
         r.register(
             "chattail_file_errors",
-            "Log files that could not be opened (reason=open, once per path until it opens) or read (reason=read)",
+            "Log files that could not be opened (reason=open, once per path until it opens), read (reason=read), or opened for want of a descriptor (reason=descriptors, at every scan)",
             self.file_errors.clone(),
         );
         r.register(

@@ -3,5 +3,6 @@
 //! serves both. Nothing here changes what the agent does.
 
 pub mod admin;
+pub mod admin_conn;
 pub mod health;
 pub mod metrics;

@@ -32,7 +32,7 @@ use std::time::Duration;
 use crate::config::Config;
 pub use bursts::{Bursts, Window};
 pub use context::ContextRing;
-pub use multiline::{Assembler, Event};
+pub use multiline::{Assembler, Event, EventChange};
 pub use rules::{Hit, Notification, RuleSet, Source};
 
 /// How many paths the rule-set index and the context rings remember before they start
@@ -123,8 +123,8 @@ pub struct Changes {
     pub windows: Vec<Window>,
     /// Burst windows closed, by (rule, key).
     pub closed_windows: Vec<(String, String)>,
-    /// Pending multiline events that changed (`None`: the file has none now).
-    pub events: Vec<(FileId, Option<Event>)>,
+    /// What changed about pending multiline events (new, grown, completed).
+    pub events: Vec<EventChange>,
 }
 
 /// The line → notification pipeline. See the module documentation.

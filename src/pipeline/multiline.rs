@@ -2,12 +2,15 @@
 //!
 //! A file with `multiline` set passes its lines through an [`Assembler`]: a line that
 //! starts an event completes the previous one; other lines continue it. An event is also
-//! complete when no line came for `timeout`, and lines past `max_lines` are cut (counted).
-//! The rules then match the whole event, its lines joined with `\n`.
+//! complete when no line came for `timeout`, and lines past `max_lines`, or that would take
+//! it past `max_bytes`, are cut (counted). The rules then match the whole event, its lines
+//! joined with `\n`.
 //!
 //! The pending (incomplete) event of each file is part of the state: the run loop stores
 //! the changes in the transaction that advances the file's offset, so an event split by a
-//! restart is still one event. Time comes in as an argument; this module does no I/O.
+//! restart is still one event. The changes are incremental ([`EventChange::Grew`] carries
+//! only the bytes added since the last time), so a growing event is not written again
+//! whole at every commit. Time comes in as an argument; this module does no I/O.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -35,24 +38,53 @@ pub struct Event {
     pub last_number: u64,
 }
 
+/// What changed about one file's pending event, for the state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventChange {
+    /// A new pending event (or one that replaces the stored one): store it whole.
+    Whole(Event),
+    /// The stored event grew or its counts changed: append `appended` to its bytes.
+    Grew {
+        key: FileId,
+        appended: Vec<u8>,
+        spec: usize,
+        lines: usize,
+        cut_lines: usize,
+        last_ms: i64,
+    },
+    /// The file has no pending event any more (it completed).
+    Gone(FileId),
+}
+
 /// The pending events of all files.
 #[derive(Debug, Default)]
 pub struct Assembler {
     pending: HashMap<FileId, Event>,
     changed: HashSet<FileId>,
+    /// How many bytes of each pending event the state already holds.
+    persisted: HashMap<FileId, usize>,
 }
 
 impl Assembler {
     /// Resumes the pending events saved in the state.
     pub fn from_saved(saved: Vec<Event>) -> Self {
         Self {
+            persisted: saved.iter().map(|e| (e.key, e.bytes.len())).collect(),
             pending: saved.into_iter().map(|e| (e.key, e)).collect(),
             ..Self::default()
         }
     }
 
+    /// Takes a completed event out; the state forgets it with the next changes.
+    fn complete(&mut self, key: FileId) -> Option<Event> {
+        self.persisted.remove(&key);
+        self.changed.insert(key);
+        self.pending.remove(&key)
+    }
+
     /// A line of a file whose entry has `settings`. Completed events go to `out`.
-    /// Returns whether the line was cut (the event had `max_lines` already).
+    /// Returns whether the line was cut (the event had `max_lines` already, or the line
+    /// would take it past `max_bytes`).
     pub fn push(
         &mut self,
         settings: &Multiline,
@@ -64,13 +96,14 @@ impl Assembler {
         let key = origin.id;
         self.changed.insert(key);
         if settings.starts_event(line) {
-            if let Some(done) = self.pending.remove(&key) {
+            if let Some(done) = self.complete(key) {
                 out.push(done);
             }
         } else if let Some(event) = self.pending.get_mut(&key) {
             event.last_ms = now_ms;
             event.last_number = origin.number;
-            if event.lines >= settings.max_lines {
+            let too_big = event.bytes.len().saturating_add(1 + line.len()) > settings.max_bytes;
+            if event.lines >= settings.max_lines || too_big {
                 event.cut_lines += 1;
                 return true;
             }
@@ -118,12 +151,9 @@ impl Assembler {
             })
             .map(|e| e.key)
             .collect();
-        let mut done: Vec<Event> = due.iter().filter_map(|k| self.pending.remove(k)).collect();
+        let mut done: Vec<Event> = due.iter().filter_map(|k| self.complete(*k)).collect();
         done.sort_by_key(|e| e.last_ms);
-        for e in done {
-            self.changed.insert(e.key);
-            out.push(e);
-        }
+        out.extend(done);
     }
 
     /// After a reload, points each pending event at its `files` entry in the new config
@@ -139,12 +169,30 @@ impl Assembler {
         }
     }
 
-    /// The pending events that changed since the last call (`None`: it completed).
-    pub fn take_changes(&mut self) -> Vec<(FileId, Option<Event>)> {
-        self.changed
-            .drain()
-            .map(|k| (k, self.pending.get(&k).cloned()))
-            .collect()
+    /// What changed about the pending events since the last call: new events whole,
+    /// grown ones by their new bytes only.
+    pub fn take_changes(&mut self) -> Vec<EventChange> {
+        let mut changes = Vec::with_capacity(self.changed.len());
+        for key in self.changed.drain() {
+            let Some(event) = self.pending.get(&key) else {
+                self.persisted.remove(&key);
+                changes.push(EventChange::Gone(key));
+                continue;
+            };
+            let stored = self.persisted.insert(key, event.bytes.len());
+            match stored {
+                Some(n) if n <= event.bytes.len() => changes.push(EventChange::Grew {
+                    key,
+                    appended: event.bytes[n..].to_vec(),
+                    spec: event.spec,
+                    lines: event.lines,
+                    cut_lines: event.cut_lines,
+                    last_ms: event.last_ms,
+                }),
+                _ => changes.push(EventChange::Whole(event.clone())),
+            }
+        }
+        changes
     }
 
     pub fn has_changes(&self) -> bool {
@@ -170,6 +218,7 @@ mod tests {
             boundary: Boundary::Continue(Regex::new(pattern).unwrap()),
             timeout: Duration::from_secs(1),
             max_lines,
+            max_bytes: 1024 * 1024,
         }
     }
 
@@ -223,6 +272,34 @@ mod tests {
         assert_eq!(events.len(), 2, "{events:#?}");
         assert!(events[0].starts_with("2026-11-28 14:00:00 ERROR worker crashed\nTraceback"));
         assert!(events[0].ends_with("KeyError: 'user_id'"));
+    }
+
+    #[test]
+    fn changes_carry_only_what_an_event_gained_and_bytes_are_capped() {
+        let mut settings = preset("java", 500);
+        settings.max_bytes = 20;
+        let mut a = Assembler::default();
+        let mut out = Vec::new();
+        a.push(&settings, &origin(), b"start", 0, &mut out);
+        let key = origin().id;
+        assert!(matches!(&a.take_changes()[..], [EventChange::Whole(e)] if e.bytes == b"start"));
+        assert!(!a.push(&settings, &origin(), b"\tat a", 1, &mut out));
+        assert!(matches!(
+            &a.take_changes()[..],
+            [EventChange::Grew { appended, lines: 2, .. }] if appended == b"\n\tat a"
+        ));
+        // 5 + 5 + 1 + 10 > 20: cut, counted, nothing appended.
+        assert!(a.push(&settings, &origin(), b"\tat bbbbbb", 2, &mut out));
+        assert!(matches!(
+            &a.take_changes()[..],
+            [EventChange::Grew { appended, cut_lines: 1, .. }] if appended.is_empty()
+        ));
+        a.push(&settings, &origin(), b"next", 3, &mut out);
+        assert_eq!(out.len(), 1);
+        // The old event is gone and the new one is stored whole, in one change.
+        assert!(
+            matches!(&a.take_changes()[..], [EventChange::Whole(e)] if e.bytes == b"next" && e.key == key)
+        );
     }
 
     #[test]

@@ -1,24 +1,25 @@
 //! The durable state under `state_dir`, and every SQL statement chattail runs.
 //!
 //! The database is `state_dir/state.sqlite3` in WAL mode; an operator can inspect it with
-//! the `sqlite3` shell. A lock file (`state_dir/chattail.lock`, held with an OS file lock
-//! for the life of the process) keeps a second agent away from the same directory.
+//! the `sqlite3` shell. An OS lock on the state directory itself, held for the life of the
+//! process, keeps a second agent away from it; unlike a lock file, a directory cannot be
+//! deleted from under a running agent while it holds the database.
 //!
 //! Its tables (see `schema.rs`): `files` (offsets), `outbox` (notifications waiting for
-//! Chat), `bursts` (open burst windows), `multiline_events` (pending events) and `meta`
-//! (the agent id and the request sequence).
+//! Chat), `bursts` (open burst windows), `multiline_events` and `multiline_parts` (pending
+//! events, stored incrementally) and `meta` (the agent id and the request sequence).
 //! The agent changes them through one [`StoreTx`] per poll, so offsets advance together
 //! with the notifications, windows and events the same lines produced: a crash leaves
 //! either all or none. The sender's side of the outbox is [`outbox::Outbox`].
 //!
 //! The store speaks in plain rows ([`FileRow`], [`WindowRow`], [`EventRow`],
-//! [`NewNotification`]); it knows nothing of the tailer or the pipeline, and they know
+//! [`EventGrowth`], [`NewNotification`]); it knows nothing of the tailer or the pipeline, and they know
 //! nothing of SQLite.
 
 pub mod outbox;
 mod schema;
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, params};
@@ -38,13 +39,13 @@ pub enum StoreError {
         dir: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot open the lock file {path}: {source}")]
+    #[error("cannot lock the state directory {path}: {source}")]
     LockFile {
         path: PathBuf,
         source: std::io::Error,
     },
     #[error(
-        "another chattail is already using the state directory {dir} (it holds {dir}/chattail.lock); \
+        "another chattail is already using the state directory {dir} (it holds a lock on the directory); \
          give each agent its own state_dir"
     )]
     Locked { dir: PathBuf },
@@ -99,6 +100,19 @@ pub struct EventRow {
     pub last_ms: i64,
 }
 
+/// What a stored pending event gained since it was last stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventGrowth<'a> {
+    pub dev: u64,
+    pub ino: u64,
+    /// Bytes added to the end of the event.
+    pub appended: &'a [u8],
+    pub spec: usize,
+    pub lines: usize,
+    pub cut_lines: usize,
+    pub last_ms: i64,
+}
+
 /// A notification to queue in the outbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NewNotification<'a> {
@@ -108,11 +122,22 @@ pub struct NewNotification<'a> {
     pub text: &'a str,
 }
 
+/// Why a state directory starts afresh although it was used before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LostState {
+    /// The database file is there but empty (zero bytes).
+    Empty,
+    /// The database file is gone while its companions (WAL, shared memory, an old lock
+    /// file) are still there.
+    Deleted,
+}
+
 /// The open state directory. Dropping it releases the lock.
 pub struct Store {
     conn: Connection,
     path: PathBuf,
     _lock: File,
+    lost: Option<LostState>,
 }
 
 impl std::fmt::Debug for Store {
@@ -138,6 +163,7 @@ impl Store {
             conn,
             path,
             _lock: lock,
+            lost: None,
         })
     }
 
@@ -147,16 +173,12 @@ impl Store {
             dir: dir.to_owned(),
             source,
         })?;
-        let lock_path = dir.join("chattail.lock");
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|source| StoreError::LockFile {
-                path: lock_path.clone(),
-                source,
-            })?;
+        // The lock is on the directory: a lock file can be deleted (and recreated by a
+        // second agent) while the first still runs.
+        let lock = File::open(dir).map_err(|source| StoreError::LockFile {
+            path: dir.to_owned(),
+            source,
+        })?;
         match lock.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
@@ -166,12 +188,13 @@ impl Store {
             }
             Err(std::fs::TryLockError::Error(source)) => {
                 return Err(StoreError::LockFile {
-                    path: lock_path,
+                    path: dir.to_owned(),
                     source,
                 });
             }
         }
         let path = dir.join("state.sqlite3");
+        let lost = lost_state(dir, &path);
         let conn = Connection::open(&path)?;
         // WAL keeps readers (an operator's sqlite3 shell) from blocking the agent. With WAL,
         // synchronous=NORMAL never loses a committed transaction when the process dies;
@@ -185,7 +208,14 @@ impl Store {
             conn,
             path,
             _lock: lock,
+            lost,
         })
+    }
+
+    /// Set when the directory was used before but its database is empty or gone: the
+    /// agent starts afresh and should say so loudly.
+    pub fn lost_state(&self) -> Option<LostState> {
+        self.lost
     }
 
     /// The database file, for the sender's and the admin endpoint's own connections.
@@ -218,7 +248,7 @@ impl Store {
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
-    /// The pending multiline events.
+    /// The pending multiline events, each with the parts it gained appended.
     pub fn saved_events(&self) -> Result<Vec<EventRow>, StoreError> {
         let mut stmt = self.conn.prepare(
             "SELECT dev, ino, path, spec, bytes, lines, cut_lines, last_ms FROM multiline_events",
@@ -235,7 +265,20 @@ impl Store {
                 last_ms: r.get(7)?,
             })
         })?;
-        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        let mut events = rows.collect::<Result<Vec<_>, _>>()?;
+        let mut parts = self.conn.prepare(
+            "SELECT bytes FROM multiline_parts WHERE dev = ?1 AND ino = ?2 ORDER BY seq",
+        )?;
+        for event in &mut events {
+            let rows = parts
+                .query_map(params![to_sql_u64(event.dev), to_sql_u64(event.ino)], |r| {
+                    r.get::<_, Vec<u8>>(0)
+                })?;
+            for part in rows {
+                event.bytes.extend_from_slice(&part?);
+            }
+        }
+        Ok(events)
     }
 
     /// Notifications waiting for Chat (not given up on).
@@ -350,11 +393,12 @@ impl StoreTx<'_> {
         Ok(())
     }
 
-    /// Records the pending multiline event of a file.
+    /// Records the pending multiline event of a file, whole (replacing what was stored).
     pub fn save_event(&self, e: &EventRow) -> Result<(), StoreError> {
+        self.remove_event(e.dev, e.ino)?;
         self.tx
             .prepare_cached(
-                "INSERT OR REPLACE INTO multiline_events (dev, ino, path, spec, bytes, lines, cut_lines, last_ms)
+                "INSERT INTO multiline_events (dev, ino, path, spec, bytes, lines, cut_lines, last_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?
             .execute(params![
@@ -370,11 +414,44 @@ impl StoreTx<'_> {
         Ok(())
     }
 
+    /// Records what a stored pending event gained: its new counts, and its new bytes as
+    /// one more part (none when only the counts changed).
+    pub fn grow_event(&self, g: &EventGrowth<'_>) -> Result<(), StoreError> {
+        let (dev, ino) = (to_sql_u64(g.dev), to_sql_u64(g.ino));
+        self.tx
+            .prepare_cached(
+                "UPDATE multiline_events SET spec = ?3, lines = ?4, cut_lines = ?5, last_ms = ?6
+                 WHERE dev = ?1 AND ino = ?2",
+            )?
+            .execute(params![
+                dev,
+                ino,
+                i64::try_from(g.spec).unwrap_or(0),
+                i64::try_from(g.lines).unwrap_or(i64::MAX),
+                i64::try_from(g.cut_lines).unwrap_or(i64::MAX),
+                g.last_ms
+            ])?;
+        if !g.appended.is_empty() {
+            self.tx
+                .prepare_cached(
+                    "INSERT INTO multiline_parts (dev, ino, seq, bytes)
+                     VALUES (?1, ?2, (SELECT COALESCE(MAX(seq), 0) + 1 FROM multiline_parts
+                                      WHERE dev = ?1 AND ino = ?2), ?3)",
+                )?
+                .execute(params![dev, ino, g.appended])?;
+        }
+        Ok(())
+    }
+
     /// Forgets the pending multiline event of a file (it completed).
     pub fn remove_event(&self, dev: u64, ino: u64) -> Result<(), StoreError> {
+        let (dev, ino) = (to_sql_u64(dev), to_sql_u64(ino));
         self.tx
             .prepare_cached("DELETE FROM multiline_events WHERE dev = ?1 AND ino = ?2")?
-            .execute(params![to_sql_u64(dev), to_sql_u64(ino)])?;
+            .execute(params![dev, ino])?;
+        self.tx
+            .prepare_cached("DELETE FROM multiline_parts WHERE dev = ?1 AND ino = ?2")?
+            .execute(params![dev, ino])?;
         Ok(())
     }
 
@@ -400,6 +477,18 @@ impl StoreTx<'_> {
             .prepare_cached("DELETE FROM files WHERE released_at IS NOT NULL AND released_at < ?1")?
             .execute(params![unix_now_s() - RELEASED_RETENTION_SECS])?;
         Ok(self.tx.commit()?)
+    }
+}
+
+/// Whether the database at `db` in `dir` was lost (see [`LostState`]).
+fn lost_state(dir: &Path, db: &Path) -> Option<LostState> {
+    match std::fs::metadata(db) {
+        Ok(m) if m.len() == 0 => Some(LostState::Empty),
+        Ok(_) => None,
+        Err(_) => ["state.sqlite3-wal", "state.sqlite3-shm", "chattail.lock"]
+            .iter()
+            .any(|companion| dir.join(companion).exists())
+            .then_some(LostState::Deleted),
     }
 }
 

@@ -6,7 +6,7 @@ use rusqlite::Connection;
 use super::{StoreError, random_hex};
 
 /// The schema version this code writes.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// Creates or upgrades the schema of `conn` (the database at `path`, for errors).
 pub fn migrate(conn: &Connection, path: &std::path::Path) -> Result<(), StoreError> {
@@ -98,6 +98,22 @@ pub fn migrate(conn: &Connection, path: &std::path::Path) -> Result<(), StoreErr
                  PRIMARY KEY (dev, ino)
              );
              PRAGMA user_version = 4;
+             COMMIT;",
+        )?;
+    }
+    if version < 5 {
+        // What a growing multiline event gained since it was first stored, one row per
+        // commit, so that an event is not rewritten whole at every commit.
+        conn.execute_batch(
+            "BEGIN;
+             CREATE TABLE multiline_parts (
+                 dev   INTEGER NOT NULL,
+                 ino   INTEGER NOT NULL,
+                 seq   INTEGER NOT NULL,
+                 bytes BLOB    NOT NULL,
+                 PRIMARY KEY (dev, ino, seq)
+             );
+             PRAGMA user_version = 5;
              COMMIT;",
         )?;
     }

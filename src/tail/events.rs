@@ -36,6 +36,9 @@ pub trait TailEvents: Send + Sync {
     fn open_failed(&self, _spec: usize) {}
     /// A followed file could not be read or `fstat`ed.
     fn read_failed(&self, _spec: usize) {}
+    /// A file was not opened because no descriptor was left for it (`max_open_files`
+    /// reached, or the system's limit); it is tried again at every rescan.
+    fn out_of_descriptors(&self, _spec: usize) {}
 }
 
 /// Events nobody listens to.

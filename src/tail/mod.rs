@@ -128,6 +128,9 @@ pub struct TailOptions {
     /// After a file event, how long to gather further events before reading: the
     /// latency traded for far fewer polls when many files are written at once.
     pub coalesce: Duration,
+    /// The most files held open at once (the descriptor limit less a reserve for
+    /// everything else). Files beyond it are followed when room appears.
+    pub max_open_files: usize,
 }
 
 impl Default for TailOptions {
@@ -140,6 +143,7 @@ impl Default for TailOptions {
             read_budget: 4 * 1024 * 1024,
             use_events: true,
             coalesce: Duration::from_millis(25),
+            max_open_files: usize::MAX,
         }
     }
 }
@@ -229,6 +233,8 @@ pub struct Tailer {
     running_patterns: HashSet<String>,
     /// Paths that could not be opened, so the error is logged once.
     open_failed: HashSet<PathBuf>,
+    /// Set while files wait for descriptors, so that is said once per episode.
+    out_of_descriptors: bool,
     /// The files each followed directory held at the last rescan.
     dir_snapshot: HashMap<PathBuf, HashSet<FileKey>>,
     /// Copies left by copytruncate whose lines were recovered.
@@ -260,6 +266,7 @@ impl Tailer {
             wakeups,
             running_patterns: HashSet::new(),
             open_failed: HashSet::new(),
+            out_of_descriptors: false,
             dir_snapshot: HashMap::new(),
             consumed_copies: HashSet::new(),
             checkpoints: Vec::new(),

@@ -270,13 +270,34 @@ pub(super) fn prefix_matches(file: &File, prefix: &[u8]) -> bool {
     file.read_exact_at(&mut head, 0).is_ok() && head == prefix
 }
 
+/// Opens `path` for reading only if it is a regular file. The open itself does not block
+/// (`O_NONBLOCK`: opening a FIFO for reading would wait for a writer, for good), and
+/// anything but a regular file (a FIFO, socket or device named like a log) is refused.
+pub(super) fn open_regular(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    if file.metadata()?.is_file() {
+        // Reads of a regular file never block on O_NONBLOCK's account; the flag only
+        // mattered for the open.
+        Ok(file)
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file (a FIFO, socket or device); it is not read",
+        ))
+    }
+}
+
 /// Whether the file at `path` and a followed file's `prefix` start with the same bytes
 /// (one a prefix of the other), as a copy of that file does.
 pub(super) fn starts_alike(path: &Path, prefix: &[u8]) -> bool {
     if prefix.is_empty() {
         return false;
     }
-    let Ok(file) = File::open(path) else {
+    let Ok(file) = open_regular(path) else {
         return false;
     };
     let mut head = vec![0; prefix.len()];
@@ -328,7 +349,7 @@ pub(super) fn find_copy(
         {
             continue;
         }
-        let Ok(file) = File::open(entry.path()) else {
+        let Ok(file) = open_regular(&entry.path()) else {
             continue;
         };
         let Ok(metadata) = file.metadata() else {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
 use super::line_splitter::LineSplitter;
-use super::reading::{last_byte, prefix_matches, read_prefix, starts_alike};
+use super::reading::{last_byte, open_regular, prefix_matches, read_prefix, starts_alike};
 use super::{Checkpoint, FileKey, Followed, Rotation, SavedFile, StartAt, Tailer, discovery};
 
 impl Tailer {
@@ -17,7 +17,18 @@ impl Tailer {
         let mut found: Vec<(PathBuf, usize, fs::Metadata)> = Vec::new();
         let mut seen_paths = HashSet::new();
         for (spec_index, spec) in self.options.specs.iter().enumerate() {
-            for path in spec.glob.expand() {
+            let paths = match spec.glob.expand() {
+                Ok(paths) => paths,
+                Err(error) => {
+                    // A directory that could not be listed (out of descriptors, an I/O
+                    // error) says nothing about the files in it: no conclusion is drawn
+                    // from this scan, and the next one tries again.
+                    tracing::debug!(pattern = spec.glob.as_str(), %error, "Cannot expand a glob; skipping this scan.");
+                    self.events.out_of_descriptors(spec_index);
+                    return;
+                }
+            };
+            for path in paths {
                 if !seen_paths.insert(path.clone()) {
                     continue;
                 }
@@ -296,8 +307,16 @@ impl Tailer {
         rotated: bool,
     ) -> bool {
         let open_path = open_path.unwrap_or_else(|| path.clone());
-        let file = match File::open(&open_path) {
+        if self.files.len() >= self.options.max_open_files {
+            self.no_descriptor_for(&open_path, spec, None);
+            return false;
+        }
+        let file = match open_regular(&open_path) {
             Ok(file) => file,
+            Err(error) if matches!(error.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                self.no_descriptor_for(&open_path, spec, Some(&error));
+                return false;
+            }
             Err(error) => {
                 if self.open_failed.insert(path.clone()) {
                     self.events.open_failed(spec);
@@ -358,6 +377,25 @@ impl Tailer {
             },
         );
         true
+    }
+
+    /// A file that cannot be followed for want of a descriptor: counted, said once per
+    /// episode, and tried again at the next rescan. What is open stays open; nothing is
+    /// mistaken for a rotation.
+    fn no_descriptor_for(&mut self, path: &Path, spec: usize, error: Option<&std::io::Error>) {
+        self.events.out_of_descriptors(spec);
+        if !self.out_of_descriptors {
+            self.out_of_descriptors = true;
+            let open = self.files.len();
+            match error {
+                Some(error) => {
+                    tracing::warn!(path = %path.display(), open, %error, "Out of file descriptors: files that cannot be opened now are followed when room appears; raise LimitNOFILE (ulimit -n).")
+                }
+                None => {
+                    tracing::warn!(path = %path.display(), open, limit = self.options.max_open_files, "Out of file descriptors for more log files (the rest of the limit is kept for the state database, delivery and the admin endpoint): files beyond it are followed when room appears; raise LimitNOFILE (ulimit -n).")
+                }
+            }
+        }
     }
 
     /// Where reading of a newly followed file starts: its saved position, its end (for

@@ -108,7 +108,6 @@ impl Agent {
     }
 
     /// The running agent's process id.
-    #[allow(dead_code)] // Used by the hostile-input tests, registered with their fixes.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
     }

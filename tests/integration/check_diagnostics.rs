@@ -107,3 +107,64 @@ fn unusable_urls_are_only_warnings_for_test() {
     assert_eq!(report.error_count(), 1, "{report}");
     assert_eq!(report.warning_count(), 1, "{report}");
 }
+
+/// A one-line config of 250 KB with a mistake in it: the report shows a window of the
+/// line around the mistake, not the whole line under each error.
+#[test]
+fn a_huge_one_line_config_prints_a_short_snippet() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("huge.yaml");
+    let padding = "x".repeat(250_000);
+    std::fs::write(
+        &path,
+        format!(
+            "{{webhooks: {{oncall: {{url: 'http://127.0.0.1:9/v1/spaces/S/messages'}}}}, files: [{{path: /var/log/{padding}.log}}], rules: [{{name: r, match: ERROR, webhook: oncall, mesage: typo}}]}}"
+        ),
+    )
+    .unwrap();
+    let env = |_: &str| None;
+    let options = chattail::config::LoadOptions {
+        url_policy: UrlPolicy::Required,
+        env: &env,
+        default_host: "test".to_owned(),
+    };
+    let bytes = std::fs::read(&path).unwrap();
+    let report = chattail::config::load_bytes(&path, &bytes, &options).unwrap_err();
+    let rendered = report.to_string();
+    assert!(rendered.contains("mesage"), "{rendered}");
+    assert!(
+        rendered.len() < 2_000,
+        "{} bytes:\n{rendered}",
+        rendered.len()
+    );
+}
+
+/// A file with more YAML nodes than any config needs is refused in our words, without the
+/// YAML library's internals ("budget breached: Nodes { … }").
+#[test]
+fn a_file_with_too_many_nodes_is_refused_plainly() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nodes.yaml");
+    std::fs::write(
+        &path,
+        format!("files: [{}]\n", "{path: a},".repeat(300_000)),
+    )
+    .unwrap();
+    let env = |_: &str| None;
+    let options = chattail::config::LoadOptions {
+        url_policy: UrlPolicy::Required,
+        env: &env,
+        default_host: "test".to_owned(),
+    };
+    let bytes = std::fs::read(&path).unwrap();
+    let report = chattail::config::load_bytes(&path, &bytes, &options).unwrap_err();
+    let rendered = report.to_string();
+    assert!(
+        rendered.contains("too large or too deeply nested"),
+        "{rendered}"
+    );
+    for internal in ["budget", "Nodes {", "from_str"] {
+        assert!(!rendered.contains(internal), "{rendered}");
+    }
+    assert!(rendered.len() < 2_000, "{rendered}");
+}

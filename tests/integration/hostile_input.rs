@@ -107,8 +107,18 @@ fn a_fifo_next_to_a_followed_file_blocks_nothing() {
     assert_eq!(delivered_numbers(&chat, "db-a"), [0, 1, 2, 3, 4]);
 }
 
+/// An agent process started outside [`Agent`], killed if a test fails before stopping it.
+struct Limited(std::process::Child);
+
+impl Drop for Limited {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts the agent under `ulimit` settings (a real limit, set in the child's shell).
-fn start_with_ulimit(agent: &mut Agent, ulimit: &str) -> std::process::Child {
+fn start_with_ulimit(agent: &mut Agent, ulimit: &str) -> Limited {
     let stderr = std::fs::File::create(agent.dir.path().join("ulimit.stderr")).unwrap();
     Command::new("sh")
         .arg("-c")
@@ -122,10 +132,12 @@ fn start_with_ulimit(agent: &mut Agent, ulimit: &str) -> std::process::Child {
         .stdout(Stdio::null())
         .stderr(stderr)
         .spawn()
+        .map(Limited)
         .unwrap()
 }
 
-fn stop(child: &mut std::process::Child) {
+fn stop(child: &mut Limited) {
+    let child = &mut child.0;
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
@@ -147,22 +159,29 @@ fn many_files_under_a_low_soft_descriptor_limit_are_all_followed() {
     let url = chat.webhook("SPACE1", "KEY1", "TOKEN1");
     let mut agent = Agent::new(&oncall(&url), "");
     let logs = agent.dir.path().join("logs");
+    // One thread for all, so that the backlog merges into a few posts at Chat's pace.
     for i in 0..300 {
         let mut f = open_append(&logs.join(format!("f{i:03}.log")));
         writeln!(
             f,
-            "2026-11-28T14:00:00Z ERROR timeout connecting to db-{i} #0"
+            "2026-11-28T14:00:00Z ERROR timeout connecting to db-all #{i}"
         )
         .unwrap();
     }
     let mut child = start_with_ulimit(&mut agent, "ulimit -S -n 256");
-    wait_for("300 notifications", Duration::from_secs(120), || {
-        chat.messages().len() >= 300
+    wait_for("300 notifications", Duration::from_secs(60), || {
+        delivered_numbers(&chat, "db-all").len() >= 300
     });
     stop(&mut child);
     let log = std::fs::read_to_string(agent.dir.path().join("ulimit.stderr")).unwrap();
     assert!(!log.contains("rotated away"), "{log}");
-    assert_eq!(chat.messages().len(), 300);
+    assert!(
+        !log.contains("descriptors"),
+        "the raised limit has room: {log}"
+    );
+    let mut numbers = delivered_numbers(&chat, "db-all");
+    numbers.sort_unstable();
+    assert_eq!(numbers, (0..300).collect::<Vec<_>>());
 }
 
 /// A hard limit below what the files need: the agent keeps what it has open, says once
@@ -236,24 +255,36 @@ fn idle_admin_connections_cannot_starve_the_agent() {
             None => false,
         }
     });
+    // More half-sent requests than the descriptor limit leaves room for, until the
+    // kernel's backlog is full too (connects then time out).
+    let target: std::net::SocketAddr = addr.parse().unwrap();
     let mut idle = Vec::new();
-    for _ in 0..400 {
-        match TcpStream::connect(&addr) {
+    let mut refused = 0;
+    while idle.len() < 300 && refused < 5 {
+        match TcpStream::connect_timeout(&target, Duration::from_millis(200)) {
             Ok(mut s) => {
                 let _ = s.write_all(b"GET /metr");
                 idle.push(s);
             }
-            Err(_) => break,
+            Err(_) => refused += 1,
         }
     }
+    // While they are held (and the kernel queues those beyond the cap), reading and
+    // delivery have their descriptors.
     write_timeouts(&agent.log(), "db-a", 0..2);
     wait_for("2 notifications", Duration::from_secs(30), || {
         delivered_numbers(&chat, "db-a").len() == 2
     });
+    assert!(
+        idle.len() > 100,
+        "the endpoint accepted or queued {}",
+        idle.len()
+    );
+    // Once the peer goes away, the endpoint answers again at once.
+    drop(idle);
     wait_for("/healthz to answer", Duration::from_secs(30), || {
         healthz(&addr).is_some_and(|answer| answer.starts_with("HTTP/1.1 200"))
     });
-    drop(idle);
     stop(&mut child);
     let log = std::fs::read_to_string(agent.dir.path().join("ulimit.stderr")).unwrap();
     assert!(!log.contains("rotated away"), "{log}");
@@ -368,6 +399,10 @@ fn sighup_during_start_does_not_kill_the_agent() {
     let config = std::fs::read_to_string(&agent.config).unwrap();
     std::fs::write(&agent.config, format!("{config}{rules}")).unwrap();
     agent.start();
+    // From the first line the agent logs (it loads the config right after), for 300 ms.
+    wait_for("the agent to start", Duration::from_secs(20), || {
+        agent.stderr().contains("chattail is starting")
+    });
     let start = Instant::now();
     while start.elapsed() < Duration::from_millis(300) {
         agent.signal("HUP");
@@ -430,4 +465,56 @@ fn state_bytes_written(agent: &Agent) -> u64 {
         .find_map(|l| l.strip_prefix("wchar: "))
         .and_then(|v| v.trim().parse().ok())
         .unwrap()
+}
+
+/// A state database emptied (or deleted) behind the agent's back is not a silent fresh
+/// start: the log says what will happen.
+#[test]
+fn an_emptied_state_database_is_reported_loudly() {
+    let chat = MockChat::start();
+    let url = chat.webhook("SPACE1", "KEY1", "TOKEN1");
+    let mut agent = Agent::new(&oncall(&url), "");
+    agent.start();
+    write_timeouts(&agent.log(), "db-a", 0..1);
+    wait_for("the notification", Duration::from_secs(20), || {
+        delivered_numbers(&chat, "db-a") == [0]
+    });
+    assert!(agent.terminate().success());
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(agent.dir.path().join("state/state.sqlite3"))
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    agent.start();
+    wait_for("the warning", Duration::from_secs(20), || {
+        agent
+            .stderr()
+            .contains("The state database is empty (zero bytes): chattail starts afresh")
+    });
+    assert!(agent.terminate().success());
+}
+
+/// A state directory that cannot be created is one clear error, its cause said once.
+#[test]
+fn an_unusable_state_dir_is_one_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.yaml");
+    std::fs::write(
+        &config,
+        "state_dir: /proc/chattail-cannot-be-here/state\nwebhooks:\n  oncall:\n    url: http://127.0.0.1:9/v1/spaces/S/messages\nfiles:\n  - path: /var/log/no-such-dir/*.log\nrules:\n  - name: r\n    match: ERROR\n    webhook: oncall\n",
+    )
+    .unwrap();
+    let out = chattail(
+        &["run", "--config", config.to_str().unwrap(), "--once"],
+        &[],
+        None,
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot create the state directory"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("os error").count(), 1, "{stderr}");
 }

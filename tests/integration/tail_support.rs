@@ -96,6 +96,7 @@ impl Harness {
             read_budget: 1024 * 1024,
             use_events: true,
             coalesce: Duration::from_millis(2),
+            max_open_files: usize::MAX,
         };
         let mut h = Self {
             dir,

@@ -7,8 +7,9 @@ use serde_saphyr::Spanned;
 use super::super::raw::{RawConfig, RawDedup, RawMultiline, RawRule};
 use super::super::{
     Boundary, DEFAULT_MAX_KEYS, DEFAULT_MESSAGE, DEFAULT_MESSAGE_WITH_CONTEXT,
-    DEFAULT_MULTILINE_MAX_LINES, DEFAULT_MULTILINE_TIMEOUT, DEFAULT_THREAD_KEY, Dedup,
-    MAX_CONTEXT_BEFORE, MULTILINE_PRESETS, Multiline, RULE_REGEX_SIZE_LIMIT, Rule,
+    DEFAULT_MULTILINE_MAX_BYTES, DEFAULT_MULTILINE_MAX_LINES, DEFAULT_MULTILINE_TIMEOUT,
+    DEFAULT_THREAD_KEY, Dedup, MAX_CONTEXT_BEFORE, MULTILINE_MAX_BYTES_RANGE, MULTILINE_PRESETS,
+    Multiline, RULE_REGEX_SIZE_LIMIT, Rule,
 };
 use super::{Validator, defined_webhooks, is_name, loc};
 use crate::path_glob::PathGlob;
@@ -263,10 +264,29 @@ impl Validator<'_> {
                 return None;
             }
         };
+        let max_bytes = match &r.max_bytes {
+            None => DEFAULT_MULTILINE_MAX_BYTES,
+            Some(n) if MULTILINE_MAX_BYTES_RANGE.contains(&n.value) => {
+                usize::try_from(n.value).unwrap_or(DEFAULT_MULTILINE_MAX_BYTES)
+            }
+            Some(n) => {
+                self.report.error(
+                    loc(n),
+                    format!(
+                        "{what}.max_bytes must be between {} and {}, not {}",
+                        MULTILINE_MAX_BYTES_RANGE.start(),
+                        MULTILINE_MAX_BYTES_RANGE.end(),
+                        n.value
+                    ),
+                );
+                return None;
+            }
+        };
         Some(Multiline {
             boundary,
             timeout,
             max_lines,
+            max_bytes,
         })
     }
 }

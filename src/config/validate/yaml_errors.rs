@@ -19,7 +19,17 @@ pub(super) fn yaml_message(error: &serde_saphyr::Error) -> String {
     if text.is_empty() {
         return "the file is not valid YAML".to_owned();
     }
-    // Reword the parser's terms into what the operator sees in the file.
+    // Reword the parser's terms into what the operator sees in the file, and keep the
+    // library's internals (type names, function names) out of the message.
+    if text.contains("budget breached") {
+        return "the config is too large or too deeply nested to be a chattail config \
+                (a YAML alias bomb or a generated file?)"
+            .to_owned();
+    }
+    if text.contains("from_str_multiple") || text.contains("multiple documents") {
+        return "the file holds several YAML documents (separated by `---`); a config is one document"
+            .to_owned();
+    }
     if text == "expected sequence start" {
         return "expected a list here (lines starting with `- `)".to_owned();
     }

@@ -102,14 +102,24 @@ impl ChatClient {
         let retry_after = response
             .headers()
             .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+            .and_then(|v| parse_retry_after(v.as_bytes()));
         // The body is only needed for errors; read it with a cap so a hostile server
         // cannot make the agent hold megabytes.
         let body = read_capped(response, 16 * 1024).await;
         classify(status, retry_after, &body, url)
     }
+}
+
+/// A `Retry-After` header in seconds (the form Google sends). An HTTP date, a negative
+/// or fractional number or junk gives `None` (the backoff alone decides); a huge number
+/// is kept as it is, because the worker caps every wait at `max_backoff`.
+fn parse_retry_after(value: &[u8]) -> Option<Duration> {
+    let text = std::str::from_utf8(value).ok()?.trim();
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // Digits only: a value past u64 seconds saturates instead of being dropped.
+    Some(Duration::from_secs(text.parse::<u64>().unwrap_or(u64::MAX)))
 }
 
 async fn read_capped(mut response: reqwest::Response, cap: usize) -> Vec<u8> {
@@ -171,6 +181,57 @@ fn error_message(body: &[u8], url: &WebhookUrl) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any header bytes: no panic; digits only give a duration, saturating.
+        #[test]
+        fn retry_after_takes_any_bytes(value in proptest::collection::vec(any::<u8>(), 0..40)) {
+            let parsed = parse_retry_after(&value);
+            let digits = std::str::from_utf8(&value)
+                .map(|t| t.trim())
+                .is_ok_and(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()));
+            prop_assert_eq!(parsed.is_some(), digits);
+        }
+
+        /// Any body, any status: the message is one line of at most 300 characters and
+        /// never holds the webhook's key or token.
+        #[test]
+        fn error_bodies_never_leak_or_grow(
+            junk in proptest::collection::vec(any::<u8>(), 0..600),
+            message in ".{0,500}",
+            status in 400u16..600,
+        ) {
+            let json = serde_json::json!({"error": {"code": status, "message": format!("{message} KEY123 TOK456")}});
+            for body in [junk, json.to_string().into_bytes()] {
+                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+                if let PostOutcome::Refused { message, .. } = classify(status, None, &body, &url()) {
+                    prop_assert!(message.chars().count() <= 300);
+                    prop_assert!(!message.contains('\n') && !message.contains('\r'));
+                    prop_assert!(!message.contains("KEY123") && !message.contains("TOK456"));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        assert_eq!(parse_retry_after(b"3"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_retry_after(b" 120 "), Some(Duration::from_secs(120)));
+        assert_eq!(
+            parse_retry_after(b"18446744073709551616"),
+            Some(Duration::from_secs(u64::MAX))
+        );
+        for junk in [
+            &b""[..],
+            b"-1",
+            b"1.5",
+            b"Wed, 21 Oct 2026 07:28:00 GMT",
+            b"\xff",
+        ] {
+            assert_eq!(parse_retry_after(junk), None);
+        }
+    }
 
     fn url() -> WebhookUrl {
         WebhookUrl::parse(

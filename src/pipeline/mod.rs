@@ -432,3 +432,60 @@ fn dedup_windows(config: &Config) -> HashMap<String, Duration> {
         .filter_map(|r| r.dedup.as_ref().map(|d| (r.name.clone(), d.window)))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{LoadOptions, UrlPolicy, load_bytes};
+    use proptest::prelude::*;
+
+    fn config() -> Arc<Config> {
+        let yaml = "webhooks:\n  oncall:\n    url: http://127.0.0.1:9/v1/spaces/S/messages\n\
+            files:\n  - path: /var/log/plain.log\n  - path: /var/log/traces.log\n    multiline:\n      preset: java\n      max_lines: 5\n      max_bytes: 2048\n\
+            rules:\n  - name: errors\n    match: 'ERROR (?P<what>.*)'\n    webhook: oncall\n    thread_key: 'e-{what}'\n    message: \"{what}\\n```{context}\\n{line}```\"\n    context:\n      before: 2\n    dedup:\n      window: 1m\n      max_keys: 3\n\
+            \x20 - name: anything\n    match: '(?s).*'\n    webhook: oncall\n";
+        let env = |_: &str| None;
+        let options = LoadOptions {
+            url_policy: UrlPolicy::Required,
+            env: &env,
+            default_host: "h".to_owned(),
+        };
+        let loaded = load_bytes(Path::new("/etc/c.yaml"), yaml.as_bytes(), &options)
+            .unwrap_or_else(|report| panic!("{report}"));
+        Arc::new(loaded.config)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Any bytes (invalid UTF-8, NUL, markup, long lines), in plain and multiline
+        /// files, at any times: no panic, every notification fits Chat's limit, and every
+        /// line reaches the catch-all rule once (as a line, or inside an event).
+        #[test]
+        fn any_lines_give_notifications_chat_accepts(
+            lines in proptest::collection::vec(
+                (proptest::collection::vec(any::<u8>(), 0..300), 0usize..2, 0i64..120_000),
+                1..60,
+            )
+        ) {
+            let mut pipeline = Pipeline::new(config(), Vec::new(), Vec::new());
+            let mut out: Vec<Notification> = Vec::new();
+            let mut now = 0;
+            for (line, spec, step) in &lines {
+                now += step;
+                let path = Path::new(if *spec == 0 { "/var/log/plain.log" } else { "/var/log/traces.log" });
+                let origin = Origin { id: FileId { dev: 1, ino: *spec as u64 }, path, spec: *spec, number: 0 };
+                pipeline.line(&origin, line, now, &mut out);
+                pipeline.tick(now, false, &mut out);
+            }
+            pipeline.tick(now, true, &mut out);
+            pipeline.flush_windows(&mut out);
+            let _ = pipeline.take_changes();
+            for n in &out {
+                prop_assert!(chat_text::utf16_len(&n.text) <= chat_text::MAX_TEXT_CHARS);
+            }
+            let caught = out.iter().filter(|n| n.rule == "anything").count();
+            prop_assert!(caught >= 1 && caught <= lines.len());
+        }
+    }
+}

@@ -1,6 +1,9 @@
 //! Rule engine throughput: lines per second through the `RegexSet` gate and, for the ~1% of
 //! lines that match, captures and rendering of the Chat message.
 //!
+//! `N_rules_pipeline` runs the same lines through the whole `Pipeline` (what `run` and
+//! `test` use: UTF-8 check, the file's rule set, rendering, notifications collected).
+//!
 //! Run with `cargo bench --bench rule_engine`. The corpus is synthetic but shaped like a
 //! web application's logs: access-log lines, INFO/DEBUG chatter and about 1% errors that
 //! the rules are written for.
@@ -9,7 +12,7 @@ use std::hint::black_box;
 use std::path::Path;
 
 use chattail::config::{LoadOptions, UrlPolicy, load_bytes};
-use chattail::pipeline::{RuleSet, Source};
+use chattail::pipeline::{FileId, Notification, Origin, Pipeline, RuleSet, Source};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 /// A small deterministic generator, so every run benchmarks the same corpus.
@@ -170,6 +173,29 @@ fn bench_rules(c: &mut Criterion) {
                 }
                 assert_eq!(hits, expected);
                 hits
+            })
+        });
+        // The same lines through the whole pipeline, as `run` and `test` use it: UTF-8
+        // check, the file's rule set, rendering, and the notifications collected.
+        let config = std::sync::Arc::new(config);
+        let path = Path::new("/var/log/app/web.log");
+        group.bench_function(format!("{rule_count}_rules_pipeline"), |b| {
+            let mut pipeline =
+                Pipeline::new(std::sync::Arc::clone(&config), Vec::new(), Vec::new());
+            let origin = Origin {
+                id: FileId { dev: 1, ino: 1 },
+                path,
+                spec: 0,
+                number: 0,
+            };
+            let mut out: Vec<Notification> = Vec::with_capacity(expected);
+            b.iter(|| {
+                out.clear();
+                for line in &corpus {
+                    pipeline.line(&origin, line, 0, &mut out);
+                }
+                assert_eq!(out.len(), expected);
+                out.len()
             })
         });
     }

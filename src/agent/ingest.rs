@@ -52,10 +52,21 @@ pub(super) struct Ingest {
     /// A config received but not switched to yet (the outbox is full, or the switch
     /// failed and is retried).
     pending_reload: Option<Arc<Config>>,
+    /// Bytes the tailer reads from a file per poll. Halved after each failed commit (a
+    /// nearly full disk may take a small transaction when it cannot take a large one),
+    /// doubled back after each success.
+    pub(super) read_budget: usize,
 }
 
-/// The tailer's settings for `config`: the globs it follows and how.
-pub(super) fn tail_options(config: &Config) -> TailOptions {
+/// The most a poll reads from one file by default; after failed commits, less (see
+/// [`Ingest::read_budget`]).
+const READ_BUDGET: usize = 4 * 1024 * 1024;
+/// The least a poll reads from one file, however often commits fail.
+const MIN_READ_BUDGET: usize = 64 * 1024;
+
+/// The tailer's settings for `config`: the globs it follows and how, reading at most
+/// `read_budget` bytes of a file per poll.
+pub(super) fn tail_options(config: &Config, read_budget: usize) -> TailOptions {
     TailOptions {
         specs: config
             .files
@@ -70,6 +81,7 @@ pub(super) fn tail_options(config: &Config) -> TailOptions {
             })
             .collect(),
         max_open_files: super::descriptors::max_open_files(),
+        read_budget,
         ..TailOptions::default()
     }
 }
@@ -85,7 +97,7 @@ impl Ingest {
         reloads: std::sync::mpsc::Receiver<Arc<Config>>,
     ) -> Result<Self, RunError> {
         let tailer = Tailer::new(
-            tail_options(&config),
+            tail_options(&config, READ_BUDGET),
             state_rows::saved_files(&store)?,
             Arc::new(TailMetrics::new(&config, &metrics)),
         );
@@ -111,6 +123,7 @@ impl Ingest {
             last_self_check: None,
             extra: Vec::new(),
             pending_reload: None,
+            read_budget: READ_BUDGET,
         })
     }
 
@@ -149,10 +162,17 @@ impl Ingest {
             let more = match self.step(false) {
                 Ok(more) => {
                     self.health.state_ok();
+                    if self.read_budget < READ_BUDGET {
+                        self.read_budget = (self.read_budget * 2).min(READ_BUDGET);
+                        self.tailer.set_read_budget(self.read_budget);
+                    }
                     more
                 }
                 Err(error) => {
                     self.health.state_failed(&error.to_string());
+                    // The same lines are read again; in smaller bites, a nearly full disk
+                    // can take them (the whole poll may never fit).
+                    self.read_budget = (self.read_budget / 2).max(MIN_READ_BUDGET);
                     tracing::error!(%error, "Cannot commit to the state database; retrying in a second.");
                     std::thread::sleep(Duration::from_secs(1));
                     self.restore_from_state()?;
@@ -257,7 +277,7 @@ impl Ingest {
     /// and produce the same notifications, none lost and none counted twice.
     pub(super) fn restore_from_state(&mut self) -> Result<(), StoreError> {
         self.tailer = Tailer::new(
-            tail_options(&self.config),
+            tail_options(&self.config, self.read_budget),
             state_rows::saved_files(&self.store)?,
             Arc::new(TailMetrics::new(&self.config, &self.metrics)),
         );

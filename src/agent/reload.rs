@@ -220,7 +220,7 @@ impl Ingest {
         // Nothing below can fail.
         self.config = Arc::clone(&new);
         let mut tailer = Tailer::new(
-            tail_options(&new),
+            tail_options(&new, self.read_budget),
             saved,
             Arc::new(TailMetrics::new(&new, &self.metrics)),
         );

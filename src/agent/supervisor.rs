@@ -103,8 +103,18 @@ pub(super) async fn supervise(
         health: Arc::clone(&health),
         first_send: tokio::time::Instant::now(),
     };
-    let delivery = DeliveryGeneration::start(&config, db.as_deref(), &wake_rx, &context)?;
+    // The admin port first: if it is taken, nothing has started that would have to be
+    // stopped (delivery workers left running while the runtime shuts down would panic).
     let admin = AdminServer::start(&config, &metrics, &health, db.clone()).await?;
+    let delivery = match DeliveryGeneration::start(&config, db.as_deref(), &wake_rx, &context) {
+        Ok(delivery) => delivery,
+        Err(error) => {
+            if let Some(admin) = admin {
+                admin.stop().await;
+            }
+            return Err(error);
+        }
+    };
     tracing::info!(
         files = config.files.len(),
         rules = config.rules.len(),

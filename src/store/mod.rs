@@ -202,6 +202,9 @@ impl Store {
         // back together.
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // After a checkpoint the WAL file is cut back to this size, so the space a burst
+        // took is given back to a tight disk.
+        conn.pragma_update(None, "journal_size_limit", 4 * 1024 * 1024)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         schema::migrate(&conn, &path)?;
         Ok(Self {

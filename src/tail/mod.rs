@@ -275,6 +275,11 @@ impl Tailer {
         }
     }
 
+    /// Changes how many bytes a poll reads from one file at most.
+    pub fn set_read_budget(&mut self, bytes: usize) {
+        self.options.read_budget = bytes.max(1);
+    }
+
     /// The paths followed right now, rotated files included.
     pub fn followed_paths(&self) -> Vec<PathBuf> {
         let mut paths: Vec<PathBuf> = self.files.values().map(|f| f.path.clone()).collect();

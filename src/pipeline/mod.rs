@@ -134,6 +134,8 @@ pub struct Pipeline {
     /// Rule sets by file path, shared between files with the same applicable rules.
     by_path: HashMap<PathBuf, Arc<RuleSet>>,
     by_rules: HashMap<Vec<usize>, Arc<RuleSet>>,
+    /// The rule set of the last path asked for.
+    last_rules: Option<(PathBuf, Arc<RuleSet>)>,
     assembler: Assembler,
     rings: HashMap<PathBuf, ContextRing>,
     max_context: usize,
@@ -157,6 +159,7 @@ impl Pipeline {
             config,
             by_path: HashMap::new(),
             by_rules: HashMap::new(),
+            last_rules: None,
             assembler: Assembler::from_saved(events),
             rings: HashMap::new(),
             bursts: Bursts::from_saved(windows),
@@ -176,33 +179,37 @@ impl Pipeline {
     /// One line of a file at `now_ms`. A file whose `files` entry has `multiline` passes
     /// it through its pending event; the rules see the event when it completes.
     pub fn line(&mut self, origin: &Origin<'_>, line: &[u8], now_ms: i64, out: &mut dyn Output) {
+        let multiline = self
+            .config
+            .files
+            .get(origin.spec)
+            .is_some_and(|f| f.multiline.is_some());
+        if !multiline {
+            let lines = (origin.number, origin.number);
+            self.evaluate(origin.path, line, lines, now_ms, out);
+            return;
+        }
+        // Only lines of multiline files pay for holding the config while the assembler
+        // (part of `self`) changes.
         let config = Arc::clone(&self.config);
-        match config
+        let Some(settings) = config
             .files
             .get(origin.spec)
             .and_then(|f| f.multiline.as_deref())
+        else {
+            return;
+        };
+        let mut done = std::mem::take(&mut self.events);
+        if self
+            .assembler
+            .push(settings, origin, line, now_ms, &mut done)
         {
-            Some(settings) => {
-                let mut done = std::mem::take(&mut self.events);
-                let cut = self
-                    .assembler
-                    .push(settings, origin, line, now_ms, &mut done);
-                if cut {
-                    out.event_line_cut();
-                }
-                for event in done.drain(..) {
-                    self.evaluate_event(&event, now_ms, out);
-                }
-                self.events = done;
-            }
-            None => self.evaluate(
-                origin.path,
-                line,
-                (origin.number, origin.number),
-                now_ms,
-                out,
-            ),
+            out.event_line_cut();
         }
+        for event in done.drain(..) {
+            self.evaluate_event(&event, now_ms, out);
+        }
+        self.events = done;
     }
 
     /// Completes the multiline events idle for their timeout and closes the burst windows
@@ -281,6 +288,7 @@ impl Pipeline {
         );
         self.by_path.clear();
         self.by_rules.clear();
+        self.last_rules = None;
         self.dedup_windows = dedup_windows(&new);
         if self.max_context != new.max_context_before() {
             self.max_context = new.max_context_before();
@@ -321,11 +329,7 @@ impl Pipeline {
             }
         };
         let rules = self.rules_for(path, out);
-        let file = path.to_string_lossy();
-        let source = Source {
-            file: &file,
-            host: &self.config.host,
-        };
+        let host = self.config.host.as_str();
         let max_context = self.max_context;
         if max_context > 0 && !self.rings.contains_key(path) {
             if self.rings.len() >= MAX_CACHED_FILES {
@@ -344,6 +348,9 @@ impl Pipeline {
                 Some(r) if hit.rule.context_before > 0 => r.last(hit.rule.context_before),
                 _ => Vec::new(),
             };
+            // The path as text only for hits: most lines match nothing.
+            let file = path.to_string_lossy();
+            let source = Source { file: &file, host };
             let n = hit.notification_with_context(text, &source, &context);
             let routed = match &hit.rule.dedup {
                 Some(dedup) => {
@@ -389,6 +396,19 @@ impl Pipeline {
 
     /// The rule set for a file, compiled once per distinct set of applicable rules.
     fn rules_for(&mut self, path: &Path, out: &mut dyn Output) -> Arc<RuleSet> {
+        // Lines come in runs per file: comparing with the last path is cheaper than
+        // hashing it.
+        if let Some((last, set)) = &self.last_rules
+            && last == path
+        {
+            return Arc::clone(set);
+        }
+        let set = self.rules_for_uncached(path, out);
+        self.last_rules = Some((path.to_path_buf(), Arc::clone(&set)));
+        set
+    }
+
+    fn rules_for_uncached(&mut self, path: &Path, out: &mut dyn Output) -> Arc<RuleSet> {
         if let Some(set) = self.by_path.get(path) {
             return Arc::clone(set);
         }

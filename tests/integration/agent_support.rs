@@ -92,7 +92,7 @@ impl Agent {
                 .join(format!("agent-{}.stderr", self.starts)),
         )
         .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_chattail"))
+        let child = Command::new(crate::support::bin())
             .args(["run", "--config"])
             .arg(&self.config)
             .args(&self.args)

@@ -5,7 +5,7 @@
 
 use chattail::config::UrlPolicy;
 
-use crate::support::{load_fixture, repo};
+use crate::support::{load_fixture, refused, repo};
 
 #[test]
 fn every_broken_config_is_refused_with_located_errors() {
@@ -122,15 +122,7 @@ fn a_huge_one_line_config_prints_a_short_snippet() {
         ),
     )
     .unwrap();
-    let env = |_: &str| None;
-    let options = chattail::config::LoadOptions {
-        url_policy: UrlPolicy::Required,
-        env: &env,
-        default_host: "test".to_owned(),
-    };
-    let bytes = std::fs::read(&path).unwrap();
-    let report = chattail::config::load_bytes(&path, &bytes, &options).unwrap_err();
-    let rendered = report.to_string();
+    let rendered = refused(&path).to_string();
     assert!(rendered.contains("mesage"), "{rendered}");
     assert!(
         rendered.len() < 2_000,
@@ -150,15 +142,7 @@ fn a_file_with_too_many_nodes_is_refused_plainly() {
         format!("files: [{}]\n", "{path: a},".repeat(300_000)),
     )
     .unwrap();
-    let env = |_: &str| None;
-    let options = chattail::config::LoadOptions {
-        url_policy: UrlPolicy::Required,
-        env: &env,
-        default_host: "test".to_owned(),
-    };
-    let bytes = std::fs::read(&path).unwrap();
-    let report = chattail::config::load_bytes(&path, &bytes, &options).unwrap_err();
-    let rendered = report.to_string();
+    let rendered = refused(&path).to_string();
     assert!(
         rendered.contains("too large or too deeply nested"),
         "{rendered}"

@@ -1,6 +1,6 @@
 //! The `chattail` binary as an operator runs it: exit codes, output, and no secrets.
 
-use crate::support::{SECRET_URL, chattail, text};
+use crate::support::{SECRET_URL, chattail, chattail_test, text};
 
 #[test]
 fn check_accepts_the_example_and_never_prints_the_url() {
@@ -233,21 +233,11 @@ fn a_second_agent_on_the_same_state_dir_gets_a_clear_error() {
 
 #[test]
 fn context_lines_before_a_match_are_in_its_message() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("rules.yaml");
-    std::fs::write(
-        &config,
-        "webhooks:\n  oncall:\n    url: http://127.0.0.1:9/v1/spaces/S/messages\nfiles:\n  - path: /var/log/*.log\nrules:\n  - name: oom\n    match: 'Out of memory'\n    webhook: oncall\n    context:\n      before: 2\n",
-    )
-    .unwrap();
     let input = b"line one\nline two\nline three\nkernel: Out of memory: Killed process 1\n";
-    let out = chattail(
-        &["test", "--config", config.to_str().unwrap()],
-        &[],
-        Some(input),
+    let stdout = chattail_test(
+        "  - name: oom\n    match: 'Out of memory'\n    webhook: oncall\n    context:\n      before: 2\n",
+        input,
     );
-    let stdout = text(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(
         stdout.contains(
             "    │ ```line two\n    │ line three\n    │ kernel: Out of memory: Killed process 1```"
@@ -471,7 +461,7 @@ fn brace_globs_pass_check_and_are_followed() {
     );
 
     // A file created after the agent started is found by the same glob.
-    let mut agent = std::process::Command::new(env!("CARGO_BIN_EXE_chattail"))
+    let mut agent = std::process::Command::new(crate::support::bin())
         .args(["run", "--config", config, "--dry-run"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

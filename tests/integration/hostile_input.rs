@@ -10,28 +10,18 @@ use std::time::{Duration, Instant};
 
 use crate::agent_support::{Agent, delivered_numbers, oncall, wait_for, write_timeouts};
 use crate::mock_chat::{Fault, MockChat};
-use crate::support::{chattail, text};
+use crate::support::{chattail, chattail_test, text};
 use crate::tail_support::open_append;
 
 /// A rule using `.*`, as operators write it, matches a line with a stray Latin-1 byte
 /// and one with invalid sequences; the message shows them as U+FFFD.
 #[test]
 fn lines_with_invalid_utf8_are_matched_with_dot_star() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("rules.yaml");
-    std::fs::write(
-        &config,
-        "webhooks:\n  oncall:\n    url: http://127.0.0.1:9/v1/spaces/S/messages\nfiles:\n  - path: /var/log/*.log\nrules:\n  - name: upload\n    match: 'ERROR \\[upload\\] cannot open (?P<name>.*)\\.csv'\n    webhook: oncall\n    message: 'cannot open {name}'\n  - name: any-error\n    match: 'ERROR .* tail$'\n    webhook: oncall\n",
-    )
-    .unwrap();
     let input = b"ERROR [upload] cannot open caf\xe9.csv\nERROR \xff\xfe\xc3 tail\n";
-    let out = chattail(
-        &["test", "--config", config.to_str().unwrap()],
-        &[],
-        Some(input),
+    let stdout = chattail_test(
+        "  - name: upload\n    match: 'ERROR \\[upload\\] cannot open (?P<name>.*)\\.csv'\n    webhook: oncall\n    message: 'cannot open {name}'\n  - name: any-error\n    match: 'ERROR .* tail$'\n    webhook: oncall\n",
+        input,
     );
-    let stdout = text(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(stdout.contains("cannot open caf\u{fffd}"), "{stdout}");
     assert!(
         stdout.contains("2 lines read, 2 matched by a rule, 0 matched by no rule"),
@@ -123,7 +113,7 @@ fn start_with_ulimit(agent: &mut Agent, ulimit: &str) -> Limited {
     Command::new("sh")
         .arg("-c")
         .arg(format!("{ulimit} && exec \"$0\" run --config \"$1\"",))
-        .arg(env!("CARGO_BIN_EXE_chattail"))
+        .arg(crate::support::bin())
         .arg(&agent.config)
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -366,7 +356,7 @@ fn deleting_the_lock_file_does_not_admit_a_second_agent() {
         delivered_numbers(&chat, "db-a") == [0]
     });
     let _ = std::fs::remove_file(agent.dir.path().join("state/chattail.lock"));
-    let second = Command::new(env!("CARGO_BIN_EXE_chattail"))
+    let second = Command::new(crate::support::bin())
         .args(["run", "--config"])
         .arg(&agent.config)
         .env_clear()

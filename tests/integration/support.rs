@@ -9,6 +9,16 @@ use chattail::config::{self, LoadOptions, Loaded, Report, UrlPolicy};
 pub const SECRET_URL: &str =
     "https://chat.googleapis.com/v1/spaces/AAAAtest123/messages?key=SECRETKEY&token=SECRETTOKEN%3D";
 
+/// The `chattail` binary under test: the one cargo built, or `CHATTAIL_TEST_BIN` (to run
+/// the end-to-end tests against a release build, or an older build to show a test fails
+/// there).
+pub fn bin() -> PathBuf {
+    std::env::var_os("CHATTAIL_TEST_BIN").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_chattail")),
+        PathBuf::from,
+    )
+}
+
 /// The repository root, where `rules.example.yaml` and `fixtures/` live.
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -36,11 +46,26 @@ pub fn load_fixture(relative: &str, policy: UrlPolicy) -> Result<Loaded, Report>
     config::load_bytes(Path::new(relative), &bytes, &options)
 }
 
+/// Loads the config file at `path` (anywhere, e.g. a temporary directory) with the fixed
+/// environment, for the report of a config that must be refused.
+pub fn refused(path: &Path) -> Report {
+    let bytes = std::fs::read(path).expect("the config was written");
+    let options = LoadOptions {
+        url_policy: UrlPolicy::Required,
+        env: &test_env,
+        default_host: "web-1".to_owned(),
+    };
+    match config::load_bytes(path, &bytes, &options) {
+        Ok(loaded) => panic!("accepted: {:?}", loaded.config),
+        Err(report) => report,
+    }
+}
+
 /// Runs the built `chattail` binary in the repository root with a clean environment.
 pub fn chattail(args: &[&str], env: &[(&str, &str)], stdin: Option<&[u8]>) -> Output {
     use std::io::Write;
     use std::process::Stdio;
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_chattail"));
+    let mut cmd = Command::new(bin());
     cmd.args(args)
         .current_dir(repo())
         .env_clear()
@@ -56,6 +81,22 @@ pub fn chattail(args: &[&str], env: &[(&str, &str)], stdin: Option<&[u8]>) -> Ou
     }
     drop(pipe);
     child.wait_with_output().expect("chattail finishes")
+}
+
+/// `chattail test` over `input` (standard input) with a config of one webhook, one glob
+/// and the `rules` given (YAML list items): its standard output, after checking it exited 0.
+pub fn chattail_test(rules: &str, input: &[u8]) -> String {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let config = dir.path().join("rules.yaml");
+    std::fs::write(
+        &config,
+        format!("webhooks:\n  oncall:\n    url: http://127.0.0.1:9/v1/spaces/S/messages\nfiles:\n  - path: /var/log/*.log\nrules:\n{rules}"),
+    )
+    .expect("the config is written");
+    let config = config.to_string_lossy().into_owned();
+    let out = chattail(&["test", "--config", &config], &[], Some(input));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    text(&out.stdout)
 }
 
 pub fn text(bytes: &[u8]) -> String {

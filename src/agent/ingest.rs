@@ -42,7 +42,7 @@ pub(super) struct Ingest {
     outbox_full: bool,
     pub(super) last_outbox_check: Option<Instant>,
     pub(super) metrics: Metrics,
-    health: Arc<Health>,
+    pub(super) health: Arc<Health>,
     /// New configs from the supervisor.
     reloads: std::sync::mpsc::Receiver<Arc<Config>>,
     self_alerts: SelfAlerts,
@@ -99,7 +99,7 @@ impl Ingest {
         let tailer = Tailer::new(
             tail_options(&config, READ_BUDGET),
             state_rows::saved_files(&store)?,
-            Arc::new(TailMetrics::new(&config, &metrics)),
+            Arc::new(TailMetrics::new(&config, &metrics, &health)),
         );
         let pipeline = Pipeline::new(
             Arc::clone(&config),
@@ -244,6 +244,8 @@ impl Ingest {
                 .collect(),
             outbox_queued,
             outbox_max,
+            // The tailer reports waiting files at every scan (once a second).
+            out_of_descriptors: self.health.short_of_descriptors(5_000),
         };
         let before = self.extra.len();
         let tailer = &self.tailer;
@@ -279,7 +281,7 @@ impl Ingest {
         self.tailer = Tailer::new(
             tail_options(&self.config, self.read_budget),
             state_rows::saved_files(&self.store)?,
-            Arc::new(TailMetrics::new(&self.config, &self.metrics)),
+            Arc::new(TailMetrics::new(&self.config, &self.metrics, &self.health)),
         );
         self.pipeline.restore(
             state_rows::saved_windows(&self.store)?,

@@ -222,7 +222,7 @@ impl Ingest {
         let mut tailer = Tailer::new(
             tail_options(&new, self.read_budget),
             saved,
-            Arc::new(TailMetrics::new(&new, &self.metrics)),
+            Arc::new(TailMetrics::new(&new, &self.metrics, &self.health)),
         );
         tailer.continue_patterns(old.files.iter().map(|f| f.pattern.clone()));
         self.tailer = tailer;

@@ -63,12 +63,17 @@ impl Output for PollOutput<'_> {
 /// once (no label lookup per chunk).
 pub(super) struct TailMetrics {
     metrics: Metrics,
+    health: std::sync::Arc<crate::ops::health::Health>,
     /// Lines and bytes read, by `files` entry index.
     read: Vec<(Counter, Counter)>,
 }
 
 impl TailMetrics {
-    pub(super) fn new(config: &Config, metrics: &Metrics) -> Self {
+    pub(super) fn new(
+        config: &Config,
+        metrics: &Metrics,
+        health: &std::sync::Arc<crate::ops::health::Health>,
+    ) -> Self {
         let read = config
             .files
             .iter()
@@ -84,6 +89,7 @@ impl TailMetrics {
             .collect();
         Self {
             metrics: metrics.clone(),
+            health: std::sync::Arc::clone(health),
             read,
         }
     }
@@ -141,5 +147,6 @@ impl TailEvents for TailMetrics {
 
     fn out_of_descriptors(&self, _spec: usize) {
         Self::count(&self.metrics.file_errors, "descriptors");
+        self.health.out_of_descriptors();
     }
 }

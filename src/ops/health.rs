@@ -51,6 +51,8 @@ pub struct Health {
     workers_expected: AtomicUsize,
     /// Since when (monotonic ms) commits to the state database fail, and the last error.
     state_failing: Mutex<Option<(i64, String)>>,
+    /// When (monotonic ms) the tailer last found no descriptor for a file; 0: never.
+    out_of_descriptors_ms: AtomicI64,
 }
 
 impl Health {
@@ -124,6 +126,19 @@ impl Health {
             .state_failing
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+    }
+
+    /// The tailer found no descriptor for a file (it says so at every scan while files
+    /// wait).
+    pub fn out_of_descriptors(&self) {
+        self.out_of_descriptors_ms
+            .store(monotonic_ms(), Ordering::Relaxed);
+    }
+
+    /// Whether files waited for descriptors within the last `within_ms`.
+    pub fn short_of_descriptors(&self, within_ms: i64) -> bool {
+        let at = self.out_of_descriptors_ms.load(Ordering::Relaxed);
+        at > 0 && monotonic_ms().saturating_sub(at) <= within_ms
     }
 
     /// The run loop went round.

@@ -31,6 +31,8 @@ pub struct Facts {
     pub parked: Vec<ParkedWebhook>,
     pub outbox_queued: u64,
     pub outbox_max: u64,
+    /// Log files wait for a descriptor (the tailer said so at its last scans).
+    pub out_of_descriptors: bool,
 }
 
 /// An episode that opened or cleared, for the caller's log.
@@ -56,6 +58,7 @@ enum Condition {
     Parked(String),
     OutboxHigh,
     Missing(String),
+    OutOfDescriptors,
 }
 
 #[derive(Debug, Default)]
@@ -110,7 +113,7 @@ impl SelfAlerts {
             let still_configured = match &condition {
                 Condition::Parked(name) => config.webhook(name).is_some(),
                 Condition::Missing(p) => config.files.iter().any(|f| &f.pattern == p),
-                Condition::OutboxHigh => true,
+                Condition::OutboxHigh | Condition::OutOfDescriptors => true,
             };
             let what = if still_configured {
                 describe(&condition, true)
@@ -163,6 +166,12 @@ impl SelfAlerts {
                     ),
                 );
             }
+        }
+        if facts.out_of_descriptors {
+            active.insert(
+                Condition::OutOfDescriptors,
+                "Some matched files are not followed until descriptors free up; raise LimitNOFILE (ulimit -n) or narrow the globs.".to_owned(),
+            );
         }
         let mut configured = Vec::new();
         for (i, spec) in config.files.iter().enumerate() {
@@ -224,6 +233,7 @@ fn subject(condition: &Condition) -> String {
         Condition::Parked(name) => format!("Webhook `{name}`"),
         Condition::OutboxHigh => "The outbox".to_owned(),
         Condition::Missing(p) => format!("`{p}`"),
+        Condition::OutOfDescriptors => "Following log files".to_owned(),
     }
 }
 
@@ -235,6 +245,8 @@ fn describe(condition: &Condition, cleared: bool) -> String {
         (Condition::OutboxHigh, true) => "has drained",
         (Condition::Missing(_), false) => "has no file.",
         (Condition::Missing(_), true) => "has a file again",
+        (Condition::OutOfDescriptors, false) => "is short of file descriptors.",
+        (Condition::OutOfDescriptors, true) => "has the descriptors it needs again",
     };
     format!("{} {state}", subject(condition))
 }

@@ -207,15 +207,27 @@ fn running_out_of_descriptors_degrades_deliberately() {
     wait_for("a delivery", Duration::from_secs(30), || {
         delivered_numbers(&chat, "db-first") == [0]
     });
-    // Some more scans happen; they must not read exhaustion as rotation.
-    let seen = Instant::now();
-    wait_for("three rescans", Duration::from_secs(10), || {
-        seen.elapsed() >= Duration::from_secs(3)
+    // The self-alert episode opens (a check a second, over several scans, none of which
+    // may read exhaustion as rotation).
+    wait_for("the self-alert", Duration::from_secs(20), || {
+        std::fs::read_to_string(&log_path)
+            .unwrap_or_default()
+            .contains("Self-alert: ")
     });
     stop(&mut child);
     let log = std::fs::read_to_string(&log_path).unwrap();
     assert!(!log.contains("rotated away"), "{log}");
-    assert_eq!(log.matches("descriptors").count(), 1, "said once:\n{log}");
+    assert_eq!(
+        log.matches("Out of file descriptors").count(),
+        1,
+        "said once:\n{log}"
+    );
+    assert_eq!(
+        log.matches("Self-alert: ").count(),
+        1,
+        "one episode:\n{log}"
+    );
+    assert!(log.contains("is short of file descriptors"), "{log}");
 }
 
 /// Idle and half-sent connections to the admin endpoint are capped and time out; they

@@ -1,0 +1,266 @@
+//! What the agent costs on a server, idle and under a steady load (run with
+//! `cargo bench --bench steady_state`).
+//!
+//! The release binary follows `CHATTAIL_BENCH_FILES` files (100) through one glob with
+//! `CHATTAIL_BENCH_RULES` rules (50: 20 that hit about 1% of lines, the rest rarely),
+//! against the mock Chat the integration tests use. It prints:
+//!
+//! - CPU (% of one core) and RSS while idle for `CHATTAIL_BENCH_IDLE_SECS` (10 s);
+//! - under `CHATTAIL_BENCH_RATE` lines/s (10,000) written round-robin across the files for
+//!   `CHATTAIL_BENCH_SECS` (20 s): CPU, RSS and peak RSS (VmHWM), the lines/s written, and
+//!   the latency from appending a probe line to its request reaching the mock (p50, p99,
+//!   max; probes go to a space of their own whose quota allows them all).
+//!
+//! The writer is a thread of this process; the mock serves on its own runtime threads, so
+//! neither waits for the other. CPU is the agent's own (`/proc/PID/stat`).
+
+// The benchmark uses only part of the mock's controls.
+#[allow(dead_code)]
+#[path = "../tests/integration/mock_chat.rs"]
+mod mock_chat;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mock_chat::MockChat;
+
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The config: `rules` rules, of which the first 20 (at most) match the error lines the
+/// writer produces, plus a probe rule posting to a space of its own.
+fn config(dir: &Path, errors: &str, probes: &str, rules: u64) -> std::path::PathBuf {
+    let mut yaml = format!(
+        "state_dir: {state}\nwebhooks:\n  errors:\n    url: \"{errors}\"\n    max_per_second: 1\n  probes:\n    url: \"{probes}\"\n    max_per_second: 50\nfiles:\n  - path: {logs}/*.log\nrules:\n  - name: probe\n    match: 'PROBE (?P<n>\\d+)'\n    webhook: probes\n    thread_key: probe\n    message: 'probe {{n}}'\n",
+        state = dir.join("state").display(),
+        logs = dir.join("logs").display(),
+    );
+    for i in 0..rules.saturating_sub(1) {
+        if i < 20 {
+            yaml.push_str(&format!(
+                "  - name: svc{i}\n    match: 'ERROR \\[svc{i}\\] request failed: (?P<reason>\\w+)'\n    webhook: errors\n    thread_key: 'svc{i}-{{reason}}'\n    dedup:\n      window: 1m\n"
+            ));
+        } else {
+            yaml.push_str(&format!(
+                "  - name: rare{i}\n    match: 'FATAL \\[core{i}\\] (?P<what>.*) corrupted'\n    webhook: errors\n"
+            ));
+        }
+    }
+    let path = dir.join("chattail.yaml");
+    fs::write(&path, yaml).unwrap();
+    path
+}
+
+/// The agent's CPU time so far, from `/proc/PID/stat` (user + system).
+fn cpu_time(pid: u32) -> Duration {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name (which may hold spaces) start after ") ".
+    let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after ") ".
+    // SAFETY: `sysconf` has no preconditions.
+    let per_second = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100);
+    Duration::from_secs_f64((ticks(11) + ticks(12)) as f64 / per_second as f64)
+}
+
+/// A `/proc/PID/status` field in MiB (`VmRSS:`, `VmHWM:`).
+fn memory_mib(pid: u32, field: &str) -> f64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+fn open_files(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+fn start_agent(config: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_chattail"))
+        .args(["run", "--config"])
+        .arg(config)
+        .env("CHATTAIL_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// An ordinary log line, or (about 1 in 100) an error line one of the first 20 rules
+/// matches.
+fn line(n: u64) -> String {
+    if n.is_multiple_of(100) {
+        format!(
+            "2026-12-01T10:00:00Z ERROR [svc{}] request failed: {}\n",
+            (n / 100) % 20,
+            ["timeout", "refused", "reset"][(n % 3) as usize]
+        )
+    } else {
+        format!(
+            "2026-12-01T10:00:00Z INFO request_id={n:012x} GET /api/items/{} 200 {}ms\n",
+            n % 9973,
+            n % 350
+        )
+    }
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` would pass other flags.
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let files = env_number("CHATTAIL_BENCH_FILES", 100);
+    let rules = env_number("CHATTAIL_BENCH_RULES", 50).max(2);
+    let rate = env_number("CHATTAIL_BENCH_RATE", 10_000);
+    let seconds = env_number("CHATTAIL_BENCH_SECS", 20);
+    let idle_seconds = env_number("CHATTAIL_BENCH_IDLE_SECS", 10);
+
+    let chat = MockChat::start();
+    chat.set_rate(None, None);
+    let errors = chat.webhook("ERRORS", "KEY", "TOKEN");
+    let probes = chat.webhook("PROBES", "KEY2", "TOKEN2");
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    fs::create_dir_all(&logs).unwrap();
+    let paths: Vec<_> = (0..files)
+        .map(|i| logs.join(format!("app{i:04}.log")))
+        .collect();
+    for p in &paths {
+        File::create(p).unwrap();
+    }
+    let mut agent = start_agent(&config(dir.path(), &errors, &probes, rules));
+    let pid = agent.id();
+    let start = Instant::now();
+    while open_files(pid) < files as usize && start.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Let the start settle (first scans, watches, the runtime's threads).
+    std::thread::sleep(Duration::from_secs(2));
+
+    println!("Steady state: {files} files, {rules} rules, {rate} lines/s for {seconds} s");
+    let cpu0 = cpu_time(pid);
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(idle_seconds));
+    let idle_cpu = (cpu_time(pid) - cpu0).as_secs_f64() / t0.elapsed().as_secs_f64() * 100.0;
+    println!(
+        "  idle: CPU {idle_cpu:.2}% of a core, RSS {:.1} MiB",
+        memory_mib(pid, "VmRSS:")
+    );
+
+    // The writer: every 10 ms, rate/100 lines round-robin across the files, and every
+    // 100 ms a probe line, timed.
+    let writer = std::thread::spawn(move || {
+        let mut handles: Vec<File> = paths
+            .iter()
+            .map(|p| OpenOptions::new().append(true).open(p).unwrap())
+            .collect();
+        let per_tick = (rate / 100).max(1);
+        let ticks = seconds * 100;
+        let begin = Instant::now();
+        let mut n = 0u64;
+        let mut probes = Vec::new();
+        for tick in 0..ticks {
+            let due = begin + Duration::from_millis(tick * 10);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            for _ in 0..per_tick {
+                let f = (n % files) as usize;
+                handles[f].write_all(line(n).as_bytes()).unwrap();
+                n += 1;
+            }
+            if tick % 10 == 5 {
+                let f = (tick / 10 % files) as usize;
+                let id = probes.len();
+                handles[f]
+                    .write_all(format!("2026-12-01T10:00:00Z PROBE {id}\n").as_bytes())
+                    .unwrap();
+                probes.push(Instant::now());
+            }
+        }
+        (n, begin.elapsed(), probes)
+    });
+    let cpu1 = cpu_time(pid);
+    let t1 = Instant::now();
+    let (written, took, probes) = writer.join().unwrap();
+    let load_cpu = (cpu_time(pid) - cpu1).as_secs_f64() / t1.elapsed().as_secs_f64() * 100.0;
+    let rss = memory_mib(pid, "VmRSS:");
+    // Wait for the last probes to arrive.
+    let wait = Instant::now();
+    let probe_of = |text: &str| {
+        text.strip_prefix("probe ")
+            .and_then(|n| n.trim().parse::<usize>().ok())
+    };
+    while chat
+        .messages()
+        .iter()
+        .filter(|m| m.space == "PROBES")
+        .flat_map(|m| {
+            m.text
+                .split("\n\n")
+                .filter_map(probe_of)
+                .collect::<Vec<_>>()
+        })
+        .count()
+        < probes.len()
+        && wait.elapsed() < Duration::from_secs(30)
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut latencies: Vec<Duration> = chat
+        .messages()
+        .iter()
+        .filter(|m| m.space == "PROBES")
+        .flat_map(|m| {
+            m.text
+                .split("\n\n")
+                .filter_map(probe_of)
+                .filter_map(|id| {
+                    probes
+                        .get(id)
+                        .map(|sent| m.at.saturating_duration_since(*sent))
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    latencies.sort_unstable();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len().max(1) - 1) as f64 * p).round() as usize)
+            .copied()
+            .unwrap_or_default()
+    };
+    println!(
+        "  under load: CPU {load_cpu:.2}% of a core, RSS {rss:.1} MiB, peak RSS {:.1} MiB, {:.0} lines/s written",
+        memory_mib(pid, "VmHWM:"),
+        written as f64 / took.as_secs_f64()
+    );
+    println!(
+        "  append → request (probes): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} of {} probes arrived)",
+        ms(pct(0.5)),
+        ms(pct(0.99)),
+        ms(latencies.last().copied().unwrap_or_default()),
+        latencies.len(),
+        probes.len()
+    );
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+}

@@ -235,6 +235,9 @@ pub struct Tailer {
     open_failed: HashSet<PathBuf>,
     /// Set while files wait for descriptors, so that is said once per episode.
     out_of_descriptors: bool,
+    /// The followed files when their watch directories were last worked out, and those
+    /// directories.
+    watched_files: (Vec<(FileKey, PathBuf)>, HashSet<PathBuf>),
     /// The files each followed directory held at the last rescan.
     dir_snapshot: HashMap<PathBuf, HashSet<FileKey>>,
     /// Copies left by copytruncate whose lines were recovered.
@@ -267,6 +270,7 @@ impl Tailer {
             running_patterns: HashSet::new(),
             open_failed: HashSet::new(),
             out_of_descriptors: false,
+            watched_files: (Vec::new(), HashSet::new()),
             dir_snapshot: HashMap::new(),
             consumed_copies: HashSet::new(),
             checkpoints: Vec::new(),
@@ -412,10 +416,13 @@ impl Tailer {
             self.last_rescan = Some(now);
             self.rescan();
         }
+        // Only files with something to read: the sweep marks those that grew, events mark
+        // those written; reading the others would be a `pread` per file per sweep for
+        // nothing.
         let mut order: Vec<(u64, FileKey)> = self
             .files
             .values()
-            .filter(|f| f.wants_read || sweep_due || f.rotated_at.is_some())
+            .filter(|f| f.wants_read || f.rotated_at.is_some())
             .map(|f| (f.seq, f.key))
             .collect();
         order.sort_unstable();

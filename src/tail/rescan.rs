@@ -462,15 +462,35 @@ impl Tailer {
         }
     }
 
+    /// Watches the directories that matter now: each glob's base (or its nearest existing
+    /// ancestor, a stat per pattern) and each followed file's directory and symlink
+    /// target's directory. The per-file part resolves symlinks, a few syscalls per file, so
+    /// it is worked out again only when the followed files change, not at every rescan.
     pub(super) fn sync_watches(&mut self) {
-        let Some(w) = &mut self.wakeups else {
+        if self.wakeups.is_none() {
             return;
-        };
-        let dirs = discovery::watch_dirs(
+        }
+        let mut followed: Vec<(FileKey, PathBuf)> = self
+            .files
+            .values()
+            .map(|f| (f.key, f.path.clone()))
+            .collect();
+        followed.sort_unstable();
+        if followed != self.watched_files.0 {
+            self.watched_files.1 = discovery::watch_dirs(
+                std::iter::empty(),
+                followed.iter().map(|(_, p)| p.as_path()),
+            );
+            self.watched_files.0 = followed;
+        }
+        let mut dirs = discovery::watch_dirs(
             self.options.specs.iter().map(|s| s.glob.base_dir()),
-            self.files.values().map(|f| f.path.as_path()),
+            std::iter::empty(),
         );
-        w.sync(&dirs);
+        dirs.extend(self.watched_files.1.iter().cloned());
+        if let Some(w) = &mut self.wakeups {
+            w.sync(&dirs);
+        }
     }
 }
 

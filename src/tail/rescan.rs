@@ -73,22 +73,31 @@ impl Tailer {
             bases.extend(self.files.values().map(|f| (f.path.clone(), f.spec)));
             bases.sort();
             bases.dedup_by(|a, b| a.0 == b.0);
+            // Each directory is listed once per rescan, however many followed files it
+            // holds; the files to follow are gathered first and followed after, in order.
+            let mut listings = Listings::new();
+            let mut chosen: HashSet<FileKey> = HashSet::new();
+            let mut missed = Vec::new();
             for (path, spec) in bases {
                 // A directory never looked at before holds old rotated files, not missed ones.
-                let Some(before) = path
-                    .parent()
-                    .and_then(|d| self.dir_snapshot.get(d))
-                    .cloned()
-                else {
+                let Some(before) = path.parent().and_then(|d| self.dir_snapshot.get(d)) else {
                     continue;
                 };
-                for (sibling, metadata) in
-                    self.missed_rotations(&path, &found_keys, Siblings::NewSince(&before))
-                {
-                    tracing::info!(path = %sibling.display(), "Found a file rotated between two scans; reading it.");
-                    self.events.rotated(spec, Rotation::Renamed);
-                    self.follow(path.clone(), Some(sibling), spec, &metadata, true);
+                for (sibling, metadata) in self.missed_rotations(
+                    &path,
+                    &found_keys,
+                    Siblings::NewSince(before),
+                    &mut listings,
+                ) {
+                    if chosen.insert(FileKey::of(&metadata)) {
+                        missed.push((path.clone(), spec, sibling, metadata));
+                    }
                 }
+            }
+            for (path, spec, sibling, metadata) in missed {
+                tracing::info!(path = %sibling.display(), "Found a file rotated between two scans; reading it.");
+                self.events.rotated(spec, Rotation::Renamed);
+                self.follow(path, Some(sibling), spec, &metadata, true);
             }
         } else {
             // Files from the last run that were rotated away while the agent was down are
@@ -122,23 +131,26 @@ impl Tailer {
         path: &Path,
         found: &HashMap<FileKey, usize>,
         filter: Siblings<'_>,
+        listings: &mut Listings,
     ) -> Vec<(PathBuf, fs::Metadata)> {
         let (Some(dir), Some(base)) = (path.parent(), path.file_name().and_then(|n| n.to_str()))
         else {
             return Vec::new();
         };
-        let Ok(entries) = fs::read_dir(dir) else {
-            return Vec::new();
-        };
+        let entries = listings.entry(dir.to_path_buf()).or_insert_with(|| {
+            fs::read_dir(dir)
+                .map(|rd| rd.filter_map(Result::ok).map(|e| e.path()).collect())
+                .unwrap_or_default()
+        });
         let mut siblings: Vec<(SystemTime, PathBuf, fs::Metadata)> = entries
-            .filter_map(Result::ok)
-            .filter(|e| {
-                e.file_name()
-                    .to_str()
+            .iter()
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
                     .is_some_and(|n| discovery::is_rotated_sibling(n, base))
             })
-            .filter_map(|e| {
-                let path = e.path();
+            .filter_map(|p| {
+                let path = p.clone();
                 let metadata = fs::metadata(&path).ok()?;
                 let key = FileKey::of(&metadata);
                 let modified = metadata.modified().ok()?;
@@ -276,10 +288,14 @@ impl Tailer {
         // Files rotated after the newest of them, while the agent was down, were never seen.
         let mut paths: Vec<(PathBuf, (SystemTime, usize))> = newest.into_iter().collect();
         paths.sort();
+        let mut listings = Listings::new();
         for (path, (modified, spec)) in paths {
-            for (sibling, metadata) in
-                self.missed_rotations(&path, found, Siblings::ModifiedSince(modified))
-            {
+            for (sibling, metadata) in self.missed_rotations(
+                &path,
+                found,
+                Siblings::ModifiedSince(modified),
+                &mut listings,
+            ) {
                 tracing::info!(path = %sibling.display(), "Found another file rotated while chattail was down; reading it.");
                 self.events.rotated(spec, Rotation::Renamed);
                 self.follow(path.clone(), Some(sibling), spec, &metadata, true);
@@ -515,6 +531,9 @@ struct Start {
     /// the file even if its size and time have not moved since now.
     replaced: bool,
 }
+
+/// Directory listings taken once per rescan: directory → the paths in it.
+type Listings = HashMap<PathBuf, Vec<PathBuf>>;
 
 /// Which rotated siblings `Tailer::missed_rotations` looks for.
 #[derive(Clone, Copy)]

@@ -113,8 +113,12 @@ pub struct WatchSpec {
 #[derive(Debug, Clone)]
 pub struct TailOptions {
     pub specs: Vec<WatchSpec>,
-    /// Every open file is `fstat`ed this often.
+    /// Every open file is `fstat`ed this often (when file events are not available).
     pub sweep_interval: Duration,
+    /// With file events watching every directory, the full sweep runs only this often:
+    /// a written file is `fstat`ed at its event, so the sweep is a safety net whose cost
+    /// (a `fstat` per followed file) should not recur four times a second.
+    pub event_sweep_interval: Duration,
     /// The globs are expanded again this often.
     pub rescan_interval: Duration,
     /// A file rotated away or deleted is kept open this long after its last growth, for
@@ -138,6 +142,7 @@ impl Default for TailOptions {
         Self {
             specs: Vec::new(),
             sweep_interval: Duration::from_millis(250),
+            event_sweep_interval: Duration::from_secs(2),
             rescan_interval: Duration::from_secs(1),
             rotate_wait: Duration::from_secs(5),
             read_budget: 4 * 1024 * 1024,
@@ -235,6 +240,12 @@ pub struct Tailer {
     open_failed: HashSet<PathBuf>,
     /// Set while files wait for descriptors, so that is said once per episode.
     out_of_descriptors: bool,
+    /// Followed files reached through a symlink, by the target's path (their events name
+    /// the target).
+    real_paths: HashMap<PathBuf, FileKey>,
+    /// Whether file events watch every directory that matters (then written files are
+    /// checked at their event and the full sweep is rare).
+    events_reliable: bool,
     /// The followed files when their watch directories were last worked out, and those
     /// directories.
     watched_files: (Vec<(FileKey, PathBuf)>, HashSet<PathBuf>),
@@ -270,6 +281,8 @@ impl Tailer {
             running_patterns: HashSet::new(),
             open_failed: HashSet::new(),
             out_of_descriptors: false,
+            events_reliable: false,
+            real_paths: HashMap::new(),
             watched_files: (Vec::new(), HashSet::new()),
             dir_snapshot: HashMap::new(),
             consumed_copies: HashSet::new(),
@@ -388,6 +401,7 @@ impl Tailer {
     /// data is already waiting (the caller should poll again without waiting).
     pub fn poll(&mut self, sink: &mut dyn LineSink) -> bool {
         let now = Instant::now();
+        let mut written = Vec::new();
         if let Some(w) = &mut self.wakeups {
             let hints = w.take();
             self.rescan_requested |= hints.rescan;
@@ -395,16 +409,37 @@ impl Tailer {
                 for f in self.files.values_mut() {
                     if hints.written.contains(&f.path) {
                         f.wants_read = true;
+                        written.push(f.key);
+                    }
+                }
+                for path in &hints.written {
+                    if let Some(f) = self
+                        .real_paths
+                        .get(path)
+                        .and_then(|k| self.files.get_mut(k))
+                    {
+                        f.wants_read = true;
+                        written.push(f.key);
                     }
                 }
             }
         }
+        let interval = if self.events_reliable {
+            self.options.event_sweep_interval
+        } else {
+            self.options.sweep_interval
+        };
         let sweep_due = self
             .last_sweep
-            .is_none_or(|t| now.duration_since(t) >= self.options.sweep_interval);
+            .is_none_or(|t| now.duration_since(t) >= interval);
         if sweep_due {
             self.last_sweep = Some(now);
             self.sweep(sink);
+        } else {
+            // A write event may also be a truncation (copytruncate): check those files now.
+            for key in written {
+                self.check(key, sink);
+            }
         }
         // After the sweep, which asks for a rescan when a path names another file now.
         let rescan_due = self.rescan_requested

@@ -20,41 +20,47 @@ impl Tailer {
     pub(super) fn sweep(&mut self, sink: &mut dyn LineSink) {
         let keys: Vec<FileKey> = self.files.keys().copied().collect();
         for key in keys {
-            let Some(f) = self.files.get_mut(&key) else {
-                continue;
-            };
-            let metadata = match f.file.metadata() {
-                Ok(m) => m,
-                Err(error) => {
-                    self.events.read_failed(f.spec);
-                    tracing::warn!(path = %f.path.display(), %error, "Cannot stat a followed file.");
-                    continue;
-                }
-            };
-            if metadata.nlink() == 0 && f.rotated_at.is_none() {
-                tracing::info!(path = %f.path.display(), "File deleted; reading it to its end.");
-                f.rotated_at = Some(Instant::now());
-                f.last_growth = Instant::now();
+            self.check(key, sink);
+        }
+    }
+
+    /// `fstat`s one open file: deletion, truncation (or replacement in place), growth.
+    /// Without reliable file events it also looks at the path, which names another file
+    /// after a rotation (with events, the rename itself asks for a rescan).
+    pub(super) fn check(&mut self, key: FileKey, sink: &mut dyn LineSink) {
+        let Some(f) = self.files.get_mut(&key) else {
+            return;
+        };
+        let metadata = match f.file.metadata() {
+            Ok(m) => m,
+            Err(error) => {
+                self.events.read_failed(f.spec);
+                tracing::warn!(path = %f.path.display(), %error, "Cannot stat a followed file.");
+                return;
             }
-            // A path now naming another file (or nothing) means a rotation: look for files.
-            if f.rotated_at.is_none() {
-                match fs::metadata(&f.path) {
-                    Ok(m) if FileKey::of(&m) == key => {}
-                    _ => self.rescan_requested = true,
-                }
+        };
+        if metadata.nlink() == 0 && f.rotated_at.is_none() {
+            tracing::info!(path = %f.path.display(), "File deleted; reading it to its end.");
+            f.rotated_at = Some(Instant::now());
+            f.last_growth = Instant::now();
+        }
+        if f.rotated_at.is_none() && !self.events_reliable {
+            match fs::metadata(&f.path) {
+                Ok(m) if FileKey::of(&m) == key => {}
+                _ => self.rescan_requested = true,
             }
-            let size = metadata.len();
-            let mtime = metadata.mtime_nsec() + metadata.mtime() * 1_000_000_000;
-            let changed = size != f.last_size || mtime != f.last_mtime;
-            f.last_size = size;
-            f.last_mtime = mtime;
-            let truncated = size < f.offset
-                || (changed && !f.prefix.is_empty() && !prefix_matches(&f.file, &f.prefix));
-            if truncated {
-                self.truncated(key, sink);
-            } else if size > f.offset {
-                f.wants_read = true;
-            }
+        }
+        let size = metadata.len();
+        let mtime = metadata.mtime_nsec() + metadata.mtime() * 1_000_000_000;
+        let changed = size != f.last_size || mtime != f.last_mtime;
+        f.last_size = size;
+        f.last_mtime = mtime;
+        let truncated = size < f.offset
+            || (changed && !f.prefix.is_empty() && !prefix_matches(&f.file, &f.prefix));
+        if truncated {
+            self.truncated(key, sink);
+        } else if size > f.offset {
+            f.wants_read = true;
         }
     }
 

@@ -497,6 +497,14 @@ impl Tailer {
                 std::iter::empty(),
                 followed.iter().map(|(_, p)| p.as_path()),
             );
+            // A followed path that is a symlink gets its events under the target's path.
+            self.real_paths = followed
+                .iter()
+                .filter_map(|(key, path)| {
+                    let real = fs::canonicalize(path).ok()?;
+                    (&real != path).then_some((real, *key))
+                })
+                .collect();
             self.watched_files.0 = followed;
         }
         let mut dirs = discovery::watch_dirs(
@@ -505,7 +513,7 @@ impl Tailer {
         );
         dirs.extend(self.watched_files.1.iter().cloned());
         if let Some(w) = &mut self.wakeups {
-            w.sync(&dirs);
+            self.events_reliable = w.sync(&dirs) == 0;
         }
     }
 }

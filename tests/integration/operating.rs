@@ -256,6 +256,8 @@ fn healthz_is_503_while_chat_refuses_a_webhook_and_200_once_it_recovers() {
     assert!(s.agent.terminate().success());
 }
 
+/// The self-alert notifications Chat received, one each: a post may merge several that
+/// were queued together (two resolutions at once, say), separated by a blank line.
 fn self_alert_texts(chat: &MockChat) -> Vec<String> {
     chat.messages()
         .into_iter()
@@ -264,7 +266,7 @@ fn self_alert_texts(chat: &MockChat) -> Vec<String> {
                 .as_deref()
                 .is_some_and(|k| k.starts_with("chattail-self-alerts-"))
         })
-        .map(|m| m.text)
+        .flat_map(|m| m.text.split("\n\n").map(str::to_owned).collect::<Vec<_>>())
         .collect()
 }
 

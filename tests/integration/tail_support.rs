@@ -91,6 +91,7 @@ impl Harness {
                 max_line_bytes: 64 * 1024,
             }],
             sweep_interval: Duration::from_millis(20),
+            event_sweep_interval: Duration::from_millis(20),
             rescan_interval: Duration::from_millis(100),
             rotate_wait: Duration::from_millis(150),
             read_budget: 1024 * 1024,

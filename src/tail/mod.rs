@@ -7,12 +7,15 @@
 //!
 //! Three things drive the tailer, in order of authority:
 //!
-//! 1. A *sweep* every `sweep_interval`: `fstat` of every open file (size, link count) and
-//!    a check of its prefix detects truncation (copytruncate) and deletion.
+//! 1. A *sweep*: `fstat` of every open file (size, link count) and a check of its prefix
+//!    detects truncation (copytruncate) and deletion. It runs every `sweep_interval`
+//!    (250 ms), or every `event_sweep_interval` (2 s) while file events watch every
+//!    directory that matters; a file named by a write event is checked at once.
 //! 2. A *rescan* every `rescan_interval`: the globs are expanded again; a path that now
 //!    names another inode means the old file was rotated away, a new path means a new file.
 //! 3. Wake-ups from `notify` (see `wakeups.rs`): a write, create or rename makes the next
-//!    poll read or rescan at once. They only lower latency; losing one loses nothing.
+//!    poll read (and check) the file or rescan at once. They only lower latency; losing
+//!    one costs at most a sweep interval, never a line.
 //!
 //! The tailer does not write state itself. After each [`Tailer::poll`] the caller takes
 //! the [`Checkpoint`]s and records them, in the same transaction as whatever it derived
@@ -292,6 +295,17 @@ impl Tailer {
         }
     }
 
+    /// How often the full sweep runs now: rarely while file events watch every directory
+    /// that matters, often otherwise. `wait` and `poll` must agree on it, or the loop
+    /// would spin until the sweep is due.
+    fn current_sweep_interval(&self) -> Duration {
+        if self.events_reliable {
+            self.options.event_sweep_interval
+        } else {
+            self.options.sweep_interval
+        }
+    }
+
     /// Changes how many bytes a poll reads from one file at most.
     pub fn set_read_budget(&mut self, bytes: usize) {
         self.options.read_budget = bytes.max(1);
@@ -379,7 +393,7 @@ impl Tailer {
             return;
         }
         let until_sweep = self.last_sweep.map_or(Duration::ZERO, |t| {
-            self.options.sweep_interval.saturating_sub(t.elapsed())
+            self.current_sweep_interval().saturating_sub(t.elapsed())
         });
         let timeout = until_sweep.min(max);
         match &mut self.wakeups {
@@ -424,11 +438,7 @@ impl Tailer {
                 }
             }
         }
-        let interval = if self.events_reliable {
-            self.options.event_sweep_interval
-        } else {
-            self.options.sweep_interval
-        };
+        let interval = self.current_sweep_interval();
         let sweep_due = self
             .last_sweep
             .is_none_or(|t| now.duration_since(t) >= interval);

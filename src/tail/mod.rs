@@ -9,7 +9,7 @@
 //!
 //! 1. A *sweep*: `fstat` of every open file (size, link count) and a check of its prefix
 //!    detects truncation (copytruncate) and deletion. It runs every `sweep_interval`
-//!    (250 ms), or every `event_sweep_interval` (2 s) while file events watch every
+//!    (250 ms), or every `event_sweep_interval` (1 s) while file events watch every
 //!    directory that matters; a file named by a write event is checked at once.
 //! 2. A *rescan* every `rescan_interval`: the globs are expanded again; a path that now
 //!    names another inode means the old file was rotated away, a new path means a new file.
@@ -145,7 +145,7 @@ impl Default for TailOptions {
         Self {
             specs: Vec::new(),
             sweep_interval: Duration::from_millis(250),
-            event_sweep_interval: Duration::from_secs(2),
+            event_sweep_interval: Duration::from_secs(1),
             rescan_interval: Duration::from_secs(1),
             rotate_wait: Duration::from_secs(5),
             read_budget: 4 * 1024 * 1024,
@@ -419,6 +419,11 @@ impl Tailer {
         if let Some(w) = &mut self.wakeups {
             let hints = w.take();
             self.rescan_requested |= hints.rescan;
+            if hints.lost {
+                // Write hints may be missing: look at every file now, not at the next
+                // (rare) sweep.
+                self.last_sweep = None;
+            }
             if !hints.written.is_empty() {
                 for f in self.files.values_mut() {
                     if hints.written.contains(&f.path) {
@@ -448,7 +453,7 @@ impl Tailer {
         } else {
             // A write event may also be a truncation (copytruncate): check those files now.
             for key in written {
-                self.check(key, sink);
+                self.check(key, sink, false);
             }
         }
         // After the sweep, which asks for a rescan when a path names another file now.

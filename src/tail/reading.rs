@@ -20,14 +20,15 @@ impl Tailer {
     pub(super) fn sweep(&mut self, sink: &mut dyn LineSink) {
         let keys: Vec<FileKey> = self.files.keys().copied().collect();
         for key in keys {
-            self.check(key, sink);
+            self.check(key, sink, true);
         }
     }
 
-    /// `fstat`s one open file: deletion, truncation (or replacement in place), growth.
-    /// Without reliable file events it also looks at the path, which names another file
-    /// after a rotation (with events, the rename itself asks for a rescan).
-    pub(super) fn check(&mut self, key: FileKey, sink: &mut dyn LineSink) {
+    /// `fstat`s one open file: deletion, truncation, growth; with `thorough` (the sweep)
+    /// also whether its first bytes were replaced in place, which costs a read. Without
+    /// reliable file events it also looks at the path, which names another file after a
+    /// rotation (with events, the rename itself asks for a rescan).
+    pub(super) fn check(&mut self, key: FileKey, sink: &mut dyn LineSink, thorough: bool) {
         let Some(f) = self.files.get_mut(&key) else {
             return;
         };
@@ -53,6 +54,15 @@ impl Tailer {
         let size = metadata.len();
         let mtime = metadata.mtime_nsec() + metadata.mtime() * 1_000_000_000;
         let changed = size != f.last_size || mtime != f.last_mtime;
+        if !thorough && size >= f.offset {
+            // Not truncated by size. Whether the content was replaced in place is for the
+            // sweep to find, which then still sees the change (size and time are only
+            // recorded by it).
+            if size > f.offset {
+                f.wants_read = true;
+            }
+            return;
+        }
         f.last_size = size;
         f.last_mtime = mtime;
         let truncated = size < f.offset

@@ -486,9 +486,13 @@ impl Tailer {
         if self.wakeups.is_none() {
             return;
         }
+        // Rotated files keep their path; a symlink's target events belong to the file that
+        // is at the path now, so rotated files are left out of the target map (their
+        // directories stay watched through the current file's).
         let mut followed: Vec<(FileKey, PathBuf)> = self
             .files
             .values()
+            .filter(|f| f.rotated_at.is_none())
             .map(|f| (f.key, f.path.clone()))
             .collect();
         followed.sort_unstable();

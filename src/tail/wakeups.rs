@@ -20,6 +20,9 @@ pub struct Hints {
     pub written: HashSet<PathBuf>,
     /// Something was created, renamed or removed (or events were lost): look for files.
     pub rescan: bool,
+    /// Events may have been lost (a queue overflow, a watcher error, a watched directory
+    /// gone): sweep every file now.
+    pub lost: bool,
 }
 
 pub struct Wakeups {
@@ -111,11 +114,30 @@ impl Wakeups {
         let event = match event {
             Ok(event) => event,
             Err(error) => {
-                tracing::debug!(%error, "File watcher error; rescanning.");
+                tracing::debug!(%error, "File watcher error; rescanning and sweeping.");
                 self.pending.rescan = true;
+                self.pending.lost = true;
                 return;
             }
         };
+        if event.need_rescan() {
+            // The kernel's queue overflowed: write hints were dropped.
+            self.pending.lost = true;
+        }
+        // A watched directory that was removed or renamed has lost its watch (the kernel
+        // drops it, or it now follows the moved directory): forget it, so that the next
+        // sync watches the path again (or counts a failure and the tailer sweeps often).
+        if matches!(
+            event.kind,
+            EventKind::Remove(_) | EventKind::Modify(notify::event::ModifyKind::Name(_))
+        ) {
+            for path in &event.paths {
+                if self.watched.remove(path) {
+                    let _ = self.watcher.unwatch(path);
+                    self.pending.lost = true;
+                }
+            }
+        }
         match event.kind {
             EventKind::Modify(notify::event::ModifyKind::Data(_))
             | EventKind::Modify(notify::event::ModifyKind::Any)

@@ -3,6 +3,7 @@
 
 use std::fs;
 use std::io::Write;
+use std::time::Duration;
 
 use chattail::agent::state_rows::{commit_checkpoints, saved_files};
 use chattail::store::{Store, StoreError};
@@ -344,4 +345,29 @@ fn a_second_agent_on_the_same_state_dir_is_refused() {
         message.contains("another chattail is already using the state directory"),
         "{message}"
     );
+}
+
+/// With file events watching the directory, reading and copytruncate detection need no
+/// sweep: with the sweep a minute away, writes are read and truncations are handled, both
+/// when the file is shorter than the old offset at the event and when it has already
+/// grown past it (then the read finds the replaced first bytes).
+#[test]
+fn file_events_alone_drive_reading_and_truncation() {
+    let mut h = Harness::new("*.log", StartAt::Beginning);
+    h.options.event_sweep_interval = Duration::from_secs(60);
+    h.restart();
+    let path = h.path("app.log");
+    let mut f = open_append(&path);
+    let mut expected = write_lines(&mut f, "before", 0..50);
+    h.pump_until("the first lines", |l| l.len() == 50);
+    fs::copy(&path, h.path("app.log.1")).unwrap();
+    f.set_len(0).unwrap();
+    expected.extend(write_lines(&mut f, "short", 0..10));
+    h.pump_until("the lines after the first truncation", |l| l.len() == 60);
+    fs::copy(&path, h.path("app.log.2")).unwrap();
+    f.set_len(0).unwrap();
+    expected.extend(write_lines(&mut f, "grown-past-the-old-offset", 0..40));
+    h.pump_until("the lines after the second truncation", |l| l.len() == 100);
+    assert_eq!(h.lines_text(), expected);
+    assert_eq!(h.events.truncations(), 2);
 }

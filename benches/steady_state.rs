@@ -202,44 +202,29 @@ fn main() {
     let (written, took, probes) = writer.join().unwrap();
     let load_cpu = (cpu_time(pid) - cpu1).as_secs_f64() / t1.elapsed().as_secs_f64() * 100.0;
     let rss = memory_mib(pid, "VmRSS:");
-    // Wait for the last probes to arrive.
-    let wait = Instant::now();
-    let probe_of = |text: &str| {
-        text.strip_prefix("probe ")
-            .and_then(|n| n.trim().parse::<usize>().ok())
+    // Each probe that reached the mock, with its latency (a post may merge several).
+    let arrived = |chat: &MockChat| -> Vec<Duration> {
+        chat.messages()
+            .iter()
+            .filter(|m| m.space == "PROBES")
+            .flat_map(|m| {
+                m.text
+                    .split("\n\n")
+                    .filter_map(|t| t.strip_prefix("probe ")?.trim().parse::<usize>().ok())
+                    .filter_map(|id| {
+                        probes
+                            .get(id)
+                            .map(|sent| m.at.saturating_duration_since(*sent))
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect()
     };
-    while chat
-        .messages()
-        .iter()
-        .filter(|m| m.space == "PROBES")
-        .flat_map(|m| {
-            m.text
-                .split("\n\n")
-                .filter_map(probe_of)
-                .collect::<Vec<_>>()
-        })
-        .count()
-        < probes.len()
-        && wait.elapsed() < Duration::from_secs(30)
-    {
+    let wait = Instant::now();
+    while arrived(&chat).len() < probes.len() && wait.elapsed() < Duration::from_secs(30) {
         std::thread::sleep(Duration::from_millis(20));
     }
-    let mut latencies: Vec<Duration> = chat
-        .messages()
-        .iter()
-        .filter(|m| m.space == "PROBES")
-        .flat_map(|m| {
-            m.text
-                .split("\n\n")
-                .filter_map(probe_of)
-                .filter_map(|id| {
-                    probes
-                        .get(id)
-                        .map(|sent| m.at.saturating_duration_since(*sent))
-                })
-                .collect::<Vec<_>>()
-        })
-        .collect();
+    let mut latencies = arrived(&chat);
     latencies.sort_unstable();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let pct = |p: f64| {

@@ -8,17 +8,22 @@
 /// endpoint's connections, inotify, the runtime and standard streams.
 pub const RESERVE: u64 = 64 + crate::ops::admin_conn::MAX_CONNECTIONS as u64;
 
-/// Raises the soft `RLIMIT_NOFILE` to the hard limit (many distributions start services
-/// at 1,024 with a hard limit far above). Returns the soft limit in force afterwards.
-pub fn raise_limit() -> u64 {
+/// The descriptor limit (soft, hard), if the kernel tells.
+fn limit() -> Option<libc::rlimit> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: `getrlimit` writes a `rlimit` into the valid, exclusively borrowed struct.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return 1024;
-    }
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0).then_some(limit)
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit (many distributions start services
+/// at 1,024 with a hard limit far above).
+pub fn raise_limit() {
+    let Some(limit) = limit() else {
+        return;
+    };
     if limit.rlim_cur < limit.rlim_max {
         let raised = libc::rlimit {
             rlim_cur: limit.rlim_max,
@@ -31,24 +36,13 @@ pub fn raise_limit() -> u64 {
                 to = limit.rlim_max,
                 "Raised the descriptor limit."
             );
-            limit.rlim_cur = limit.rlim_max;
         }
     }
-    limit.rlim_cur
 }
 
 /// How many log files the tailer may hold open under the current soft limit.
 pub fn max_open_files() -> usize {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: as in `raise_limit`.
-    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
-        limit.rlim_cur
-    } else {
-        1024
-    };
+    let soft = limit().map_or(1024, |l| l.rlim_cur);
     let room = soft.saturating_sub(RESERVE).max(16);
     usize::try_from(room).unwrap_or(usize::MAX)
 }

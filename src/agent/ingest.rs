@@ -150,6 +150,7 @@ impl Ingest {
                 match self.switch_config(Arc::clone(&new)) {
                     Ok(()) => tracing::info!("Reading follows the new config."),
                     Err(error) => {
+                        self.health.state_failed(&error.to_string());
                         tracing::error!(%error, "Cannot commit to the state database while switching to the new config; retrying in a second.");
                         std::thread::sleep(Duration::from_secs(1));
                         self.restore_from_state()?;

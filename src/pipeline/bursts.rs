@@ -109,7 +109,7 @@ impl Bursts {
     pub fn observe(
         &mut self,
         dedup: &Dedup,
-        n: Notification,
+        n: &Notification,
         line: &[u8],
         now_ms: i64,
         out: &mut Vec<Notification>,
@@ -169,7 +169,8 @@ impl Bursts {
             count: 0,
             last_line: String::new(),
         });
-        out.push(n);
+        // Only an occurrence that opens a window is copied; counted ones cost no text.
+        out.push(n.clone());
         Observed {
             posted: true,
             evicted,
@@ -302,7 +303,7 @@ mod tests {
         for i in 0..300 {
             let observed = b.observe(
                 &d,
-                note("a"),
+                &note("a"),
                 format!("line {i}").as_bytes(),
                 1_000 + i * 3,
                 &mut out,
@@ -324,7 +325,7 @@ mod tests {
         );
         assert!(out[1].text.contains("line 299"));
         // The next occurrence opens a new window and is posted.
-        b.observe(&d, note("a"), b"again", 6_000, &mut out);
+        b.observe(&d, &note("a"), b"again", 6_000, &mut out);
         assert_eq!(out.len(), 3);
         assert_eq!(counted, 299);
     }
@@ -334,13 +335,13 @@ mod tests {
         let d = dedup(60, 2);
         let mut b = Bursts::default();
         let mut out = Vec::new();
-        b.observe(&d, note("a"), b"a1", 0, &mut out);
-        b.observe(&d, note("b"), b"b1", 1, &mut out);
-        b.observe(&d, note("a"), b"a2", 2, &mut out);
-        b.observe(&d, note("b"), b"b2", 3, &mut out);
-        b.observe(&d, note("b"), b"b3", 4, &mut out);
+        b.observe(&d, &note("a"), b"a1", 0, &mut out);
+        b.observe(&d, &note("b"), b"b1", 1, &mut out);
+        b.observe(&d, &note("a"), b"a2", 2, &mut out);
+        b.observe(&d, &note("b"), b"b2", 3, &mut out);
+        b.observe(&d, &note("b"), b"b3", 4, &mut out);
         // `a` was seen least recently: `c` evicts it and its summary is queued.
-        let observed = b.observe(&d, note("c"), b"c1", 5, &mut out);
+        let observed = b.observe(&d, &note("c"), b"c1", 5, &mut out);
         assert_eq!(
             observed,
             Observed {
@@ -373,12 +374,12 @@ mod tests {
         let d = dedup(60, 10);
         let mut b = Bursts::default();
         let mut out = Vec::new();
-        b.observe(&d, note("a"), b"a1", 0, &mut out);
-        b.observe(&d, note("a"), b"a2", 10, &mut out);
+        b.observe(&d, &note("a"), b"a1", 0, &mut out);
+        b.observe(&d, &note("a"), b"a2", 10, &mut out);
         let (changed, removed) = b.take_changes();
         assert!(removed.is_empty());
         let mut resumed = Bursts::from_saved(changed);
-        resumed.observe(&d, note("a"), b"a3", 20, &mut out);
+        resumed.observe(&d, &note("a"), b"a3", 20, &mut out);
         assert_eq!(out.len(), 1, "no second first post after a restart");
         resumed.expire(60_000, |_| Some(d.window), &mut out);
         assert!(

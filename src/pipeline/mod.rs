@@ -179,30 +179,22 @@ impl Pipeline {
     /// One line of a file at `now_ms`. A file whose `files` entry has `multiline` passes
     /// it through its pending event; the rules see the event when it completes.
     pub fn line(&mut self, origin: &Origin<'_>, line: &[u8], now_ms: i64, out: &mut dyn Output) {
-        let multiline = self
+        // Only lines of multiline files pay for holding their settings (an `Arc`) while
+        // the assembler, part of `self`, changes.
+        let Some(settings) = self
             .config
             .files
             .get(origin.spec)
-            .is_some_and(|f| f.multiline.is_some());
-        if !multiline {
+            .and_then(|f| f.multiline.clone())
+        else {
             let lines = (origin.number, origin.number);
             self.evaluate(origin.path, line, lines, now_ms, out);
-            return;
-        }
-        // Only lines of multiline files pay for holding the config while the assembler
-        // (part of `self`) changes.
-        let config = Arc::clone(&self.config);
-        let Some(settings) = config
-            .files
-            .get(origin.spec)
-            .and_then(|f| f.multiline.as_deref())
-        else {
             return;
         };
         let mut done = std::mem::take(&mut self.events);
         if self
             .assembler
-            .push(settings, origin, line, now_ms, &mut done)
+            .push(&settings, origin, line, now_ms, &mut done)
         {
             out.event_line_cut();
         }
@@ -354,7 +346,7 @@ impl Pipeline {
             let n = hit.notification_with_context(text, &source, &context);
             let routed = match &hit.rule.dedup {
                 Some(dedup) => {
-                    let observed = bursts.observe(dedup, n.clone(), text, now_ms, queued);
+                    let observed = bursts.observe(dedup, &n, text, now_ms, queued);
                     if observed.evicted {
                         out.window_evicted(&hit.rule.name);
                     }

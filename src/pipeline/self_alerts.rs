@@ -233,7 +233,7 @@ fn subject(condition: &Condition) -> String {
         Condition::Parked(name) => format!("Webhook `{name}`"),
         Condition::OutboxHigh => "The outbox".to_owned(),
         Condition::Missing(p) => format!("`{p}`"),
-        Condition::OutOfDescriptors => "Following log files".to_owned(),
+        Condition::OutOfDescriptors => "The log reader".to_owned(),
     }
 }
 

@@ -61,19 +61,25 @@ fn symlink_loops_under_a_recursive_glob_are_walked_once() {
     assert!(asked.elapsed() < Duration::from_secs(10));
 }
 
+/// A running agent (default config) that has posted `db-a` lines `0..n` to the mock.
+fn agent_that_delivered(n: usize) -> (MockChat, Agent) {
+    let chat = MockChat::start();
+    let url = chat.webhook("SPACE1", "KEY1", "TOKEN1");
+    let mut agent = Agent::new(&oncall(&url), "");
+    agent.start();
+    write_timeouts(&agent.log(), "db-a", 0..n);
+    wait_for("the first notifications", Duration::from_secs(20), || {
+        delivered_numbers(&chat, "db-a") == (0..n).collect::<Vec<_>>()
+    });
+    (chat, agent)
+}
+
 /// A FIFO named like a rotated sibling is never opened for reading (it would block the
 /// agent for good): a truncation next to it is handled, and a restart with it in place
 /// starts and stops normally.
 #[test]
 fn a_fifo_next_to_a_followed_file_blocks_nothing() {
-    let chat = MockChat::start();
-    let url = chat.webhook("SPACE1", "KEY1", "TOKEN1");
-    let mut agent = Agent::new(&oncall(&url), "");
-    agent.start();
-    write_timeouts(&agent.log(), "db-a", 0..2);
-    wait_for("2 notifications", Duration::from_secs(20), || {
-        delivered_numbers(&chat, "db-a").len() == 2
-    });
+    let (chat, mut agent) = agent_that_delivered(2);
     let fifo = agent.dir.path().join("logs/app.log.1");
     let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
     assert!(made.success());
@@ -356,17 +362,12 @@ fn a_huge_retry_after_waits_at_most_max_backoff() {
     assert!(!agent.stderr().contains("panicked"), "{}", agent.stderr());
 }
 
-/// Deleting the lock file does not let a second agent onto the same state.
+/// Deleting the lock file does not let a second agent onto the same state. (The agent
+/// now locks the state directory itself and keeps no lock file; the deletion is what
+/// admitted a second agent when it did, and must stay harmless.)
 #[test]
 fn deleting_the_lock_file_does_not_admit_a_second_agent() {
-    let chat = MockChat::start();
-    let url = chat.webhook("SPACE1", "KEY1", "TOKEN1");
-    let mut agent = Agent::new(&oncall(&url), "");
-    agent.start();
-    write_timeouts(&agent.log(), "db-a", 0..1);
-    wait_for("the first notification", Duration::from_secs(20), || {
-        delivered_numbers(&chat, "db-a") == [0]
-    });
+    let (_chat, mut agent) = agent_that_delivered(1);
     let _ = std::fs::remove_file(agent.dir.path().join("state/chattail.lock"));
     let second = Command::new(crate::support::bin())
         .args(["run", "--config"])
@@ -474,14 +475,7 @@ fn state_bytes_written(agent: &Agent) -> u64 {
 /// start: the log says what will happen.
 #[test]
 fn an_emptied_state_database_is_reported_loudly() {
-    let chat = MockChat::start();
-    let url = chat.webhook("SPACE1", "KEY1", "TOKEN1");
-    let mut agent = Agent::new(&oncall(&url), "");
-    agent.start();
-    write_timeouts(&agent.log(), "db-a", 0..1);
-    wait_for("the notification", Duration::from_secs(20), || {
-        delivered_numbers(&chat, "db-a") == [0]
-    });
+    let (_chat, mut agent) = agent_that_delivered(1);
     assert!(agent.terminate().success());
     std::fs::OpenOptions::new()
         .write(true)

@@ -13,7 +13,7 @@
 //!    directory that matters; a file named by a write event is checked at once.
 //! 2. A *rescan* every `rescan_interval`: the globs are expanded again; a path that now
 //!    names another inode means the old file was rotated away, a new path means a new file.
-//! 3. Wake-ups from `notify` (see `wakeups.rs`): a write, create or rename makes the next
+//! 3. Wake-ups from inotify (see `wakeups.rs`): a write, create or rename makes the next
 //!    poll read (and check) the file or rescan at once. They only lower latency; losing
 //!    one costs at most a sweep interval, never a line.
 //!

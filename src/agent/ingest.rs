@@ -24,10 +24,14 @@ use crate::ops::metrics::Metrics;
 use crate::pipeline::self_alerts::{Facts, ParkedWebhook, SelfAlerts};
 use crate::pipeline::{Notification, Origin, Pipeline};
 use crate::store::{Store, StoreError};
-use crate::tail::{LineOrigin, TailOptions, Tailer, WatchSpec};
+use crate::tail::{Checkpoint, FileKey, LineOrigin, SavedFile, TailOptions, Tailer, WatchSpec};
 
 /// How long the loop waits for file events when nothing is left to read.
 const IDLE_WAIT: Duration = Duration::from_millis(250);
+
+/// How long a file's new position may wait to be committed while the lines behind it
+/// changed nothing (see [`Ingest::step`]).
+const QUIET_POSITION_DELAY: Duration = Duration::from_secs(1);
 
 /// The ingest half: tailer, pipeline and the transaction that binds them.
 pub(super) struct Ingest {
@@ -56,6 +60,14 @@ pub(super) struct Ingest {
     /// nearly full disk may take a small transaction when it cannot take a large one),
     /// doubled back after each success.
     pub(super) read_budget: usize,
+    /// Positions of files whose lines since their last committed position hit no rule
+    /// and joined no multiline event: they may wait for a later commit (the latest per
+    /// file), because reading those lines again after a crash changes nothing.
+    quiet_positions: std::collections::HashMap<FileKey, SavedFile>,
+    /// When quiet positions were last all committed.
+    quiet_written: Instant,
+    /// Commit every position at the next step (before a config switch).
+    pub(super) all_positions_due: bool,
 }
 
 /// The most a poll reads from one file by default; after failed commits, less (see
@@ -124,6 +136,9 @@ impl Ingest {
             extra: Vec::new(),
             pending_reload: None,
             read_budget: READ_BUDGET,
+            quiet_positions: std::collections::HashMap::new(),
+            quiet_written: Instant::now(),
+            all_positions_due: false,
         })
     }
 
@@ -279,6 +294,9 @@ impl Ingest {
     /// ahead of the state. Start it all again from the state: those lines are read again
     /// and produce the same notifications, none lost and none counted twice.
     pub(super) fn restore_from_state(&mut self) -> Result<(), StoreError> {
+        // Positions not committed yet are ahead of the state too: the new tailer starts
+        // from the committed ones.
+        self.quiet_positions.clear();
         self.tailer = Tailer::new(
             tail_options(&self.config, self.read_budget),
             state_rows::saved_files(&self.store)?,
@@ -298,16 +316,27 @@ impl Ingest {
     pub(super) fn step(&mut self, flush: bool) -> Result<bool, StoreError> {
         let now_ms = unix_now_ms();
         let mut out = PollOutput::new(self.extra.clone(), &self.metrics);
+        // Files whose lines in this poll hit a rule or joined a multiline event: their
+        // positions go into this transaction with what those lines changed.
+        let mut changed_files: Vec<FileKey> = Vec::new();
         let more = {
             let pipeline = &mut self.pipeline;
+            let files = &self.config.files;
             let mut sink = |origin: &LineOrigin<'_>, line: &[u8]| {
-                let origin = Origin {
+                let before = out.effects();
+                let origin_row = Origin {
                     id: state_rows::file_id(origin.key),
                     path: origin.path,
                     spec: origin.spec,
                     number: 0,
                 };
-                pipeline.line(&origin, line, now_ms, &mut out);
+                pipeline.line(&origin_row, line, now_ms, &mut out);
+                let multiline = files.get(origin.spec).is_none_or(|f| f.multiline.is_some());
+                if (out.effects() != before || multiline)
+                    && changed_files.last() != Some(&origin.key)
+                {
+                    changed_files.push(origin.key);
+                }
             };
             self.tailer.poll(&mut sink)
         };
@@ -317,13 +346,13 @@ impl Ingest {
             self.pipeline.flush_windows(&mut out);
         }
         let notifications = out.into_notifications();
-        let checkpoints = self.tailer.take_checkpoints();
-        if checkpoints.is_empty() && notifications.is_empty() && !self.pipeline.has_changes() {
+        let (now_positions, all_due) = self.positions_to_commit(flush, &changed_files);
+        if now_positions.is_empty() && notifications.is_empty() && !self.pipeline.has_changes() {
             return Ok(more);
         }
         let changes = self.pipeline.take_changes();
         let tx = self.store.transaction()?;
-        for checkpoint in &checkpoints {
+        for checkpoint in &now_positions {
             state_rows::record(&tx, checkpoint)?;
         }
         state_rows::save_changes(&tx, &changes)?;
@@ -334,6 +363,16 @@ impl Ingest {
         }
         tx.commit()?;
         self.extra.clear();
+        for checkpoint in &now_positions {
+            if let Checkpoint::Progress(f) = checkpoint {
+                self.quiet_positions.remove(&f.key);
+            }
+        }
+        if all_due {
+            self.quiet_positions.clear();
+            self.quiet_written = Instant::now();
+            self.all_positions_due = false;
+        }
         if !notifications.is_empty() {
             tracing::debug!(notifications = notifications.len(), "Queued notifications.");
             match &mut self.dry_run {
@@ -342,6 +381,61 @@ impl Ingest {
             }
         }
         Ok(more)
+    }
+
+    /// Takes the tailer's checkpoints and decides which go into this poll's transaction.
+    ///
+    /// Committing every followed file's position at every poll (40 a second under load)
+    /// was the largest cost of a steady load after reading itself. A position must be
+    /// committed with any state change its lines caused (else a crash would replay them
+    /// and count them twice), but a file whose lines changed nothing may lag: after a
+    /// crash those lines are read again and change nothing again. So quiet positions wait
+    /// in memory for up to [`QUIET_POSITION_DELAY`]; the positions of files that changed
+    /// something, releases and forgets (in order, after the positions before them) are
+    /// committed now. Returns the checkpoints for now and whether they include every
+    /// waiting position.
+    fn positions_to_commit(&mut self, flush: bool, changed: &[FileKey]) -> (Vec<Checkpoint>, bool) {
+        let checkpoints = self.tailer.take_checkpoints();
+        if checkpoints
+            .iter()
+            .any(|c| !matches!(c, Checkpoint::Progress(_)))
+        {
+            // A release or forget is rare: every waiting position goes now, then this
+            // poll's checkpoints in the tailer's order (a release after its file's last
+            // position).
+            for checkpoint in &checkpoints {
+                if let Checkpoint::Progress(f) = checkpoint {
+                    self.quiet_positions.remove(&f.key);
+                }
+            }
+            let mut now = self.waiting_positions();
+            now.extend(checkpoints);
+            return (now, true);
+        }
+        for checkpoint in checkpoints {
+            if let Checkpoint::Progress(f) = checkpoint {
+                self.quiet_positions.insert(f.key, f);
+            }
+        }
+        if flush || self.all_positions_due || self.quiet_written.elapsed() >= QUIET_POSITION_DELAY {
+            return (self.waiting_positions(), true);
+        }
+        let now = changed
+            .iter()
+            .filter_map(|key| self.quiet_positions.get(key))
+            .map(|f| Checkpoint::Progress(f.clone()))
+            .collect();
+        (now, false)
+    }
+
+    /// Every waiting position, in a stable order.
+    fn waiting_positions(&self) -> Vec<Checkpoint> {
+        let mut files: Vec<&SavedFile> = self.quiet_positions.values().collect();
+        files.sort_unstable_by_key(|f| (f.key.dev, f.key.ino));
+        files
+            .into_iter()
+            .map(|f| Checkpoint::Progress(f.clone()))
+            .collect()
     }
 
     /// Whether the outbox holds `delivery.max_outbox` notifications (then reading pauses).

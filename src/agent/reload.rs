@@ -184,6 +184,9 @@ impl Ingest {
             }
         }
         self.tailer.checkpoint_all();
+        // Every position is committed before the switch: the new rules must not see
+        // lines the old ones already read.
+        self.all_positions_due = true;
         self.step(false)?;
         let old = Arc::clone(&self.config);
         let released: Vec<FileKey> = self

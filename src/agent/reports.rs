@@ -12,6 +12,9 @@ use crate::tail::{Rotation, TailEvents};
 pub(super) struct PollOutput<'m> {
     notifications: Vec<Notification>,
     metrics: &'m Metrics,
+    /// Rule hits and notifications so far: a line that moves this may have changed the
+    /// state, so its file's position must be committed with that change.
+    effects: u64,
 }
 
 impl<'m> PollOutput<'m> {
@@ -20,7 +23,13 @@ impl<'m> PollOutput<'m> {
         Self {
             notifications: queued,
             metrics,
+            effects: 0,
         }
+    }
+
+    /// A counter that moves whenever a line hits a rule or makes a notification.
+    pub(super) fn effects(&self) -> u64 {
+        self.effects
     }
 
     pub(super) fn into_notifications(self) -> Vec<Notification> {
@@ -30,10 +39,12 @@ impl<'m> PollOutput<'m> {
 
 impl Output for PollOutput<'_> {
     fn notification(&mut self, n: Notification, _cause: Cause) {
+        self.effects += 1;
         self.notifications.push(n);
     }
 
     fn hit(&mut self, report: &HitReport<'_, '_, '_>) {
+        self.effects += 1;
         let rule = &report.hit.rule.name;
         self.metrics.rule_matched(rule);
         if report.routed == Routed::Counted {

@@ -4,7 +4,9 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::agent_support::{Agent, delivered_numbers, oncall, wait_for, write_timeouts};
+use crate::agent_support::{
+    Agent, delivered_numbers, oncall, wait_for, write_noise, write_timeouts,
+};
 use crate::mock_chat::{Fault, MockChat};
 use crate::tail_support::open_append;
 
@@ -201,6 +203,19 @@ fn sigterm_posts_what_is_queued_within_the_grace_period_and_exits_0() {
 
 #[test]
 fn killed_at_random_points_every_line_reaches_chat_exactly_once() {
+    killed_at_random_points(0);
+}
+
+/// Positions of files whose lines changed nothing are committed up to a second late; a
+/// kill in that second must still neither lose a matching line nor post one twice.
+#[test]
+fn killed_between_quiet_lines_every_match_reaches_chat_exactly_once() {
+    killed_at_random_points(40);
+}
+
+/// Kills the agent with -9 at random points of six rounds of writing, with `noise` lines
+/// that match nothing after each matching line, then checks every match arrived once.
+fn killed_at_random_points(noise: usize) {
     let chat = MockChat::start();
     let url = chat.webhook("SPACE1", "KEY1", "TOKEN1");
     // A slow Chat, so that kills land while requests are in flight.
@@ -227,6 +242,7 @@ fn killed_at_random_points_every_line_reaches_chat_exactly_once() {
                 &format!("db-{}.internal", written % 3),
                 written..written + 1,
             );
+            write_noise(&agent.log(), noise);
             written += 1;
             std::thread::sleep(Duration::from_millis(random(40)));
         }

@@ -179,6 +179,14 @@ pub fn write_timeouts(path: &Path, db: &str, range: std::ops::Range<usize>) {
     }
 }
 
+/// Appends `lines` lines that no rule matches.
+pub fn write_noise(path: &Path, lines: usize) {
+    let mut f = open_append(path);
+    for n in 0..lines {
+        writeln!(f, "2026-11-28T14:00:00Z INFO request {n} served in 12 ms").unwrap();
+    }
+}
+
 /// The numbers `#n` found in the messages of `db`'s thread, in message order.
 pub fn delivered_numbers(chat: &MockChat, db: &str) -> Vec<usize> {
     let needle = format!("on `{db}` #");

@@ -18,6 +18,8 @@ use std::time::Duration;
 
 use regex::bytes::Regex;
 
+use crate::pipeline::pattern::RulePattern;
+
 pub use diagnostics::{Diagnostic, Location, Report, Severity};
 pub use env_expand::{ExpandError, expand};
 pub use raw::StartAt;
@@ -212,7 +214,7 @@ pub const MULTILINE_PRESETS: [(&str, &str); 3] = [
 #[derive(Debug)]
 pub struct Rule {
     pub name: String,
-    pub pattern: Regex,
+    pub pattern: RulePattern,
     pub exclude: Option<Regex>,
     /// The name of a webhook that exists in [`Config::webhooks`].
     pub webhook: String,

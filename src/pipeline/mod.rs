@@ -19,6 +19,7 @@ pub mod bursts;
 pub mod chat_text;
 pub mod context;
 pub mod multiline;
+pub mod pattern;
 pub mod rules;
 pub mod self_alerts;
 pub mod template;

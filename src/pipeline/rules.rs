@@ -8,7 +8,9 @@
 
 use std::sync::Arc;
 
-use regex::bytes::{Captures, RegexSet, RegexSetBuilder};
+use regex::bytes::{RegexSet, RegexSetBuilder};
+
+use super::pattern::Groups;
 
 use crate::config::{Config, RULE_REGEX_SIZE_LIMIT, Rule};
 use crate::pipeline::chat_text;
@@ -31,7 +33,7 @@ pub struct RuleSet {
 #[derive(Debug)]
 pub struct Hit<'r, 'l> {
     pub rule: &'r Rule,
-    pub captures: Captures<'l>,
+    pub captures: Groups<'l>,
 }
 
 /// What a hit asks to post: the rendered thread key, dedup key and Chat text.
@@ -159,7 +161,7 @@ impl Hit<'_, '_> {
                 let text = self
                     .captures
                     .get(i)
-                    .map(|m| String::from_utf8_lossy(m.as_bytes()).into_owned());
+                    .map(|m| String::from_utf8_lossy(m).into_owned());
                 Some((name, text))
             })
             .collect()

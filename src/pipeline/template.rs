@@ -9,7 +9,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use regex::bytes::Captures;
+use super::pattern::Groups;
 use thiserror::Error;
 
 /// The built-in placeholders every template may use.
@@ -66,7 +66,7 @@ pub struct RenderContext<'a> {
     pub file: &'a str,
     pub rule: &'a str,
     pub host: &'a str,
-    pub captures: Option<&'a Captures<'a>>,
+    pub captures: Option<&'a Groups<'a>>,
     /// The lines before the match (`rules[].context.before`), joined with `\n`.
     pub context: &'a [u8],
 }
@@ -184,7 +184,7 @@ impl Template {
                 Segment::Rule => Cow::Borrowed(ctx.rule),
                 Segment::Host => Cow::Borrowed(ctx.host),
                 Segment::Group { index } => match ctx.captures.and_then(|caps| caps.get(*index)) {
-                    Some(m) => String::from_utf8_lossy(m.as_bytes()),
+                    Some(m) => String::from_utf8_lossy(m),
                     None => continue,
                 },
             };
@@ -219,10 +219,10 @@ pub(crate) fn is_identifier(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::pattern::RulePattern;
     use proptest::prelude::*;
-    use regex::bytes::Regex;
 
-    fn parse_for(re: &Regex, source: &str) -> Result<Template, TemplateError> {
+    fn parse_for(re: &RulePattern, source: &str) -> Result<Template, TemplateError> {
         let names: Vec<&str> = re.capture_names().flatten().collect();
         Template::parse(
             source,
@@ -231,7 +231,7 @@ mod tests {
         )
     }
 
-    fn ctx<'a>(line: &'a [u8], caps: Option<&'a Captures<'a>>) -> RenderContext<'a> {
+    fn ctx<'a>(line: &'a [u8], caps: Option<&'a Groups<'a>>) -> RenderContext<'a> {
         RenderContext {
             line,
             file: "/var/log/app.log",
@@ -244,7 +244,7 @@ mod tests {
 
     #[test]
     fn renders_groups_builtins_and_literal_braces() {
-        let re = Regex::new(r"timeout connecting to (?P<db>\S+)").unwrap();
+        let re = RulePattern::new(r"timeout connecting to (?P<db>\S+)", 1 << 20).unwrap();
         let line = b"ERROR timeout connecting to orders-db".as_slice();
         let caps = re.captures(line).unwrap();
         let t = parse_for(&re, "{rule}/{db} on {host} in {file} {{x}}: {line}").unwrap();
@@ -256,7 +256,7 @@ mod tests {
 
     #[test]
     fn unmatched_optional_group_renders_empty() {
-        let re = Regex::new(r"a(?P<opt>b)?").unwrap();
+        let re = RulePattern::new(r"a(?P<opt>b)?", 1 << 20).unwrap();
         let caps = re.captures(b"a").unwrap();
         let t = parse_for(&re, "[{opt}]").unwrap();
         assert_eq!(t.render(&ctx(b"a", Some(&caps)), Escape::None), "[]");
@@ -264,7 +264,7 @@ mod tests {
 
     #[test]
     fn refuses_unknown_names_and_stray_braces() {
-        let re = Regex::new(r"(?P<db>\S+)").unwrap();
+        let re = RulePattern::new(r"(?P<db>\S+)", 1 << 20).unwrap();
         assert_eq!(
             parse_for(&re, "x-{nosuch}").unwrap_err().to_string(),
             "names `{nosuch}`, which the pattern does not define (named groups: db; built-ins: line, first_line, context, file, rule, host)"
@@ -285,7 +285,7 @@ mod tests {
 
     #[test]
     fn invalid_utf8_is_rendered_lossily() {
-        let re = Regex::new(r"(?-u)user=(?P<u>\S+)").unwrap();
+        let re = RulePattern::new(r"(?-u)user=(?P<u>\S+)", 1 << 20).unwrap();
         let line = b"user=\xff\xfe ok".as_slice();
         let caps = re.captures(line).unwrap();
         let t = parse_for(&re, "{u}").unwrap();
@@ -300,7 +300,7 @@ mod tests {
         // literal text back once placeholders are taken away.
         #[test]
         fn parse_never_panics_and_literals_round_trip(source in "[a-z{}_ ]{0,40}") {
-            let re = Regex::new(r"(?P<a>x)").unwrap();
+            let re = RulePattern::new(r"(?P<a>x)", 1 << 20).unwrap();
             if let Ok(t) = parse_for(&re, &source) {
                 let rendered = t.render(&ctx(b"", None), Escape::None);
                 let expected = source
@@ -331,7 +331,7 @@ mod tests {
         // close the code block around it nor merge with the fence's backticks.
         #[test]
         fn render_any_bytes(line in proptest::collection::vec(any::<u8>(), 0..200)) {
-            let re = Regex::new(r"(?s-u)(?P<all>.*)").unwrap();
+            let re = RulePattern::new(r"(?s-u)(?P<all>.*)", 1 << 20).unwrap();
             let caps = re.captures(&line).unwrap();
             let t = parse_for(&re, "```{all}```").unwrap();
             let out = t.render(&ctx(&line, Some(&caps)), Escape::ChatText);

@@ -17,7 +17,12 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("webhook_url", &[]),
     (
         "config",
-        &["path_glob", "pipeline::template", "webhook_url"],
+        &[
+            "path_glob",
+            "pipeline::pattern",
+            "pipeline::template",
+            "webhook_url",
+        ],
     ),
     ("pipeline", &["config"]),
     ("tail", &["path_glob"]),

@@ -2,6 +2,8 @@
 //! and the `multiline` settings of `files` entries.
 
 use regex::bytes::{Regex, RegexBuilder};
+
+use crate::pipeline::pattern::{PatternError, RulePattern};
 use serde_saphyr::Spanned;
 
 use super::super::raw::{RawConfig, RawDedup, RawMultiline, RawRule};
@@ -27,7 +29,7 @@ impl Validator<'_> {
         let what = |field: &str| format!("rule `{name}`: {field}");
         let pattern = self
             .expanded(&raw.pattern, &what("match"))
-            .and_then(|p| self.regex(&p, &raw.pattern, &what("`match`")));
+            .and_then(|p| self.rule_pattern(&p, &raw.pattern, &what("`match`")));
         let exclude = match &raw.exclude {
             None => None,
             Some(ex) => self
@@ -138,27 +140,43 @@ impl Validator<'_> {
         {
             Ok(re) => Some(re),
             Err(regex::Error::CompiledTooBig(limit)) => {
-                self.report.error(
-                    loc(value),
-                    format!(
-                        "{what} is too big once compiled (over {} KiB); bound large repetitions such as \
-                         `\\w{{1000}}`, or use `(?-u:\\w)` when ASCII is enough",
-                        limit / 1024
-                    ),
-                );
+                self.regex_error(value, what, PatternError::TooBig(limit));
                 None
             }
             Err(error) => {
-                self.report
-                    .error(loc(value), format!("{what} is not a valid regex:\n{error}"));
+                self.regex_error(value, what, PatternError::Syntax(error.to_string()));
                 None
             }
         }
     }
 
+    /// A rule's `match`, which also runs for its captures (see [`RulePattern`]).
+    fn rule_pattern(
+        &mut self,
+        source: &str,
+        value: &Spanned<String>,
+        what: &str,
+    ) -> Option<RulePattern> {
+        RulePattern::new(source, RULE_REGEX_SIZE_LIMIT)
+            .map_err(|error| self.regex_error(value, what, error))
+            .ok()
+    }
+
+    fn regex_error(&mut self, value: &Spanned<String>, what: &str, error: PatternError) {
+        let message = match error {
+            PatternError::TooBig(limit) => format!(
+                "{what} is too big once compiled (over {} KiB); bound large repetitions such as \
+                 `\\w{{1000}}`, or use `(?-u:\\w)` when ASCII is enough",
+                limit / 1024
+            ),
+            PatternError::Syntax(error) => format!("{what} is not a valid regex:\n{error}"),
+        };
+        self.report.error(loc(value), message);
+    }
+
     fn template(
         &mut self,
-        pattern: &Regex,
+        pattern: &RulePattern,
         value: Option<&Spanned<String>>,
         default: &str,
         what: &str,
@@ -181,7 +199,7 @@ impl Validator<'_> {
     fn dedup(
         &mut self,
         raw: &RawDedup,
-        pattern: &Regex,
+        pattern: &RulePattern,
         thread_key: &Option<Template>,
         name: &str,
     ) -> Option<Dedup> {

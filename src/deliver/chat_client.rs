@@ -35,6 +35,9 @@ pub struct ChatClient {
 
 impl ChatClient {
     pub fn new(request_timeout: Duration) -> Result<Self, reqwest::Error> {
+        // The process's TLS provider is ring (see Cargo.toml); installing it again, for a
+        // second client, is refused harmlessly.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .timeout(request_timeout)
             .connect_timeout(request_timeout.min(Duration::from_secs(5)))

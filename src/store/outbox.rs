@@ -133,11 +133,9 @@ impl Outbox {
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let (thread_key, first_text): (String, String) = tx.query_row(
-            "SELECT thread_key, text FROM outbox WHERE id = ?1",
-            params![first_id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
+        let (thread_key, first_text): (String, String) = tx
+            .prepare_cached("SELECT thread_key, text FROM outbox WHERE id = ?1")?
+            .query_row(params![first_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
         let mut ids = vec![first_id];
         let mut units = utf16_len(&first_text);
         {
@@ -158,8 +156,9 @@ impl Outbox {
                 ids.push(id);
             }
         }
-        let seq: i64 = tx.query_row(
+        let seq: i64 = tx.prepare_cached(
             "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'batch_seq' RETURNING CAST(value AS INTEGER)",
+        )?.query_row(
             [],
             |r| r.get(0),
         )?;
@@ -196,11 +195,12 @@ impl Outbox {
 
     /// Queued notifications per webhook and the age of the oldest, for health and metrics.
     pub fn depth(&self, webhook: &str) -> Result<(u64, Option<i64>), StoreError> {
-        let (n, oldest): (i64, Option<i64>) = self.conn.query_row(
-            "SELECT COUNT(*), MIN(created_ms) FROM outbox WHERE webhook = ?1 AND dead = 0",
-            params![webhook],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
+        let (n, oldest): (i64, Option<i64>) = self
+            .conn
+            .prepare_cached(
+                "SELECT COUNT(*), MIN(created_ms) FROM outbox WHERE webhook = ?1 AND dead = 0",
+            )?
+            .query_row(params![webhook], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok((u64::try_from(n).unwrap_or(0), oldest))
     }
 }

@@ -75,6 +75,7 @@ impl World {
         let mut h = Harness::new("*.log", StartAt::Beginning);
         h.options.rotate_wait = Duration::from_millis(60);
         h.options.rescan_interval = Duration::from_millis(50);
+        h.options.event_rescan_interval = Duration::from_millis(50);
         // Every wait here takes milliseconds when the tailer is right; fail fast otherwise
         // so that shrinking a failure stays quick.
         h.deadline = Duration::from_secs(4);

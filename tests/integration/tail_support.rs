@@ -93,6 +93,7 @@ impl Harness {
             sweep_interval: Duration::from_millis(20),
             event_sweep_interval: Duration::from_millis(20),
             rescan_interval: Duration::from_millis(100),
+            event_rescan_interval: Duration::from_millis(100),
             rotate_wait: Duration::from_millis(150),
             read_budget: 1024 * 1024,
             use_events: true,

@@ -371,3 +371,36 @@ fn file_events_alone_drive_reading_and_truncation() {
     assert_eq!(h.lines_text(), expected);
     assert_eq!(h.events.truncations(), 2);
 }
+
+/// With file events watching the directory, new files and rotations need no periodic
+/// rescan: with both the sweep and the rescan a minute away, a file created later, a
+/// rename rotation (the rotated file read to its end) and a delete-and-recreate are all
+/// followed through their events alone.
+#[test]
+fn file_events_alone_find_new_files_and_rotations() {
+    let mut h = Harness::new("*.log", StartAt::Beginning);
+    h.options.event_sweep_interval = Duration::from_secs(60);
+    h.options.event_rescan_interval = Duration::from_secs(60);
+    h.restart();
+    // The first poll rescans once; everything after it is driven by events.
+    h.poll_once();
+    let path = h.path("app.log");
+    let mut f = open_append(&path);
+    let mut expected = write_lines(&mut f, "first", 0..20);
+    h.pump_until("a file created after the start", |l| l.len() == 20);
+    rename(&path, &h.path("app.log.1"));
+    expected.extend(write_lines(&mut f, "late-in-rotated", 0..5));
+    let mut g = open_append(&path);
+    expected.extend(write_lines(&mut g, "after-rename", 0..10));
+    h.pump_until("the rotated file's end and the new file", |l| l.len() == 35);
+    drop(g);
+    fs::remove_file(&path).unwrap();
+    let mut g = open_append(&path);
+    expected.extend(write_lines(&mut g, "recreated", 0..10));
+    h.pump_until("the recreated file", |l| l.len() == 45);
+    let mut got = h.lines_text();
+    got.sort();
+    expected.sort();
+    assert_eq!(got, expected);
+    assert!(h.events.renames() >= 1);
+}

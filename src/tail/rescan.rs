@@ -138,18 +138,25 @@ impl Tailer {
             return Vec::new();
         };
         let entries = listings.entry(dir.to_path_buf()).or_insert_with(|| {
-            fs::read_dir(dir)
-                .map(|rd| rd.filter_map(Result::ok).map(|e| e.path()).collect())
-                .unwrap_or_default()
+            let mut names: Vec<(String, PathBuf)> = fs::read_dir(dir)
+                .map(|rd| {
+                    rd.filter_map(Result::ok)
+                        .filter_map(|e| Some((e.file_name().into_string().ok()?, e.path())))
+                        .collect()
+                })
+                .unwrap_or_default();
+            names.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            names
         });
-        let mut siblings: Vec<(SystemTime, PathBuf, fs::Metadata)> = entries
+        // Siblings start with the base name: in the sorted listing they are one run, found
+        // by a binary search, so a directory of 1,000 followed files is not scanned 1,000
+        // times.
+        let start = entries.partition_point(|(name, _)| name.as_str() < base);
+        let mut siblings: Vec<(SystemTime, PathBuf, fs::Metadata)> = entries[start..]
             .iter()
-            .filter(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| discovery::is_rotated_sibling(n, base))
-            })
-            .filter_map(|p| {
+            .take_while(|(name, _)| name.starts_with(base))
+            .filter(|(name, _)| discovery::is_rotated_sibling(name, base))
+            .filter_map(|(_, p)| {
                 let path = p.clone();
                 let metadata = fs::metadata(&path).ok()?;
                 let key = FileKey::of(&metadata);
@@ -544,8 +551,9 @@ struct Start {
     replaced: bool,
 }
 
-/// Directory listings taken once per rescan: directory → the paths in it.
-type Listings = HashMap<PathBuf, Vec<PathBuf>>;
+/// Directory listings taken once per rescan: directory → its entries (UTF-8 names, the
+/// only ones a rotated sibling can have) and their paths, sorted by name.
+type Listings = HashMap<PathBuf, Vec<(String, PathBuf)>>;
 
 /// Which rotated siblings `Tailer::missed_rotations` looks for.
 #[derive(Clone, Copy)]

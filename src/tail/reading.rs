@@ -282,8 +282,18 @@ pub(super) fn prefix_matches(file: &File, prefix: &[u8]) -> bool {
     if prefix.is_empty() {
         return true;
     }
-    let mut head = vec![0; prefix.len()];
-    file.read_exact_at(&mut head, 0).is_ok() && head == prefix
+    // Checked after every read: a buffer on the stack, not an allocation each time.
+    // (A longer prefix, from a state written by some other version, takes the heap.)
+    let mut stack = [0u8; PREFIX_LEN];
+    let mut heap = Vec::new();
+    let head = match stack.get_mut(..prefix.len()) {
+        Some(head) => head,
+        None => {
+            heap.resize(prefix.len(), 0);
+            &mut heap[..]
+        }
+    };
+    file.read_exact_at(head, 0).is_ok() && head == prefix
 }
 
 /// Opens `path` for reading only if it is a regular file. The open itself does not block

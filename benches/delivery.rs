@@ -17,18 +17,13 @@
 //! The agent is the release binary, run as a child process; the mock Chat is the one the
 //! integration tests use.
 
-// The benchmark uses only part of the mock's controls.
-#[allow(dead_code)]
-#[path = "../tests/integration/mock_chat.rs"]
-mod mock_chat;
-
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use mock_chat::MockChat;
+use chattail::sandbox::Sandbox as MockChat;
 
 fn config(dir: &Path, url: &str, max_per_second: u32) -> std::path::PathBuf {
     let path = dir.join("chattail.yaml");

@@ -14,18 +14,13 @@
 //! The writer is a thread of this process; the mock serves on its own runtime threads, so
 //! neither waits for the other. CPU is the agent's own (`/proc/PID/stat`).
 
-// The benchmark uses only part of the mock's controls.
-#[allow(dead_code)]
-#[path = "../tests/integration/mock_chat.rs"]
-mod mock_chat;
-
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use mock_chat::MockChat;
+use chattail::sandbox::Sandbox as MockChat;
 
 fn env_number(name: &str, default: u64) -> u64 {
     std::env::var(name)

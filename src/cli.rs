@@ -80,6 +80,36 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Post one message through a configured webhook and print the thread it went to.
+    ///
+    /// Uses the agent's own client (thread key, reply option, requestId, retries of
+    /// transient errors); Chat's refusals are explained. Exit 0 when posted, 1 when Chat
+    /// refused or could not be reached, 2 for an invalid config or an unknown webhook.
+    Send {
+        /// The YAML config file.
+        #[arg(long)]
+        config: PathBuf,
+        /// The name of the webhook in the config.
+        #[arg(long)]
+        webhook: String,
+        /// The thread key; a new thread when not given.
+        #[arg(long)]
+        thread: Option<String>,
+        /// The message text (Chat markup); `-` or nothing reads standard input.
+        text: Option<String>,
+    },
+    /// Run a local Google Chat stand-in with a live web page of its spaces and threads.
+    ///
+    /// Any space, key and token in a webhook URL is accepted at its first use; the quota,
+    /// thread keys, requestId replay and Chat's errors behave as Chat's do.
+    Sandbox {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8099")]
+        listen: std::net::SocketAddr,
+        /// Requests per second each space accepts (Chat: 1); 0 for no limit.
+        #[arg(long, default_value_t = 1.0)]
+        rate: f64,
+    },
     /// Print the manual page (roff), e.g. `chattail man > /usr/local/share/man/man1/chattail.1`.
     Man,
 }
@@ -121,6 +151,13 @@ pub fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }
         Command::Man => man_page(),
+        Command::Send {
+            config,
+            webhook,
+            thread,
+            text,
+        } => send(&config, &webhook, thread.as_deref(), text.as_deref()),
+        Command::Sandbox { listen, rate } => sandbox(listen, rate),
         Command::Check { config } => check(&config),
         Command::Test {
             config,
@@ -243,6 +280,104 @@ fn load(path: &std::path::Path, policy: UrlPolicy) -> Option<Config> {
             None
         }
     }
+}
+
+fn send(
+    path: &std::path::Path,
+    webhook: &str,
+    thread: Option<&str>,
+    text: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    use crate::send::{SendError, Sent};
+    let Some(config) = load(path, UrlPolicy::Required) else {
+        return Ok(ExitCode::from(EXIT_CONFIG));
+    };
+    let text = match text {
+        Some(text) if text != "-" => text.to_owned(),
+        _ => io::read_to_string(io::stdin()).context("reading the message from standard input")?,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let sent = runtime.block_on(crate::send::send(&config, webhook, thread, &text));
+    match sent {
+        Ok(Sent::Posted { thread, thread_key }) => {
+            println!(
+                "Posted through webhook `{webhook}` into {} (thread key `{thread_key}`).",
+                thread.as_deref().unwrap_or("a thread Chat did not name")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(Sent::Refused { advice, .. }) => {
+            eprintln!("error: webhook `{webhook}`: {advice}");
+            Ok(ExitCode::FAILURE)
+        }
+        Ok(Sent::GaveUp { attempts, reason }) => {
+            eprintln!(
+                "error: webhook `{webhook}`: Chat did not take the message after {attempts} attempts (last: {reason}); nothing was posted, or Chat stored it without answering."
+            );
+            Ok(ExitCode::FAILURE)
+        }
+        Err(
+            error @ (SendError::UnknownWebhook { .. } | SendError::NoUrl(_) | SendError::Empty),
+        ) => {
+            eprintln!("error: {error}");
+            Ok(ExitCode::from(EXIT_CONFIG))
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+fn sandbox(listen: std::net::SocketAddr, rate: f64) -> anyhow::Result<ExitCode> {
+    use crate::sandbox::{Sandbox, SandboxOptions};
+    let listener =
+        std::net::TcpListener::bind(listen).with_context(|| format!("listening on {listen}"))?;
+    let sandbox = Sandbox::serve(
+        listener,
+        SandboxOptions {
+            rate: (rate > 0.0).then_some(rate),
+            open: true,
+            page: true,
+        },
+    )
+    .context("starting the sandbox")?;
+    let url = sandbox.url_for("SANDBOX", "sandbox-key", "sandbox-token");
+    let quota = if rate > 0.0 {
+        format!("{rate} request(s) per second per space, as Chat")
+    } else {
+        "no quota".to_owned()
+    };
+    let mut out = io::stdout().lock();
+    writeln!(
+        out,
+        "chattail sandbox: a local Google Chat stand-in ({quota})."
+    )?;
+    writeln!(out, "  page:    http://{}/", sandbox.addr)?;
+    writeln!(out, "  webhook: {url}")?;
+    writeln!(
+        out,
+        "Any space id, key and token works; for the bundled example:"
+    )?;
+    writeln!(out, "  export CHATTAIL_WEBHOOK_URL='{url}'")?;
+    writeln!(out, "Stop with Ctrl-C.")?;
+    out.flush()?;
+    drop(out);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime
+        .block_on(async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                r = tokio::signal::ctrl_c() => r,
+                _ = term.recv() => Ok(()),
+            }
+        })
+        .context("waiting for a signal")?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn check(path: &std::path::Path) -> anyhow::Result<ExitCode> {

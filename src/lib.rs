@@ -13,6 +13,8 @@
 //! - [`deliver`]: the outbox to Chat, paced per space.
 //! - [`ops`]: metrics, health and the admin endpoint.
 //! - [`agent`]: `chattail run`, the one composition root of all of the above.
+//! - [`sandbox`]: the local Chat stand-in (`chattail sandbox`, and the tests' Chat).
+//! - [`send`]: one message through the agent's Chat client (`chattail send`).
 //! - [`rule_test`] and [`cli`]: the commands' outer shells.
 
 pub mod agent;
@@ -24,6 +26,8 @@ pub mod ops;
 pub mod path_glob;
 pub mod pipeline;
 pub mod rule_test;
+pub mod sandbox;
+pub mod send;
 pub mod store;
 pub mod tail;
 pub mod webhook_url;

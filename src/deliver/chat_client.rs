@@ -14,8 +14,9 @@ use crate::webhook_url::WebhookUrl;
 /// What Chat's answer means for the post.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PostOutcome {
-    /// Stored by Chat (or already stored under this request id).
-    Accepted,
+    /// Stored by Chat (or already stored under this request id), in this thread when the
+    /// answer names it.
+    Accepted { thread: Option<String> },
     /// Try again later: 429, 5xx, a timeout or a connection failure.
     Retry {
         /// `Retry-After`, when Chat sent one.
@@ -106,8 +107,8 @@ impl ChatClient {
             .headers()
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| parse_retry_after(v.as_bytes()));
-        // The body is only needed for errors; read it with a cap so a hostile server
-        // cannot make the agent hold megabytes.
+        // Read the body with a cap, so a hostile server cannot make the agent hold
+        // megabytes (errors give their message; a success names the thread).
         let body = read_capped(response, 16 * 1024).await;
         classify(status, retry_after, &body, url)
     }
@@ -145,7 +146,10 @@ fn classify(
 ) -> PostOutcome {
     // 409 ALREADY_EXISTS: a message with this id is stored already.
     if status.is_success() || status == StatusCode::CONFLICT {
-        return PostOutcome::Accepted;
+        let thread = serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v.pointer("/thread/name")?.as_str().map(str::to_owned));
+        return PostOutcome::Accepted { thread };
     }
     let code = status.as_u16();
     if code == 429 || code == 408 || status.is_server_error() {
@@ -246,7 +250,7 @@ mod tests {
     #[test]
     fn classifies_chats_answers() {
         let ok = classify(StatusCode::OK, None, b"not json", &url());
-        assert_eq!(ok, PostOutcome::Accepted);
+        assert!(matches!(ok, PostOutcome::Accepted { .. }));
         let busy = classify(
             StatusCode::TOO_MANY_REQUESTS,
             Some(Duration::from_secs(3)),

@@ -187,7 +187,7 @@ impl SpaceWorker {
             };
             next_send = sent_at + self.interval;
             match outcome {
-                PostOutcome::Accepted => self.accepted(&target, &batch),
+                PostOutcome::Accepted { .. } => self.accepted(&target, &batch),
                 PostOutcome::Retry { after, reason } => {
                     let wait = self.retry_wait(&target, after, &reason);
                     if !self.sleep_or_stop(wait).await {

@@ -47,7 +47,17 @@ const ALLOWED: &[(&str, &[&str])] = &[
         ],
     ),
     ("rule_test", &["config", "pipeline"]),
-    ("cli", &["agent", "config", "rule_test"]),
+    ("sandbox", &["clock"]),
+    (
+        "send",
+        &[
+            "clock",
+            "config",
+            "deliver::chat_client",
+            "pipeline::chat_text",
+        ],
+    ),
+    ("cli", &["agent", "config", "rule_test", "sandbox", "send"]),
     ("lib", &[]),
     ("main", &[]),
 ];

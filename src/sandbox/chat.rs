@@ -1,0 +1,358 @@
+//! What the stand-in answers to a webhook request, as ../shared/reference describes
+//! Google Chat: authentication by key and token, request validation, the threading
+//! state machine (`REPLY_MESSAGE_FALLBACK_TO_NEW_THREAD` binds a thread key), `requestId`
+//! replay, a per-space quota answered with 429, Chat's error bodies and text limit.
+//! Everything here works on [`State`] under its lock; no I/O.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::{Fault, Hook, Message, Request, State};
+
+/// The most characters Chat takes in a message's text.
+const MAX_TEXT_CHARS: usize = 4096;
+/// The most bytes of a request body the stand-in reads.
+const MAX_BODY_BYTES: usize = 32_000;
+
+/// An answer to one request.
+pub(super) enum Reply {
+    Respond {
+        status: u16,
+        content_type: &'static str,
+        body: String,
+        headers: Vec<(String, String)>,
+    },
+    /// Close the connection without an answer (a lost reply).
+    Drop,
+}
+
+pub(super) fn error(status: u16, canonical: &str, message: &str) -> Reply {
+    Reply::Respond {
+        status,
+        content_type: "application/json; charset=UTF-8",
+        body: json!({"error": {"code": status, "message": message, "status": canonical}})
+            .to_string(),
+        headers: Vec::new(),
+    }
+}
+
+/// A request to `POST /v1/spaces/{space}/messages` (or anything else under `/v1/`).
+pub(super) struct Incoming<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub query: &'a str,
+    pub body: &'a [u8],
+}
+
+/// What a webhook request is answered, and what it changes in `s`.
+pub(super) fn handle(request: &Incoming<'_>, s: &mut State, now: Instant) -> Reply {
+    let segments: Vec<&str> = request.path.split('/').collect();
+    let space = match (request.method, segments.as_slice()) {
+        ("POST", ["", "v1", "spaces", space, "messages"]) if !space.is_empty() => {
+            (*space).to_owned()
+        }
+        ("POST", ["", "v1", "spaces", _, "webhooks"]) => {
+            return error(400, "INVALID_ARGUMENT", "Legacy path for creating message.");
+        }
+        ("GET" | "PATCH" | "PUT" | "DELETE", ["", "v1", "spaces", _, "messages", _]) => {
+            return error(
+                403,
+                "PERMISSION_DENIED",
+                "The caller does not have permission",
+            );
+        }
+        _ => {
+            return Reply::Respond {
+                status: 404,
+                content_type: "text/html",
+                body: "<h1>Not Found</h1><h2>Error 404</h2>".into(),
+                headers: Vec::new(),
+            };
+        }
+    };
+    let params: HashMap<String, String> = url::form_urlencoded::parse(request.query.as_bytes())
+        .into_owned()
+        .collect();
+    let mut record = Recorder {
+        space: &space,
+        request_id: params.get("requestId").cloned(),
+        thread_key: None,
+        now,
+    };
+    for name in params.keys() {
+        if ![
+            "key",
+            "token",
+            "messageReplyOption",
+            "requestId",
+            "threadKey",
+            "messageId",
+        ]
+        .contains(&name.as_str())
+        {
+            return record.error(
+                s,
+                400,
+                "INVALID_ARGUMENT",
+                &format!(
+                    "Invalid JSON payload received. Unknown name \"{name}\": Cannot bind query parameter."
+                ),
+            );
+        }
+    }
+    let Some(key) = params.get("key").filter(|k| !k.is_empty()) else {
+        return record.error(
+            s,
+            403,
+            "PERMISSION_DENIED",
+            "Method doesn't allow unregistered callers (callers without established identity). Please use API Key or other form of API consumer identity to call this API.",
+        );
+    };
+    let token = params.get("token").cloned().unwrap_or_default();
+    if s.open && !token.is_empty() && !s.hooks.iter().any(|h| h.space == space && &h.key == key) {
+        // The sandbox: a space and its webhook come to be at their first use.
+        s.hooks.push(Hook {
+            space: space.clone(),
+            key: key.clone(),
+            token: token.clone(),
+            revoked: None,
+        });
+    }
+    if !s.hooks.iter().any(|h| &h.key == key) {
+        return record.error(
+            s,
+            400,
+            "INVALID_ARGUMENT",
+            "API key not valid. Please pass a valid API key.",
+        );
+    }
+    let Some(hook) = s
+        .hooks
+        .iter()
+        .find(|h| h.space == space && h.token == token && &h.key == key)
+    else {
+        return record.error(
+            s,
+            403,
+            "PERMISSION_DENIED",
+            "The API is called without a valid token. Instructions on how to use incoming webhooks can be found at https://developers.google.com/chat/how-tos/webhooks",
+        );
+    };
+    if let Some(status) = hook.revoked {
+        return record.error(s, status, "NOT_FOUND", "Requested entity was not found.");
+    }
+    let option = params
+        .get("messageReplyOption")
+        .map(String::as_str)
+        .unwrap_or("MESSAGE_REPLY_OPTION_UNSPECIFIED");
+    if ![
+        "MESSAGE_REPLY_OPTION_UNSPECIFIED",
+        "REPLY_MESSAGE_FALLBACK_TO_NEW_THREAD",
+        "REPLY_MESSAGE_OR_FAIL",
+    ]
+    .contains(&option)
+    {
+        return record.error(
+            s,
+            400,
+            "INVALID_ARGUMENT",
+            "Invalid value at 'message_reply_option'",
+        );
+    }
+    if request.body.len() > MAX_BODY_BYTES {
+        return record.error(s, 400, "INVALID_ARGUMENT", "Message too large.");
+    }
+    let Some(message) = serde_json::from_slice::<Value>(request.body)
+        .ok()
+        .filter(Value::is_object)
+    else {
+        return record.error(
+            s,
+            400,
+            "INVALID_ARGUMENT",
+            "Invalid JSON payload received. Unexpected token.",
+        );
+    };
+    let thread_key = message
+        .pointer("/thread/threadKey")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    record.thread_key = thread_key.clone();
+    if let Some(name) = message.as_object().and_then(|fields| {
+        fields.keys().find(|name| {
+            ![
+                "text",
+                "cardsV2",
+                "cards_v2",
+                "cards",
+                "fallbackText",
+                "thread",
+                "accessoryWidgets",
+            ]
+            .contains(&name.as_str())
+        })
+    }) {
+        return record.error(
+            s,
+            400,
+            "INVALID_ARGUMENT",
+            &format!(
+                "Invalid JSON payload received. Unknown name \"{name}\" at 'message': Cannot find field."
+            ),
+        );
+    }
+    let text = message
+        .get("text")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    if text.is_empty() {
+        return record.error(s, 400, "INVALID_ARGUMENT", "Message cannot be empty.");
+    }
+    if text.chars().count() > MAX_TEXT_CHARS {
+        return record.error(
+            s,
+            400,
+            "INVALID_ARGUMENT",
+            "Message is longer than 4096 characters",
+        );
+    }
+    // The quota: one request per interval per space; a throttled request stores nothing.
+    if let Some(rate) = s.rate {
+        let allowed = s.next_allowed.get(&space).copied().unwrap_or(now);
+        if now < allowed {
+            let retry_after = s.retry_after;
+            let mut reply = record.error(
+                s,
+                429,
+                "RESOURCE_EXHAUSTED",
+                "Resource has been exhausted (e.g. check quota).",
+            );
+            if let (Some(after), Reply::Respond { headers, .. }) = (retry_after, &mut reply) {
+                headers.push(("retry-after".into(), after.to_string()));
+            }
+            return reply;
+        }
+        s.next_allowed
+            .insert(space.clone(), now + Duration::from_secs_f64(1.0 / rate));
+    }
+    if s.outage_until.is_some_and(|t| now < t) {
+        return record.error(
+            s,
+            503,
+            "UNAVAILABLE",
+            "The service is currently unavailable.",
+        );
+    }
+    let fault = s.faults.pop_front();
+    match &fault {
+        Some(Fault::Status {
+            status,
+            retry_after,
+        }) => {
+            let mut reply = record.error(s, *status, "UNAVAILABLE", "Injected failure.");
+            if let (Some(after), Reply::Respond { headers, .. }) = (retry_after, &mut reply) {
+                headers.push(("retry-after".into(), after.to_string()));
+            }
+            return reply;
+        }
+        Some(Fault::Drop) => {
+            record.push(s, 0, "connection dropped");
+            return Reply::Drop;
+        }
+        _ => {}
+    }
+    let request_id = params.get("requestId").cloned();
+    if let Some(rid) = &request_id
+        && let Some(&index) = s.by_request_id.get(&(space.clone(), rid.clone()))
+    {
+        // A repeated request id returns the stored message; nothing new is stored.
+        let stored = s.messages[index].clone();
+        record.push(s, 200, "");
+        return ok_reply(&stored);
+    }
+    let thread = match (option, &thread_key) {
+        ("REPLY_MESSAGE_FALLBACK_TO_NEW_THREAD", Some(k)) => {
+            let id = s.next_id;
+            s.threads
+                .entry((space.clone(), token.clone(), k.clone()))
+                .or_insert_with(|| format!("spaces/{space}/threads/T{id}"))
+                .clone()
+        }
+        _ => format!("spaces/{space}/threads/T{}", s.next_id),
+    };
+    let name = format!("spaces/{space}/messages/M{}", s.next_id);
+    s.next_id += 1;
+    let stored = Message {
+        name,
+        space: space.clone(),
+        thread,
+        thread_key,
+        text,
+        request_id: request_id.clone(),
+        at: now,
+        posted_ms: crate::clock::unix_now_ms(),
+    };
+    s.messages.push(stored.clone());
+    let index = s.messages.len() - 1;
+    if let Some(rid) = request_id {
+        s.by_request_id.insert((space.clone(), rid), index);
+    }
+    if let Some(Fault::CommitThenFail(status)) = fault {
+        if status == 0 {
+            record.push(s, 0, "stored, then the connection dropped");
+            return Reply::Drop;
+        }
+        return record.error(
+            s,
+            status,
+            "UNAVAILABLE",
+            "The service is currently unavailable.",
+        );
+    }
+    record.push(s, 200, "");
+    ok_reply(&stored)
+}
+
+/// Records each request with what it was answered.
+struct Recorder<'a> {
+    space: &'a str,
+    request_id: Option<String>,
+    thread_key: Option<String>,
+    now: Instant,
+}
+
+impl Recorder<'_> {
+    fn push(&self, s: &mut State, status: u16, message: &str) {
+        s.requests.push(Request {
+            space: self.space.to_owned(),
+            status,
+            request_id: self.request_id.clone(),
+            thread_key: self.thread_key.clone(),
+            message: message.to_owned(),
+            at: self.now,
+            posted_ms: crate::clock::unix_now_ms(),
+        });
+    }
+
+    fn error(&self, s: &mut State, status: u16, canonical: &str, message: &str) -> Reply {
+        self.push(s, status, &format!("{canonical}: {message}"));
+        error(status, canonical, message)
+    }
+}
+
+fn ok_reply(m: &Message) -> Reply {
+    Reply::Respond {
+        status: 200,
+        content_type: "application/json; charset=UTF-8",
+        body: json!({
+            "name": m.name,
+            "text": m.text,
+            "thread": {"name": m.thread, "threadKey": m.thread_key},
+        })
+        .to_string(),
+        headers: Vec::new(),
+    }
+}

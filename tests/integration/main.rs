@@ -10,6 +10,7 @@ mod mock_chat;
 mod module_edges;
 mod operating;
 mod rendered_messages;
+mod sandbox;
 mod support;
 mod tail_model;
 mod tail_support;

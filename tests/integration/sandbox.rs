@@ -1,0 +1,451 @@
+//! The sandbox answers as the reference says Chat does (the cases the tests' old mock
+//! covered, now checked against the product's own stand-in), and `chattail send` posts
+//! through it and explains every refusal without printing the URL.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::mock_chat::{Fault, MockChat};
+use crate::support::{chattail, text};
+
+/// One request over a fresh connection: the status, the headers (lowercase) and the body.
+fn request(addr: SocketAddr, method: &str, target: &str, body: &str) -> (u16, String, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "{method} {target} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_lowercase(), body.to_owned())
+}
+
+fn post(addr: SocketAddr, query: &str, body: &Value) -> (u16, Value) {
+    let (status, _, body) = request(
+        addr,
+        "POST",
+        &format!("/v1/spaces/S1/messages?{query}"),
+        &body.to_string(),
+    );
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+fn chat_error(body: &Value) -> (&str, &str) {
+    (
+        body.pointer("/error/status")
+            .and_then(Value::as_str)
+            .unwrap_or(""),
+        body.pointer("/error/message")
+            .and_then(Value::as_str)
+            .unwrap_or(""),
+    )
+}
+
+const REPLY: &str = "messageReplyOption=REPLY_MESSAGE_FALLBACK_TO_NEW_THREAD";
+
+#[test]
+fn authentication_and_validation_answer_like_chat() {
+    let chat = MockChat::start();
+    chat.set_rate(None, None);
+    chat.webhook("S1", "K1", "T1");
+    let hi = json!({"text": "hi"});
+    let cases: Vec<(String, Value, u16, &str, &str)> = vec![
+        (
+            "token=T1".into(),
+            hi.clone(),
+            403,
+            "PERMISSION_DENIED",
+            "unregistered callers",
+        ),
+        (
+            "key=WRONG&token=T1".into(),
+            hi.clone(),
+            400,
+            "INVALID_ARGUMENT",
+            "API key not valid",
+        ),
+        (
+            "key=K1&token=WRONG".into(),
+            hi.clone(),
+            403,
+            "PERMISSION_DENIED",
+            "without a valid token",
+        ),
+        (
+            "key=K1&token=T1&messageReplyOption=SOMETIMES".into(),
+            hi.clone(),
+            400,
+            "INVALID_ARGUMENT",
+            "message_reply_option",
+        ),
+        (
+            "key=K1&token=T1&colour=red".into(),
+            hi.clone(),
+            400,
+            "INVALID_ARGUMENT",
+            "Unknown name \"colour\"",
+        ),
+        (
+            "key=K1&token=T1".into(),
+            json!({"text": "hi", "priority": 1}),
+            400,
+            "INVALID_ARGUMENT",
+            "Unknown name \"priority\"",
+        ),
+        (
+            "key=K1&token=T1".into(),
+            json!({"text": ""}),
+            400,
+            "INVALID_ARGUMENT",
+            "cannot be empty",
+        ),
+        (
+            "key=K1&token=T1".into(),
+            json!({"text": "x".repeat(4097)}),
+            400,
+            "INVALID_ARGUMENT",
+            "longer than 4096",
+        ),
+    ];
+    for (query, body, status, canonical, words) in cases {
+        let (got, answer) = post(chat.addr, &query, &body);
+        assert_eq!(got, status, "{query}: {answer}");
+        let (got_canonical, message) = chat_error(&answer);
+        assert_eq!(got_canonical, canonical, "{query}");
+        assert!(message.contains(words), "{query}: {message}");
+    }
+    // Exactly 4,096 characters are taken.
+    let (status, _) = post(
+        chat.addr,
+        "key=K1&token=T1",
+        &json!({"text": "é".repeat(4096)}),
+    );
+    assert_eq!(status, 200);
+    // Paths Chat does not serve to webhooks.
+    let (status, _, body) = request(
+        chat.addr,
+        "POST",
+        "/v1/spaces/S1/webhooks?key=K1&token=T1",
+        "{}",
+    );
+    assert_eq!(status, 400, "{body}");
+    let (status, _, _) = request(
+        chat.addr,
+        "GET",
+        "/v1/spaces/S1/messages/M1?key=K1&token=T1",
+        "",
+    );
+    assert_eq!(status, 403);
+    let (status, _, _) = request(chat.addr, "GET", "/nowhere", "");
+    assert_eq!(status, 404);
+    // A revoked webhook answers 404 NOT_FOUND.
+    chat.revoke("T1", Some(404));
+    let (status, answer) = post(chat.addr, "key=K1&token=T1", &hi);
+    assert_eq!((status, chat_error(&answer).0), (404, "NOT_FOUND"));
+    assert_eq!(
+        chat.messages().len(),
+        1,
+        "only the valid message was stored"
+    );
+}
+
+#[test]
+fn thread_keys_bind_only_with_the_fallback_option_and_request_ids_replay() {
+    let chat = MockChat::start();
+    chat.set_rate(None, None);
+    chat.webhook("S1", "K1", "T1");
+    let keyed = |text: &str| json!({"text": text, "thread": {"threadKey": "db-a"}});
+    let (_, first) = post(
+        chat.addr,
+        &format!("key=K1&token=T1&{REPLY}"),
+        &keyed("one"),
+    );
+    let (_, second) = post(
+        chat.addr,
+        &format!("key=K1&token=T1&{REPLY}"),
+        &keyed("two"),
+    );
+    let thread = first.pointer("/thread/name").unwrap();
+    assert_eq!(second.pointer("/thread/name").unwrap(), thread);
+    // Without the reply option Chat ignores the key: a new thread.
+    let (_, third) = post(chat.addr, "key=K1&token=T1", &keyed("three"));
+    assert_ne!(third.pointer("/thread/name").unwrap(), thread);
+    // The same requestId returns the stored message and stores nothing new.
+    let query = format!("key=K1&token=T1&{REPLY}&requestId=r-1");
+    let (_, a) = post(chat.addr, &query, &keyed("four"));
+    let (_, b) = post(chat.addr, &query, &keyed("four again"));
+    assert_eq!(a.get("name"), b.get("name"));
+    assert_eq!(b.get("text").and_then(Value::as_str), Some("four"));
+    assert_eq!(chat.messages().len(), 4);
+}
+
+#[test]
+fn the_quota_answers_429_with_chats_body_and_faults_are_injectable() {
+    let chat = MockChat::start();
+    chat.webhook("S1", "K1", "T1");
+    chat.webhook("S2", "K1", "T2");
+    chat.set_rate(Some(1.0), Some(7));
+    let hi = json!({"text": "hi"});
+    assert_eq!(post(chat.addr, "key=K1&token=T1", &hi).0, 200);
+    let (status, _, body) = request(
+        chat.addr,
+        "POST",
+        "/v1/spaces/S1/messages?key=K1&token=T1",
+        &hi.to_string(),
+    );
+    assert_eq!(status, 429);
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(chat_error(&answer).0, "RESOURCE_EXHAUSTED");
+    // The quota is per space.
+    let (status, _, _) = request(
+        chat.addr,
+        "POST",
+        "/v1/spaces/S2/messages?key=K1&token=T2",
+        &hi.to_string(),
+    );
+    assert_eq!(status, 200);
+    chat.set_rate(None, None);
+    chat.push_fault(Fault::Status {
+        status: 503,
+        retry_after: Some(2),
+    });
+    let (status, head, _) = request(
+        chat.addr,
+        "POST",
+        "/v1/spaces/S1/messages?key=K1&token=T1",
+        &hi.to_string(),
+    );
+    assert_eq!(status, 503);
+    assert!(head.contains("retry-after: 2"), "{head}");
+    let statuses: Vec<u16> = chat.requests().iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [200, 429, 200, 503]);
+}
+
+#[test]
+fn connections_are_kept_alive_between_requests() {
+    let chat = MockChat::start();
+    chat.set_rate(None, None);
+    chat.webhook("S1", "K1", "T1");
+    let mut stream = TcpStream::connect(chat.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    for n in 0..3 {
+        let body = json!({"text": format!("message {n}")}).to_string();
+        write!(
+            stream,
+            "POST /v1/spaces/S1/messages?key=K1&token=T1 HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut status = String::new();
+        reader.read_line(&mut status).unwrap();
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).unwrap();
+    }
+    assert_eq!(chat.messages().len(), 3);
+}
+
+/// A config with one webhook pointing at `url`.
+fn send_config(dir: &std::path::Path, url: &str) -> std::path::PathBuf {
+    let path = dir.join("chattail.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "state_dir: {}\nwebhooks:\n  oncall:\n    url: \"{url}\"\nfiles:\n  - path: {}/*.log\nrules:\n  - name: any\n    match: 'ERROR'\n    webhook: oncall\n",
+            dir.join("state").display(),
+            dir.display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn send_posts_into_a_new_and_an_existing_thread() {
+    let chat = MockChat::start();
+    chat.set_rate(None, None);
+    let url = chat.webhook("S1", "SECRETKEY", "SECRETTOKEN");
+    let dir = tempfile::tempdir().unwrap();
+    let config = send_config(dir.path(), &url);
+    let config = config.to_str().unwrap();
+    let first = chattail(
+        &[
+            "send",
+            "--config",
+            config,
+            "--webhook",
+            "oncall",
+            "*deploy* started",
+        ],
+        &[],
+        None,
+    );
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    let out = text(&first.stdout);
+    let threads: Vec<String> = chat.messages().iter().map(|m| m.thread.clone()).collect();
+    assert_eq!(threads.len(), 1);
+    assert!(
+        out.contains(&threads[0]),
+        "prints the thread Chat chose: {out}"
+    );
+    // Twice into one named thread, the second text from standard input.
+    for stdin in [None, Some(&b"from stdin"[..])] {
+        let args = [
+            "send",
+            "--config",
+            config,
+            "--webhook",
+            "oncall",
+            "--thread",
+            "deploys",
+            "-",
+        ];
+        let args = if stdin.is_some() {
+            &args[..]
+        } else {
+            &args[..7]
+        };
+        let mut args = args.to_vec();
+        if stdin.is_none() {
+            args.push("to the deploys thread");
+        }
+        let output = chattail(&args, &[], stdin);
+        assert!(output.status.success(), "{}", text(&output.stderr));
+        assert!(text(&output.stdout).contains("thread key `deploys`"));
+    }
+    let messages = chat.messages();
+    assert_eq!(messages.len(), 3);
+    assert_eq!(messages[1].thread, messages[2].thread);
+    assert_ne!(messages[0].thread, messages[1].thread);
+    assert_eq!(messages[2].text, "from stdin");
+    assert!(messages.iter().all(|m| m.request_id.is_some()));
+}
+
+#[test]
+fn send_explains_each_refusal_and_never_prints_the_url() {
+    let chat = MockChat::start();
+    chat.set_rate(None, None);
+    let url = chat.webhook("S1", "SECRETKEY", "SECRETTOKEN");
+    let dir = tempfile::tempdir().unwrap();
+    let send = |url: &str| {
+        let config = send_config(dir.path(), url);
+        chattail(
+            &[
+                "send",
+                "--config",
+                config.to_str().unwrap(),
+                "--webhook",
+                "oncall",
+                "hello",
+            ],
+            &[],
+            None,
+        )
+    };
+    let wrong_token = url.replace("SECRETTOKEN", "SECRETWRONG");
+    let cases: Vec<(Box<dyn Fn()>, String, &str)> = vec![
+        (Box::new(|| {}), wrong_token, "403 (PERMISSION_DENIED)"),
+        (
+            Box::new(|| chat.revoke("SECRETTOKEN", Some(404))),
+            url.clone(),
+            "404 (NOT_FOUND)",
+        ),
+        (
+            Box::new(|| chat.revoke("SECRETTOKEN", Some(401))),
+            url.clone(),
+            "401 (UNAUTHENTICATED)",
+        ),
+        (
+            Box::new(|| {
+                chat.revoke("SECRETTOKEN", None);
+                chat.push_fault(Fault::Status {
+                    status: 400,
+                    retry_after: None,
+                });
+            }),
+            url.clone(),
+            "400 (INVALID_ARGUMENT)",
+        ),
+    ];
+    for (prepare, target, advice) in cases {
+        prepare();
+        let output = send(&target);
+        let all = format!("{}{}", text(&output.stdout), text(&output.stderr));
+        assert_eq!(output.status.code(), Some(1), "{all}");
+        assert!(all.contains(advice), "{advice}: {all}");
+        assert!(!all.contains("SECRET"), "the key or token leaked: {all}");
+    }
+    // A transient failure is retried with the same request id, then posted once.
+    chat.push_fault(Fault::Status {
+        status: 503,
+        retry_after: Some(0),
+    });
+    let output = send(&url);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let ids: Vec<_> = chat
+        .requests()
+        .iter()
+        .rev()
+        .take(2)
+        .map(|r| r.request_id.clone())
+        .collect();
+    assert_eq!(ids[0], ids[1]);
+    // An unknown webhook name and an invalid config exit 2.
+    let config = send_config(dir.path(), &url);
+    let unknown = chattail(
+        &[
+            "send",
+            "--config",
+            config.to_str().unwrap(),
+            "--webhook",
+            "nobody",
+            "hello",
+        ],
+        &[],
+        None,
+    );
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(text(&unknown.stderr).contains("no webhook named `nobody`"));
+    std::fs::write(&config, "webhooks: [").unwrap();
+    let broken = chattail(
+        &[
+            "send",
+            "--config",
+            config.to_str().unwrap(),
+            "--webhook",
+            "oncall",
+            "hello",
+        ],
+        &[],
+        None,
+    );
+    assert_eq!(broken.status.code(), Some(2));
+}

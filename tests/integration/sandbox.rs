@@ -371,7 +371,9 @@ fn send_explains_each_refusal_and_never_prints_the_url() {
         )
     };
     let wrong_token = url.replace("SECRETTOKEN", "SECRETWRONG");
-    let cases: Vec<(Box<dyn Fn()>, String, &str)> = vec![
+    // (what to set up, the URL to send to, the advice expected)
+    type Case<'a> = (Box<dyn Fn() + 'a>, String, &'static str);
+    let cases: Vec<Case<'_>> = vec![
         (Box::new(|| {}), wrong_token, "403 (PERMISSION_DENIED)"),
         (
             Box::new(|| chat.revoke("SECRETTOKEN", Some(404))),

@@ -11,6 +11,7 @@ mod module_edges;
 mod operating;
 mod rendered_messages;
 mod sandbox;
+mod sandbox_page;
 mod support;
 mod tail_model;
 mod tail_support;

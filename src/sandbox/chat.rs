@@ -29,11 +29,19 @@ pub(super) enum Reply {
 }
 
 pub(super) fn error(status: u16, canonical: &str, message: &str) -> Reply {
+    error_body(status, canonical, message, None)
+}
+
+/// Chat's error shape: `{"error": {"code", "message", "status", "details"?}}`.
+fn error_body(status: u16, canonical: &str, message: &str, details: Option<Value>) -> Reply {
+    let mut error = json!({"code": status, "message": message, "status": canonical});
+    if let Some(details) = details {
+        error["details"] = details;
+    }
     Reply::Respond {
         status,
         content_type: "application/json; charset=UTF-8",
-        body: json!({"error": {"code": status, "message": message, "status": canonical}})
-            .to_string(),
+        body: json!({ "error": error }).to_string(),
         headers: Vec::new(),
     }
 }
@@ -121,11 +129,18 @@ pub(super) fn handle(request: &Incoming<'_>, s: &mut State, now: Instant) -> Rep
         });
     }
     if !s.hooks.iter().any(|h| &h.key == key) {
-        return record.error(
+        let details = json!([{
+            "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+            "reason": "API_KEY_INVALID",
+            "domain": "googleapis.com",
+            "metadata": {"service": "chat.googleapis.com"},
+        }]);
+        return record.error_with(
             s,
             400,
             "INVALID_ARGUMENT",
             "API key not valid. Please pass a valid API key.",
+            details,
         );
     }
     let Some(hook) = s
@@ -175,8 +190,14 @@ pub(super) fn handle(request: &Incoming<'_>, s: &mut State, now: Instant) -> Rep
             "Invalid JSON payload received. Unexpected token.",
         );
     };
-    let thread_key = message
-        .pointer("/thread/threadKey")
+    // The body's key (either spelling) wins over the query's.
+    let thread_key = ["/thread/threadKey", "/thread/thread_key"]
+        .iter()
+        .find_map(|p| message.pointer(p).and_then(Value::as_str))
+        .or(params.get("threadKey").map(String::as_str))
+        .map(str::to_owned);
+    let thread_name = message
+        .pointer("/thread/name")
         .and_then(Value::as_str)
         .map(str::to_owned);
     record.thread_key = thread_key.clone();
@@ -194,21 +215,59 @@ pub(super) fn handle(request: &Incoming<'_>, s: &mut State, now: Instant) -> Rep
             .contains(&name.as_str())
         })
     }) {
-        return record.error(
-            s,
-            400,
-            "INVALID_ARGUMENT",
-            &format!(
-                "Invalid JSON payload received. Unknown name \"{name}\" at 'message': Cannot find field."
-            ),
+        let text = format!(
+            "Invalid JSON payload received. Unknown name \"{name}\" at 'message': Cannot find field."
         );
+        let details = json!([{
+            "@type": "type.googleapis.com/google.rpc.BadRequest",
+            "fieldViolations": [{"field": "message", "description": text}],
+        }]);
+        return record.error_with(s, 400, "INVALID_ARGUMENT", &text, details);
+    }
+    if let Some(name) = &thread_name {
+        let prefix = format!("spaces/{space}/threads/");
+        let valid = name
+            .strip_prefix(&prefix)
+            .is_some_and(|id| !id.is_empty() && !id.contains('/'));
+        if !valid {
+            return record.error(
+                s,
+                400,
+                "INVALID_ARGUMENT",
+                "The request contains an invalid thread resource name",
+            );
+        }
+    }
+    let message_id = params.get("messageId").cloned();
+    if let Some(id) = &message_id {
+        let valid = id.len() <= 63
+            && id.strip_prefix("client-").is_some_and(|rest| {
+                !rest.is_empty()
+                    && rest
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            });
+        if !valid {
+            return record.error(
+                s,
+                400,
+                "INVALID_ARGUMENT",
+                "Invalid message ID: it must start with `client-`, contain only lowercase letters, numbers and hyphens, and be at most 63 characters.",
+            );
+        }
     }
     let text = message
         .get("text")
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_owned();
-    if text.is_empty() {
+    let has_cards = ["cardsV2", "cards_v2", "cards"].iter().any(|f| {
+        message
+            .get(f)
+            .and_then(Value::as_array)
+            .is_some_and(|a| !a.is_empty())
+    });
+    if text.is_empty() && !has_cards {
         return record.error(s, 400, "INVALID_ARGUMENT", "Message cannot be empty.");
     }
     if text.chars().count() > MAX_TEXT_CHARS {
@@ -273,17 +332,51 @@ pub(super) fn handle(request: &Incoming<'_>, s: &mut State, now: Instant) -> Rep
         record.push(s, 200, "");
         return ok_reply(&stored);
     }
-    let thread = match (option, &thread_key) {
-        ("REPLY_MESSAGE_FALLBACK_TO_NEW_THREAD", Some(k)) => {
-            let id = s.next_id;
-            s.threads
-                .entry((space.clone(), token.clone(), k.clone()))
-                .or_insert_with(|| format!("spaces/{space}/threads/T{id}"))
-                .clone()
+    if let Some(id) = &message_id
+        && s.messages
+            .iter()
+            .any(|m| m.space == space && m.client_id.as_ref() == Some(id))
+    {
+        return record.error(
+            s,
+            409,
+            "ALREADY_EXISTS",
+            &format!("Message with ID {id} already exists."),
+        );
+    }
+    // The threading state machine, per space and webhook token, keyed by thread key.
+    let known_name = thread_name
+        .as_ref()
+        .filter(|n| s.messages.iter().any(|m| &m.thread == *n))
+        .cloned();
+    let bound = thread_key
+        .as_ref()
+        .and_then(|k| s.threads.get(&(space.clone(), token.clone(), k.clone())))
+        .cloned();
+    let fresh = format!("spaces/{space}/threads/T{}", s.next_id);
+    let thread = match option {
+        "REPLY_MESSAGE_FALLBACK_TO_NEW_THREAD" | "REPLY_MESSAGE_OR_FAIL" => {
+            match known_name.or(bound) {
+                Some(existing) => existing,
+                None if option == "REPLY_MESSAGE_OR_FAIL" => {
+                    return record.error(s, 404, "NOT_FOUND", "Requested entity was not found.");
+                }
+                None => {
+                    if let Some(k) = &thread_key {
+                        s.threads
+                            .insert((space.clone(), token.clone(), k.clone()), fresh.clone());
+                    }
+                    fresh
+                }
+            }
         }
-        _ => format!("spaces/{space}/threads/T{}", s.next_id),
+        // Unspecified: always a new thread; the key is ignored and not bound.
+        _ => fresh,
     };
-    let name = format!("spaces/{space}/messages/M{}", s.next_id);
+    let name = match &message_id {
+        Some(id) => format!("spaces/{space}/messages/{id}"),
+        None => format!("spaces/{space}/messages/M{}", s.next_id),
+    };
     s.next_id += 1;
     let stored = Message {
         name,
@@ -292,6 +385,7 @@ pub(super) fn handle(request: &Incoming<'_>, s: &mut State, now: Instant) -> Rep
         thread_key,
         text,
         request_id: request_id.clone(),
+        client_id: message_id,
         at: now,
         posted_ms: crate::clock::unix_now_ms(),
     };
@@ -341,18 +435,38 @@ impl Recorder<'_> {
         self.push(s, status, &format!("{canonical}: {message}"));
         error(status, canonical, message)
     }
+
+    fn error_with(
+        &self,
+        s: &mut State,
+        status: u16,
+        canonical: &str,
+        message: &str,
+        details: Value,
+    ) -> Reply {
+        self.push(s, status, &format!("{canonical}: {message}"));
+        error_body(status, canonical, message, Some(details))
+    }
 }
 
 fn ok_reply(m: &Message) -> Reply {
     Reply::Respond {
         status: 200,
         content_type: "application/json; charset=UTF-8",
-        body: json!({
-            "name": m.name,
-            "text": m.text,
-            "thread": {"name": m.thread, "threadKey": m.thread_key},
-        })
-        .to_string(),
+        body: {
+            let mut body = json!({
+                "name": m.name,
+                "text": m.text,
+                "thread": {"name": m.thread},
+            });
+            if let Some(key) = &m.thread_key {
+                body["thread"]["threadKey"] = json!(key);
+            }
+            if let Some(id) = &m.client_id {
+                body["clientAssignedMessageId"] = json!(id);
+            }
+            body.to_string()
+        },
         headers: Vec::new(),
     }
 }

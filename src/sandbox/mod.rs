@@ -30,6 +30,8 @@ pub struct Message {
     pub thread_key: Option<String>,
     pub text: String,
     pub request_id: Option<String>,
+    /// The `messageId` it was posted with, if any.
+    pub client_id: Option<String>,
     pub at: Instant,
     /// When it was stored, in Unix milliseconds (for the page).
     pub posted_ms: i64,

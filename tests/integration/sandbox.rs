@@ -451,3 +451,115 @@ fn send_explains_each_refusal_and_never_prints_the_url() {
     );
     assert_eq!(broken.status.code(), Some(2));
 }
+
+#[test]
+fn thread_names_or_fail_message_ids_and_error_details_follow_the_reference() {
+    let chat = MockChat::start();
+    chat.set_rate(None, None);
+    chat.webhook("S1", "K1", "T1");
+    let base = "key=K1&token=T1";
+    let fail = format!("{base}&messageReplyOption=REPLY_MESSAGE_OR_FAIL");
+    // OR_FAIL with a key no thread has: 404, nothing stored.
+    let (status, answer) = post(
+        chat.addr,
+        &fail,
+        &json!({"text": "x", "thread": {"threadKey": "k"}}),
+    );
+    assert_eq!((status, chat_error(&answer).0), (404, "NOT_FOUND"));
+    // FALLBACK binds the key (snake_case spelling); OR_FAIL then replies into it.
+    let (_, first) = post(
+        chat.addr,
+        &format!("{base}&{REPLY}"),
+        &json!({"text": "a", "thread": {"thread_key": "k"}}),
+    );
+    let thread = first
+        .pointer("/thread/name")
+        .and_then(Value::as_str)
+        .unwrap()
+        .to_owned();
+    let (status, reply) = post(
+        chat.addr,
+        &fail,
+        &json!({"text": "b", "thread": {"threadKey": "k"}}),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(
+        reply.pointer("/thread/name").and_then(Value::as_str),
+        Some(thread.as_str())
+    );
+    // The key may come in the query instead.
+    let (_, by_query) = post(
+        chat.addr,
+        &format!("{base}&{REPLY}&threadKey=k"),
+        &json!({"text": "c"}),
+    );
+    assert_eq!(
+        by_query.pointer("/thread/name").and_then(Value::as_str),
+        Some(thread.as_str())
+    );
+    // A known thread name is replied to; a malformed one is refused.
+    let (_, by_name) = post(
+        chat.addr,
+        &format!("{base}&{REPLY}"),
+        &json!({"text": "d", "thread": {"name": thread}}),
+    );
+    assert_eq!(
+        by_name.pointer("/thread/name").and_then(Value::as_str),
+        Some(thread.as_str())
+    );
+    let (status, answer) = post(
+        chat.addr,
+        &format!("{base}&{REPLY}"),
+        &json!({"text": "e", "thread": {"name": "spaces/OTHER/threads/x"}}),
+    );
+    assert_eq!(status, 400);
+    assert!(
+        chat_error(&answer)
+            .1
+            .contains("invalid thread resource name")
+    );
+    // messageId names the message; a second use is 409; a bad one is 400.
+    let (status, named) = post(
+        chat.addr,
+        &format!("{base}&messageId=client-deploy-1"),
+        &json!({"text": "f"}),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(named["name"], "spaces/S1/messages/client-deploy-1");
+    assert_eq!(named["clientAssignedMessageId"], "client-deploy-1");
+    let (status, answer) = post(
+        chat.addr,
+        &format!("{base}&messageId=client-deploy-1"),
+        &json!({"text": "g"}),
+    );
+    assert_eq!((status, chat_error(&answer).0), (409, "ALREADY_EXISTS"));
+    let (status, _) = post(
+        chat.addr,
+        &format!("{base}&messageId=Deploy"),
+        &json!({"text": "h"}),
+    );
+    assert_eq!(status, 400);
+    // Cards alone are a message.
+    let (status, _) = post(
+        chat.addr,
+        base,
+        &json!({"cardsV2": [{"cardId": "c", "card": {}}]}),
+    );
+    assert_eq!(status, 200);
+    // Error details as Chat sends them.
+    let (_, answer) = post(chat.addr, "key=NOPE&token=T1", &json!({"text": "i"}));
+    assert_eq!(
+        answer
+            .pointer("/error/details/0/reason")
+            .and_then(Value::as_str),
+        Some("API_KEY_INVALID")
+    );
+    let (_, answer) = post(chat.addr, base, &json!({"text": "j", "body": "x"}));
+    assert_eq!(
+        answer
+            .pointer("/error/details/0/@type")
+            .and_then(Value::as_str),
+        Some("type.googleapis.com/google.rpc.BadRequest")
+    );
+    assert_eq!(chat.messages().len(), 6);
+}

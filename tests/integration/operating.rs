@@ -3,8 +3,7 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
@@ -95,24 +94,12 @@ fn admin_addr(agent: &Agent) -> String {
 
 /// A plain HTTP/1.1 GET: the status and the body.
 fn http_get(addr: &str, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let (status, head, body) = crate::support::http(addr, "GET", path, "");
     assert!(
-        !head.to_ascii_lowercase().contains("chunked"),
+        !head.contains("chunked"),
         "a plain body is expected: {head}"
     );
-    (status, body.to_owned())
+    (status, body)
 }
 
 /// `/metrics` parsed by a Prometheus text parser: value by `name{label=value,...}`, with

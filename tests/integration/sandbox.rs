@@ -13,25 +13,7 @@ use crate::support::{chattail, text};
 
 /// One request over a fresh connection: the status, the headers (lowercase) and the body.
 fn request(addr: SocketAddr, method: &str, target: &str, body: &str) -> (u16, String, String) {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "{method} {target} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, head.to_lowercase(), body.to_owned())
+    crate::support::http(&addr.to_string(), method, target, body)
 }
 
 fn post(addr: SocketAddr, query: &str, body: &Value) -> (u16, Value) {
@@ -288,6 +270,15 @@ fn send_config(dir: &std::path::Path, url: &str) -> std::path::PathBuf {
     path
 }
 
+/// `chattail send --config CONFIG --webhook WEBHOOK hello`.
+fn send_hello(config: &str, webhook: &str) -> std::process::Output {
+    chattail(
+        &["send", "--config", config, "--webhook", webhook, "hello"],
+        &[],
+        None,
+    )
+}
+
 #[test]
 fn send_posts_into_a_new_and_an_existing_thread() {
     let chat = MockChat::start();
@@ -357,18 +348,7 @@ fn send_explains_each_refusal_and_never_prints_the_url() {
     let dir = tempfile::tempdir().unwrap();
     let send = |url: &str| {
         let config = send_config(dir.path(), url);
-        chattail(
-            &[
-                "send",
-                "--config",
-                config.to_str().unwrap(),
-                "--webhook",
-                "oncall",
-                "hello",
-            ],
-            &[],
-            None,
-        )
+        send_hello(config.to_str().unwrap(), "oncall")
     };
     let wrong_token = url.replace("SECRETTOKEN", "SECRETWRONG");
     // (what to set up, the URL to send to, the advice expected)
@@ -422,33 +402,11 @@ fn send_explains_each_refusal_and_never_prints_the_url() {
     assert_eq!(ids[0], ids[1]);
     // An unknown webhook name and an invalid config exit 2.
     let config = send_config(dir.path(), &url);
-    let unknown = chattail(
-        &[
-            "send",
-            "--config",
-            config.to_str().unwrap(),
-            "--webhook",
-            "nobody",
-            "hello",
-        ],
-        &[],
-        None,
-    );
+    let unknown = send_hello(config.to_str().unwrap(), "nobody");
     assert_eq!(unknown.status.code(), Some(2));
     assert!(text(&unknown.stderr).contains("no webhook named `nobody`"));
     std::fs::write(&config, "webhooks: [").unwrap();
-    let broken = chattail(
-        &[
-            "send",
-            "--config",
-            config.to_str().unwrap(),
-            "--webhook",
-            "oncall",
-            "hello",
-        ],
-        &[],
-        None,
-    );
+    let broken = send_hello(config.to_str().unwrap(), "oncall");
     assert_eq!(broken.status.code(), Some(2));
 }
 

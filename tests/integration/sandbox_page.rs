@@ -5,8 +5,7 @@
 //! answered. One browser start.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
 use serde_json::Value;
@@ -59,39 +58,14 @@ fn start_sandbox() -> (SandboxProcess, String, String) {
 }
 
 fn http_get(base: &str, path: &str) -> String {
-    let addr = base.trim_start_matches("http://");
-    let mut stream = TcpStream::connect(addr).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
-    answer
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default()
+    crate::support::http(base.trim_start_matches("http://"), "GET", path, "").2
 }
 
 /// Posts straight to the sandbox's webhook; returns the status.
 fn http_post(webhook: &str, body: &str) -> u16 {
     let rest = webhook.trim_start_matches("http://");
-    let (addr, target) = rest.split_at(rest.find('/').unwrap());
-    let mut stream = TcpStream::connect(addr).unwrap();
-    write!(
-        stream,
-        "POST {target} HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
-    answer
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
+    let (addr, target) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    crate::support::http(addr, "POST", target, body).0
 }
 
 /// The thread keys the example posts to, from its dry run (an independent account).

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::clock::unix_now_ms;
 use crate::config::Config;
-use crate::deliver::chat_client::{ChatClient, PostOutcome};
+use crate::deliver::chat_client::{ChatClient, PostLabels, PostOutcome};
 use crate::pipeline::chat_text;
 
 /// How many times a transient failure (429, 5xx, timeout, connection) is tried again.
@@ -80,7 +80,14 @@ pub async fn send(
     let request_id = format!("chattail-send-{now}-{}", std::process::id());
     let mut reason = String::new();
     for attempt in 1..=ATTEMPTS {
-        match client.post(url, &thread_key, &text, &request_id).await {
+        let labels = PostLabels {
+            host: &config.host,
+            rules: &[],
+        };
+        match client
+            .post(url, &thread_key, &text, &request_id, labels)
+            .await
+        {
             PostOutcome::Accepted { thread } => return Ok(Sent::Posted { thread, thread_key }),
             PostOutcome::Refused { status, message } => {
                 return Ok(Sent::Refused {

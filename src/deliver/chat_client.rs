@@ -28,6 +28,14 @@ pub enum PostOutcome {
     Refused { status: u16, message: String },
 }
 
+/// Where a post comes from, sent along as `x-chattail-host` and `x-chattail-rule` request
+/// headers. Chat ignores them; the sandbox shows them next to each message.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PostLabels<'a> {
+    pub host: &'a str,
+    pub rules: &'a [String],
+}
+
 /// A Chat client: one pooled HTTP client with explicit timeouts and no redirects.
 #[derive(Clone, Debug)]
 pub struct ChatClient {
@@ -59,6 +67,7 @@ impl ChatClient {
         thread_key: &str,
         text: &str,
         request_id: &str,
+        labels: PostLabels<'_>,
     ) -> PostOutcome {
         let mut target = match url::Url::parse(url.expose_secret()) {
             Ok(u) => u,
@@ -81,6 +90,7 @@ impl ChatClient {
                 reqwest::header::CONTENT_TYPE,
                 "application/json; charset=UTF-8",
             )
+            .headers(label_headers(labels))
             .body(body.to_string())
             .send()
             .await;
@@ -112,6 +122,23 @@ impl ChatClient {
         let body = read_capped(response, 16 * 1024).await;
         classify(status, retry_after, &body, url)
     }
+}
+
+/// The labels as headers; a value that is not a valid header value is left out.
+fn label_headers(labels: PostLabels<'_>) -> reqwest::header::HeaderMap {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let rules = labels.rules.join(", ");
+    for (name, value) in [
+        ("x-chattail-host", labels.host),
+        ("x-chattail-rule", &rules),
+    ] {
+        if let Ok(value) = reqwest::header::HeaderValue::from_str(value)
+            && !value.is_empty()
+        {
+            headers.insert(name, value);
+        }
+    }
+    headers
 }
 
 /// A `Retry-After` header in seconds (the form Google sends). An HTTP date, a negative

@@ -35,7 +35,7 @@ use crate::ops::metrics::{Metrics, reason_for_status};
 use crate::store::StoreError;
 use crate::store::outbox::{Batch, Outbox};
 use crate::webhook_url::WebhookUrl;
-use chat_client::{ChatClient, PostOutcome};
+use chat_client::{ChatClient, PostLabels, PostOutcome};
 
 /// When the workers must stop: `None` while running; the deadline once shutting down.
 pub type StopSignal = watch::Receiver<Option<Instant>>;
@@ -92,6 +92,7 @@ pub fn spawn_workers(
     for (space, (targets, rate)) in spaces {
         let worker = SpaceWorker {
             space,
+            host: config.host.clone(),
             targets,
             interval: paced_interval(rate),
             outbox: Outbox::open(db)?,
@@ -114,6 +115,8 @@ pub fn spawn_workers(
 
 struct SpaceWorker {
     space: String,
+    /// This agent's host name, sent with each post (see `PostLabels`).
+    host: String,
     targets: Vec<Target>,
     interval: Duration,
     outbox: Outbox,
@@ -182,7 +185,7 @@ impl SpaceWorker {
             // Chat counts requests as they arrive, so the pace runs from start to start.
             let sent_at = Instant::now();
             let outcome = tokio::select! {
-                outcome = self.client.post(&target.url, &chat_key, &batch.text, &batch.request_id) => outcome,
+                outcome = self.client.post(&target.url, &chat_key, &batch.text, &batch.request_id, PostLabels { host: &self.host, rules: &batch.rules }) => outcome,
                 () = stop_reached(self.stop.clone()) => break,
             };
             next_send = sent_at + self.interval;

@@ -52,6 +52,9 @@ pub(super) struct Incoming<'a> {
     pub path: &'a str,
     pub query: &'a str,
     pub body: &'a [u8],
+    /// The host and rules chattail labels its posts with, if any.
+    pub host: Option<&'a str>,
+    pub rules: Option<&'a str>,
 }
 
 /// What a webhook request is answered, and what it changes in `s`.
@@ -386,6 +389,8 @@ pub(super) fn handle(request: &Incoming<'_>, s: &mut State, now: Instant) -> Rep
         text,
         request_id: request_id.clone(),
         client_id: message_id,
+        host: request.host.map(str::to_owned),
+        rules: request.rules.map(str::to_owned),
         at: now,
         posted_ms: crate::clock::unix_now_ms(),
     };

@@ -35,6 +35,9 @@ struct Parsed {
     target: String,
     body: Vec<u8>,
     close: bool,
+    /// `x-chattail-host` and `x-chattail-rule`, which chattail sends along.
+    host: Option<String>,
+    rules: Option<String>,
 }
 
 /// Reads the next request from `stream`; `None` at the end of the connection or on a
@@ -66,9 +69,14 @@ async fn read_request(
     let version = parts.next().unwrap_or_default();
     let mut length = 0usize;
     let mut close = version != "HTTP/1.1";
+    let (mut host, mut rules) = (None, None);
     for (name, value) in lines.filter_map(|l| l.split_once(':')) {
         let value = value.trim();
-        if name.eq_ignore_ascii_case("content-length") {
+        if name.eq_ignore_ascii_case("x-chattail-host") {
+            host = Some(value.to_owned());
+        } else if name.eq_ignore_ascii_case("x-chattail-rule") {
+            rules = Some(value.to_owned());
+        } else if name.eq_ignore_ascii_case("content-length") {
             length = value.parse().unwrap_or(usize::MAX);
         } else if name.eq_ignore_ascii_case("connection") {
             close = value.eq_ignore_ascii_case("close");
@@ -91,6 +99,8 @@ async fn read_request(
         target,
         body,
         close,
+        host,
+        rules,
     }))
 }
 
@@ -181,6 +191,8 @@ async fn webhook(request: &Parsed, path: &str, query: &str, state: &Shared) -> R
         path,
         query,
         body: &request.body,
+        host: request.host.as_deref(),
+        rules: request.rules.as_deref(),
     };
     chat::handle(&incoming, &mut lock(state), Instant::now())
 }

@@ -32,6 +32,10 @@ pub struct Message {
     pub request_id: Option<String>,
     /// The `messageId` it was posted with, if any.
     pub client_id: Option<String>,
+    /// The host and rules chattail labelled the post with (`x-chattail-host`,
+    /// `x-chattail-rule`), if any.
+    pub host: Option<String>,
+    pub rules: Option<String>,
     pub at: Instant,
     /// When it was stored, in Unix milliseconds (for the page).
     pub posted_ms: i64,

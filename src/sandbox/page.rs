@@ -36,6 +36,8 @@ pub(super) fn state_json(s: &State) -> String {
             "name": m.name,
             "time": m.posted_ms,
             "text": m.text,
+            "host": m.host,
+            "rule": m.rules,
         }));
     }
     for r in s.requests.iter().filter(|r| r.status != 200) {

@@ -31,6 +31,8 @@ pub struct Batch {
     pub text: String,
     /// How many queued notifications it carries.
     pub rows: usize,
+    /// The rules whose notifications it carries, each once, in queue order.
+    pub rules: Vec<String>,
     /// When the oldest of them was queued (unix milliseconds).
     pub oldest_ms: i64,
 }
@@ -104,24 +106,31 @@ impl Outbox {
 
     fn load_batch(&mut self, request_id: &str) -> Result<Option<Batch>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT webhook, thread_key, text, created_ms FROM outbox WHERE batch = ?1 ORDER BY id",
+            "SELECT webhook, thread_key, text, created_ms, rule FROM outbox WHERE batch = ?1 ORDER BY id",
         )?;
-        let rows: Vec<(String, String, String, i64)> = stmt
+        let rows: Vec<(String, String, String, i64, String)> = stmt
             .query_map(params![request_id], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
             })?
             .collect::<Result<_, _>>()?;
-        let Some((webhook, thread_key, _, _)) = rows.first().cloned() else {
+        let Some((webhook, thread_key, ..)) = rows.first().cloned() else {
             return Ok(None);
         };
         let oldest_ms = rows.iter().map(|r| r.3).min().unwrap_or(0);
         let texts: Vec<&str> = rows.iter().map(|r| r.2.as_str()).collect();
+        let mut rules: Vec<String> = Vec::new();
+        for row in &rows {
+            if !rules.contains(&row.4) {
+                rules.push(row.4.clone());
+            }
+        }
         Ok(Some(Batch {
             request_id: request_id.to_owned(),
             webhook,
             thread_key,
             text: texts.join(MERGE_SEPARATOR),
             rows: rows.len(),
+            rules,
             oldest_ms,
         }))
     }

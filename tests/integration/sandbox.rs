@@ -338,6 +338,12 @@ fn send_posts_into_a_new_and_an_existing_thread() {
     assert_ne!(messages[0].thread, messages[1].thread);
     assert_eq!(messages[2].text, "from stdin");
     assert!(messages.iter().all(|m| m.request_id.is_some()));
+    // Labelled with the host (send posts for no rule).
+    assert!(
+        messages
+            .iter()
+            .all(|m| m.host.is_some() && m.rules.is_none())
+    );
 }
 
 #[test]

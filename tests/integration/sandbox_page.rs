@@ -181,6 +181,9 @@ fn the_page_shows_threads_counts_markup_and_a_429_in_a_real_browser() {
         };
         assert!(dom.contains(label));
     }
+    // Each message says which host and rule posted it (chattail's labels).
+    assert!(dom.contains("rule db-timeout"), "rule shown: {dom}");
+    assert!(dom.contains(" · host "), "host shown: {dom}");
     assert!(dom.contains("<b>"), "bold drawn: {dom}");
     assert!(dom.contains("<code>"), "code drawn: {dom}");
     assert!(

@@ -331,6 +331,12 @@ fn send(
 
 fn sandbox(listen: std::net::SocketAddr, rate: f64) -> anyhow::Result<ExitCode> {
     use crate::sandbox::{Sandbox, SandboxOptions};
+    if !(rate == 0.0 || (0.001..=1000.0).contains(&rate)) {
+        eprintln!(
+            "error: --rate must be 0 (no quota) or between 0.001 and 1000 requests per second"
+        );
+        return Ok(ExitCode::from(EXIT_CONFIG));
+    }
     let listener =
         std::net::TcpListener::bind(listen).with_context(|| format!("listening on {listen}"))?;
     let sandbox = Sandbox::serve(

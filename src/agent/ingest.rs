@@ -207,7 +207,7 @@ impl Ingest {
         // still queued).
         if !self.outbox_full {
             self.step(true)?;
-        } else if !self.extra.is_empty() {
+        } else if !self.extra.is_empty() || !self.quiet_positions.is_empty() {
             self.commit_extra()?;
         }
         if let Some(dry_run) = &mut self.dry_run {
@@ -225,13 +225,19 @@ impl Ingest {
         latest
     }
 
-    /// Queues the self-alerts alone, while reading is paused.
+    /// Queues the self-alerts alone, while reading is paused, with every position still
+    /// waiting (reading is paused, so they are final for now).
     fn commit_extra(&mut self) -> Result<(), StoreError> {
+        let positions = self.waiting_positions();
         let tx = self.store.transaction()?;
+        for checkpoint in &positions {
+            state_rows::record(&tx, checkpoint)?;
+        }
         for n in &self.extra {
             state_rows::enqueue(&tx, n)?;
         }
         tx.commit()?;
+        self.quiet_positions.clear();
         self.extra.clear();
         self.wake.send_modify(|n| *n += 1);
         Ok(())

@@ -29,7 +29,8 @@ pub enum PostOutcome {
 }
 
 /// Where a post comes from, sent along as `x-chattail-host` and `x-chattail-rule` request
-/// headers. Chat ignores them; the sandbox shows them next to each message.
+/// headers to any host but Google's (a sandbox or a proxy), which shows them next to each
+/// message. Google gets no more than the message itself.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PostLabels<'a> {
     pub host: &'a str,
@@ -90,7 +91,11 @@ impl ChatClient {
                 reqwest::header::CONTENT_TYPE,
                 "application/json; charset=UTF-8",
             )
-            .headers(label_headers(labels))
+            .headers(if url.host() == crate::webhook_url::CHAT_API_HOST {
+                reqwest::header::HeaderMap::new()
+            } else {
+                label_headers(labels)
+            })
             .body(body.to_string())
             .send()
             .await;

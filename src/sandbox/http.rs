@@ -38,6 +38,9 @@ struct Parsed {
     /// `x-chattail-host` and `x-chattail-rule`, which chattail sends along.
     host: Option<String>,
     rules: Option<String>,
+    /// The `Host` header names an IP address or `localhost`, not a domain: a web page
+    /// from elsewhere that rebinds its domain to this address cannot read the state.
+    direct: bool,
 }
 
 /// Reads the next request from `stream`; `None` at the end of the connection or on a
@@ -70,9 +73,18 @@ async fn read_request(
     let mut length = 0usize;
     let mut close = version != "HTTP/1.1";
     let (mut host, mut rules) = (None, None);
+    let mut direct = false;
     for (name, value) in lines.filter_map(|l| l.split_once(':')) {
         let value = value.trim();
-        if name.eq_ignore_ascii_case("x-chattail-host") {
+        if name.eq_ignore_ascii_case("host") {
+            let name = match value.rsplit_once(':') {
+                Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+                _ => value,
+            };
+            let name = name.trim_start_matches('[').trim_end_matches(']');
+            direct =
+                name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok();
+        } else if name.eq_ignore_ascii_case("x-chattail-host") {
             host = Some(value.to_owned());
         } else if name.eq_ignore_ascii_case("x-chattail-rule") {
             rules = Some(value.to_owned());
@@ -101,6 +113,7 @@ async fn read_request(
         close,
         host,
         rules,
+        direct,
     }))
 }
 
@@ -114,7 +127,7 @@ async fn serve(mut stream: TcpStream, state: Shared, page: bool) -> std::io::Res
         let reply = if path.starts_with("/v1/") {
             webhook(&request, path, query, &state).await
         } else {
-            match (request.method.as_str(), path, page) {
+            match (request.method.as_str(), path, page && request.direct) {
                 ("GET", "/", true) => Reply::Respond {
                     status: 200,
                     content_type: "text/html; charset=utf-8",

@@ -256,6 +256,8 @@ pub struct Tailer {
     /// Whether file events watch every directory that matters (then written files are
     /// checked at their event and the full sweep is rare).
     events_reliable: bool,
+    /// Events also see every new file: the rescan may run every `event_rescan_interval`.
+    events_cover_all: bool,
     /// The followed files when their watch directories were last worked out, and those
     /// directories.
     watched_files: (Vec<(FileKey, PathBuf)>, HashSet<PathBuf>),
@@ -292,6 +294,7 @@ impl Tailer {
             open_failed: HashSet::new(),
             out_of_descriptors: false,
             events_reliable: false,
+            events_cover_all: false,
             real_paths: HashMap::new(),
             watched_files: (Vec::new(), HashSet::new()),
             dir_snapshot: HashMap::new(),
@@ -306,7 +309,7 @@ impl Tailer {
     /// that matters, often otherwise. `wait` and `poll` must agree on it, or the loop
     /// would spin until the sweep is due.
     fn current_rescan_interval(&self) -> Duration {
-        if self.events_reliable {
+        if self.events_cover_all {
             self.options.event_rescan_interval
         } else {
             self.options.rescan_interval

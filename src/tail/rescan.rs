@@ -524,7 +524,24 @@ impl Tailer {
         );
         dirs.extend(self.watched_files.1.iter().cloned());
         if let Some(w) = &mut self.wakeups {
-            self.events_reliable = w.sync(&dirs) == 0;
+            let synced = w.sync(&dirs);
+            self.events_reliable = synced.failures == 0;
+            // A file created in a new directory after the globs were expanded and before
+            // its watch was added sends no event: look once more.
+            if synced.added > 0 && self.started {
+                self.rescan_requested = true;
+            }
+            // The rescan may be rare only when events see every place a new file can
+            // appear: each glob's files sit in its (watched) base directory, and no
+            // watched directory is on a filesystem whose changes can come from elsewhere
+            // without an event (NFS, SMB, FUSE).
+            self.events_cover_all = self.events_reliable
+                && self
+                    .options
+                    .specs
+                    .iter()
+                    .all(|s| Path::new(s.glob.as_str()).parent() == Some(s.glob.base_dir()))
+                && dirs.iter().all(|d| discovery::local_filesystem(d));
         }
     }
 }

@@ -51,6 +51,12 @@ const EVENT_HEADER: usize = 16;
 /// Room for about 2,000 events with short names per `read`.
 const BUFFER_SIZE: usize = 64 * 1024;
 
+/// What [`Wakeups::sync`] did.
+pub struct Synced {
+    pub failures: usize,
+    pub added: usize,
+}
+
 pub struct Wakeups {
     fd: OwnedFd,
     /// The directories each watch descriptor stands for. The kernel gives one descriptor
@@ -86,8 +92,8 @@ impl Wakeups {
     }
 
     /// Watches exactly `dirs` (adding and removing watches as needed). Returns how many
-    /// directories could not be watched.
-    pub fn sync(&mut self, dirs: &HashSet<PathBuf>) -> usize {
+    /// directories could not be watched, and how many watches are new.
+    pub fn sync(&mut self, dirs: &HashSet<PathBuf>) -> Synced {
         let gone: Vec<PathBuf> = self
             .watched
             .keys()
@@ -98,12 +104,14 @@ impl Wakeups {
             self.forget(&dir, true);
         }
         let mut failures = 0;
+        let mut added = 0;
         for dir in dirs {
             if self.watched.contains_key(dir) {
                 continue;
             }
             match self.add_watch(dir) {
                 Ok(wd) => {
+                    added += 1;
                     self.failed.remove(dir);
                     self.watched.insert(dir.clone(), wd);
                     self.names.entry(wd).or_default().push(dir.clone());
@@ -120,7 +128,7 @@ impl Wakeups {
                 }
             }
         }
-        failures
+        Synced { failures, added }
     }
 
     /// Waits up to `timeout` for an event. Returns whether one may have arrived.
@@ -244,7 +252,10 @@ impl Wakeups {
         // drops it, or it now follows the moved directory): forget it, so that the next
         // sync watches the path again (or counts a failure and the tailer sweeps often).
         if mask & (libc::IN_IGNORED | libc::IN_DELETE_SELF | libc::IN_MOVE_SELF) != 0 {
-            let dirs = self.names.get(&wd).cloned().unwrap_or_default();
+            let Some(dirs) = self.names.get(&wd).cloned() else {
+                // The end of a watch this side removed (`sync`): nothing was lost.
+                return;
+            };
             let still_watched = mask & libc::IN_IGNORED == 0;
             for dir in dirs {
                 self.forget(&dir, still_watched);

@@ -404,3 +404,24 @@ fn file_events_alone_find_new_files_and_rotations() {
     assert_eq!(got, expected);
     assert!(h.events.renames() >= 1);
 }
+
+/// Events do not see a file created in a directory nobody watches (a glob with a wildcard
+/// directory part, here a directory that appeared empty): such globs keep the short
+/// rescan even while events are reliable, so the file is found without waiting for the
+/// long event-mode rescan (set a minute away here).
+#[test]
+fn a_wildcard_directory_keeps_the_short_rescan() {
+    let mut h = Harness::new("*/app.log", StartAt::Beginning);
+    h.options.event_sweep_interval = Duration::from_secs(60);
+    h.options.event_rescan_interval = Duration::from_secs(60);
+    h.restart();
+    h.poll_once();
+    fs::create_dir(h.path("svc-a")).unwrap();
+    // Let the tailer see the empty directory (its create event asks for a rescan).
+    h.poll_once();
+    h.poll_once();
+    let mut f = open_append(&h.path("svc-a/app.log"));
+    let expected = write_lines(&mut f, "in-a-new-directory", 0..5);
+    h.pump_until("the file in the new directory", |l| l.len() == 5);
+    assert_eq!(h.lines_text(), expected);
+}

@@ -70,6 +70,35 @@ pub fn rotation_order(path: &Path, base: &str) -> RotationOrder {
     }
 }
 
+/// Whether `dir` is on a local filesystem, whose changes all come with inotify events.
+/// Network and FUSE filesystems (changes made on another machine or by a daemon send no
+/// event) are not; neither is a directory that cannot be examined.
+pub fn local_filesystem(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    const REMOTE: [i64; 6] = [
+        0x6969,      // NFS
+        0xff53_4d42, // CIFS
+        0xfe53_4d42, // SMB2
+        0x517b,      // SMB
+        0x6573_5546, // FUSE
+        0x0102_1997, // 9P
+    ];
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    let mut stats = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: a NUL-terminated path and room for one `statfs`, filled on success.
+    if unsafe { libc::statfs(path.as_ptr(), stats.as_mut_ptr()) } != 0 {
+        return false;
+    }
+    // SAFETY: statfs succeeded, so the structure is initialised.
+    let stats = unsafe { stats.assume_init() };
+    // The field's width differs between platforms.
+    #[allow(clippy::unnecessary_cast)]
+    let kind = stats.f_type as i64;
+    !REMOTE.contains(&kind)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,33 +133,4 @@ mod tests {
         assert!(!is_rotated_sibling("app.log", "app.log"));
         assert!(!is_rotated_sibling("app.logger", "app.log"));
     }
-}
-
-/// Whether `dir` is on a local filesystem, whose changes all come with inotify events.
-/// Network and FUSE filesystems (changes made on another machine or by a daemon send no
-/// event) are not; neither is a directory that cannot be examined.
-pub fn local_filesystem(dir: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    const REMOTE: [i64; 6] = [
-        0x6969,      // NFS
-        0xff53_4d42, // CIFS
-        0xfe53_4d42, // SMB2
-        0x517b,      // SMB
-        0x6573_5546, // FUSE
-        0x0102_1997, // 9P
-    ];
-    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
-        return false;
-    };
-    let mut stats = std::mem::MaybeUninit::<libc::statfs>::uninit();
-    // SAFETY: a NUL-terminated path and room for one `statfs`, filled on success.
-    if unsafe { libc::statfs(path.as_ptr(), stats.as_mut_ptr()) } != 0 {
-        return false;
-    }
-    // SAFETY: statfs succeeded, so the structure is initialised.
-    let stats = unsafe { stats.assume_init() };
-    // The field's width differs between platforms.
-    #[allow(clippy::unnecessary_cast)]
-    let kind = stats.f_type as i64;
-    !REMOTE.contains(&kind)
 }

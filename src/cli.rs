@@ -401,6 +401,16 @@ pub fn write_check_summary(config: &Config, out: &mut dyn Write) -> io::Result<(
     writeln!(out, "{}: OK", config.source_path.display())?;
     writeln!(out, "  state_dir: {}", config.state_dir.display())?;
     writeln!(out, "  host:      {}", config.host)?;
+    match &config.fleet {
+        Some(f) => writeln!(
+            out,
+            "  fleet:     on (redis {}, namespace {}, timeout {}): pacing shared with every host of the namespace",
+            f.redis.display(),
+            f.namespace,
+            humantime::format_duration(f.timeout)
+        )?,
+        None => writeln!(out, "  fleet:     off (this agent paces alone)")?,
+    }
     writeln!(out, "  webhooks ({}):", config.webhooks.len())?;
     for w in &config.webhooks {
         let target = match &w.url {

@@ -11,6 +11,7 @@
 //!   templates, Chat text, thread keys, self-alert decisions). No I/O, no clock.
 //! - [`store`]: every SQL statement: offsets, the outbox, burst windows, pending events.
 //! - [`deliver`]: the outbox to Chat, paced per space.
+//! - [`fleet`]: fleet mode, pacing shared by every host through Redis.
 //! - [`ops`]: metrics, health and the admin endpoint.
 //! - [`agent`]: `chattail run`, the one composition root of all of the above.
 //! - [`sandbox`]: the local Chat stand-in (`chattail sandbox`, and the tests' Chat).
@@ -22,9 +23,11 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod deliver;
+pub mod fleet;
 pub mod ops;
 pub mod path_glob;
 pub mod pipeline;
+pub mod redis_url;
 pub mod rule_test;
 pub mod sandbox;
 pub mod send;

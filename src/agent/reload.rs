@@ -112,6 +112,7 @@ impl Supervisor {
                 metrics: self.metrics.clone(),
                 health: Arc::clone(&self.health),
                 first_send: tokio::time::Instant::now() + Duration::from_secs(1),
+                fleet: super::supervisor::fleet_client(&new, &self.metrics, &self.health),
             };
             // Opening the outbox is a blocking SQLite call.
             let started = tokio::task::block_in_place(|| {

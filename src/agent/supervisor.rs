@@ -67,7 +67,7 @@ pub(super) fn delivery_changed(old: &Config, new: &Config) -> bool {
                     (x, y) => x.is_none() && y.is_none(),
                 }
         });
-    !same_webhooks || old.delivery != new.delivery
+    !same_webhooks || old.delivery != new.delivery || old.fleet != new.fleet
 }
 
 /// The async half: signals, reloads, delivery workers, the admin endpoint and systemd.
@@ -102,6 +102,7 @@ pub(super) async fn supervise(
         metrics: metrics.clone(),
         health: Arc::clone(&health),
         first_send: tokio::time::Instant::now(),
+        fleet: fleet_client(&config, &metrics, &health),
     };
     // The admin port first: if it is taken, nothing has started that would have to be
     // stopped (delivery workers left running while the runtime shuts down would panic).
@@ -343,4 +344,16 @@ async fn wait_for_workers(handles: Vec<tokio::task::JoinHandle<()>>) {
             tracing::error!(%error, "A delivery worker failed.");
         }
     }
+}
+
+/// Fleet mode's client for a generation of delivery workers, when the config has `fleet`.
+pub(super) fn fleet_client(
+    config: &Config,
+    metrics: &Metrics,
+    health: &Arc<Health>,
+) -> Option<Arc<crate::fleet::Fleet>> {
+    config.fleet.clone().map(|fleet| {
+        tracing::info!(redis = %fleet.redis.display(), namespace = %fleet.namespace, "Fleet mode: pacing is shared through Redis.");
+        Arc::new(crate::fleet::Fleet::new(fleet, metrics.clone(), Arc::clone(health)))
+    })
 }

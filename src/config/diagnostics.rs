@@ -8,10 +8,46 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-/// Replaces the values of `key=` and `token=` query parameters with `…`, so that neither
-/// a snippet of a line holding a literal webhook URL nor a message echoing a value (a URL
-/// pasted where a webhook name belongs) prints its secret.
+/// Replaces the values of `key=` and `token=` query parameters, and the password of a
+/// `scheme://user:password@host` URL (a Redis URL), with `…`, so that neither a snippet of
+/// a line holding a literal URL nor a message echoing a value (a URL pasted where a name
+/// belongs) prints its secret.
 pub fn redact_secrets(line: &str) -> String {
+    redact_query_secrets(&redact_userinfo(line))
+}
+
+/// `scheme://user:password@` → `scheme://user:…@`.
+fn redact_userinfo(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut rest = line;
+    while let Some(at) = rest.find("://") {
+        let (head, tail) = rest.split_at(at + 3);
+        out.push_str(head);
+        let end = tail
+            .find(|c: char| matches!(c, '/' | '"' | '\'' | '`' | '#' | '?') || c.is_whitespace())
+            .unwrap_or(tail.len());
+        let authority = &tail[..end];
+        match authority.rfind('@') {
+            Some(at_sign) => {
+                let userinfo = &authority[..at_sign];
+                match userinfo.find(':') {
+                    Some(colon) => {
+                        out.push_str(&userinfo[..=colon]);
+                        out.push('…');
+                    }
+                    None => out.push_str(userinfo),
+                }
+                out.push_str(&authority[at_sign..]);
+            }
+            None => out.push_str(authority),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn redact_query_secrets(line: &str) -> String {
     let mut out = String::with_capacity(line.len());
     let mut rest = line;
     while let Some(at) = ["key=", "token="]
@@ -242,6 +278,10 @@ mod tests {
         assert_eq!(
             redact_secrets("    url: https://h/v1/spaces/A/messages?key=K1&token=T2%3D"),
             "    url: https://h/v1/spaces/A/messages?key=…&token=…"
+        );
+        assert_eq!(
+            redact_secrets("  redis: redis://agent:pa:ss@h:6379/0 # x"),
+            "  redis: redis://agent:…@h:6379/0 # x"
         );
         assert_eq!(
             redact_secrets("url: \"https://h/x?token=abc\" # c"),

@@ -78,6 +78,19 @@ pub struct Config {
     pub admin_listen: Option<std::net::SocketAddr>,
     /// The webhook chattail posts its own trouble to (`self_alerts.webhook`).
     pub self_alerts: Option<SelfAlerts>,
+    /// Fleet mode (`fleet:`): shared pacing in Redis; off when `None`.
+    pub fleet: Option<FleetConfig>,
+}
+
+/// `fleet:`: agents on many hosts share state in Redis.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetConfig {
+    /// Its user and password are secret; shown as host, port and database only.
+    pub redis: crate::redis_url::RedisUrl,
+    /// Prefixes every key, so several fleets can share one Redis.
+    pub namespace: String,
+    /// The longest a Redis call may take before the agent goes on alone.
+    pub timeout: Duration,
 }
 
 /// `self_alerts:`: where and when chattail tells Chat about its own trouble.

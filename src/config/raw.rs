@@ -24,6 +24,15 @@ pub struct RawConfig {
     pub delivery: Option<RawDelivery>,
     pub admin: Option<RawAdmin>,
     pub self_alerts: Option<RawSelfAlerts>,
+    pub fleet: Option<RawFleet>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFleet {
+    pub redis: Spanned<String>,
+    pub namespace: Spanned<String>,
+    pub timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -60,6 +60,8 @@ pub struct WorkerContext {
     /// No post before this instant: after a reload replaced the workers, the old ones may
     /// have posted less than a second ago, and Chat's quota counts both.
     pub first_send: Instant,
+    /// Fleet mode: the pacing every host of the namespace shares (`None`: local only).
+    pub fleet: Option<Arc<crate::fleet::Fleet>>,
 }
 
 /// Starts one worker per space of `config`'s webhooks. `wake` moves when new rows are
@@ -171,6 +173,15 @@ impl SpaceWorker {
                 }
             };
             if !self.sleep_until_or_stop(next_send).await {
+                break;
+            }
+            // Fleet mode: wait for this space's next slot of the whole fleet. Without an
+            // answer in time the local pace above is all there is.
+            if let Some(fleet) = &self.context.fleet
+                && let Ok(wait) = fleet.reserve_send(&self.space, self.interval).await
+                && !wait.is_zero()
+                && !self.sleep_or_stop(wait.min(Duration::from_secs(60))).await
+            {
                 break;
             }
             let Some(target) = self

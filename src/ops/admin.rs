@@ -99,8 +99,14 @@ async fn metrics_page(State(admin): State<Admin>) -> impl IntoResponse {
 
 async fn healthz(State(admin): State<Admin>) -> impl IntoResponse {
     let problems = admin.health.problems();
-    if problems.is_empty() {
+    let degraded = admin.health.degradations();
+    if problems.is_empty() && degraded.is_empty() {
         (StatusCode::OK, "ok\n".to_owned())
+    } else if problems.is_empty() {
+        (
+            StatusCode::OK,
+            format!("ok, degraded:\n{}\n", degraded.join("\n")),
+        )
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -53,6 +53,8 @@ pub struct Health {
     state_failing: Mutex<Option<(i64, String)>>,
     /// When (monotonic ms) the tailer last found no descriptor for a file; 0: never.
     out_of_descriptors_ms: AtomicI64,
+    /// Fleet mode works on without Redis (locally), so this degrades, never fails, health.
+    fleet_degraded: Mutex<Option<String>>,
 }
 
 impl Health {
@@ -192,6 +194,24 @@ impl Health {
             ));
         }
         None
+    }
+
+    /// Fleet mode: why the agent works alone now (`None`: Redis answers).
+    pub fn set_fleet_degraded(&self, why: Option<String>) {
+        *self
+            .fleet_degraded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = why;
+    }
+
+    /// What works, but less well than configured (`/healthz` stays 200 and lists it).
+    pub fn degradations(&self) -> Vec<String> {
+        self.fleet_degraded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+            .into_iter()
+            .collect()
     }
 
     /// Every problem an operator should know about, one short line each; empty when all is

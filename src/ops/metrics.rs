@@ -88,6 +88,10 @@ pub struct Metrics {
     pub config_reloads: Counter,
     pub config_reload_failures: Counter,
     pub self_alerts: Counter,
+    /// Fleet mode: 1 while Redis answers (or before the first call), 0 while each agent
+    /// paces locally.
+    pub fleet_connected: Gauge,
+    pub fleet_errors: Counter,
 }
 
 impl Metrics {
@@ -203,6 +207,16 @@ impl Metrics {
             "chattail_self_alerts",
             "Self-alerts and their resolutions queued for self_alerts.webhook",
             self.self_alerts.clone(),
+        );
+        r.register(
+            "chattail_fleet_connected",
+            "Fleet mode: 1 while Redis answers, 0 while pacing locally (absent without fleet)",
+            self.fleet_connected.clone(),
+        );
+        r.register(
+            "chattail_fleet_errors",
+            "Fleet mode: Redis calls that failed or timed out (each answered by local pacing)",
+            self.fleet_errors.clone(),
         );
         r
     }

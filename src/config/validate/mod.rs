@@ -16,7 +16,7 @@ mod yaml_errors;
 
 use yaml_errors::yaml_message;
 
-use super::raw::{RawConfig, RawDelivery, RawFile, RawSelfAlerts, RawWebhook};
+use super::raw::{RawConfig, RawDelivery, RawFile, RawFleet, RawSelfAlerts, RawWebhook};
 use super::{
     Config, DEFAULT_MAX_LINE_BYTES, DEFAULT_MAX_PER_SECOND, DEFAULT_STATE_DIR, Delivery, FileSpec,
     LoadOptions, Loaded, Location, MAX_LINE_BYTES_RANGE, Report, Rule, Severity, UrlPolicy,
@@ -143,6 +143,7 @@ impl Validator<'_> {
                 }
             }
         });
+        let fleet = raw.fleet.as_ref().and_then(|f| self.fleet(f));
         Config {
             source_path: path.to_owned(),
             // Set by `load_bytes`, which has the bytes.
@@ -155,7 +156,54 @@ impl Validator<'_> {
             delivery,
             admin_listen,
             self_alerts,
+            fleet,
         }
+    }
+
+    fn fleet(&mut self, raw: &RawFleet) -> Option<super::FleetConfig> {
+        let text = self.expanded(&raw.redis, "fleet.redis")?;
+        let redis = match crate::redis_url::RedisUrl::parse(&text) {
+            Ok(url) => Some(url),
+            Err(error) => {
+                // The line holds the URL: located, but not shown.
+                self.report.secret_value(
+                    Severity::Error,
+                    loc(&raw.redis),
+                    format!("fleet.redis {error}"),
+                );
+                None
+            }
+        };
+        let namespace = self.expanded(&raw.namespace, "fleet.namespace")?;
+        let namespace_ok = !namespace.is_empty()
+            && namespace.len() <= 64
+            && namespace
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if !namespace_ok {
+            self.report.error(
+                loc(&raw.namespace),
+                format!("fleet.namespace `{namespace}` must be 1 to 64 letters, digits, `-`, `_` or `.` (e.g. `prod`)"),
+            );
+        }
+        let timeout = match &raw.timeout {
+            Some(t) => self.duration(t, "fleet.timeout")?,
+            None => Duration::from_millis(200),
+        };
+        if timeout.is_zero() || timeout > Duration::from_secs(10) {
+            if let Some(t) = &raw.timeout {
+                self.report.error(
+                    loc(t),
+                    "fleet.timeout must be above 0 and at most 10s (200ms is a good start)",
+                );
+            }
+            return None;
+        }
+        Some(super::FleetConfig {
+            redis: redis?,
+            namespace: namespace_ok.then_some(namespace)?,
+            timeout,
+        })
     }
 
     /// One `files` entry.

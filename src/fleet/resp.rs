@@ -1,0 +1,149 @@
+//! A small Redis client for the few commands fleet mode needs: `AUTH`, `SELECT`,
+//! `SCRIPT LOAD`, `EVALSHA` (with `EVAL` when the server lost its scripts) and `PING`,
+//! over RESP2 on one TCP connection. Replies are bounded, so a hostile or broken server
+//! cannot make the agent hold megabytes.
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+use crate::redis_url::RedisTarget;
+
+/// The largest bulk string or array read from a reply.
+const MAX_REPLY_ITEMS: usize = 1024 * 1024;
+
+/// A reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    Simple(String),
+    Int(i64),
+    Bulk(Option<Vec<u8>>),
+    Array(Option<Vec<Value>>),
+}
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RespError {
+    #[error("cannot reach Redis: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("Redis answered an error: {0}")]
+    Server(String),
+    #[error("Redis sent a reply that is not RESP: {0}")]
+    Protocol(&'static str),
+}
+
+impl RespError {
+    /// Whether the server lost its script cache (after a restart).
+    pub fn is_noscript(&self) -> bool {
+        matches!(self, RespError::Server(m) if m.starts_with("NOSCRIPT"))
+    }
+}
+
+/// One connection.
+pub struct Connection {
+    stream: BufReader<TcpStream>,
+}
+
+impl Connection {
+    /// Connects and logs in (`AUTH`, `SELECT` when needed).
+    pub async fn open(target: &RedisTarget<'_>) -> Result<Self, RespError> {
+        let stream = TcpStream::connect((target.host, target.port)).await?;
+        stream.set_nodelay(true)?;
+        let mut conn = Self {
+            stream: BufReader::new(stream),
+        };
+        match (&target.user, &target.password) {
+            (Some(user), Some(password)) => {
+                conn.call(&[b"AUTH", user.as_bytes(), password.as_bytes()])
+                    .await?;
+            }
+            (None, Some(password)) => {
+                conn.call(&[b"AUTH", password.as_bytes()]).await?;
+            }
+            _ => {}
+        }
+        if target.db != 0 {
+            conn.call(&[b"SELECT", target.db.to_string().as_bytes()])
+                .await?;
+        }
+        Ok(conn)
+    }
+
+    /// Sends one command and reads its reply; an error reply is an `Err`.
+    pub async fn call(&mut self, args: &[&[u8]]) -> Result<Value, RespError> {
+        let mut out = Vec::with_capacity(64);
+        out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+        for arg in args {
+            out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+            out.extend_from_slice(arg);
+            out.extend_from_slice(b"\r\n");
+        }
+        self.stream.get_mut().write_all(&out).await?;
+        self.read_value(0).await
+    }
+
+    async fn read_line(&mut self) -> Result<String, RespError> {
+        let mut line = Vec::new();
+        let n = (&mut self.stream)
+            .take(64 * 1024)
+            .read_until(b'\n', &mut line)
+            .await?;
+        if n == 0 || !line.ends_with(b"\r\n") {
+            return Err(RespError::Protocol("a line without CRLF"));
+        }
+        line.truncate(line.len() - 2);
+        String::from_utf8(line).map_err(|_| RespError::Protocol("a line that is not UTF-8"))
+    }
+
+    fn read_value(
+        &mut self,
+        depth: usize,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, RespError>> + Send + '_>>
+    {
+        Box::pin(async move {
+            if depth > 8 {
+                return Err(RespError::Protocol("arrays nested too deep"));
+            }
+            let line = self.read_line().await?;
+            let (kind, rest) = line.split_at(line.len().min(1));
+            let number = || {
+                rest.parse::<i64>()
+                    .map_err(|_| RespError::Protocol("a length that is not a number"))
+            };
+            match kind {
+                "+" => Ok(Value::Simple(rest.to_owned())),
+                "-" => Err(RespError::Server(rest.chars().take(300).collect())),
+                ":" => Ok(Value::Int(number()?)),
+                "$" => {
+                    let len = number()?;
+                    if len < 0 {
+                        return Ok(Value::Bulk(None));
+                    }
+                    let len = usize::try_from(len).unwrap_or(usize::MAX);
+                    if len > MAX_REPLY_ITEMS {
+                        return Err(RespError::Protocol("a bulk string too large"));
+                    }
+                    let mut data = vec![0; len + 2];
+                    self.stream.read_exact(&mut data).await?;
+                    data.truncate(len);
+                    Ok(Value::Bulk(Some(data)))
+                }
+                "*" => {
+                    let len = number()?;
+                    if len < 0 {
+                        return Ok(Value::Array(None));
+                    }
+                    let len = usize::try_from(len).unwrap_or(usize::MAX);
+                    if len > MAX_REPLY_ITEMS {
+                        return Err(RespError::Protocol("an array too large"));
+                    }
+                    let mut items = Vec::with_capacity(len.min(64));
+                    for _ in 0..len {
+                        items.push(self.read_value(depth + 1).await?);
+                    }
+                    Ok(Value::Array(Some(items)))
+                }
+                _ => Err(RespError::Protocol("an unknown reply type")),
+            }
+        })
+    }
+}

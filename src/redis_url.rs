@@ -1,0 +1,177 @@
+//! The Redis URL of fleet mode (`fleet.redis`), treated like a webhook URL: the user and
+//! password in it are secret, so it is shown as host, port and database only.
+
+use secrecy::{ExposeSecret, SecretString};
+
+/// Why a Redis URL was refused. No variant carries any part of the URL except the scheme.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RedisUrlError {
+    #[error("is not a URL ({0})")]
+    Syntax(String),
+    #[error("must use redis://, not `{0}:`")]
+    Scheme(String),
+    #[error(
+        "uses rediss:// (TLS), which this version does not support yet; reach Redis over a \
+         private network or a local TLS tunnel (stunnel, spiped) with redis://"
+    )]
+    TlsUnsupported,
+    #[error("has no host")]
+    NoHost,
+    #[error("names database `{0}`; write a number, e.g. redis://host:6379/0")]
+    Database(String),
+}
+
+/// A validated `redis://[user:password@]host[:port][/db]` URL.
+pub struct RedisUrl {
+    secret: SecretString,
+    host: String,
+    port: u16,
+    db: u32,
+}
+
+impl std::fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RedisUrl({}:{}/{})", self.host, self.port, self.db)
+    }
+}
+
+impl Clone for RedisUrl {
+    fn clone(&self) -> Self {
+        Self {
+            secret: SecretString::from(self.secret.expose_secret().to_owned()),
+            host: self.host.clone(),
+            port: self.port,
+            db: self.db,
+        }
+    }
+}
+
+impl PartialEq for RedisUrl {
+    fn eq(&self, other: &Self) -> bool {
+        self.secret.expose_secret() == other.secret.expose_secret()
+    }
+}
+
+/// What a connection needs, with the secret parts.
+pub struct RedisTarget<'a> {
+    pub host: &'a str,
+    pub port: u16,
+    pub db: u32,
+    pub user: Option<String>,
+    pub password: Option<String>,
+}
+
+impl RedisUrl {
+    pub fn parse(raw: &str) -> Result<Self, RedisUrlError> {
+        // The url crate's error text never includes the input.
+        let parsed =
+            url::Url::parse(raw.trim()).map_err(|e| RedisUrlError::Syntax(e.to_string()))?;
+        match parsed.scheme() {
+            "redis" => {}
+            "rediss" => return Err(RedisUrlError::TlsUnsupported),
+            other => return Err(RedisUrlError::Scheme(other.to_owned())),
+        }
+        let host = parsed
+            .host_str()
+            .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_owned())
+            .filter(|h| !h.is_empty())
+            .ok_or(RedisUrlError::NoHost)?;
+        let path = parsed.path().trim_start_matches('/');
+        let db = if path.is_empty() {
+            0
+        } else {
+            path.parse()
+                .map_err(|_| RedisUrlError::Database(path.chars().take(20).collect()))?
+        };
+        Ok(Self {
+            secret: SecretString::from(raw.trim().to_owned()),
+            host,
+            port: parsed.port().unwrap_or(6379),
+            db,
+        })
+    }
+
+    /// `host:port/db`, safe to show.
+    pub fn display(&self) -> String {
+        format!("{}:{}/{}", self.host, self.port, self.db)
+    }
+
+    /// Where to connect and how to log in. Only the fleet client calls this.
+    pub fn target(&self) -> RedisTarget<'_> {
+        let parsed = url::Url::parse(self.secret.expose_secret()).ok();
+        let decode = |s: &str| {
+            url::form_urlencoded::parse(format!("x={s}").as_bytes())
+                .next()
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_default()
+        };
+        let user = parsed
+            .as_ref()
+            .map(|p| p.username().to_owned())
+            .filter(|u| !u.is_empty())
+            .map(|u| decode(&u));
+        let password = parsed
+            .as_ref()
+            .and_then(|p| p.password().map(str::to_owned))
+            .map(|p| decode(&p));
+        RedisTarget {
+            host: &self.host,
+            port: self.port,
+            db: self.db,
+            user,
+            password,
+        }
+    }
+
+    /// `text` with the URL's user and password replaced by `***`.
+    pub fn redact(&self, text: &str) -> String {
+        let target = self.target();
+        let mut out = text.to_owned();
+        for secret in [target.password, target.user].into_iter().flatten() {
+            if secret.len() >= 3 {
+                out = out.replace(&secret, "***");
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shows_host_port_and_db_only() {
+        let url = RedisUrl::parse("redis://agent:s3cr%40t@redis.internal:6380/2").unwrap();
+        assert_eq!(url.display(), "redis.internal:6380/2");
+        let debug = format!("{url:?}");
+        assert!(
+            !debug.contains("s3cr") && !debug.contains("agent"),
+            "{debug}"
+        );
+        let target = url.target();
+        assert_eq!(target.user.as_deref(), Some("agent"));
+        assert_eq!(target.password.as_deref(), Some("s3cr@t"));
+        assert_eq!(url.redact("auth s3cr@t failed"), "auth *** failed");
+    }
+
+    #[test]
+    fn refusals_name_no_secret() {
+        for (raw, expected) in [
+            ("http://u:pw@host", RedisUrlError::Scheme("http".into())),
+            ("rediss://u:pw@host", RedisUrlError::TlsUnsupported),
+            (
+                "redis://u:pw@host/zero",
+                RedisUrlError::Database("zero".into()),
+            ),
+        ] {
+            let error = RedisUrl::parse(raw).unwrap_err();
+            assert_eq!(error, expected);
+            assert!(!error.to_string().contains("pw"));
+        }
+        assert_eq!(
+            RedisUrl::parse("redis://localhost").unwrap().display(),
+            "localhost:6379/0"
+        );
+    }
+}

@@ -1,0 +1,264 @@
+//! Fleet mode against a real `redis-server` (Debian's package, installed by `.ci/run`):
+//! many agent processes posting to one space share its quota through Redis, and Redis
+//! trouble (killed, restarted empty) never costs a message.
+
+use std::fs;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::agent_support::{Agent, wait_for};
+use crate::mock_chat::MockChat;
+use crate::support::{chattail, http, text};
+use crate::tail_support::open_append;
+
+/// A throw-away Redis on a free loopback port, in a temporary directory.
+struct Redis {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Redis {
+    fn start() -> Self {
+        let mut redis = Self {
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        redis.spawn();
+        redis
+    }
+
+    /// Starts the server (again: empty, as after a crash without persistence).
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start redis-server ({e}): install Debian's `redis-server` (.ci/run does)")
+            });
+        self.child = Some(child);
+        let addr = format!("127.0.0.1:{}", self.port);
+        wait_for(
+            "redis-server to accept connections",
+            Duration::from_secs(10),
+            || std::net::TcpStream::connect(&addr).is_ok(),
+        );
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// An agent named `host` posting `JOB n failed` lines, each into a thread of its own, at
+/// up to 4 posts a second; with `fleet`, pacing is shared through that Redis.
+fn job_agent(url: &str, host: &str, fleet: Option<&str>, admin: Option<u16>) -> Agent {
+    let agent = Agent::new(&crate::agent_support::oncall(url), "");
+    let dir = agent.dir.path();
+    let mut yaml = format!(
+        "state_dir: {state}\nhost: {host}\nwebhooks:\n  oncall:\n    url: \"{url}\"\n    max_per_second: 4\n\
+         files:\n  - path: {logs}/*.log\n    start_at: beginning\n\
+         delivery:\n  min_backoff: 100ms\n  max_backoff: 1s\n  request_timeout: 2s\n\
+         rules:\n  - name: job\n    match: 'JOB (?P<n>\\d+) failed'\n    webhook: oncall\n    thread_key: '{host}-job-{{n}}'\n    message: '*job* {{n}} failed on {{host}}'\n",
+        state = dir.join("state").display(),
+        logs = dir.join("logs").display(),
+    );
+    if let Some(redis) = fleet {
+        yaml.push_str(&format!(
+            "fleet:\n  redis: \"{redis}\"\n  namespace: test\n  timeout: 200ms\n"
+        ));
+    }
+    if let Some(port) = admin {
+        yaml.push_str(&format!("admin:\n  listen: 127.0.0.1:{port}\n"));
+    }
+    fs::write(&agent.config, yaml).unwrap();
+    agent
+}
+
+fn write_jobs(path: &Path, range: std::ops::Range<usize>) {
+    use std::io::Write;
+    let mut f = open_append(path);
+    for n in range {
+        writeln!(f, "2026-12-01T10:00:00Z ERROR JOB {n} failed").unwrap();
+    }
+}
+
+fn throttled(chat: &MockChat) -> usize {
+    chat.requests().iter().filter(|r| r.status == 429).count()
+}
+
+/// Ten agents, one webhook, a Chat that allows 4 requests a second per space: each
+/// agent paces itself at 4/s, so alone they overrun the space (the control run shows the
+/// 429s); sharing the pace in Redis, the fleet as a whole stays within it.
+#[test]
+fn ten_agents_share_one_spaces_quota_with_zero_429s() {
+    const AGENTS: usize = 10;
+    const JOBS: usize = 4;
+    let run = |fleet: Option<&str>| {
+        let chat = MockChat::start();
+        chat.set_rate(Some(4.0), None);
+        let url = chat.webhook("SPACE", "KEY", "TOKEN");
+        let mut agents: Vec<Agent> = (0..AGENTS)
+            .map(|i| job_agent(&url, &format!("host-{i}"), fleet, None))
+            .collect();
+        for agent in &mut agents {
+            write_jobs(&agent.log(), 0..JOBS);
+        }
+        for agent in &mut agents {
+            agent.start();
+        }
+        wait_for("every job posted", Duration::from_secs(90), || {
+            chat.messages().len() >= AGENTS * JOBS
+        });
+        for agent in &mut agents {
+            assert!(agent.terminate().success());
+        }
+        assert_eq!(
+            chat.messages().len(),
+            AGENTS * JOBS,
+            "each job exactly once"
+        );
+        throttled(&chat)
+    };
+    let redis = Redis::start();
+    assert_eq!(
+        run(Some(&redis.url())),
+        0,
+        "the fleet stays within the quota"
+    );
+    assert!(
+        run(None) > 0,
+        "without fleet mode the same load is throttled"
+    );
+}
+
+/// Redis killed: every agent paces alone (logged, `chattail_fleet_connected 0`,
+/// `/healthz` 200 and degraded), nothing is lost; Redis back, empty: they rejoin.
+#[test]
+fn redis_down_costs_nothing_and_agents_rejoin_when_it_returns() {
+    let chat = MockChat::start();
+    chat.set_rate(None, None);
+    let url = chat.webhook("SPACE", "KEY", "TOKEN");
+    let mut redis = Redis::start();
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let mut agents: Vec<Agent> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, port)| job_agent(&url, &format!("host-{i}"), Some(&redis.url()), Some(*port)))
+        .collect();
+    for agent in &mut agents {
+        agent.start();
+    }
+    let metric = |port: u16| {
+        let (_, _, body) = http(&format!("127.0.0.1:{port}"), "GET", "/metrics", "");
+        body.lines()
+            .find(|l| l.starts_with("chattail_fleet_connected "))
+            .map(str::to_owned)
+            .unwrap_or_default()
+    };
+    let mut posted = 0;
+    for agent in &agents {
+        write_jobs(&agent.log(), 0..2);
+        posted += 2;
+    }
+    wait_for("the first jobs", Duration::from_secs(30), || {
+        chat.messages().len() >= posted
+    });
+    redis.kill();
+    for agent in &agents {
+        write_jobs(&agent.log(), 2..5);
+        posted += 3;
+    }
+    wait_for(
+        "the jobs written while Redis is down",
+        Duration::from_secs(30),
+        || chat.messages().len() >= posted,
+    );
+    for port in &ports {
+        wait_for("fleet_connected 0", Duration::from_secs(10), || {
+            metric(*port) == "chattail_fleet_connected 0"
+        });
+        let (status, _, body) = http(&format!("127.0.0.1:{port}"), "GET", "/healthz", "");
+        assert_eq!(status, 200, "degraded, not failing: {body}");
+        assert!(body.contains("pacing locally"), "{body}");
+    }
+    redis.spawn();
+    for agent in &agents {
+        write_jobs(&agent.log(), 5..8);
+        posted += 3;
+    }
+    wait_for(
+        "the jobs after Redis returned",
+        Duration::from_secs(30),
+        || chat.messages().len() >= posted,
+    );
+    for (agent, port) in agents.iter().zip(&ports) {
+        wait_for("fleet_connected 1", Duration::from_secs(10), || {
+            metric(*port) == "chattail_fleet_connected 1"
+        });
+        let stderr = agent.stderr();
+        assert!(
+            stderr.contains("Fleet: Redis cannot be reached"),
+            "logged once"
+        );
+        assert_eq!(stderr.matches("Fleet: Redis cannot be reached").count(), 1);
+        assert!(stderr.contains("Fleet: Redis answers again"));
+    }
+    for agent in &mut agents {
+        assert!(agent.terminate().success());
+    }
+    assert_eq!(chat.messages().len(), posted, "nothing lost, nothing twice");
+}
+
+#[test]
+fn check_says_fleet_mode_is_on_without_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = job_agent(
+        "https://chat.googleapis.com/v1/spaces/S/messages?key=k&token=t",
+        "web-1",
+        Some("redis://agent:hunter2-secret@redis.internal:6380/2"),
+        None,
+    );
+    let output = chattail(
+        &["check", "--config", agent.config.to_str().unwrap()],
+        &[],
+        None,
+    );
+    let out = text(&output.stdout);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(
+        out.contains("fleet:     on (redis redis.internal:6380/2, namespace test"),
+        "{out}"
+    );
+    assert!(!out.contains("hunter2") && !out.contains("agent:"), "{out}");
+    drop(dir);
+}

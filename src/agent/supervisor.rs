@@ -93,7 +93,10 @@ pub(super) async fn supervise(
     out: Box<dyn Write + Send>,
     mut signals: Signals,
 ) -> Result<(), RunError> {
-    let metrics = Metrics::default();
+    let metrics = Metrics {
+        fleet_enabled: config.fleet.is_some(),
+        ..Metrics::default()
+    };
     let health = Arc::new(Health::default());
     health.beat();
     let db = (!options.dry_run).then(|| store.db_path().to_path_buf());
@@ -352,6 +355,11 @@ pub(super) fn fleet_client(
     metrics: &Metrics,
     health: &Arc<Health>,
 ) -> Option<Arc<crate::fleet::Fleet>> {
+    if config.fleet.is_none() {
+        // A reload that removed fleet mode: nothing is degraded any more.
+        health.set_fleet_degraded(None);
+        metrics.fleet_connected.set(1);
+    }
     config.fleet.clone().map(|fleet| {
         tracing::info!(redis = %fleet.redis.display(), namespace = %fleet.namespace, "Fleet mode: pacing is shared through Redis.");
         Arc::new(crate::fleet::Fleet::new(fleet, metrics.clone(), Arc::clone(health)))

@@ -23,9 +23,19 @@ fn redact_userinfo(line: &str) -> String {
     while let Some(at) = rest.find("://") {
         let (head, tail) = rest.split_at(at + 3);
         out.push_str(head);
-        let end = tail
-            .find(|c: char| matches!(c, '/' | '"' | '\'' | '`' | '#' | '?') || c.is_whitespace())
+        // The URL runs to a quote or a blank; its user information ends at the last `@`
+        // in it (a password may hold `/`, `?` or `#`).
+        let token_end = tail
+            .find(|c: char| matches!(c, '"' | '\'' | '`') || c.is_whitespace())
             .unwrap_or(tail.len());
+        let end = tail[..token_end].rfind('@').map_or_else(
+            || tail[..token_end].find(['/', '?', '#']).unwrap_or(token_end),
+            |at| {
+                tail[at..token_end]
+                    .find(['/', '?', '#'])
+                    .map_or(token_end, |i| at + i)
+            },
+        );
         let authority = &tail[..end];
         match authority.rfind('@') {
             Some(at_sign) => {
@@ -282,6 +292,10 @@ mod tests {
         assert_eq!(
             redact_secrets("  redis: redis://agent:pa:ss@h:6379/0 # x"),
             "  redis: redis://agent:…@h:6379/0 # x"
+        );
+        assert_eq!(
+            redact_secrets("redis: redis://:ab/c+d==@h/0"),
+            "redis: redis://:…@h/0"
         );
         assert_eq!(
             redact_secrets("url: \"https://h/x?token=abc\" # c"),

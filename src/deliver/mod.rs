@@ -137,6 +137,27 @@ struct SpaceWorker {
 }
 
 impl SpaceWorker {
+    /// Fleet mode: waits for this space's next slot of the whole fleet; without an
+    /// answer in time, the local pace (already kept) is all there is. Returns false when
+    /// the worker must stop.
+    async fn wait_for_fleet_slot(&mut self, fleet: &crate::fleet::Fleet) -> bool {
+        use crate::fleet::Slot;
+        loop {
+            match fleet.reserve_send(&self.space, self.interval).await {
+                Ok(Slot::After(wait)) => return wait.is_zero() || self.sleep_or_stop(wait).await,
+                Ok(Slot::Full(wait)) => {
+                    if !self
+                        .sleep_or_stop(wait.max(Duration::from_millis(100)))
+                        .await
+                    {
+                        return false;
+                    }
+                }
+                Err(_) => return true,
+            }
+        }
+    }
+
     async fn run(mut self) {
         tracing::debug!(space = %self.space, webhooks = self.targets.len(), "Delivery worker started.");
         let mut next_send = self.context.first_send;
@@ -175,12 +196,9 @@ impl SpaceWorker {
             if !self.sleep_until_or_stop(next_send).await {
                 break;
             }
-            // Fleet mode: wait for this space's next slot of the whole fleet. Without an
-            // answer in time the local pace above is all there is.
-            if let Some(fleet) = &self.context.fleet
-                && let Ok(wait) = fleet.reserve_send(&self.space, self.interval).await
-                && !wait.is_zero()
-                && !self.sleep_or_stop(wait.min(Duration::from_secs(60))).await
+            // Fleet mode: wait for this space's next slot of the whole fleet.
+            if let Some(fleet) = self.context.fleet.clone()
+                && !self.wait_for_fleet_slot(&fleet).await
             {
                 break;
             }

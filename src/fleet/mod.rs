@@ -11,8 +11,9 @@
 //! Redis only decides *when* to post; the local outbox stays the record of *what* must
 //! be posted. Redis trouble never costs a message: a call that fails or takes longer than
 //! `fleet.timeout` is answered by local pacing, the trouble is logged once, reported as
-//! `chattail_fleet_connected 0` and in `/healthz`, and the next try reconnects (at most
-//! once a second, so a dead Redis costs no post more than the timeout). Every key expires.
+//! `chattail_fleet_connected 0` and in `/healthz`, and a new try comes a second later,
+//! then after 2, 4, ... up to 30 s while Redis stays away (so a Redis that accepts and
+//! never answers costs a post the timeout only now and then). Every key expires.
 
 mod resp;
 
@@ -27,21 +28,51 @@ use crate::ops::health::Health;
 use crate::ops::metrics::Metrics;
 use resp::{Connection, RespError, Value};
 
-/// Reserves the next send slot of a space: `KEYS[1]` the space's key, `ARGV[1]` the
-/// interval between posts in milliseconds. Returns how many milliseconds to wait.
-/// The time is the server's, so agents' clocks need not agree.
+/// Reserves the next send slot of a space: `KEYS[1]` the space's next free time,
+/// `KEYS[2]` the strictest interval any host asked for in the last hour (hosts with
+/// different `max_per_second` share the strictest, as one agent's webhooks of a space
+/// do), `ARGV[1]` this host's interval and `ARGV[2]` the horizon, in milliseconds.
+/// Returns the milliseconds to wait for the reserved slot or, when the next free slot is
+/// beyond the horizon, minus the milliseconds to wait before asking again (nothing is
+/// reserved then, so a queue of waiting hosts cannot push the pace ahead without bound).
+/// The time is the server's, so agents' clocks need not agree. `replicate_commands`
+/// lets Redis 3.2 and 4 write after `TIME`; from Redis 5 on it is the default.
 const PACE_SCRIPT: &str = r"
+redis.replicate_commands()
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local interval = tonumber(ARGV[1])
+local strictest = tonumber(redis.call('GET', KEYS[2]) or '0')
+if interval >= strictest then
+  redis.call('SET', KEYS[2], interval, 'PX', 3600000)
+else
+  interval = strictest
+end
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tat < now then tat = now end
+local horizon = tonumber(ARGV[2])
+if tat - now > horizon then
+  return -(tat - now - horizon)
+end
 redis.call('SET', KEYS[1], tat + interval, 'PX', tat + interval - now + 60000)
 return tat - now
 ";
 
-/// How long after a failure no new connection is tried.
+/// How far ahead a slot may be reserved.
+const HORIZON: Duration = Duration::from_secs(30);
+
+/// How long after a first failure no new call is tried; doubled after each further one.
 const RECONNECT_AFTER: Duration = Duration::from_secs(1);
+const RECONNECT_AFTER_MAX: Duration = Duration::from_secs(30);
+
+/// What a reservation gave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    /// Send after this wait.
+    After(Duration),
+    /// Every slot within the horizon is taken: ask again after this wait.
+    Full(Duration),
+}
 
 /// Why Redis could not answer; the caller paces locally.
 #[derive(Debug, thiserror::Error)]
@@ -50,7 +81,7 @@ pub enum FleetError {
     Redis(String),
     #[error("Redis did not answer within {0:?}")]
     Timeout(Duration),
-    #[error("Redis failed less than a second ago; not retried yet")]
+    #[error("Redis failed a moment ago; not retried yet")]
     Waiting,
 }
 
@@ -58,8 +89,8 @@ pub enum FleetError {
 pub struct Fleet {
     config: FleetConfig,
     conn: Mutex<Option<Session>>,
-    /// When the last failure was, so a dead Redis is tried once a second at most.
-    failed_at: std::sync::Mutex<Option<Instant>>,
+    /// When the last failure was and how long no call is tried after it.
+    failed: std::sync::Mutex<Option<(Instant, Duration)>>,
     connected: AtomicBool,
     metrics: Metrics,
     health: Arc<Health>,
@@ -69,6 +100,9 @@ struct Session {
     conn: Connection,
     /// The SHA1 of [`PACE_SCRIPT`], as the server loaded it.
     pace_sha: String,
+    /// Set while a command's reply is outstanding: a call cancelled in between (by the
+    /// timeout) leaves the connection mid-reply, and it is not used again.
+    busy: bool,
 }
 
 impl Fleet {
@@ -79,86 +113,91 @@ impl Fleet {
         Self {
             config,
             conn: Mutex::new(None),
-            failed_at: std::sync::Mutex::new(None),
+            failed: std::sync::Mutex::new(None),
             connected: AtomicBool::new(true),
             metrics,
             health,
         }
     }
 
-    /// The space's key: namespaced, and hash-tagged so a Redis Cluster keeps it in one slot.
-    fn pace_key(&self, space: &str) -> String {
-        format!("chattail:{{{}:{space}}}:pace", self.config.namespace)
+    /// The space's keys: namespaced, and hash-tagged so both live in one slot.
+    fn pace_keys(&self, space: &str) -> (String, String) {
+        let tag = format!("chattail:{{{}:{space}}}", self.config.namespace);
+        (format!("{tag}:pace"), format!("{tag}:interval"))
     }
 
-    /// Reserves the next send slot of `space` for the whole fleet, `interval` after the
-    /// previous one; returns how long to wait before sending.
-    pub async fn reserve_send(
-        &self,
-        space: &str,
-        interval: Duration,
-    ) -> Result<Duration, FleetError> {
+    /// Reserves the next send slot of `space` for the whole fleet, at least `interval`
+    /// after the previous one.
+    pub async fn reserve_send(&self, space: &str, interval: Duration) -> Result<Slot, FleetError> {
         if self
-            .failed_at
+            .failed
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .is_some_and(|t| t.elapsed() < RECONNECT_AFTER)
+            .is_some_and(|(at, wait)| at.elapsed() < wait)
         {
             return Err(FleetError::Waiting);
         }
-        let key = self.pace_key(space);
+        let (key, interval_key) = self.pace_keys(space);
         let millis = interval.as_millis().max(1).to_string();
+        let horizon = HORIZON.as_millis().to_string();
+        let args: [&[u8]; 5] = [
+            b"2",
+            key.as_bytes(),
+            interval_key.as_bytes(),
+            millis.as_bytes(),
+            horizon.as_bytes(),
+        ];
         let call = async {
             let mut session = self.conn.lock().await;
+            if session.as_ref().is_some_and(|s| s.busy) {
+                *session = None;
+            }
             if session.is_none() {
                 *session = Some(self.open().await?);
             }
             let Some(s) = session.as_mut() else {
                 return Err(RespError::Protocol("no session"));
             };
-            let reply = match s
-                .conn
-                .call(&[
-                    b"EVALSHA",
-                    s.pace_sha.as_bytes(),
-                    b"1",
-                    key.as_bytes(),
-                    millis.as_bytes(),
-                ])
-                .await
-            {
+            s.busy = true;
+            let evalsha: Vec<&[u8]> = [&b"EVALSHA"[..], s.pace_sha.as_bytes()]
+                .into_iter()
+                .chain(args)
+                .collect();
+            let reply = match s.conn.call(&evalsha).await {
                 Err(e) if e.is_noscript() => {
                     // The server restarted and lost its scripts: send the script itself.
-                    s.conn
-                        .call(&[
-                            b"EVAL",
-                            PACE_SCRIPT.as_bytes(),
-                            b"1",
-                            key.as_bytes(),
-                            millis.as_bytes(),
-                        ])
-                        .await
+                    let eval: Vec<&[u8]> = [&b"EVAL"[..], PACE_SCRIPT.as_bytes()]
+                        .into_iter()
+                        .chain(args)
+                        .collect();
+                    s.conn.call(&eval).await
                 }
                 other => other,
             };
+            s.busy = false;
             if reply.is_err() {
                 *session = None;
             }
             reply
         };
         let outcome = match tokio::time::timeout(self.config.timeout, call).await {
-            Ok(Ok(Value::Int(wait))) => Ok(Duration::from_millis(u64::try_from(wait).unwrap_or(0))),
+            Ok(Ok(Value::Int(wait))) if wait >= 0 => {
+                Ok(Slot::After(Duration::from_millis(wait.unsigned_abs())))
+            }
+            Ok(Ok(Value::Int(wait))) => Ok(Slot::Full(Duration::from_millis(wait.unsigned_abs()))),
             Ok(Ok(_)) => Err(FleetError::Redis(
                 "the pacing script answered no number".into(),
             )),
+            // Redacted before it is cut, so no part of a password survives the cut.
             Ok(Err(error)) => Err(FleetError::Redis(
-                self.config.redis.redact(&error.to_string()),
+                self.config
+                    .redis
+                    .redact(&error.to_string())
+                    .chars()
+                    .take(300)
+                    .collect(),
             )),
-            Err(_) => {
-                // The connection may be mid-reply: start a new one next time.
-                *self.conn.lock().await = None;
-                Err(FleetError::Timeout(self.config.timeout))
-            }
+            Err(_) => Err(FleetError::Timeout(self.config.timeout)),
         };
         self.note(&outcome);
         outcome
@@ -177,6 +216,7 @@ impl Fleet {
         Ok(Session {
             conn,
             pace_sha: sha,
+            busy: false,
         })
     }
 
@@ -187,15 +227,24 @@ impl Fleet {
                 if !self.connected.swap(true, Ordering::Relaxed) {
                     tracing::info!(redis = %self.config.redis.display(), "Fleet: Redis answers again; pacing with the fleet.");
                 }
+                *self
+                    .failed
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
                 self.metrics.fleet_connected.set(1);
                 self.health.set_fleet_degraded(None);
             }
             Err(FleetError::Waiting) => {}
             Err(error) => {
-                *self
-                    .failed_at
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
+                {
+                    let mut failed = self
+                        .failed
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let wait =
+                        failed.map_or(RECONNECT_AFTER, |(_, w)| (w * 2).min(RECONNECT_AFTER_MAX));
+                    *failed = Some((Instant::now(), wait));
+                }
                 self.metrics.fleet_errors.inc();
                 self.metrics.fleet_connected.set(0);
                 self.health.set_fleet_degraded(Some(format!(

@@ -104,14 +104,23 @@ impl Connection {
                 return Err(RespError::Protocol("arrays nested too deep"));
             }
             let line = self.read_line().await?;
-            let (kind, rest) = line.split_at(line.len().min(1));
+            // The type is one ASCII byte; anything else is not RESP (and must not be split
+            // inside a multi-byte character).
+            let Some((kind, rest)) = line
+                .get(..1)
+                .filter(|k| k.is_ascii())
+                .map(|k| (k, &line[1..]))
+            else {
+                return Err(RespError::Protocol("an unknown reply type"));
+            };
             let number = || {
                 rest.parse::<i64>()
                     .map_err(|_| RespError::Protocol("a length that is not a number"))
             };
             match kind {
                 "+" => Ok(Value::Simple(rest.to_owned())),
-                "-" => Err(RespError::Server(rest.chars().take(300).collect())),
+                // Kept whole: the caller redacts the password, then cuts it.
+                "-" => Err(RespError::Server(rest.to_owned())),
                 ":" => Ok(Value::Int(number()?)),
                 "$" => {
                     let len = number()?;

@@ -92,6 +92,8 @@ pub struct Metrics {
     /// paces locally.
     pub fleet_connected: Gauge,
     pub fleet_errors: Counter,
+    /// Whether the fleet metrics are exported (fleet mode configured at start).
+    pub fleet_enabled: bool,
 }
 
 impl Metrics {
@@ -208,16 +210,20 @@ impl Metrics {
             "Self-alerts and their resolutions queued for self_alerts.webhook",
             self.self_alerts.clone(),
         );
-        r.register(
-            "chattail_fleet_connected",
-            "Fleet mode: 1 while Redis answers, 0 while pacing locally (absent without fleet)",
-            self.fleet_connected.clone(),
-        );
-        r.register(
-            "chattail_fleet_errors",
-            "Fleet mode: Redis calls that failed or timed out (each answered by local pacing)",
-            self.fleet_errors.clone(),
-        );
+        // Only agents configured for fleet mode at start export these, so that an alert
+        // on `chattail_fleet_connected == 0` never fires for an agent that paces alone.
+        if self.fleet_enabled {
+            r.register(
+                "chattail_fleet_connected",
+                "Fleet mode: 1 while Redis answers, 0 while pacing locally",
+                self.fleet_connected.clone(),
+            );
+            r.register(
+                "chattail_fleet_errors",
+                "Fleet mode: Redis calls that failed or timed out (each answered by local pacing)",
+                self.fleet_errors.clone(),
+            );
+        }
         r
     }
 
@@ -281,6 +287,19 @@ pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CON
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fleet_metrics_only_with_fleet_mode() {
+        let alone = Metrics::encode(&Metrics::default().registry());
+        assert!(!alone.contains("chattail_fleet"), "{alone}");
+        let fleet = Metrics {
+            fleet_enabled: true,
+            ..Metrics::default()
+        };
+        let text = Metrics::encode(&fleet.registry());
+        assert!(text.contains("chattail_fleet_connected 0"), "{text}");
+        assert!(text.contains("chattail_fleet_errors_total 0"), "{text}");
+    }
 
     #[test]
     fn names_follow_the_convention_and_labels_are_escaped() {

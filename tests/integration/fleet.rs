@@ -80,12 +80,13 @@ impl Drop for Redis {
 }
 
 /// An agent named `host` posting `JOB n failed` lines, each into a thread of its own, at
-/// up to 4 posts a second; with `fleet`, pacing is shared through that Redis.
+/// up to 3 posts a second (a margin under the mock's 4, for a loaded test machine); with
+/// `fleet`, pacing is shared through that Redis.
 fn job_agent(url: &str, host: &str, fleet: Option<&str>, admin: Option<u16>) -> Agent {
     let agent = Agent::new(&crate::agent_support::oncall(url), "");
     let dir = agent.dir.path();
     let mut yaml = format!(
-        "state_dir: {state}\nhost: {host}\nwebhooks:\n  oncall:\n    url: \"{url}\"\n    max_per_second: 4\n\
+        "state_dir: {state}\nhost: {host}\nwebhooks:\n  oncall:\n    url: \"{url}\"\n    max_per_second: 3\n\
          files:\n  - path: {logs}/*.log\n    start_at: beginning\n\
          delivery:\n  min_backoff: 100ms\n  max_backoff: 1s\n  request_timeout: 2s\n\
          rules:\n  - name: job\n    match: 'JOB (?P<n>\\d+) failed'\n    webhook: oncall\n    thread_key: '{host}-job-{{n}}'\n    message: '*job* {{n}} failed on {{host}}'\n",
@@ -94,7 +95,7 @@ fn job_agent(url: &str, host: &str, fleet: Option<&str>, admin: Option<u16>) -> 
     );
     if let Some(redis) = fleet {
         yaml.push_str(&format!(
-            "fleet:\n  redis: \"{redis}\"\n  namespace: test\n  timeout: 200ms\n"
+            "fleet:\n  redis: \"{redis}\"\n  namespace: test\n  timeout: 1s\n"
         ));
     }
     if let Some(port) = admin {
@@ -117,7 +118,7 @@ fn throttled(chat: &MockChat) -> usize {
 }
 
 /// Ten agents, one webhook, a Chat that allows 4 requests a second per space: each
-/// agent paces itself at 4/s, so alone they overrun the space (the control run shows the
+/// agent paces itself at 3/s, so alone they overrun the space (the control run shows the
 /// 429s); sharing the pace in Redis, the fleet as a whole stays within it.
 #[test]
 fn ten_agents_share_one_spaces_quota_with_zero_429s() {
@@ -222,7 +223,8 @@ fn redis_down_costs_nothing_and_agents_rejoin_when_it_returns() {
         || chat.messages().len() >= posted,
     );
     for (agent, port) in agents.iter().zip(&ports) {
-        wait_for("fleet_connected 1", Duration::from_secs(10), || {
+        // Retries back off while Redis is away (1, 2, 4 s...): allow for the longest.
+        wait_for("fleet_connected 1", Duration::from_secs(40), || {
             metric(*port) == "chattail_fleet_connected 1"
         });
         let stderr = agent.stderr();
@@ -256,9 +258,45 @@ fn check_says_fleet_mode_is_on_without_the_password() {
     let out = text(&output.stdout);
     assert!(output.status.success(), "{}", text(&output.stderr));
     assert!(
-        out.contains("fleet:     on (redis redis.internal:6380/2, namespace test"),
+        out.contains("fleet:     on (redis redis.internal:6380/2, namespace test, timeout 1s"),
         "{out}"
     );
     assert!(!out.contains("hunter2") && !out.contains("agent:"), "{out}");
     drop(dir);
+}
+
+/// A Redis that accepts connections and never answers: each call ends at
+/// `fleet.timeout`, the agent paces alone and says so, and every job still arrives.
+#[test]
+fn a_silent_redis_costs_only_the_timeout() {
+    let chat = MockChat::start();
+    chat.set_rate(None, None);
+    let url = chat.webhook("SPACE", "KEY", "TOKEN");
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_url = format!("redis://{}/0", silent.local_addr().unwrap());
+    // Holds every connection open, reading nothing and answering nothing.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in silent.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    let port = free_port();
+    let mut agent = job_agent(&url, "host-0", Some(&silent_url), Some(port));
+    let yaml = fs::read_to_string(&agent.config)
+        .unwrap()
+        .replace("timeout: 1s", "timeout: 300ms");
+    fs::write(&agent.config, yaml).unwrap();
+    write_jobs(&agent.log(), 0..6);
+    agent.start();
+    wait_for(
+        "every job despite the silent Redis",
+        Duration::from_secs(30),
+        || chat.messages().len() >= 6,
+    );
+    let (status, _, body) = http(&format!("127.0.0.1:{port}"), "GET", "/healthz", "");
+    assert_eq!(status, 200);
+    assert!(body.contains("did not answer within 300ms"), "{body}");
+    assert!(agent.terminate().success());
+    assert_eq!(chat.messages().len(), 6);
 }

@@ -141,9 +141,16 @@ impl PathGlob {
     /// later); any other failure to list a directory (out of descriptors, an I/O error)
     /// is an error, because the result would then wrongly say that files are gone.
     pub fn expand(&self) -> std::io::Result<Vec<PathBuf>> {
+        self.expand_with_dirs().map(|(found, _)| found)
+    }
+
+    /// [`expand`](Self::expand), and every directory the walk looked into: the places
+    /// where a new matching file (or a directory leading to one) can appear.
+    pub fn expand_with_dirs(&self) -> std::io::Result<(Vec<PathBuf>, Vec<PathBuf>)> {
         let mut walk = Walk {
             steps: &self.steps,
             visited: HashSet::new(),
+            dirs: Vec::new(),
             found: Vec::new(),
             error: None,
         };
@@ -155,7 +162,7 @@ impl PathGlob {
         found.retain(|p| self.matcher.is_match(p));
         found.sort();
         found.dedup();
-        Ok(found)
+        Ok((found, walk.dirs))
     }
 }
 
@@ -200,6 +207,8 @@ struct Walk<'a> {
     steps: &'a [Step],
     /// (device, inode, step) of directories entered, so a link loop is entered once.
     visited: HashSet<(u64, u64, usize)>,
+    /// The directories looked into, in the order entered.
+    dirs: Vec<PathBuf>,
     found: Vec<PathBuf>,
     /// The first failure that makes the result incomplete.
     error: Option<std::io::Error>,
@@ -214,6 +223,7 @@ impl Walk<'_> {
         if !meta.is_dir() || !self.visited.insert((meta.dev(), meta.ino(), step)) {
             return;
         }
+        self.dirs.push(dir.to_path_buf());
         let last = step + 1 == self.steps.len();
         match &self.steps[step] {
             Step::Literal(name) => self.take(dir.join(name), step, last, depth),
@@ -293,6 +303,31 @@ mod tests {
             .iter()
             .map(|p| p.strip_prefix(root).unwrap().display().to_string())
             .collect()
+    }
+
+    #[test]
+    fn the_walk_names_every_directory_it_looked_into() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        touch(&r.join("pods/a/app/0.log"));
+        touch(&r.join("pods/b/other/0.log"));
+        fs::create_dir_all(r.join("pods/c")).unwrap();
+        let glob = PathGlob::new(&format!("{}/pods/*/app/*.log", r.display())).unwrap();
+        let (found, mut dirs) = glob.expand_with_dirs().unwrap();
+        assert_eq!(found, [r.join("pods/a/app/0.log")]);
+        dirs.sort();
+        // The base, each candidate directory (an empty one too, where `app` may appear),
+        // and the `app` directory that exists; not `b/other`, which cannot match.
+        assert_eq!(
+            dirs,
+            [
+                r.join("pods"),
+                r.join("pods/a"),
+                r.join("pods/a/app"),
+                r.join("pods/b"),
+                r.join("pods/c"),
+            ]
+        );
     }
 
     #[test]

@@ -12,7 +12,8 @@
 //!    (250 ms), or every `event_sweep_interval` (1 s) while file events watch every
 //!    directory that matters; a file named by a write event is checked at once.
 //! 2. A *rescan* every `rescan_interval` (`event_rescan_interval`, 10 s, while file events
-//!    watch every directory: then creates, deletes and renames ask for one): the globs are expanded again; a path that now
+//!    watch every directory the globs' walk looks into, on local filesystems: then
+//!    creates, deletes and renames ask for one): the globs are expanded again; a path that now
 //!    names another inode means the old file was rotated away, a new path means a new file.
 //! 3. Wake-ups from inotify (see `wakeups.rs`): a write, create or rename makes the next
 //!    poll read (and check) the file or rescan at once. They only lower latency; losing
@@ -258,6 +259,8 @@ pub struct Tailer {
     events_reliable: bool,
     /// Events also see every new file: the rescan may run every `event_rescan_interval`.
     events_cover_all: bool,
+    /// The directories the globs' walk looked into at the last rescan.
+    glob_dirs: HashSet<PathBuf>,
     /// The followed files when their watch directories were last worked out, and those
     /// directories.
     watched_files: (Vec<(FileKey, PathBuf)>, HashSet<PathBuf>),
@@ -295,6 +298,7 @@ impl Tailer {
             out_of_descriptors: false,
             events_reliable: false,
             events_cover_all: false,
+            glob_dirs: HashSet::new(),
             real_paths: HashMap::new(),
             watched_files: (Vec::new(), HashSet::new()),
             dir_snapshot: HashMap::new(),

@@ -16,9 +16,13 @@ impl Tailer {
     pub(super) fn rescan(&mut self) {
         let mut found: Vec<(PathBuf, usize, fs::Metadata)> = Vec::new();
         let mut seen_paths = HashSet::new();
+        let mut glob_dirs: HashSet<PathBuf> = HashSet::new();
         for (spec_index, spec) in self.options.specs.iter().enumerate() {
-            let paths = match spec.glob.expand() {
-                Ok(paths) => paths,
+            let paths = match spec.glob.expand_with_dirs() {
+                Ok((paths, dirs)) => {
+                    glob_dirs.extend(dirs);
+                    paths
+                }
                 Err(error) => {
                     // A directory that could not be listed (out of descriptors, an I/O
                     // error) says nothing about the files in it: no conclusion is drawn
@@ -120,6 +124,7 @@ impl Tailer {
             }
         }
         self.started = true;
+        self.glob_dirs = glob_dirs;
         self.snapshot_dirs(&found_paths);
         self.sync_watches();
     }
@@ -523,6 +528,13 @@ impl Tailer {
             std::iter::empty(),
         );
         dirs.extend(self.watched_files.1.iter().cloned());
+        // Every directory the globs' walk looked into, so that a file or directory that
+        // appears anywhere a glob could match sends an event; beyond the bound, the
+        // periodic rescan stays short instead.
+        let globs_watched = self.glob_dirs.len() <= MAX_GLOB_WATCHES;
+        if globs_watched {
+            dirs.extend(self.glob_dirs.iter().cloned());
+        }
         if let Some(w) = &mut self.wakeups {
             let synced = w.sync(&dirs);
             self.events_reliable = synced.failures == 0;
@@ -532,15 +544,11 @@ impl Tailer {
                 self.rescan_requested = true;
             }
             // The rescan may be rare only when events see every place a new file can
-            // appear: each glob's files sit in its (watched) base directory, and no
-            // watched directory is on a filesystem whose changes can come from elsewhere
-            // without an event (NFS, SMB, FUSE).
+            // appear: every directory of the globs' walk is watched, and none is on a
+            // filesystem whose changes can come from elsewhere without an event (NFS,
+            // SMB, FUSE).
             self.events_cover_all = self.events_reliable
-                && self
-                    .options
-                    .specs
-                    .iter()
-                    .all(|s| Path::new(s.glob.as_str()).parent() == Some(s.glob.base_dir()))
+                && globs_watched
                 && dirs.iter().all(|d| discovery::local_filesystem(d));
         }
     }
@@ -567,6 +575,9 @@ struct Start {
     /// the file even if its size and time have not moved since now.
     replaced: bool,
 }
+
+/// The most directories watched for the globs' walk (one inotify watch each).
+const MAX_GLOB_WATCHES: usize = 4096;
 
 /// Directory listings taken once per rescan: directory → its entries (UTF-8 names, the
 /// only ones a rotated sibling can have) and their paths, sorted by name.

@@ -405,12 +405,11 @@ fn file_events_alone_find_new_files_and_rotations() {
     assert!(h.events.renames() >= 1);
 }
 
-/// Events do not see a file created in a directory nobody watches (a glob with a wildcard
-/// directory part, here a directory that appeared empty): such globs keep the short
-/// rescan even while events are reliable, so the file is found without waiting for the
-/// long event-mode rescan (set a minute away here).
+/// A glob with a wildcard directory part: a directory that appears later (empty at
+/// first) is watched as soon as the walk looks into it, so a file created in it is found
+/// by its event, with both the sweep and the periodic rescan a minute away.
 #[test]
-fn a_wildcard_directory_keeps_the_short_rescan() {
+fn a_file_in_a_directory_that_appeared_later_is_found_by_events() {
     let mut h = Harness::new("*/app.log", StartAt::Beginning);
     h.options.event_sweep_interval = Duration::from_secs(60);
     h.options.event_rescan_interval = Duration::from_secs(60);

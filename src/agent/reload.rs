@@ -477,6 +477,7 @@ mod tests {
             thread_key: "errors".to_owned(),
             dedup_key: None,
             text: "ERROR".to_owned(),
+            burst: None,
         };
         let tx = ingest.store.transaction().unwrap();
         for _ in 0..5 {

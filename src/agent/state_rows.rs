@@ -161,10 +161,15 @@ pub fn save_changes(tx: &StoreTx<'_>, changes: &Changes) -> Result<(), StoreErro
 
 /// Queues a notification.
 pub fn enqueue(tx: &StoreTx<'_>, n: &Notification) -> Result<(), StoreError> {
+    let burst = n
+        .burst
+        .as_ref()
+        .and_then(|mark| serde_json::to_string(mark).ok());
     tx.enqueue(&NewNotification {
         rule: &n.rule,
         webhook: &n.webhook,
         thread_key: &n.thread_key,
         text: &n.text,
+        burst: burst.as_deref(),
     })
 }

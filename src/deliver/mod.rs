@@ -18,6 +18,7 @@
 //! No URL is ever logged: workers name webhooks, and the client strips URLs from errors.
 
 pub mod chat_client;
+mod fleet_windows;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -36,6 +37,8 @@ use crate::store::StoreError;
 use crate::store::outbox::{Batch, Outbox};
 use crate::webhook_url::WebhookUrl;
 use chat_client::{ChatClient, PostLabels, PostOutcome};
+
+use crate::pipeline::rules::BurstMark;
 
 /// When the workers must stop: `None` while running; the deadline once shutting down.
 pub type StopSignal = watch::Receiver<Option<Instant>>;
@@ -94,10 +97,15 @@ pub fn spawn_workers(
     for (space, (targets, rate)) in spaces {
         let worker = SpaceWorker {
             space,
+            unposted_firsts: std::collections::HashSet::new(),
             host: config.host.clone(),
             targets,
             interval: paced_interval(rate),
-            outbox: Outbox::open(db)?,
+            outbox: {
+                let mut outbox = Outbox::open(db)?;
+                outbox.keep_bursts_apart(context.fleet.is_some());
+                outbox
+            },
             client: client.clone(),
             wake: wake.clone(),
             stop: stop.clone(),
@@ -117,6 +125,8 @@ pub fn spawn_workers(
 
 struct SpaceWorker {
     space: String,
+    /// Fleet mode: windows (rule, key) whose first occurrence here another host posted.
+    unposted_firsts: std::collections::HashSet<(String, String)>,
     /// This agent's host name, sent with each post (see `PostLabels`).
     host: String,
     targets: Vec<Target>,
@@ -193,6 +203,33 @@ impl SpaceWorker {
                     continue;
                 }
             };
+            // Fleet mode: a window's first message and summary are decided for the fleet.
+            let mut batch = batch;
+            let mut done_window = None;
+            if let Some(fleet) = self.context.fleet.clone()
+                && let Some(mark) = batch
+                    .burst
+                    .as_deref()
+                    .and_then(|b| serde_json::from_str::<BurstMark>(b).ok())
+            {
+                match self.fleet_decision(&fleet, &batch, mark).await {
+                    fleet_windows::Decision::Post { text, done } => {
+                        if let Some(text) = text {
+                            batch.text = text;
+                        }
+                        done_window = done;
+                    }
+                    fleet_windows::Decision::Drop => {
+                        if let Err(error) =
+                            tokio::task::block_in_place(|| self.outbox.delivered(&batch.request_id))
+                        {
+                            tracing::error!(space = %self.space, %error, "Cannot remove a notification another agent posts; retrying.");
+                        }
+                        continue;
+                    }
+                    fleet_windows::Decision::Stop => break,
+                }
+            }
             if !self.sleep_until_or_stop(next_send).await {
                 break;
             }
@@ -219,7 +256,19 @@ impl SpaceWorker {
             };
             next_send = sent_at + self.interval;
             match outcome {
-                PostOutcome::Accepted { .. } => self.accepted(&target, &batch),
+                PostOutcome::Accepted { .. } => {
+                    self.accepted(&target, &batch);
+                    if let (Some(fleet), Some(claim)) = (&self.context.fleet, &done_window)
+                        && let Some(rule) = batch.rules.first()
+                        && let Some(BurstMark::Summary { key, .. }) = batch
+                            .burst
+                            .as_deref()
+                            .and_then(|b| serde_json::from_str::<BurstMark>(b).ok())
+                    {
+                        let agent = self.outbox.agent_id().to_owned();
+                        let _ = fleet.mark_done(&agent, rule, &key, claim).await;
+                    }
+                }
                 PostOutcome::Retry { after, reason } => {
                     let wait = self.retry_wait(&target, after, &reason);
                     if !self.sleep_or_stop(wait).await {

@@ -16,6 +16,7 @@
 //! never answers costs a post the timeout only now and then). Every key expires.
 
 mod resp;
+pub mod windows;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -201,6 +202,54 @@ impl Fleet {
         };
         self.note(&outcome);
         outcome
+    }
+
+    /// Runs one command on the shared connection, within `fleet.timeout`, with the same
+    /// failure handling as [`reserve_send`](Self::reserve_send).
+    async fn command(&self, args: &[&[u8]]) -> Result<Value, FleetError> {
+        if self.backing_off() {
+            return Err(FleetError::Waiting);
+        }
+        let call = async {
+            let mut session = self.conn.lock().await;
+            if session.as_ref().is_some_and(|s| s.busy) {
+                *session = None;
+            }
+            if session.is_none() {
+                *session = Some(self.open().await?);
+            }
+            let Some(s) = session.as_mut() else {
+                return Err(RespError::Protocol("no session"));
+            };
+            s.busy = true;
+            let reply = s.conn.call(args).await;
+            s.busy = false;
+            if matches!(reply, Err(RespError::Io(_) | RespError::Protocol(_))) {
+                *session = None;
+            }
+            reply
+        };
+        let outcome = match tokio::time::timeout(self.config.timeout, call).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) => Err(FleetError::Redis(
+                self.config
+                    .redis
+                    .redact(&error.to_string())
+                    .chars()
+                    .take(300)
+                    .collect(),
+            )),
+            Err(_) => Err(FleetError::Timeout(self.config.timeout)),
+        };
+        self.note(&outcome);
+        outcome
+    }
+
+    fn backing_off(&self) -> bool {
+        self.failed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some_and(|(at, wait)| at.elapsed() < wait)
     }
 
     async fn open(&self) -> Result<Session, RespError> {

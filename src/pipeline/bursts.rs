@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::config::Dedup;
 use crate::pipeline::chat_text;
-use crate::pipeline::rules::Notification;
+use crate::pipeline::rules::{BurstMark, Notification};
 
 /// One open window.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,7 +170,14 @@ impl Bursts {
             last_line: String::new(),
         });
         // Only an occurrence that opens a window is copied; counted ones cost no text.
-        out.push(n.clone());
+        let mut first = n.clone();
+        first.burst = Some(BurstMark::First {
+            key: id.1.clone(),
+            first_ms: now_ms,
+            window_ms,
+            line: String::from_utf8_lossy(line).into_owned(),
+        });
+        out.push(first);
         Observed {
             posted: true,
             evicted,
@@ -245,7 +252,34 @@ fn push_summary(w: &Window, out: &mut Vec<Notification>) {
     if w.count == 0 {
         return;
     }
-    let span_s = u64::try_from((w.last_ms - w.first_ms).max(0) / 1000).unwrap_or(0);
+    let text = summary_text(&w.rule, w.count, w.last_ms - w.first_ms, &w.last_line, &[]);
+    out.push(Notification {
+        rule: w.rule.clone(),
+        webhook: w.webhook.clone(),
+        thread_key: w.thread_key.clone(),
+        dedup_key: Some(w.key.clone()),
+        text,
+        burst: Some(BurstMark::Summary {
+            key: w.key.clone(),
+            first_ms: w.first_ms,
+            count: w.count,
+            last_ms: w.last_ms,
+            last_line: w.last_line.clone(),
+        }),
+    });
+}
+
+/// The text of a window's summary: `count` more occurrences over `span_ms`, the most
+/// recent `last_line`, and (for a fleet's window) the hosts they were seen on, of which
+/// the first few are named.
+pub fn summary_text(
+    rule: &str,
+    count: u64,
+    span_ms: i64,
+    last_line: &str,
+    hosts: &[String],
+) -> String {
+    let span_s = u64::try_from(span_ms.max(0) / 1000).unwrap_or(0);
     let span = if span_s == 0 {
         "within a second of the first".to_owned()
     } else {
@@ -254,20 +288,26 @@ fn push_summary(w: &Window, out: &mut Vec<Notification>) {
             humantime::format_duration(std::time::Duration::from_secs(span_s))
         )
     };
-    let plural = if w.count == 1 { "" } else { "s" };
-    let mut text = format!(
-        "*{}*: {} more occurrence{plural} {span}. Most recent:\n```",
-        w.rule, w.count
-    );
-    chat_text::neutralise_into(&w.last_line, &mut text);
+    let plural = if count == 1 { "" } else { "s" };
+    let on_hosts = match hosts.len() {
+        0 | 1 => String::new(),
+        n => {
+            let named: Vec<&str> = hosts.iter().take(3).map(String::as_str).collect();
+            let more = if n > 3 {
+                format!(" and {} more", n - 3)
+            } else {
+                String::new()
+            };
+            let mut names = String::new();
+            chat_text::neutralise_into(&named.join(", "), &mut names);
+            format!(" on {n} hosts ({names}{more})")
+        }
+    };
+    let mut text =
+        format!("*{rule}*: {count} more occurrence{plural}{on_hosts} {span}. Most recent:\n```");
+    chat_text::neutralise_into(last_line, &mut text);
     text.push_str("```");
-    out.push(Notification {
-        rule: w.rule.clone(),
-        webhook: w.webhook.clone(),
-        thread_key: w.thread_key.clone(),
-        dedup_key: Some(w.key.clone()),
-        text: chat_text::fit(text),
-    });
+    chat_text::fit(text)
 }
 
 #[cfg(test)]
@@ -291,6 +331,7 @@ mod tests {
             thread_key: format!("t-{key}"),
             dedup_key: Some(key.into()),
             text: format!("first {key}"),
+            burst: None,
         }
     }
 

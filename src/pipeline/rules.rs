@@ -44,6 +44,31 @@ pub struct Notification {
     pub thread_key: String,
     pub dedup_key: Option<String>,
     pub text: String,
+    /// Set on the occurrence that opened a burst window and on its summary, so that
+    /// fleet mode can make one of each for the whole fleet.
+    pub burst: Option<BurstMark>,
+}
+
+/// Which burst window a notification opens or sums up.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum BurstMark {
+    /// The occurrence that opened the window of `key` at `first_ms`, `window_ms` long.
+    First {
+        key: String,
+        first_ms: i64,
+        window_ms: i64,
+        /// The line, as text (the fleet's summary may show it as the most recent).
+        line: String,
+    },
+    /// The summary of that window: `count` repeats, the last at `last_ms`.
+    Summary {
+        key: String,
+        first_ms: i64,
+        count: u64,
+        last_ms: i64,
+        last_line: String,
+    },
 }
 
 /// Where a line came from, for the built-in placeholders.
@@ -146,6 +171,7 @@ impl Hit<'_, '_> {
                 .as_ref()
                 .map(|d| d.key.render(&ctx, Escape::None)),
             text: chat_text::fit(rule.message.render(&ctx, Escape::ChatText)),
+            burst: None,
         }
     }
 

@@ -223,6 +223,7 @@ impl SelfAlerts {
             thread_key: format!("chattail-self-alerts-{}", config.host),
             dedup_key: None,
             text: format!("*chattail on {}*: {text}", config.host),
+            burst: None,
         });
     }
 }

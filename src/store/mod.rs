@@ -120,6 +120,8 @@ pub struct NewNotification<'a> {
     pub webhook: &'a str,
     pub thread_key: &'a str,
     pub text: &'a str,
+    /// The burst window it opens or sums up, as JSON (see `pipeline::rules::BurstMark`).
+    pub burst: Option<&'a str>,
 }
 
 /// Why a state directory starts afresh although it was used before.
@@ -462,9 +464,9 @@ impl StoreTx<'_> {
     pub fn enqueue(&self, n: &NewNotification<'_>) -> Result<(), StoreError> {
         self.tx
             .prepare_cached(
-                "INSERT INTO outbox (webhook, rule, thread_key, text, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO outbox (webhook, rule, thread_key, text, created_ms, burst) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?
-            .execute(params![n.webhook, n.rule, n.thread_key, n.text, unix_now_ms()])?;
+            .execute(params![n.webhook, n.rule, n.thread_key, n.text, unix_now_ms(), n.burst])?;
         Ok(())
     }
 

@@ -33,6 +33,9 @@ pub struct Batch {
     pub rows: usize,
     /// The rules whose notifications it carries, each once, in queue order.
     pub rules: Vec<String>,
+    /// The burst window its one notification opens or sums up (JSON), if any: such a
+    /// notification is posted alone.
+    pub burst: Option<String>,
     /// When the oldest of them was queued (unix milliseconds).
     pub oldest_ms: i64,
 }
@@ -41,6 +44,9 @@ pub struct Batch {
 pub struct Outbox {
     conn: Connection,
     agent_id: String,
+    /// Fleet mode: a notification that opens or sums up a burst window is posted alone
+    /// (the fleet decides about each), never merged with others.
+    bursts_apart: bool,
 }
 
 impl std::fmt::Debug for Outbox {
@@ -61,7 +67,21 @@ impl Outbox {
             conn.query_row("SELECT value FROM meta WHERE key = 'agent_id'", [], |r| {
                 r.get(0)
             })?;
-        Ok(Self { conn, agent_id })
+        Ok(Self {
+            conn,
+            agent_id,
+            bursts_apart: false,
+        })
+    }
+
+    /// Fleet mode: post burst windows' notifications alone (see `bursts_apart`).
+    pub fn keep_bursts_apart(&mut self, apart: bool) {
+        self.bursts_apart = apart;
+    }
+
+    /// This agent's id (the state database's), which fleet mode names it by.
+    pub fn agent_id(&self) -> &str {
+        &self.agent_id
     }
 
     /// The next post for any of `webhooks`: a post already formed (and maybe sent) before a
@@ -106,11 +126,18 @@ impl Outbox {
 
     fn load_batch(&mut self, request_id: &str) -> Result<Option<Batch>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT webhook, thread_key, text, created_ms, rule FROM outbox WHERE batch = ?1 ORDER BY id",
+            "SELECT webhook, thread_key, text, created_ms, rule, burst FROM outbox WHERE batch = ?1 ORDER BY id",
         )?;
-        let rows: Vec<(String, String, String, i64, String)> = stmt
+        let rows: Vec<(String, String, String, i64, String, Option<String>)> = stmt
             .query_map(params![request_id], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
             })?
             .collect::<Result<_, _>>()?;
         let Some((webhook, thread_key, ..)) = rows.first().cloned() else {
@@ -130,6 +157,11 @@ impl Outbox {
             thread_key,
             text: texts.join(MERGE_SEPARATOR),
             rows: rows.len(),
+            burst: if rows.len() == 1 {
+                rows[0].5.clone()
+            } else {
+                None
+            },
             rules,
             oldest_ms,
         }))
@@ -142,21 +174,30 @@ impl Outbox {
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let (thread_key, first_text): (String, String) = tx
-            .prepare_cached("SELECT thread_key, text FROM outbox WHERE id = ?1")?
-            .query_row(params![first_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let (thread_key, first_text, first_burst): (String, String, Option<String>) = tx
+            .prepare_cached("SELECT thread_key, text, burst FROM outbox WHERE id = ?1")?
+            .query_row(params![first_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         let mut ids = vec![first_id];
         let mut units = utf16_len(&first_text);
-        {
+        let alone = self.bursts_apart && first_burst.is_some();
+        if !alone {
             let mut stmt = tx.prepare_cached(
-                "SELECT id, text FROM outbox WHERE webhook = ?1 AND thread_key = ?2 AND dead = 0
+                "SELECT id, text, burst IS NOT NULL FROM outbox WHERE webhook = ?1 AND thread_key = ?2 AND dead = 0
                  AND batch IS NULL AND id > ?3 ORDER BY id LIMIT 200",
             )?;
             let more = stmt.query_map(params![webhook, thread_key, first_id], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, bool>(2)?,
+                ))
             })?;
             for row in more {
-                let (id, text) = row?;
+                let (id, text, burst) = row?;
+                if self.bursts_apart && burst {
+                    // Posted alone, later, in queue order.
+                    break;
+                }
                 let added = utf16_len(MERGE_SEPARATOR) + utf16_len(&text);
                 if units + added > MAX_TEXT_CHARS {
                     break;
@@ -225,6 +266,7 @@ mod tests {
             webhook,
             thread_key: key,
             text,
+            burst: None,
         }
     }
 

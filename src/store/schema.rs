@@ -6,7 +6,7 @@ use rusqlite::Connection;
 use super::{StoreError, random_hex};
 
 /// The schema version this code writes.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// Creates or upgrades the schema of `conn` (the database at `path`, for errors).
 pub fn migrate(conn: &Connection, path: &std::path::Path) -> Result<(), StoreError> {
@@ -114,6 +114,16 @@ pub fn migrate(conn: &Connection, path: &std::path::Path) -> Result<(), StoreErr
                  PRIMARY KEY (dev, ino, seq)
              );
              PRAGMA user_version = 5;
+             COMMIT;",
+        )?;
+    }
+    if version < 6 {
+        // Which burst window a queued notification opens or sums up (JSON), for fleet
+        // mode; such rows are posted alone, never merged.
+        conn.execute_batch(
+            "BEGIN;
+             ALTER TABLE outbox ADD COLUMN burst TEXT;
+             PRAGMA user_version = 6;
              COMMIT;",
         )?;
     }

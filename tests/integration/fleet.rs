@@ -300,3 +300,195 @@ fn a_silent_redis_costs_only_the_timeout() {
     assert!(agent.terminate().success());
     assert_eq!(chat.messages().len(), 6);
 }
+
+/// An agent of the burst tests: `db timeout` lines, one window per database (5 s).
+fn burst_agent(url: &str, host: &str, redis: &str) -> Agent {
+    let agent = Agent::new(&crate::agent_support::oncall(url), "");
+    let dir = agent.dir.path();
+    let yaml = format!(
+        "state_dir: {state}\nhost: {host}\nwebhooks:\n  oncall:\n    url: \"{url}\"\n    max_per_second: 3\n\
+         files:\n  - path: {logs}/*.log\n    start_at: beginning\n\
+         delivery:\n  min_backoff: 100ms\n  max_backoff: 1s\n  request_timeout: 2s\n  shutdown_grace: 1s\n\
+         rules:\n  - name: db-timeout\n    match: 'timeout connecting to (?P<db>\\S+)'\n    webhook: oncall\n    thread_key: 'db-timeout-{{db}}'\n    dedup:\n      window: 5s\n\
+         fleet:\n  redis: \"{redis}\"\n  namespace: bursts\n  timeout: 1s\n",
+        state = dir.join("state").display(),
+        logs = dir.join("logs").display(),
+    );
+    fs::write(&agent.config, yaml).unwrap();
+    agent
+}
+
+fn write_timeouts(path: &Path, n: usize) {
+    use std::io::Write;
+    let mut f = open_append(path);
+    for i in 0..n {
+        writeln!(
+            f,
+            "2026-12-01T10:00:00Z ERROR timeout connecting to db-main ({i})"
+        )
+        .unwrap();
+    }
+}
+
+/// Whether an agent has read its whole log (its committed position, read directly).
+fn read_all(agent: &Agent) -> bool {
+    let size = fs::metadata(agent.log()).map(|m| m.len()).unwrap_or(0) as i64;
+    let db = agent.dir.path().join("state/state.sqlite3");
+    rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .and_then(|c| {
+            c.query_row("SELECT COALESCE(MAX(offset), 0) FROM files", [], |r| {
+                r.get::<_, i64>(0)
+            })
+        })
+        .is_ok_and(|offset| offset == size && size > 0)
+}
+
+/// How many notifications an agent still has queued (its outbox, read directly).
+fn queued(agent: &Agent) -> i64 {
+    let db = agent.dir.path().join("state/state.sqlite3");
+    rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .and_then(|c| c.query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0)))
+        .unwrap_or(-1)
+}
+
+/// The same problem on ten hosts at once: one first message and one summary counting
+/// every other occurrence on every host, no 429, and nothing left queued anywhere.
+#[test]
+fn one_problem_on_ten_hosts_gives_one_first_message_and_one_summary() {
+    let chat = MockChat::start();
+    chat.set_rate(Some(4.0), None);
+    let url = chat.webhook("SPACE", "KEY", "TOKEN");
+    let redis = Redis::start();
+    let mut agents: Vec<Agent> = (0..10)
+        .map(|i| burst_agent(&url, &format!("host-{i}"), &redis.url()))
+        .collect();
+    for agent in &agents {
+        write_timeouts(&agent.log(), 51);
+    }
+    for agent in &mut agents {
+        agent.start();
+    }
+    wait_for("the summary", Duration::from_secs(60), || {
+        chat.messages().len() >= 2
+    });
+    wait_for("every outbox empty", Duration::from_secs(60), || {
+        agents.iter().all(|a| queued(a) == 0)
+    });
+    let messages = chat.messages();
+    assert_eq!(messages.len(), 2, "{messages:#?}");
+    assert_eq!(messages[0].thread, messages[1].thread);
+    assert!(
+        messages[1]
+            .text
+            .contains("509 more occurrences on 10 hosts (host-0, host-1, host-2 and 7 more)"),
+        "{}",
+        messages[1].text
+    );
+    assert_eq!(throttled(&chat), 0);
+    for agent in &mut agents {
+        assert!(agent.terminate().success());
+    }
+}
+
+/// The agent that posted the first message is killed with -9 before the window ends:
+/// another agent posts the summary, once, with what the others counted.
+#[test]
+fn the_summary_survives_its_owner_being_killed() {
+    let chat = MockChat::start();
+    chat.set_rate(None, None);
+    let url = chat.webhook("SPACE", "KEY", "TOKEN");
+    let redis = Redis::start();
+    let mut agents: Vec<Agent> = (0..4)
+        .map(|i| burst_agent(&url, &format!("host-{i}"), &redis.url()))
+        .collect();
+    for agent in &agents {
+        write_timeouts(&agent.log(), 11);
+    }
+    for agent in &mut agents {
+        agent.start();
+    }
+    wait_for("the first message", Duration::from_secs(30), || {
+        !chat.messages().is_empty()
+    });
+    let owner_host = chat.messages()[0].host.clone().unwrap();
+    let owner = owner_host
+        .trim_start_matches("host-")
+        .parse::<usize>()
+        .unwrap();
+    agents[owner].kill9();
+    wait_for("the summary", Duration::from_secs(60), || {
+        chat.messages().len() >= 2
+    });
+    wait_for("the other outboxes empty", Duration::from_secs(60), || {
+        agents
+            .iter()
+            .enumerate()
+            .all(|(i, a)| i == owner || queued(a) == 0)
+    });
+    let messages = chat.messages();
+    assert_eq!(messages.len(), 2, "{messages:#?}");
+    let summary = &messages[1];
+    assert_ne!(summary.host.as_deref(), Some(owner_host.as_str()));
+    // The three others: their first occurrences and their 10 repeats each.
+    assert!(
+        summary.text.contains("33 more occurrences on 3 hosts"),
+        "{}",
+        summary.text
+    );
+    for (i, agent) in agents.iter_mut().enumerate() {
+        if i != owner {
+            assert!(agent.terminate().success());
+        }
+    }
+}
+
+/// The "N more occurrences" a summary reports.
+fn more_count(text: &str) -> Option<u64> {
+    text.split_once("*: ")?.1.split(' ').next()?.parse().ok()
+}
+
+/// Redis killed in the middle of a burst: every host falls back to its own summary,
+/// and together they count every occurrence (the hosts whose first message another host
+/// posted count it in their own summary).
+#[test]
+fn redis_lost_mid_burst_loses_no_occurrence() {
+    let chat = MockChat::start();
+    chat.set_rate(None, None);
+    let url = chat.webhook("SPACE", "KEY", "TOKEN");
+    let mut redis = Redis::start();
+    let mut agents: Vec<Agent> = (0..4)
+        .map(|i| burst_agent(&url, &format!("host-{i}"), &redis.url()))
+        .collect();
+    for agent in &agents {
+        write_timeouts(&agent.log(), 11);
+    }
+    for agent in &mut agents {
+        agent.start();
+    }
+    wait_for("the first message", Duration::from_secs(30), || {
+        !chat.messages().is_empty()
+    });
+    // Every host has decided about its first occurrence (its outbox holds at most the
+    // window's summary, which comes at the window's end).
+    wait_for("every first decided", Duration::from_secs(30), || {
+        agents.iter().all(|a| read_all(a) && queued(a) == 0)
+    });
+    redis.kill();
+    wait_for("every host's summary", Duration::from_secs(60), || {
+        chat.messages().len() >= 5 && agents.iter().all(|a| queued(a) == 0)
+    });
+    let messages = chat.messages();
+    assert_eq!(
+        messages.len(),
+        5,
+        "one first message and four summaries: {messages:#?}"
+    );
+    let counted: u64 = messages[1..]
+        .iter()
+        .map(|m| more_count(&m.text).unwrap_or_else(|| panic!("not a summary: {}", m.text)))
+        .sum();
+    assert_eq!(counted + 1, 44, "every occurrence counted once");
+    for agent in &mut agents {
+        assert!(agent.terminate().success());
+    }
+}

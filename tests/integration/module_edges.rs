@@ -37,6 +37,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "config",
             "fleet",
             "ops",
+            "pipeline::bursts::summary_text",
+            "pipeline::rules::BurstMark",
             "pipeline::thread_key",
             "store::StoreError",
             "store::outbox",

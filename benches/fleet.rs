@@ -8,6 +8,11 @@
 //! fleet mode (pacing shared through a real Redis) and without (each agent alone). Each
 //! prints the messages posted, the 429s Chat answered, the time from the first line
 //! written to the last message stored, and (with fleet mode) the Redis commands per post.
+//!
+//! Then the same problem on every host: each agent's log gets `CHATTAIL_BENCH_BURST` (21)
+//! lines of one database timeout, for a rule with a 5 s `dedup` window. Printed per mode:
+//! messages posted, 429s, time from the first line to the last message (the summary),
+//! what the summary counted, and Redis commands per matching line.
 
 use std::fs;
 use std::path::Path;
@@ -61,7 +66,7 @@ fn agent_config(dir: &Path, host: &str, url: &str, quota: u64, fleet: Option<u16
         "state_dir: {state}\nhost: {host}\nwebhooks:\n  oncall:\n    url: \"{url}\"\n    max_per_second: {quota}\n\
          files:\n  - path: {logs}/*.log\n    start_at: beginning\n\
          delivery:\n  min_backoff: 100ms\n  max_backoff: 2s\n\
-         rules:\n  - name: job\n    match: 'JOB (?P<n>\\d+) failed'\n    webhook: oncall\n    thread_key: '{host}-job-{{n}}'\n",
+         rules:\n  - name: job\n    match: 'JOB (?P<n>\\d+) failed'\n    webhook: oncall\n    thread_key: '{host}-job-{{n}}'\n  - name: db-timeout\n    match: 'timeout connecting to (?P<db>\\S+)'\n    webhook: oncall\n    thread_key: 'db-timeout-{{db}}'\n    dedup:\n      window: 5s\n",
         state = dir.join("state").display(),
         logs = dir.join("logs").display(),
     );
@@ -73,7 +78,16 @@ fn agent_config(dir: &Path, host: &str, url: &str, quota: u64, fleet: Option<u16
     fs::write(dir.join("chattail.yaml"), yaml).unwrap();
 }
 
-fn run(agents: u64, jobs: u64, quota: u64, redis: Option<u16>) {
+/// What every agent's log gets.
+#[derive(Clone, Copy)]
+enum Load {
+    /// `n` jobs failing, each a message of its own.
+    Jobs(u64),
+    /// `n` lines of one problem, under a 5 s burst window.
+    Burst(u64),
+}
+
+fn run(agents: u64, load: Load, quota: u64, redis: Option<u16>) {
     let root = tempfile::tempdir().unwrap();
     let chat = Sandbox::start();
     chat.set_rate(Some(quota as f64), None);
@@ -82,6 +96,18 @@ fn run(agents: u64, jobs: u64, quota: u64, redis: Option<u16>) {
     for i in 0..agents {
         let dir = root.path().join(format!("agent-{i}"));
         agent_config(&dir, &format!("host-{i}"), &url, quota, redis);
+        if i == 0 {
+            let check = Command::new(env!("CARGO_BIN_EXE_chattail"))
+                .args(["check", "--config"])
+                .arg(dir.join("chattail.yaml"))
+                .output()
+                .unwrap();
+            assert!(
+                check.status.success(),
+                "{}",
+                String::from_utf8_lossy(&check.stderr)
+            );
+        }
         children.0.push(
             Command::new(env!("CARGO_BIN_EXE_chattail"))
                 .args(["run", "--config"])
@@ -101,13 +127,25 @@ fn run(agents: u64, jobs: u64, quota: u64, redis: Option<u16>) {
     let start = Instant::now();
     for i in 0..agents {
         let log = root.path().join(format!("agent-{i}/logs/app.log"));
-        let lines: String = (0..jobs)
-            .map(|n| format!("2026-12-01T10:00:00Z ERROR JOB {n} failed\n"))
-            .collect();
+        let lines: String = match load {
+            Load::Jobs(n) => (0..n)
+                .map(|n| format!("2026-12-01T10:00:00Z ERROR JOB {n} failed\n"))
+                .collect(),
+            Load::Burst(n) => (0..n)
+                .map(|i| {
+                    format!("2026-12-01T10:00:00Z ERROR timeout connecting to db-main ({i})\n")
+                })
+                .collect(),
+        };
         fs::write(log, lines).unwrap();
     }
-    let expected = (agents * jobs) as usize;
-    let deadline = Duration::from_secs(600);
+    let (expected, matching) = match (load, redis) {
+        (Load::Jobs(n), _) => ((agents * n) as usize, agents * n),
+        (Load::Burst(n), Some(_)) => (2, agents * n),
+        (Load::Burst(n), None) => ((2 * agents) as usize, agents * n),
+    };
+    // A config that does not load would otherwise hold the bench here for long.
+    let deadline = Duration::from_secs(180);
     while chat.messages().len() < expected && start.elapsed() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -119,6 +157,15 @@ fn run(agents: u64, jobs: u64, quota: u64, redis: Option<u16>) {
     } else {
         "single-host mode"
     };
+    let counted: u64 = messages
+        .iter()
+        .map(|m| {
+            m.text
+                .split_once("*: ")
+                .and_then(|(_, rest)| rest.split(' ').next()?.parse().ok())
+                .unwrap_or(1)
+        })
+        .sum();
     print!(
         "  {mode}: {} of {expected} messages posted, {throttled} answered 429, first line → last message {:.1} s",
         messages.len(),
@@ -128,11 +175,15 @@ fn run(agents: u64, jobs: u64, quota: u64, redis: Option<u16>) {
         Some(port) => {
             let commands = redis_commands(port).saturating_sub(commands_before);
             println!(
-                ", {:.2} Redis commands per post",
-                commands as f64 / messages.len().max(1) as f64
+                ", {:.2} Redis commands per post, {:.2} per matching line",
+                commands as f64 / messages.len().max(1) as f64,
+                commands as f64 / matching.max(1) as f64
             );
         }
         None => println!(),
+    }
+    if let Load::Burst(_) = load {
+        println!("    the messages account for {counted} of the {matching} matching lines");
     }
 }
 
@@ -161,6 +212,10 @@ fn main() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    run(agents, jobs, quota, Some(port));
-    run(agents, jobs, quota, None);
+    run(agents, Load::Jobs(jobs), quota, Some(port));
+    run(agents, Load::Jobs(jobs), quota, None);
+    let burst = env_number("CHATTAIL_BENCH_BURST", 21);
+    println!("The same problem on {agents} agents, {burst} lines each, a 5 s burst window:");
+    run(agents, Load::Burst(burst), quota, Some(port));
+    run(agents, Load::Burst(burst), quota, None);
 }

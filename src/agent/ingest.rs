@@ -268,6 +268,7 @@ impl Ingest {
             outbox_max,
             // The tailer reports waiting files at every scan (once a second).
             out_of_descriptors: self.health.short_of_descriptors(5_000),
+            fleet_alone: self.health.degradations().into_iter().next(),
         };
         let before = self.extra.len();
         let tailer = &self.tailer;

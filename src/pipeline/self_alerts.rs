@@ -33,6 +33,8 @@ pub struct Facts {
     pub outbox_max: u64,
     /// Log files wait for a descriptor (the tailer said so at its last scans).
     pub out_of_descriptors: bool,
+    /// Fleet mode: why this agent works alone now (Redis cannot be reached).
+    pub fleet_alone: Option<String>,
 }
 
 /// An episode that opened or cleared, for the caller's log.
@@ -59,6 +61,7 @@ enum Condition {
     OutboxHigh,
     Missing(String),
     OutOfDescriptors,
+    FleetAlone,
 }
 
 #[derive(Debug, Default)]
@@ -113,6 +116,7 @@ impl SelfAlerts {
             let still_configured = match &condition {
                 Condition::Parked(name) => config.webhook(name).is_some(),
                 Condition::Missing(p) => config.files.iter().any(|f| &f.pattern == p),
+                Condition::FleetAlone => config.fleet.is_some(),
                 Condition::OutboxHigh | Condition::OutOfDescriptors => true,
             };
             let what = if still_configured {
@@ -171,6 +175,14 @@ impl SelfAlerts {
             active.insert(
                 Condition::OutOfDescriptors,
                 "Some matched files are not followed until descriptors free up; raise LimitNOFILE (ulimit -n) or narrow the globs.".to_owned(),
+            );
+        }
+        if let Some(why) = &facts.fleet_alone {
+            active.insert(
+                Condition::FleetAlone,
+                format!(
+                    "{why}. Windows and pacing are this host's own until Redis answers; nothing is lost."
+                ),
             );
         }
         let mut configured = Vec::new();
@@ -235,6 +247,7 @@ fn subject(condition: &Condition) -> String {
         Condition::OutboxHigh => "The outbox".to_owned(),
         Condition::Missing(p) => format!("`{p}`"),
         Condition::OutOfDescriptors => "The log reader".to_owned(),
+        Condition::FleetAlone => "Fleet mode".to_owned(),
     }
 }
 
@@ -248,6 +261,8 @@ fn describe(condition: &Condition, cleared: bool) -> String {
         (Condition::Missing(_), true) => "has a file again",
         (Condition::OutOfDescriptors, false) => "is short of file descriptors.",
         (Condition::OutOfDescriptors, true) => "has the descriptors it needs again",
+        (Condition::FleetAlone, false) => "works alone: Redis cannot be reached.",
+        (Condition::FleetAlone, true) => "shares with the fleet again",
     };
     format!("{} {state}", subject(condition))
 }
@@ -316,6 +331,39 @@ mod tests {
         assert_eq!(
             texts(&out),
             ["*chattail on web-1*: ✅ Webhook `app` is no longer configured (after 1m 4s)."]
+        );
+    }
+
+    #[test]
+    fn fleet_mode_working_alone_is_an_episode() {
+        let mut facts = Facts {
+            fleet_alone: Some(
+                "fleet: Redis r:6379/0 unreachable (refused); pacing locally".to_owned(),
+            ),
+            ..Facts::default()
+        };
+        let mut alerts = SelfAlerts::default();
+        let mut out = Vec::new();
+        let both = config(&["app", "ops"]);
+        alerts.check(&both, &facts, Some(&|_| true), 0, &mut out);
+        assert_eq!(out.len(), 1);
+        assert!(
+            out[0]
+                .text
+                .contains("Fleet mode works alone: Redis cannot be reached."),
+            "{}",
+            out[0].text
+        );
+        facts.fleet_alone = None;
+        alerts.check(&both, &facts, Some(&|_| true), 30_000, &mut out);
+        assert_eq!(out.len(), 2);
+        // This config has no `fleet` block, so the end reads as a reload's.
+        assert!(
+            out[1]
+                .text
+                .contains("✅ Fleet mode is no longer configured"),
+            "{}",
+            out[1].text
         );
     }
 

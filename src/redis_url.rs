@@ -8,13 +8,8 @@ use secrecy::{ExposeSecret, SecretString};
 pub enum RedisUrlError {
     #[error("is not a URL ({0})")]
     Syntax(String),
-    #[error("must use redis://, not `{0}:`")]
+    #[error("must use redis:// or rediss:// (TLS), not `{0}:`")]
     Scheme(String),
-    #[error(
-        "uses rediss:// (TLS), which this version does not support yet; reach Redis over a \
-         private network or a local TLS tunnel (stunnel, spiped) with redis://"
-    )]
-    TlsUnsupported,
     #[error("has no host")]
     NoHost,
     #[error("names database `{0}`; write a number, e.g. redis://host:6379/0")]
@@ -27,6 +22,8 @@ pub struct RedisUrl {
     host: String,
     port: u16,
     db: u32,
+    /// `rediss://`: TLS, verified against the OS's trust store.
+    tls: bool,
 }
 
 impl std::fmt::Debug for RedisUrl {
@@ -42,6 +39,7 @@ impl Clone for RedisUrl {
             host: self.host.clone(),
             port: self.port,
             db: self.db,
+            tls: self.tls,
         }
     }
 }
@@ -54,6 +52,7 @@ impl PartialEq for RedisUrl {
 
 /// What a connection needs, with the secret parts.
 pub struct RedisTarget<'a> {
+    pub tls: bool,
     pub host: &'a str,
     pub port: u16,
     pub db: u32,
@@ -66,11 +65,11 @@ impl RedisUrl {
         // The url crate's error text never includes the input.
         let parsed =
             url::Url::parse(raw.trim()).map_err(|e| RedisUrlError::Syntax(e.to_string()))?;
-        match parsed.scheme() {
-            "redis" => {}
-            "rediss" => return Err(RedisUrlError::TlsUnsupported),
+        let tls = match parsed.scheme() {
+            "redis" => false,
+            "rediss" => true,
             other => return Err(RedisUrlError::Scheme(other.to_owned())),
-        }
+        };
         let host = parsed
             .host_str()
             .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_owned())
@@ -88,12 +87,14 @@ impl RedisUrl {
             host,
             port: parsed.port().unwrap_or(6379),
             db,
+            tls,
         })
     }
 
-    /// `host:port/db`, safe to show.
+    /// `host:port/db` (with ` (TLS)` for rediss://), safe to show.
     pub fn display(&self) -> String {
-        format!("{}:{}/{}", self.host, self.port, self.db)
+        let tls = if self.tls { " (TLS)" } else { "" };
+        format!("{}:{}/{}{tls}", self.host, self.port, self.db)
     }
 
     /// Where to connect and how to log in. Only the fleet client calls this.
@@ -115,6 +116,7 @@ impl RedisUrl {
             .and_then(|p| p.password().map(str::to_owned))
             .map(|p| decode(&p));
         RedisTarget {
+            tls: self.tls,
             host: &self.host,
             port: self.port,
             db: self.db,
@@ -159,7 +161,6 @@ mod tests {
     fn refusals_name_no_secret() {
         for (raw, expected) in [
             ("http://u:pw@host", RedisUrlError::Scheme("http".into())),
-            ("rediss://u:pw@host", RedisUrlError::TlsUnsupported),
             (
                 "redis://u:pw@host/zero",
                 RedisUrlError::Database("zero".into()),
@@ -172,6 +173,12 @@ mod tests {
         assert_eq!(
             RedisUrl::parse("redis://localhost").unwrap().display(),
             "localhost:6379/0"
+        );
+        assert_eq!(
+            RedisUrl::parse("rediss://u:pw@cache.example:6380")
+                .unwrap()
+                .display(),
+            "cache.example:6380/0 (TLS)"
         );
     }
 }

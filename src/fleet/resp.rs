@@ -38,16 +38,34 @@ impl RespError {
     }
 }
 
+/// A byte stream to Redis: plain TCP or TLS over it.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
 /// One connection.
 pub struct Connection {
-    stream: BufReader<TcpStream>,
+    stream: BufReader<Box<dyn Io>>,
 }
 
 impl Connection {
     /// Connects and logs in (`AUTH`, `SELECT` when needed).
     pub async fn open(target: &RedisTarget<'_>) -> Result<Self, RespError> {
-        let stream = TcpStream::connect((target.host, target.port)).await?;
-        stream.set_nodelay(true)?;
+        let tcp = TcpStream::connect((target.host, target.port)).await?;
+        tcp.set_nodelay(true)?;
+        let stream: Box<dyn Io> = if target.tls {
+            use rustls_platform_verifier::ConfigVerifierExt;
+            // The process's TLS provider is ring (as for Chat); refused harmlessly when
+            // it is installed already.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let config = rustls::ClientConfig::with_platform_verifier()
+                .map_err(|e| RespError::Io(std::io::Error::other(e)))?;
+            let name = rustls::pki_types::ServerName::try_from(target.host.to_owned())
+                .map_err(|e| RespError::Io(std::io::Error::other(e)))?;
+            let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+            Box::new(connector.connect(name, tcp).await?)
+        } else {
+            Box::new(tcp)
+        };
         let mut conn = Self {
             stream: BufReader::new(stream),
         };

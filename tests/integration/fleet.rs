@@ -492,3 +492,140 @@ fn redis_lost_mid_burst_loses_no_occurrence() {
         assert!(agent.terminate().success());
     }
 }
+
+/// A throw-away CA and a server certificate for 127.0.0.1, made with `openssl`.
+fn make_certs(dir: &Path) {
+    let run = |args: &[&str]| {
+        let status = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("openssl on PATH");
+        assert!(status.success(), "openssl {args:?}");
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=chattail test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+}
+
+/// rediss://: fleet-wide windows over TLS, the server verified against the trust store
+/// (here a test CA, through `SSL_CERT_FILE`): two hosts give one first message and one
+/// summary, which they could not without reaching Redis.
+#[test]
+fn fleet_mode_works_over_tls() {
+    let certs = tempfile::tempdir().unwrap();
+    make_certs(certs.path());
+    let port = free_port();
+    let data = tempfile::tempdir().unwrap();
+    let c = |name: &str| certs.path().join(name).display().to_string();
+    let mut server = Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .args([
+            "--tls-cert-file",
+            &c("server.pem"),
+            "--tls-key-file",
+            &c("server.key"),
+        ])
+        .args([
+            "--tls-ca-cert-file",
+            &c("ca.pem"),
+            "--tls-auth-clients",
+            "no",
+        ])
+        .args(["--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(data.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("redis-server over TLS", Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let chat = MockChat::start();
+    chat.set_rate(None, None);
+    let url = chat.webhook("SPACE", "KEY", "TOKEN");
+    let redis_url = format!("rediss://127.0.0.1:{port}/0");
+    let mut agents: Vec<Agent> = (0..2)
+        .map(|i| burst_agent(&url, &format!("host-{i}"), &redis_url))
+        .collect();
+    for agent in &mut agents {
+        write_timeouts(&agent.log(), 6);
+        agent.env.push(("SSL_CERT_FILE".to_owned(), c("ca.pem")));
+        agent.start();
+    }
+    wait_for("the summary", Duration::from_secs(60), || {
+        chat.messages().len() >= 2
+    });
+    wait_for("both outboxes empty", Duration::from_secs(60), || {
+        agents.iter().all(|a| queued(a) == 0)
+    });
+    let messages = chat.messages();
+    assert_eq!(messages.len(), 2, "{messages:#?}");
+    assert!(
+        messages[1].text.contains("11 more occurrences on 2 hosts"),
+        "{}",
+        messages[1].text
+    );
+    for agent in &mut agents {
+        assert!(agent.terminate().success());
+        assert!(
+            !agent.stderr().contains("Redis cannot be reached"),
+            "{}",
+            agent.stderr()
+        );
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+}

@@ -84,12 +84,17 @@ pub enum FleetError {
     Timeout(Duration),
     #[error("Redis failed a moment ago; not retried yet")]
     Waiting,
+    /// Redis lost its scripts (a restart): the caller sends the script itself.
+    #[error("Redis has no such script")]
+    NoScript,
 }
 
 /// The fleet client one agent shares between its delivery workers.
 pub struct Fleet {
     config: FleetConfig,
     conn: Mutex<Option<Session>>,
+    /// The SHA1 of [`PACE_SCRIPT`] as the current connection's server loaded it.
+    pace_sha: Mutex<String>,
     /// When the last failure was and how long no call is tried after it.
     failed: std::sync::Mutex<Option<(Instant, Duration)>>,
     connected: AtomicBool,
@@ -114,6 +119,7 @@ impl Fleet {
         Self {
             config,
             conn: Mutex::new(None),
+            pace_sha: Mutex::new(String::new()),
             failed: std::sync::Mutex::new(None),
             connected: AtomicBool::new(true),
             metrics,
@@ -130,12 +136,7 @@ impl Fleet {
     /// Reserves the next send slot of `space` for the whole fleet, at least `interval`
     /// after the previous one.
     pub async fn reserve_send(&self, space: &str, interval: Duration) -> Result<Slot, FleetError> {
-        if self
-            .failed
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .is_some_and(|(at, wait)| at.elapsed() < wait)
-        {
+        if self.backing_off() {
             return Err(FleetError::Waiting);
         }
         let (key, interval_key) = self.pace_keys(space);
@@ -148,89 +149,75 @@ impl Fleet {
             millis.as_bytes(),
             horizon.as_bytes(),
         ];
-        let call = async {
-            let mut session = self.conn.lock().await;
-            if session.as_ref().is_some_and(|s| s.busy) {
-                *session = None;
-            }
-            if session.is_none() {
-                *session = Some(self.open().await?);
-            }
-            let Some(s) = session.as_mut() else {
-                return Err(RespError::Protocol("no session"));
-            };
-            s.busy = true;
-            let evalsha: Vec<&[u8]> = [&b"EVALSHA"[..], s.pace_sha.as_bytes()]
+        let sha = self.pace_sha.lock().await.clone();
+        let with = |first: &'static [u8], script: &[u8]| -> Vec<Vec<u8>> {
+            [first, script]
                 .into_iter()
                 .chain(args)
-                .collect();
-            let reply = match s.conn.call(&evalsha).await {
-                Err(e) if e.is_noscript() => {
-                    // The server restarted and lost its scripts: send the script itself.
-                    let eval: Vec<&[u8]> = [&b"EVAL"[..], PACE_SCRIPT.as_bytes()]
-                        .into_iter()
-                        .chain(args)
-                        .collect();
-                    s.conn.call(&eval).await
-                }
-                other => other,
-            };
-            s.busy = false;
-            if reply.is_err() {
-                *session = None;
-            }
-            reply
+                .map(<[u8]>::to_vec)
+                .collect()
         };
-        let outcome = match tokio::time::timeout(self.config.timeout, call).await {
-            Ok(Ok(Value::Int(wait))) if wait >= 0 => {
+        let reply = match self.exchange(&with(b"EVALSHA", sha.as_bytes())).await {
+            // The server restarted and lost its scripts: send the script itself.
+            Err(FleetError::NoScript) => {
+                self.exchange(&with(b"EVAL", PACE_SCRIPT.as_bytes())).await
+            }
+            other => other,
+        };
+        let outcome = match reply {
+            Ok(Value::Int(wait)) if wait >= 0 => {
                 Ok(Slot::After(Duration::from_millis(wait.unsigned_abs())))
             }
-            Ok(Ok(Value::Int(wait))) => Ok(Slot::Full(Duration::from_millis(wait.unsigned_abs()))),
-            Ok(Ok(_)) => Err(FleetError::Redis(
+            Ok(Value::Int(wait)) => Ok(Slot::Full(Duration::from_millis(wait.unsigned_abs()))),
+            Ok(_) => Err(FleetError::Redis(
                 "the pacing script answered no number".into(),
             )),
-            // Redacted before it is cut, so no part of a password survives the cut.
-            Ok(Err(error)) => Err(FleetError::Redis(
-                self.config
-                    .redis
-                    .redact(&error.to_string())
-                    .chars()
-                    .take(300)
-                    .collect(),
-            )),
-            Err(_) => Err(FleetError::Timeout(self.config.timeout)),
+            Err(error) => Err(error),
         };
         self.note(&outcome);
         outcome
     }
 
-    /// Runs one command on the shared connection, within `fleet.timeout`, with the same
-    /// failure handling as [`reserve_send`](Self::reserve_send).
+    /// Runs one command on the shared connection; its outcome is noted like any call's.
     async fn command(&self, args: &[&[u8]]) -> Result<Value, FleetError> {
         if self.backing_off() {
             return Err(FleetError::Waiting);
         }
+        let args: Vec<Vec<u8>> = args.iter().map(|a| a.to_vec()).collect();
+        let outcome = self.exchange(&args).await;
+        self.note(&outcome);
+        outcome
+    }
+
+    /// One command and its reply on the shared connection (opened on demand), within
+    /// `fleet.timeout`. A connection that failed, or whose reply a cancelled call left
+    /// unread, is not used again. Errors are redacted before they are cut.
+    async fn exchange(&self, args: &[Vec<u8>]) -> Result<Value, FleetError> {
         let call = async {
             let mut session = self.conn.lock().await;
             if session.as_ref().is_some_and(|s| s.busy) {
                 *session = None;
             }
             if session.is_none() {
-                *session = Some(self.open().await?);
+                let opened = self.open().await?;
+                *self.pace_sha.lock().await = opened.pace_sha.clone();
+                *session = Some(opened);
             }
             let Some(s) = session.as_mut() else {
                 return Err(RespError::Protocol("no session"));
             };
             s.busy = true;
-            let reply = s.conn.call(args).await;
+            let parts: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+            let reply = s.conn.call(&parts).await;
             s.busy = false;
             if matches!(reply, Err(RespError::Io(_) | RespError::Protocol(_))) {
                 *session = None;
             }
             reply
         };
-        let outcome = match tokio::time::timeout(self.config.timeout, call).await {
+        match tokio::time::timeout(self.config.timeout, call).await {
             Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) if error.is_noscript() => Err(FleetError::NoScript),
             Ok(Err(error)) => Err(FleetError::Redis(
                 self.config
                     .redis
@@ -240,9 +227,7 @@ impl Fleet {
                     .collect(),
             )),
             Err(_) => Err(FleetError::Timeout(self.config.timeout)),
-        };
-        self.note(&outcome);
-        outcome
+        }
     }
 
     fn backing_off(&self) -> bool {

@@ -343,6 +343,18 @@ fn read_all(agent: &Agent) -> bool {
         .is_ok_and(|offset| offset == size && size > 0)
 }
 
+/// Starts `hosts` burst agents (`host-0`, ...), each with `lines` timeout lines.
+fn start_burst_agents(hosts: usize, lines: usize, url: &str, redis: &str) -> Vec<Agent> {
+    let mut agents: Vec<Agent> = (0..hosts)
+        .map(|i| burst_agent(url, &format!("host-{i}"), redis))
+        .collect();
+    for agent in &mut agents {
+        write_timeouts(&agent.log(), lines);
+        agent.start();
+    }
+    agents
+}
+
 /// How many notifications an agent still has queued (its outbox, read directly).
 fn queued(agent: &Agent) -> i64 {
     let db = agent.dir.path().join("state/state.sqlite3");
@@ -359,15 +371,7 @@ fn one_problem_on_ten_hosts_gives_one_first_message_and_one_summary() {
     chat.set_rate(Some(4.0), None);
     let url = chat.webhook("SPACE", "KEY", "TOKEN");
     let redis = Redis::start();
-    let mut agents: Vec<Agent> = (0..10)
-        .map(|i| burst_agent(&url, &format!("host-{i}"), &redis.url()))
-        .collect();
-    for agent in &agents {
-        write_timeouts(&agent.log(), 51);
-    }
-    for agent in &mut agents {
-        agent.start();
-    }
+    let mut agents = start_burst_agents(10, 51, &url, &redis.url());
     wait_for("the summary", Duration::from_secs(60), || {
         chat.messages().len() >= 2
     });
@@ -398,15 +402,7 @@ fn the_summary_survives_its_owner_being_killed() {
     chat.set_rate(None, None);
     let url = chat.webhook("SPACE", "KEY", "TOKEN");
     let redis = Redis::start();
-    let mut agents: Vec<Agent> = (0..4)
-        .map(|i| burst_agent(&url, &format!("host-{i}"), &redis.url()))
-        .collect();
-    for agent in &agents {
-        write_timeouts(&agent.log(), 11);
-    }
-    for agent in &mut agents {
-        agent.start();
-    }
+    let mut agents = start_burst_agents(4, 11, &url, &redis.url());
     wait_for("the first message", Duration::from_secs(30), || {
         !chat.messages().is_empty()
     });
@@ -456,15 +452,7 @@ fn redis_lost_mid_burst_loses_no_occurrence() {
     chat.set_rate(None, None);
     let url = chat.webhook("SPACE", "KEY", "TOKEN");
     let mut redis = Redis::start();
-    let mut agents: Vec<Agent> = (0..4)
-        .map(|i| burst_agent(&url, &format!("host-{i}"), &redis.url()))
-        .collect();
-    for agent in &agents {
-        write_timeouts(&agent.log(), 11);
-    }
-    for agent in &mut agents {
-        agent.start();
-    }
+    let mut agents = start_burst_agents(4, 11, &url, &redis.url());
     wait_for("the first message", Duration::from_secs(30), || {
         !chat.messages().is_empty()
     });

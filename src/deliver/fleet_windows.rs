@@ -11,13 +11,20 @@ use crate::pipeline::bursts::summary_text;
 use crate::pipeline::rules::BurstMark;
 use crate::store::outbox::Batch;
 
+/// The window whose summary a post is: marked done once Chat accepted it.
+pub(super) struct SummaryDone {
+    pub rule: String,
+    pub key: String,
+    pub claim: Claim,
+}
+
 /// What to do with a batch that carries a burst mark.
 pub(super) enum Decision {
     /// Post it, with this text instead of its own when given; after Chat accepted it,
     /// mark this window's summary as done.
     Post {
         text: Option<String>,
-        done: Option<Claim>,
+        done: Option<SummaryDone>,
     },
     /// Another agent posts for the fleet: remove it without posting.
     Drop,
@@ -154,7 +161,7 @@ impl SpaceWorker {
                             &totals.last_line,
                             &totals.hosts,
                         )),
-                        done: Some(claim),
+                        done: Some(SummaryDone { rule, key, claim }),
                     },
                     Ok(_) => Decision::Drop,
                     Err(_) => local(),

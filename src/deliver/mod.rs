@@ -258,15 +258,13 @@ impl SpaceWorker {
             match outcome {
                 PostOutcome::Accepted { .. } => {
                     self.accepted(&target, &batch);
-                    if let (Some(fleet), Some(claim)) = (&self.context.fleet, &done_window)
-                        && let Some(rule) = batch.rules.first()
-                        && let Some(BurstMark::Summary { key, .. }) = batch
-                            .burst
-                            .as_deref()
-                            .and_then(|b| serde_json::from_str::<BurstMark>(b).ok())
-                    {
+                    if let (Some(fleet), Some(done)) = (&self.context.fleet, &done_window) {
                         let agent = self.outbox.agent_id().to_owned();
-                        let _ = fleet.mark_done(&agent, rule, &key, claim).await;
+                        // Left unmarked (Redis gone), another host takes the summary over
+                        // after the lease and posts a second one: the stated worst case.
+                        let _ = fleet
+                            .mark_done(&agent, &done.rule, &done.key, &done.claim)
+                            .await;
                     }
                 }
                 PostOutcome::Retry { after, reason } => {

@@ -50,14 +50,24 @@ impl PartialEq for RedisUrl {
     }
 }
 
-/// What a connection needs, with the secret parts.
+/// What a connection needs, with the secret parts (kept secret: `Debug` shows none).
 pub struct RedisTarget<'a> {
     pub tls: bool,
     pub host: &'a str,
     pub port: u16,
     pub db: u32,
-    pub user: Option<String>,
-    pub password: Option<String>,
+    pub user: Option<SecretString>,
+    pub password: Option<SecretString>,
+}
+
+/// Percent-decodes a URL's user or password as RFC 3986 userinfo: `%40` is `@`, and a
+/// literal `+` or `&` is itself (it is not a form, where `+` would be a space).
+fn decode_userinfo(raw: &str) -> SecretString {
+    SecretString::from(
+        percent_encoding::percent_decode_str(raw)
+            .decode_utf8_lossy()
+            .into_owned(),
+    )
 }
 
 impl RedisUrl {
@@ -100,21 +110,15 @@ impl RedisUrl {
     /// Where to connect and how to log in. Only the fleet client calls this.
     pub fn target(&self) -> RedisTarget<'_> {
         let parsed = url::Url::parse(self.secret.expose_secret()).ok();
-        let decode = |s: &str| {
-            url::form_urlencoded::parse(format!("x={s}").as_bytes())
-                .next()
-                .map(|(_, v)| v.into_owned())
-                .unwrap_or_default()
-        };
         let user = parsed
             .as_ref()
-            .map(|p| p.username().to_owned())
+            .map(url::Url::username)
             .filter(|u| !u.is_empty())
-            .map(|u| decode(&u));
+            .map(decode_userinfo);
         let password = parsed
             .as_ref()
-            .and_then(|p| p.password().map(str::to_owned))
-            .map(|p| decode(&p));
+            .and_then(url::Url::password)
+            .map(decode_userinfo);
         RedisTarget {
             tls: self.tls,
             host: &self.host,
@@ -125,14 +129,33 @@ impl RedisUrl {
         }
     }
 
-    /// `text` with the URL's user and password replaced by `***`.
+    /// `text` with the URL's user and password replaced by `***`, in their decoded and
+    /// their written (percent-encoded) forms. A secret too short to replace without
+    /// mangling the text (under 4 bytes) that appears in it withholds the whole text.
     pub fn redact(&self, text: &str) -> String {
         let target = self.target();
+        let parsed = url::Url::parse(self.secret.expose_secret()).ok();
+        let written = parsed
+            .as_ref()
+            .map(|p| [p.username().to_owned(), p.password().unwrap_or("").to_owned()]);
+        let mut secrets: Vec<String> = [target.password, target.user]
+            .into_iter()
+            .flatten()
+            .map(|s| s.expose_secret().to_owned())
+            .chain(written.into_iter().flatten())
+            .filter(|s| !s.is_empty())
+            .collect();
+        // Longest first, so a secret that contains another is replaced whole.
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
         let mut out = text.to_owned();
-        for secret in [target.password, target.user].into_iter().flatten() {
-            if secret.len() >= 3 {
-                out = out.replace(&secret, "***");
+        for secret in &secrets {
+            if !out.contains(secret.as_str()) {
+                continue;
             }
+            if secret.len() < 4 {
+                return "(text withheld: it may contain the Redis password)".to_owned();
+            }
+            out = out.replace(secret.as_str(), "***");
         }
         out
     }
@@ -152,9 +175,30 @@ mod tests {
             "{debug}"
         );
         let target = url.target();
-        assert_eq!(target.user.as_deref(), Some("agent"));
-        assert_eq!(target.password.as_deref(), Some("s3cr@t"));
+        assert_eq!(target.user.unwrap().expose_secret(), "agent");
+        assert_eq!(target.password.unwrap().expose_secret(), "s3cr@t");
         assert_eq!(url.redact("auth s3cr@t failed"), "auth *** failed");
+        assert_eq!(url.redact("auth s3cr%40t failed"), "auth *** failed");
+    }
+
+    #[test]
+    fn userinfo_is_decoded_as_rfc_3986_not_as_a_form() {
+        let url = RedisUrl::parse("redis://us%2Ber:a+b&c%40d:e@localhost:6379").unwrap();
+        let target = url.target();
+        assert_eq!(target.user.unwrap().expose_secret(), "us+er");
+        assert_eq!(target.password.unwrap().expose_secret(), "a+b&c@d:e");
+    }
+
+    #[test]
+    fn short_secrets_withhold_the_text_that_holds_them() {
+        for password in ["Z", "Zq", "Zqx"] {
+            let url = RedisUrl::parse(&format!("redis://:{password}@localhost")).unwrap();
+            let echoed = format!("ERR invalid password '{password}'");
+            let shown = url.redact(&echoed);
+            assert!(!shown.contains(password), "{shown}");
+        }
+        let url = RedisUrl::parse("redis://:Zq@localhost").unwrap();
+        assert_eq!(url.redact("Connection refused"), "Connection refused");
     }
 
     #[test]

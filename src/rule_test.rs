@@ -62,7 +62,8 @@ impl RuleTest {
         };
         Self {
             pipeline: Pipeline::new(Arc::clone(&config), Vec::new(), Vec::new())
-                .ignoring_file_filters(),
+                .ignoring_file_filters()
+                .alone(),
             config,
             clock,
             now_ms: 0,

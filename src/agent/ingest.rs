@@ -113,11 +113,14 @@ impl Ingest {
             state_rows::saved_files(&store)?,
             Arc::new(TailMetrics::new(&config, &metrics, &health)),
         );
-        let pipeline = Pipeline::new(
+        let mut pipeline = Pipeline::new(
             Arc::clone(&config),
             state_rows::saved_windows(&store)?,
             state_rows::saved_events(&store)?,
         );
+        if options.dry_run {
+            pipeline = pipeline.alone();
+        }
         Ok(Self {
             config,
             store,

@@ -1,89 +1,177 @@
 //! Fleet mode at delivery time: what a queued notification that opens or sums up a burst
 //! window becomes for the whole fleet (see `fleet::windows` for the protocol).
+//!
+//! One decider task per agent makes these decisions, apart from the space workers: a row
+//! waiting for the fleet is not posted (the outbox leaves it out of posts) and holds up
+//! nothing else; when a decision must wait (a summary before its window is over), the
+//! row gets a time to be looked at again and the decider goes on with other rows. Each
+//! decision is recorded in one transaction with the record of the local window's fleet
+//! window, so a retried post never changes what a decision counted and a restart
+//! resumes where it was.
+//!
+//! Redis trouble falls back to what this host knows: a first occurrence is posted, a
+//! summary counts this host's own occurrences (with its first when another host posted
+//! that one). At worst a message more, never a line less.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use super::SpaceWorker;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::{StopSignal, WakeSignal, stop_reached};
 use crate::clock::unix_now_ms;
 use crate::fleet::Fleet;
-use crate::fleet::windows::{Claim, LEASE, Part, SETTLE};
+use crate::fleet::windows::{Joined, Report, Take, member};
+use crate::ops::health::WorkerGuard;
 use crate::pipeline::bursts::summary_text;
 use crate::pipeline::rules::BurstMark;
-use crate::store::outbox::Batch;
+use crate::store::StoreError;
+use crate::store::fleet_rows::{JoinedRecord, RowOutcome, Undecided, WindowChange};
+use crate::store::outbox::Outbox;
 
-/// The window whose summary a post is: marked done once Chat accepted it.
-pub(super) struct SummaryDone {
-    pub rule: String,
-    pub key: String,
-    pub claim: Claim,
+/// How long Redis may fail a summary's decision before this host posts its own.
+const GIVE_UP: Duration = Duration::from_secs(10);
+/// How soon a failed decision is tried again.
+const RETRY: Duration = Duration::from_secs(1);
+/// The longest a decision waits before it is looked at again (the window's totals may be
+/// ready sooner than Redis said, when every part became final).
+const MAX_WAIT: Duration = Duration::from_secs(5);
+/// Records of local windows older than this are forgotten (a window lasts at most seven
+/// days; its summary comes soon after).
+const FORGET_AFTER: Duration = Duration::from_secs(8 * 24 * 3600);
+
+/// The task that makes the fleet's decisions about this agent's queued rows.
+pub(super) struct Decider {
+    pub outbox: Outbox,
+    pub fleet: Arc<Fleet>,
+    pub host: String,
+    pub wake: WakeSignal,
+    pub stop: StopSignal,
+    /// Moved after each decision, so that workers look for rows that became postable.
+    pub decided: watch::Sender<u64>,
+    pub _running: WorkerGuard,
 }
 
-/// What to do with a batch that carries a burst mark.
-pub(super) enum Decision {
-    /// Post it, with this text instead of its own when given; after Chat accepted it,
-    /// mark this window's summary as done.
-    Post {
-        text: Option<String>,
-        done: Option<SummaryDone>,
-    },
-    /// Another agent posts for the fleet: remove it without posting.
-    Drop,
-    /// The worker is stopping; the row stays queued.
-    Stop,
+/// One decision: what becomes of the row, and of its local window's record.
+struct Decision {
+    outcome: RowOutcome,
+    record: Option<JoinedRecord>,
+    forget: bool,
 }
 
-impl SpaceWorker {
-    /// Decides what `batch` (one notification with `mark`) becomes. Any Redis trouble
-    /// posts it as it is: at worst a message more, never one less.
-    pub(super) async fn fleet_decision(
-        &mut self,
-        fleet: &Fleet,
-        batch: &Batch,
-        mark: BurstMark,
-    ) -> Decision {
-        let post_as_is = Decision::Post {
-            text: None,
-            done: None,
-        };
-        let agent = self.outbox.agent_id().to_owned();
-        let Some(rule) = batch.rules.first().cloned() else {
-            return post_as_is;
-        };
-        match mark {
-            BurstMark::First {
-                key,
-                window_ms,
-                line,
-                first_ms,
-            } => {
-                let Ok(claim) = fleet.claim_window(&agent, &rule, &key, window_ms).await else {
-                    return post_as_is;
-                };
-                if claim.owner == agent {
-                    return post_as_is;
-                }
-                let part = Part {
-                    unposted_first: 1,
-                    repeats: 0,
-                    last_ms: first_ms,
-                    host: self.host.clone(),
-                    last_line: line,
-                };
-                match fleet.report_part(&agent, &rule, &key, &claim, &part).await {
-                    Ok(()) => {
-                        tracing::debug!(
-                            rule,
-                            owner = claim.owner,
-                            "Fleet: another agent posts this window's first message."
-                        );
-                        // Remembered so that, should Redis be lost before the summary,
-                        // this host's own summary still counts it.
-                        self.unposted_firsts.insert((rule, key));
-                        Decision::Drop
+impl Decision {
+    fn keep(outcome: RowOutcome) -> Self {
+        Self {
+            outcome,
+            record: None,
+            forget: false,
+        }
+    }
+
+    fn save(outcome: RowOutcome, record: JoinedRecord) -> Self {
+        Self {
+            outcome,
+            record: Some(record),
+            forget: false,
+        }
+    }
+
+    fn forget(outcome: RowOutcome) -> Self {
+        Self {
+            outcome,
+            record: None,
+            forget: true,
+        }
+    }
+}
+
+impl Decider {
+    pub(super) async fn run(mut self) {
+        let before = unix_now_ms() - i64::try_from(FORGET_AFTER.as_millis()).unwrap_or(0);
+        if let Err(error) =
+            tokio::task::block_in_place(|| self.outbox.forget_fleet_windows_before(before))
+        {
+            tracing::warn!(%error, "Cannot forget old fleet window records.");
+        }
+        loop {
+            let deadline = *self.stop.borrow();
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                break;
+            }
+            self.wake.borrow_and_update();
+            let now = unix_now_ms();
+            match tokio::task::block_in_place(|| self.outbox.next_undecided(now)) {
+                Ok(Some(row)) => {
+                    if let Err(error) = self.decide(&row).await {
+                        tracing::error!(%error, "Cannot record a fleet decision; retrying in a second.");
+                        if !self.pause(Duration::from_secs(1)).await {
+                            break;
+                        }
                     }
-                    Err(_) => post_as_is,
+                    self.decided.send_modify(|n| *n = n.wrapping_add(1));
+                }
+                Ok(None) => {
+                    if deadline.is_some() {
+                        break;
+                    }
+                    let due = tokio::task::block_in_place(|| self.outbox.next_decision_ms())
+                        .ok()
+                        .flatten();
+                    let wait = due.map_or(Duration::from_secs(1), |at| {
+                        Duration::from_millis(u64::try_from(at - now).unwrap_or(0))
+                            .min(Duration::from_secs(1))
+                    });
+                    let mut stop = self.stop.clone();
+                    tokio::select! {
+                        _ = self.wake.changed() => {}
+                        () = tokio::time::sleep(wait) => {}
+                        _ = stop.changed() => {}
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(%error, "Cannot read the outbox for fleet decisions; retrying in a second.");
+                    if !self.pause(Duration::from_secs(1)).await {
+                        break;
+                    }
                 }
             }
+        }
+        tracing::debug!("Fleet decider stopped.");
+    }
+
+    /// Sleeps unless the stop deadline comes first; false on stop.
+    async fn pause(&mut self, wait: Duration) -> bool {
+        tokio::select! {
+            () = tokio::time::sleep(wait) => true,
+            () = stop_reached(self.stop.clone()) => false,
+        }
+    }
+
+    async fn decide(&mut self, row: &Undecided) -> Result<(), StoreError> {
+        let Ok(mark) = serde_json::from_str::<BurstMark>(&row.burst) else {
+            // Not a mark this version writes: posted as it is.
+            return tokio::task::block_in_place(|| {
+                self.outbox.record_decision(
+                    row.id,
+                    &RowOutcome::Post(None),
+                    (&row.rule, "", 0),
+                    &WindowChange::Keep,
+                )
+            });
+        };
+        let (key, local_first_ms) = match &mark {
+            BurstMark::First { key, first_ms, .. } | BurstMark::Summary { key, first_ms, .. } => {
+                (key.clone(), *first_ms)
+            }
+        };
+        let decision = match mark {
+            BurstMark::First {
+                key,
+                first_ms,
+                window_ms,
+                line,
+            } => self.first(&row.rule, &key, first_ms, window_ms, line).await,
             BurstMark::Summary {
                 key,
                 first_ms,
@@ -91,88 +179,268 @@ impl SpaceWorker {
                 last_ms,
                 last_line,
             } => {
-                // Without Redis, this host's own summary, counting its first occurrence
-                // too when another host posted it.
-                let unposted = self.unposted_firsts.remove(&(rule.clone(), key.clone()));
-                let own_text = unposted
-                    .then(|| summary_text(&rule, count + 1, last_ms - first_ms, &last_line, &[]));
-                let local = || Decision::Post {
-                    text: own_text.clone(),
-                    done: None,
-                };
-                let Ok(Some(claim)) = fleet.window_owner(&rule, &key).await else {
-                    return local();
-                };
-                let owner = claim.owner == agent;
-                let part = Part {
-                    unposted_first: u64::from(!owner),
-                    repeats: count,
+                let summary = OwnSummary {
+                    rule: &row.rule,
+                    first_ms,
+                    count,
                     last_ms,
-                    host: self.host.clone(),
-                    last_line,
+                    last_line: &last_line,
                 };
-                if fleet
-                    .report_part(&agent, &rule, &key, &claim, &part)
-                    .await
-                    .is_err()
-                {
-                    return local();
-                }
-                let end = claim.first_ms.saturating_add(claim.window_ms);
-                let settle = i64::try_from(SETTLE.as_millis()).unwrap_or(0);
-                let lease = i64::try_from(LEASE.as_millis()).unwrap_or(0);
-                if owner {
-                    if !self.sleep_until_ms(end + settle).await {
-                        return Decision::Stop;
-                    }
-                } else {
-                    // The owner posts; wait for its mark, then take over if none came.
-                    loop {
-                        match fleet.window_done(&rule, &key, &claim).await {
-                            Ok(true) => return Decision::Drop,
-                            Ok(false) => {}
-                            Err(_) => return local(),
-                        }
-                        if unix_now_ms() >= end + settle + lease {
-                            break;
-                        }
-                        if !self.sleep_or_stop(Duration::from_secs(1)).await {
-                            return Decision::Stop;
-                        }
-                    }
-                    match fleet.take_summary(&agent, &rule, &key, &claim).await {
-                        Ok(true) => {
-                            tracing::info!(
-                                rule,
-                                owner = claim.owner,
-                                "Fleet: the window's owner posted no summary; posting it instead."
-                            );
-                        }
-                        Ok(false) => return Decision::Drop,
-                        Err(_) => return local(),
-                    }
-                }
-                match fleet.window_totals(&rule, &key, &claim).await {
-                    Ok(totals) if totals.more > 0 => Decision::Post {
-                        text: Some(summary_text(
-                            &rule,
-                            totals.more,
-                            totals.last_ms - claim.first_ms,
-                            &totals.last_line,
-                            &totals.hosts,
-                        )),
-                        done: Some(SummaryDone { rule, key, claim }),
-                    },
-                    Ok(_) => Decision::Drop,
-                    Err(_) => local(),
-                }
+                self.summary(&key, &summary).await?
             }
+        };
+        let change = match (&decision.record, decision.forget) {
+            (Some(record), _) => WindowChange::Save(record),
+            (None, true) => WindowChange::Forget,
+            (None, false) => WindowChange::Keep,
+        };
+        tokio::task::block_in_place(|| {
+            self.outbox.record_decision(
+                row.id,
+                &decision.outcome,
+                (&row.rule, &key, local_first_ms),
+                &change,
+            )
+        })
+    }
+
+    /// A local window's first occurrence: joins the fleet window; posted by its owner only.
+    async fn first(
+        &mut self,
+        rule: &str,
+        key: &str,
+        first_ms: i64,
+        window_ms: i64,
+        line: String,
+    ) -> Decision {
+        let me = member(self.outbox.agent_id(), first_ms);
+        let age = age_of(first_ms);
+        match self
+            .fleet
+            .claim_window(&me, rule, key, window_ms, &self.host, &line, age)
+            .await
+        {
+            Ok(joined) => {
+                if !joined.owner {
+                    tracing::debug!(
+                        rule,
+                        "Fleet: another agent posts this window's first message."
+                    );
+                }
+                let outcome = if joined.owner {
+                    RowOutcome::Post(None)
+                } else {
+                    RowOutcome::Drop
+                };
+                Decision::save(
+                    outcome,
+                    JoinedRecord {
+                        fleet_first_ms: Some(joined.first_ms),
+                        window_ms: joined.window_ms,
+                        owner: joined.owner,
+                        unposted_first: !joined.owner,
+                        first_line: line,
+                        reported: false,
+                        failing_since: None,
+                    },
+                )
+            }
+            // Without Redis the first occurrence is posted here, as without fleet mode.
+            Err(_) => Decision::save(
+                RowOutcome::Post(None),
+                JoinedRecord {
+                    fleet_first_ms: None,
+                    window_ms,
+                    owner: true,
+                    unposted_first: false,
+                    first_line: line,
+                    reported: false,
+                    failing_since: None,
+                },
+            ),
         }
     }
 
-    /// Sleeps until the wall clock reads `at_ms`; false when the worker must stop.
-    async fn sleep_until_ms(&mut self, at_ms: i64) -> bool {
-        let wait = u64::try_from(at_ms.saturating_sub(unix_now_ms())).unwrap_or(0);
-        wait == 0 || self.sleep_or_stop(Duration::from_millis(wait)).await
+    /// A local window's summary row: reports its repeats into the fleet window, then
+    /// takes the fleet's summary when it is this part's turn, or leaves it to its taker.
+    async fn summary(
+        &mut self,
+        key: &str,
+        own: &OwnSummary<'_>,
+    ) -> Result<Decision, StoreError> {
+        let rule = own.rule;
+        let record = tokio::task::block_in_place(|| {
+            self.outbox.joined_window(rule, key, own.first_ms)
+        })?;
+        // Queued before fleet mode (or its record lost): this host's own summary.
+        let Some(mut record) = record else {
+            return Ok(Decision::keep(own.outcome(false, "")));
+        };
+        let Some(fleet_first_ms) = record.fleet_first_ms else {
+            return Ok(Decision::forget(
+                own.outcome(record.unposted_first, &record.first_line),
+            ));
+        };
+        let me = member(self.outbox.agent_id(), own.first_ms);
+        let now = unix_now_ms();
+        let failed = |mut record: JoinedRecord| {
+            let since = *record.failing_since.get_or_insert(now);
+            if now.saturating_sub(since) >= i64::try_from(GIVE_UP.as_millis()).unwrap_or(0) {
+                tracing::info!(
+                    rule,
+                    "Fleet: Redis cannot decide this window's summary; posting this host's own."
+                );
+                Decision::forget(own.outcome(record.unposted_first, &record.first_line))
+            } else {
+                Decision::save(RowOutcome::Later(now + millis(RETRY)), record)
+            }
+        };
+        if !record.reported {
+            let age = age_of(own.last_ms);
+            match self
+                .fleet
+                .report_window(
+                    &me,
+                    rule,
+                    key,
+                    fleet_first_ms,
+                    own.count,
+                    age,
+                    own.last_line,
+                )
+                .await
+            {
+                Ok(Report::Counted) => {
+                    record.reported = true;
+                    record.failing_since = None;
+                }
+                // The summary went out without this part: its first occurrence was
+                // counted when it joined, its repeats go into a summary of its own.
+                Ok(Report::Closed) => {
+                    return Ok(Decision::forget(own.outcome(false, &record.first_line)));
+                }
+                Ok(Report::Lost) => {
+                    return Ok(Decision::forget(
+                        own.outcome(record.unposted_first, &record.first_line),
+                    ));
+                }
+                Err(_) => return Ok(failed(record)),
+            }
+        }
+        let joined = Joined {
+            owner: record.owner,
+            first_ms: fleet_first_ms,
+            window_ms: record.window_ms,
+        };
+        Ok(
+            match self.fleet.take_summary(&me, rule, key, &joined).await {
+                Ok(Take::Totals(totals)) => {
+                    if !record.owner {
+                        tracing::info!(
+                            rule,
+                            "Fleet: the window's owner posted no summary; posting it instead."
+                        );
+                    }
+                    if totals.more == 0 {
+                        Decision::forget(RowOutcome::Drop)
+                    } else {
+                        Decision::forget(RowOutcome::Post(Some(summary_text(
+                            rule,
+                            totals.more,
+                            totals.span_ms,
+                            &totals.last_line,
+                            (&totals.named, totals.hosts),
+                        ))))
+                    }
+                }
+                Ok(Take::Taken) => Decision::forget(RowOutcome::Drop),
+                Ok(Take::Lost) => {
+                    Decision::forget(own.outcome(record.unposted_first, &record.first_line))
+                }
+                Ok(Take::Wait(wait)) => {
+                    record.failing_since = None;
+                    let wait = wait.clamp(Duration::from_millis(50), MAX_WAIT);
+                    Decision::save(RowOutcome::Later(now + millis(wait)), record)
+                }
+                Err(_) => failed(record),
+            },
+        )
     }
+}
+
+/// A local window's summary as this host alone knows it.
+struct OwnSummary<'a> {
+    rule: &'a str,
+    first_ms: i64,
+    count: u64,
+    last_ms: i64,
+    last_line: &'a str,
+}
+
+impl OwnSummary<'_> {
+    /// This host's own summary: its repeats, and its first occurrence too when another
+    /// host posted that one (`unposted_first`, whose line was `first_line`). Nothing to
+    /// say (a window that counted nothing) drops the row.
+    fn outcome(&self, unposted_first: bool, first_line: &str) -> RowOutcome {
+        let count = self.count + u64::from(unposted_first);
+        if count == 0 {
+            return RowOutcome::Drop;
+        }
+        if !unposted_first {
+            // The row's own text is this summary already.
+            return RowOutcome::Post(None);
+        }
+        let (span, line) = if self.count == 0 {
+            (0, first_line)
+        } else {
+            (self.last_ms - self.first_ms, self.last_line)
+        };
+        RowOutcome::Post(Some(summary_text(self.rule, count, span, line, (&[], 0))))
+    }
+}
+
+/// How long ago (this host's clock) `at_ms` was; what Redis is told instead of a time.
+fn age_of(at_ms: i64) -> Duration {
+    Duration::from_millis(u64::try_from(unix_now_ms().saturating_sub(at_ms)).unwrap_or(0))
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Without fleet mode (a reload removed it, or an agent restarted without it): every row
+/// still waiting for a fleet decision becomes what this host alone would post.
+pub(super) fn settle_locally(outbox: &mut Outbox) -> Result<usize, StoreError> {
+    let mut settled = 0;
+    while let Some(row) = outbox.next_undecided(i64::MAX)? {
+        let mark = serde_json::from_str::<BurstMark>(&row.burst).ok();
+        let (outcome, window) = match &mark {
+            Some(BurstMark::Summary {
+                key,
+                first_ms,
+                count,
+                last_ms,
+                last_line,
+            }) => {
+                let record = outbox.joined_window(&row.rule, key, *first_ms)?;
+                let own = OwnSummary {
+                    rule: &row.rule,
+                    first_ms: *first_ms,
+                    count: *count,
+                    last_ms: *last_ms,
+                    last_line,
+                };
+                let outcome = match &record {
+                    Some(r) => own.outcome(r.unposted_first, &r.first_line),
+                    None => own.outcome(false, ""),
+                };
+                (outcome, (key.as_str(), *first_ms, WindowChange::Forget))
+            }
+            _ => (RowOutcome::Post(None), ("", 0, WindowChange::Keep)),
+        };
+        let (key, first_ms, change) = window;
+        outbox.record_decision(row.id, &outcome, (&row.rule, key, first_ms), &change)?;
+        settled += 1;
+    }
+    Ok(settled)
 }

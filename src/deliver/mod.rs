@@ -38,8 +38,6 @@ use crate::store::outbox::{Batch, Outbox};
 use crate::webhook_url::WebhookUrl;
 use chat_client::{ChatClient, PostLabels, PostOutcome};
 
-use crate::pipeline::rules::BurstMark;
-
 /// When the workers must stop: `None` while running; the deadline once shutting down.
 pub type StopSignal = watch::Receiver<Option<Instant>>;
 
@@ -94,16 +92,45 @@ pub fn spawn_workers(
         entry.1 = entry.1.min(w.max_per_second);
     }
     let mut handles = Vec::new();
+    // Fleet mode: one decider makes the fleet's decisions about burst windows' rows, and
+    // tells the workers when rows became postable. Without it, rows a fleet run left
+    // undecided become what this host alone posts.
+    let decided = match &context.fleet {
+        Some(fleet) => {
+            let (decided, decided_rx) = watch::channel(0u64);
+            let decider = fleet_windows::Decider {
+                outbox: Outbox::open(db)?,
+                fleet: Arc::clone(fleet),
+                host: config.host.clone(),
+                wake: wake.clone(),
+                stop: stop.clone(),
+                decided,
+                _running: context.health.worker_guard(),
+            };
+            handles.push(tokio::spawn(decider.run()));
+            Some(decided_rx)
+        }
+        None => {
+            let settled = fleet_windows::settle_locally(&mut Outbox::open(db)?)?;
+            if settled > 0 {
+                tracing::info!(
+                    notifications = settled,
+                    "Fleet mode is off: notifications queued for a fleet decision are posted as this host's own."
+                );
+            }
+            None
+        }
+    };
     for (space, (targets, rate)) in spaces {
         let worker = SpaceWorker {
             space,
-            unposted_firsts: std::collections::HashSet::new(),
+            decided: decided.clone(),
             host: config.host.clone(),
             targets,
             interval: paced_interval(rate),
             outbox: {
                 let mut outbox = Outbox::open(db)?;
-                outbox.keep_bursts_apart(context.fleet.is_some());
+                outbox.wait_for_fleet_decisions(context.fleet.is_some());
                 outbox
             },
             client: client.clone(),
@@ -125,8 +152,8 @@ pub fn spawn_workers(
 
 struct SpaceWorker {
     space: String,
-    /// Fleet mode: windows (rule, key) whose first occurrence here another host posted.
-    unposted_firsts: std::collections::HashSet<(String, String)>,
+    /// Fleet mode: moves when the decider made rows postable.
+    decided: Option<watch::Receiver<u64>>,
     /// This agent's host name, sent with each post (see `PostLabels`).
     host: String,
     targets: Vec<Target>,
@@ -186,6 +213,9 @@ impl SpaceWorker {
                 .collect();
             // Mark the current wake-up as seen before looking, so none is missed.
             self.wake.borrow_and_update();
+            if let Some(decided) = self.decided.as_mut() {
+                decided.borrow_and_update();
+            }
             let batch = tokio::task::block_in_place(|| self.outbox.next_batch(&active));
             let batch = match batch {
                 Ok(Some(batch)) => batch,
@@ -203,33 +233,6 @@ impl SpaceWorker {
                     continue;
                 }
             };
-            // Fleet mode: a window's first message and summary are decided for the fleet.
-            let mut batch = batch;
-            let mut done_window = None;
-            if let Some(fleet) = self.context.fleet.clone()
-                && let Some(mark) = batch
-                    .burst
-                    .as_deref()
-                    .and_then(|b| serde_json::from_str::<BurstMark>(b).ok())
-            {
-                match self.fleet_decision(&fleet, &batch, mark).await {
-                    fleet_windows::Decision::Post { text, done } => {
-                        if let Some(text) = text {
-                            batch.text = text;
-                        }
-                        done_window = done;
-                    }
-                    fleet_windows::Decision::Drop => {
-                        if let Err(error) =
-                            tokio::task::block_in_place(|| self.outbox.delivered(&batch.request_id))
-                        {
-                            tracing::error!(space = %self.space, %error, "Cannot remove a notification another agent posts; retrying.");
-                        }
-                        continue;
-                    }
-                    fleet_windows::Decision::Stop => break,
-                }
-            }
             if !self.sleep_until_or_stop(next_send).await {
                 break;
             }
@@ -256,17 +259,7 @@ impl SpaceWorker {
             };
             next_send = sent_at + self.interval;
             match outcome {
-                PostOutcome::Accepted { .. } => {
-                    self.accepted(&target, &batch);
-                    if let (Some(fleet), Some(done)) = (&self.context.fleet, &done_window) {
-                        let agent = self.outbox.agent_id().to_owned();
-                        // Left unmarked (Redis gone), another host takes the summary over
-                        // after the lease and posts a second one: the stated worst case.
-                        let _ = fleet
-                            .mark_done(&agent, &done.rule, &done.key, &done.claim)
-                            .await;
-                    }
-                }
+                PostOutcome::Accepted { .. } => self.accepted(&target, &batch),
                 PostOutcome::Retry { after, reason } => {
                     let wait = self.retry_wait(&target, after, &reason);
                     if !self.sleep_or_stop(wait).await {
@@ -384,8 +377,17 @@ impl SpaceWorker {
         let poll = Instant::now() + Duration::from_millis(500);
         let until = parked_until.map_or(poll, |p| p.min(poll));
         let mut stop = self.stop.clone();
+        let decision = async {
+            match self.decided.as_mut() {
+                Some(d) => {
+                    let _ = d.changed().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
         tokio::select! {
             _ = self.wake.changed() => {}
+            () = decision => {}
             () = tokio::time::sleep_until(until) => {}
             _ = stop.changed() => {}
         }

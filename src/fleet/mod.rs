@@ -2,18 +2,27 @@
 //! spaces share state in Redis (or Valkey), so that the fleet behaves as one agent where
 //! that matters.
 //!
-//! What is shared so far: **pacing**. Chat's quota is one request per second per space,
-//! shared by every webhook of the space, so by every host. Before each post a delivery
-//! worker reserves the next send slot of its space in Redis (GCRA: one "theoretical
-//! arrival time" per space, advanced atomically by a Lua script with the server's clock)
-//! and sleeps until that slot. Burst windows are still per agent.
+//! What is shared:
 //!
-//! Redis only decides *when* to post; the local outbox stays the record of *what* must
+//! - **Pacing.** Chat's quota is one request per second per space, shared by every
+//!   webhook of the space, so by every host. Before each post a delivery worker reserves
+//!   the next send slot of its space in Redis (GCRA: one "theoretical arrival time" per
+//!   space, advanced atomically with the server's clock) and sleeps until that slot.
+//! - **Burst windows** ([`windows`]): one first message and one summary per (rule, dedup
+//!   key) window for the whole namespace, the summary counting every host's occurrences.
+//!
+//! Everything runs through one Lua script ([`SCRIPT`]), loaded once per connection and
+//! called by its hash, so each step (reserve, claim, report, take) is one atomic round
+//! trip on Redis' clock; agents' clocks never meet Redis' in a comparison.
+//!
+//! Redis only decides *when* and *who*; the local outbox stays the record of *what* must
 //! be posted. Redis trouble never costs a message: a call that fails or takes longer than
-//! `fleet.timeout` is answered by local pacing, the trouble is logged once, reported as
-//! `chattail_fleet_connected 0` and in `/healthz`, and a new try comes a second later,
-//! then after 2, 4, ... up to 30 s while Redis stays away (so a Redis that accepts and
-//! never answers costs a post the timeout only now and then). Every key expires.
+//! `fleet.timeout` is answered locally (local pacing, each host's own summary), the
+//! trouble is logged once, reported as `chattail_fleet_connected 0` and in `/healthz`,
+//! and no call is tried for a second, then 2, 4, ... up to 30 s while Redis stays away
+//! (so a Redis that accepts and never answers costs a post the timeout only now and
+//! then). An answer out of range (a pacing wait beyond what any reservation can be) is
+//! treated the same way and counted. Every key expires.
 
 mod resp;
 pub mod windows;
@@ -29,34 +38,141 @@ use crate::ops::health::Health;
 use crate::ops::metrics::Metrics;
 use resp::{Connection, RespError, Value};
 
-/// Reserves the next send slot of a space: `KEYS[1]` the space's next free time,
-/// `KEYS[2]` the strictest interval any host asked for in the last hour (hosts with
-/// different `max_per_second` share the strictest, as one agent's webhooks of a space
-/// do), `ARGV[1]` this host's interval and `ARGV[2]` the horizon, in milliseconds.
-/// Returns the milliseconds to wait for the reserved slot or, when the next free slot is
-/// beyond the horizon, minus the milliseconds to wait before asking again (nothing is
-/// reserved then, so a queue of waiting hosts cannot push the pace ahead without bound).
-/// The time is the server's, so agents' clocks need not agree. `replicate_commands`
-/// lets Redis 3.2 and 4 write after `TIME`; from Redis 5 on it is the default.
-const PACE_SCRIPT: &str = r"
+/// Every step fleet mode takes in Redis, chosen by `ARGV[1]`. One script, so one hash
+/// to load and to lose (a restarted server answers `NOSCRIPT`; the script is then sent
+/// whole). `now` is the server's time in milliseconds. `replicate_commands` lets Redis
+/// 3.2 and 4 write after `TIME`; from Redis 5 on it is the default.
+///
+/// - `pace` (`KEYS`: the space's next free time, the strictest interval any host asked
+///   for in the last hour; `ARGV`: this host's interval, the horizon): reserves the next
+///   send slot. Returns `{wait, interval}`: the milliseconds to wait for the reserved
+///   slot or, when the next free slot is beyond the horizon, minus the milliseconds to
+///   wait before asking again (nothing is reserved then, so a queue of waiting hosts
+///   cannot push the pace ahead without bound). A next free time further ahead than any
+///   reservation can reach (a clock jump, a tampered key) starts again from now.
+/// - `claim`, `report`, `take`: the burst-window steps, described in [`windows`].
+const SCRIPT: &str = r"
 redis.replicate_commands()
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local interval = tonumber(ARGV[1])
-local strictest = tonumber(redis.call('GET', KEYS[2]) or '0')
-if interval >= strictest then
-  redis.call('SET', KEYS[2], interval, 'PX', 3600000)
-else
-  interval = strictest
+local op = ARGV[1]
+
+-- A part: firsts|repeats|final_ms|joined_ms|window_ms|last_ms|host|line
+local function parse(p)
+  local f, r, fin, j, w, l, h, line =
+    string.match(p, '^(%d+)|(%d+)|(%d+)|(%-?%d+)|(%d+)|(%-?%d+)|([^|]*)|(.*)$')
+  if not f then return nil end
+  return {firsts = tonumber(f), repeats = tonumber(r), final = tonumber(fin),
+          joined = tonumber(j), window = tonumber(w), last = tonumber(l), host = h, line = line}
 end
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tat < now then tat = now end
-local horizon = tonumber(ARGV[2])
-if tat - now > horizon then
-  return -(tat - now - horizon)
+local function encode(p)
+  return p.firsts .. '|' .. p.repeats .. '|' .. p.final .. '|' .. p.joined .. '|' ..
+    p.window .. '|' .. p.last .. '|' .. p.host .. '|' .. p.line
 end
-redis.call('SET', KEYS[1], tat + interval, 'PX', tat + interval - now + 60000)
-return tat - now
+
+if op == 'pace' then
+  local interval = tonumber(ARGV[2])
+  local strictest = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
+  if interval >= strictest then
+    redis.call('SET', KEYS[2], interval, 'PX', 3600000)
+  else
+    interval = strictest
+  end
+  local horizon = tonumber(ARGV[3])
+  local tat = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+  if tat < now or tat - now > horizon + interval then tat = now end
+  if tat - now > horizon then
+    return {-(tat - now - horizon), interval}
+  end
+  redis.call('SET', KEYS[1], tat + interval, 'PX', tat + interval - now + 60000)
+  return {tat - now, interval}
+end
+
+if op == 'claim' then
+  -- KEYS: the owner key, the window keys' prefix. ARGV: member, window_ms, ttl extra,
+  -- host, line, age of the line in ms.
+  local member, w, extra = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+  local owner, first, win
+  local cur = redis.call('GET', KEYS[1])
+  if cur then
+    local o, f, ww = string.match(cur, '^(.*)|(%d+)|(%d+)$')
+    if o and now < tonumber(f) + tonumber(ww) then
+      owner, first, win = o, tonumber(f), tonumber(ww)
+    end
+  end
+  if not owner then
+    owner, first, win = member, now, w
+    redis.call('SET', KEYS[1], owner .. '|' .. first .. '|' .. win, 'PX', win + extra)
+  end
+  local parts = KEYS[2] .. first .. ':parts'
+  if redis.call('HEXISTS', parts, member) == 0 then
+    local firsts = 1
+    if owner == member then firsts = 0 end
+    redis.call('HSET', parts, member, encode({firsts = firsts, repeats = 0, final = 0,
+      joined = now, window = w, last = now - tonumber(ARGV[7]), host = ARGV[5], line = ARGV[6]}))
+  end
+  redis.call('PEXPIRE', parts, win + w + extra)
+  local mine = 0
+  if owner == member then mine = 1 end
+  return {mine, first, win}
+end
+
+if op == 'report' then
+  -- KEYS: the window's parts, its summary mark. ARGV: member, repeats, age of the last
+  -- line in ms, the last line.
+  local raw = redis.call('HGET', KEYS[1], ARGV[2])
+  if not raw then return 'lost' end
+  local p = parse(raw)
+  if not p then return 'lost' end
+  if p.final > 0 then return 'counted' end
+  if redis.call('EXISTS', KEYS[2]) == 1 then return 'closed' end
+  local repeats = tonumber(ARGV[3])
+  p.repeats = repeats
+  p.final = now
+  if repeats > 0 then
+    p.last = now - tonumber(ARGV[4])
+    p.line = ARGV[5]
+  end
+  redis.call('HSET', KEYS[1], ARGV[2], encode(p))
+  return 'counted'
+end
+
+if op == 'take' then
+  -- KEYS: the window's parts, its summary mark. ARGV: member, owner (1/0), the window's
+  -- first ms, its length, settle ms, lease ms, the mark's ttl.
+  local member, owner = ARGV[2], ARGV[3] == '1'
+  local first, win = tonumber(ARGV[4]), tonumber(ARGV[5])
+  local mark = redis.call('GET', KEYS[2])
+  if mark and mark ~= member then return {'taken'} end
+  local all = redis.call('HGETALL', KEYS[1])
+  if #all == 0 then return {'lost'} end
+  local more, last, line = 0, first, ''
+  local hosts, names = {}, {}
+  local all_final, final_at, deadline = true, first + win, first + win
+  for i = 1, #all, 2 do
+    local p = parse(all[i + 1])
+    if p then
+      more = more + p.firsts + p.repeats
+      if p.final == 0 then all_final = false
+      elseif p.final > final_at then final_at = p.final end
+      if p.joined + p.window > deadline then deadline = p.joined + p.window end
+      if (p.firsts + p.repeats) > 0 and p.last >= last then last = p.last line = p.line end
+      if not hosts[p.host] then hosts[p.host] = true table.insert(names, p.host) end
+    end
+  end
+  if not mark then
+    deadline = deadline + tonumber(ARGV[6])
+    local ready = deadline
+    if all_final and final_at < deadline then ready = final_at end
+    if not owner then ready = ready + tonumber(ARGV[7]) end
+    if now < ready then return {'wait', ready - now} end
+    redis.call('SET', KEYS[2], member, 'PX', tonumber(ARGV[8]))
+  end
+  table.sort(names)
+  return {'totals', more, last - first, #names, line, names[1] or '', names[2] or '', names[3] or ''}
+end
+
+return redis.error_reply('ERR chattail: unknown step')
 ";
 
 /// How far ahead a slot may be reserved.
@@ -65,6 +181,10 @@ const HORIZON: Duration = Duration::from_secs(30);
 /// How long after a first failure no new call is tried; doubled after each further one.
 const RECONNECT_AFTER: Duration = Duration::from_secs(1);
 const RECONNECT_AFTER_MAX: Duration = Duration::from_secs(30);
+
+/// The longest interval a host may ask for (the slowest `max_per_second`, 0.01/s), so
+/// the longest a slot can legitimately be ahead is this plus the horizon.
+const MAX_INTERVAL: Duration = Duration::from_secs(100);
 
 /// What a reservation gave.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,7 +195,7 @@ pub enum Slot {
     Full(Duration),
 }
 
-/// Why Redis could not answer; the caller paces locally.
+/// Why Redis could not answer; the caller acts locally.
 #[derive(Debug, thiserror::Error)]
 pub enum FleetError {
     #[error("{0}")]
@@ -87,14 +207,15 @@ pub enum FleetError {
     /// Redis lost its scripts (a restart): the caller sends the script itself.
     #[error("Redis has no such script")]
     NoScript,
+    /// An answer that cannot be right (a wrong server, a tampered key, a clock jump).
+    #[error("Redis answered out of range: {0}")]
+    BadAnswer(String),
 }
 
 /// The fleet client one agent shares between its delivery workers.
 pub struct Fleet {
     config: FleetConfig,
     conn: Mutex<Option<Session>>,
-    /// The SHA1 of [`PACE_SCRIPT`] as the current connection's server loaded it.
-    pace_sha: Mutex<String>,
     /// When the last failure was and how long no call is tried after it.
     failed: std::sync::Mutex<Option<(Instant, Duration)>>,
     connected: AtomicBool,
@@ -104,8 +225,8 @@ pub struct Fleet {
 
 struct Session {
     conn: Connection,
-    /// The SHA1 of [`PACE_SCRIPT`], as the server loaded it.
-    pace_sha: String,
+    /// The SHA1 of [`SCRIPT`], as the server loaded it.
+    sha: String,
     /// Set while a command's reply is outstanding: a call cancelled in between (by the
     /// timeout) leaves the connection mid-reply, and it is not used again.
     busy: bool,
@@ -119,7 +240,6 @@ impl Fleet {
         Self {
             config,
             conn: Mutex::new(None),
-            pace_sha: Mutex::new(String::new()),
             failed: std::sync::Mutex::new(None),
             connected: AtomicBool::new(true),
             metrics,
@@ -134,78 +254,78 @@ impl Fleet {
     }
 
     /// Reserves the next send slot of `space` for the whole fleet, at least `interval`
-    /// after the previous one.
+    /// after the previous one. A wait longer than any reservation can be is refused as
+    /// [`FleetError::BadAnswer`] (the caller paces locally).
     pub async fn reserve_send(&self, space: &str, interval: Duration) -> Result<Slot, FleetError> {
-        if self.backing_off() {
-            return Err(FleetError::Waiting);
-        }
         let (key, interval_key) = self.pace_keys(space);
         let millis = interval.as_millis().max(1).to_string();
         let horizon = HORIZON.as_millis().to_string();
-        let args: [&[u8]; 5] = [
-            b"2",
-            key.as_bytes(),
-            interval_key.as_bytes(),
-            millis.as_bytes(),
-            horizon.as_bytes(),
-        ];
-        let sha = self.pace_sha.lock().await.clone();
-        let with = |first: &'static [u8], script: &[u8]| -> Vec<Vec<u8>> {
-            [first, script]
-                .into_iter()
-                .chain(args)
-                .map(<[u8]>::to_vec)
-                .collect()
-        };
-        let reply = match self.exchange(&with(b"EVALSHA", sha.as_bytes())).await {
-            // The server restarted and lost its scripts: send the script itself.
-            Err(FleetError::NoScript) => {
-                self.exchange(&with(b"EVAL", PACE_SCRIPT.as_bytes())).await
-            }
-            other => other,
-        };
-        let outcome = match reply {
-            Ok(Value::Int(wait)) if wait >= 0 => {
-                Ok(Slot::After(Duration::from_millis(wait.unsigned_abs())))
-            }
-            Ok(Value::Int(wait)) => Ok(Slot::Full(Duration::from_millis(wait.unsigned_abs()))),
-            Ok(_) => Err(FleetError::Redis(
-                "the pacing script answered no number".into(),
-            )),
-            Err(error) => Err(error),
-        };
+        let reply = self
+            .script(
+                &[key.as_bytes(), interval_key.as_bytes()],
+                &[b"pace", millis.as_bytes(), horizon.as_bytes()],
+            )
+            .await;
+        let outcome = reply.and_then(|value| pace_answer(&value, interval));
+        if let Err(FleetError::BadAnswer(_)) = &outcome {
+            self.metrics.fleet_bad_answers.inc();
+        }
         self.note(&outcome);
         outcome
     }
 
-    /// Runs one command on the shared connection; its outcome is noted like any call's.
-    async fn command(&self, args: &[&[u8]]) -> Result<Value, FleetError> {
+    /// Runs [`SCRIPT`] with `keys` and `args` (the step first): by its hash, or whole
+    /// when the server lost it. The outcome is not noted; callers note it.
+    async fn script(&self, keys: &[&[u8]], args: &[&[u8]]) -> Result<Value, FleetError> {
         if self.backing_off() {
             return Err(FleetError::Waiting);
         }
-        let args: Vec<Vec<u8>> = args.iter().map(|a| a.to_vec()).collect();
-        let outcome = self.exchange(&args).await;
+        let count = keys.len().to_string();
+        let call = |first: &'static [u8], body: Option<&[u8]>| -> Vec<Vec<u8>> {
+            let mut out = vec![first.to_vec()];
+            out.push(body.map_or_else(Vec::new, <[u8]>::to_vec));
+            out.push(count.as_bytes().to_vec());
+            out.extend(keys.iter().chain(args).map(|a| a.to_vec()));
+            out
+        };
+        // The hash is filled in by `exchange` from the session (`None` body).
+        match self.exchange(call(b"EVALSHA", None), true).await {
+            Err(FleetError::NoScript) => {
+                self.exchange(call(b"EVAL", Some(SCRIPT.as_bytes())), false)
+                    .await
+            }
+            other => other,
+        }
+    }
+
+    /// Runs one script step and notes its outcome like any call's.
+    async fn step(&self, keys: &[&[u8]], args: &[&[u8]]) -> Result<Value, FleetError> {
+        let outcome = self.script(keys, args).await;
         self.note(&outcome);
         outcome
     }
 
-    /// One command and its reply on the shared connection (opened on demand), within
-    /// `fleet.timeout`. A connection that failed, or whose reply a cancelled call left
-    /// unread, is not used again. Errors are redacted before they are cut.
-    async fn exchange(&self, args: &[Vec<u8>]) -> Result<Value, FleetError> {
+    /// One command and its reply on the shared connection (opened on demand). Waiting
+    /// for the connection (another worker's call) is not Redis' time: only opening it and
+    /// the exchange itself count against `fleet.timeout`. With `by_hash`, the second
+    /// argument is replaced by the script hash the session's server gave. A connection
+    /// that failed, or whose reply a cancelled call left unread, is not used again.
+    /// Errors are redacted before they are cut.
+    async fn exchange(&self, mut args: Vec<Vec<u8>>, by_hash: bool) -> Result<Value, FleetError> {
+        let mut session = self.conn.lock().await;
         let call = async {
-            let mut session = self.conn.lock().await;
             if session.as_ref().is_some_and(|s| s.busy) {
                 *session = None;
             }
             if session.is_none() {
-                let opened = self.open().await?;
-                *self.pace_sha.lock().await = opened.pace_sha.clone();
-                *session = Some(opened);
+                *session = Some(self.open().await?);
             }
             let Some(s) = session.as_mut() else {
                 return Err(RespError::Protocol("no session"));
             };
+            if by_hash && let Some(slot) = args.get_mut(1) {
+                slot.clone_from(&s.sha.as_bytes().to_vec());
+            }
             s.busy = true;
             let parts: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
             let reply = s.conn.call(&parts).await;
@@ -240,16 +360,13 @@ impl Fleet {
     async fn open(&self) -> Result<Session, RespError> {
         let target = self.config.redis.target();
         let mut conn = Connection::open(&target).await?;
-        let sha = match conn
-            .call(&[b"SCRIPT", b"LOAD", PACE_SCRIPT.as_bytes()])
-            .await?
-        {
+        let sha = match conn.call(&[b"SCRIPT", b"LOAD", SCRIPT.as_bytes()]).await? {
             Value::Bulk(Some(sha)) => String::from_utf8_lossy(&sha).into_owned(),
             _ => return Err(RespError::Protocol("SCRIPT LOAD answered no SHA")),
         };
         Ok(Session {
             conn,
-            pace_sha: sha,
+            sha,
             busy: false,
         })
     }
@@ -259,7 +376,7 @@ impl Fleet {
         match outcome {
             Ok(_) => {
                 if !self.connected.swap(true, Ordering::Relaxed) {
-                    tracing::info!(redis = %self.config.redis.display(), "Fleet: Redis answers again; pacing with the fleet.");
+                    tracing::info!(redis = %self.config.redis.display(), "Fleet: Redis answers again; the fleet shares pacing and windows again.");
                 }
                 *self
                     .failed
@@ -282,13 +399,83 @@ impl Fleet {
                 self.metrics.fleet_errors.inc();
                 self.metrics.fleet_connected.set(0);
                 self.health.set_fleet_degraded(Some(format!(
-                    "fleet: Redis {} unreachable ({error}); pacing locally",
+                    "fleet: Redis {} unusable ({error}); pacing and windows locally",
                     self.config.redis.display()
                 )));
                 if self.connected.swap(false, Ordering::Relaxed) {
-                    tracing::warn!(redis = %self.config.redis.display(), %error, "Fleet: Redis cannot be reached; each agent paces locally until it answers. Nothing is lost.");
+                    tracing::warn!(redis = %self.config.redis.display(), %error, "Fleet: Redis cannot be used; each agent paces and sums up its windows alone until it answers. Nothing is lost.");
                 }
             }
         }
+    }
+}
+
+/// What the pacing step answered, checked: a wait longer than the strictest interval
+/// (at most [`MAX_INTERVAL`]) plus the horizon cannot come from a reservation.
+fn pace_answer(value: &Value, interval: Duration) -> Result<Slot, FleetError> {
+    let Value::Array(Some(items)) = value else {
+        return Err(FleetError::Redis(
+            "the pacing script answered no list".into(),
+        ));
+    };
+    let (Some(Value::Int(wait)), Some(Value::Int(strictest))) = (items.first(), items.get(1))
+    else {
+        return Err(FleetError::Redis(
+            "the pacing script answered no numbers".into(),
+        ));
+    };
+    let strictest = Duration::from_millis(strictest.unsigned_abs())
+        .max(interval)
+        .min(MAX_INTERVAL);
+    let limit = strictest + HORIZON;
+    let millis = Duration::from_millis(wait.unsigned_abs());
+    if millis > limit {
+        return Err(FleetError::BadAnswer(format!(
+            "a pacing wait of {} ms, beyond the {} ms any reservation can be",
+            wait.unsigned_abs(),
+            limit.as_millis()
+        )));
+    }
+    Ok(if *wait >= 0 {
+        Slot::After(millis)
+    } else {
+        Slot::Full(millis)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pacing_answers_beyond_any_reservation_are_refused() {
+        let second = Duration::from_secs(1);
+        let answer = |wait: i64, strictest: i64| {
+            pace_answer(
+                &Value::Array(Some(vec![Value::Int(wait), Value::Int(strictest)])),
+                second,
+            )
+        };
+        assert_eq!(
+            answer(900, 1000).unwrap(),
+            Slot::After(Duration::from_millis(900))
+        );
+        assert_eq!(
+            answer(-200, 1000).unwrap(),
+            Slot::Full(Duration::from_millis(200))
+        );
+        // A host with a stricter interval may push the pace further ahead.
+        assert!(answer(60_000, 40_000).is_ok());
+        for (wait, strictest) in [(86_400_000, 1000), (-86_400_000, 1000), (31_001, 1000)] {
+            assert!(
+                matches!(answer(wait, strictest), Err(FleetError::BadAnswer(_))),
+                "{wait}"
+            );
+        }
+        // The strictest interval a server names is bounded too.
+        assert!(matches!(
+            answer(86_400_000, 86_400_000),
+            Err(FleetError::BadAnswer(_))
+        ));
     }
 }

@@ -1,15 +1,39 @@
 //! A small Redis client for the few commands fleet mode needs: `AUTH`, `SELECT`,
 //! `SCRIPT LOAD`, `EVALSHA` (with `EVAL` when the server lost its scripts) and `PING`,
-//! over RESP2 on one TCP connection. Replies are bounded, so a hostile or broken server
-//! cannot make the agent hold megabytes.
+//! over RESP2 on one TCP connection. A reply is bounded as a whole (its items and their
+//! bytes together), so a hostile or broken server cannot make the agent hold megabytes.
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
+use secrecy::ExposeSecret;
+
 use crate::redis_url::RedisTarget;
 
-/// The largest bulk string or array read from a reply.
-const MAX_REPLY_ITEMS: usize = 1024 * 1024;
+/// The error code of a server's error text (its first word, as Redis writes them:
+/// `WRONGPASS`, `ERR`, `NOAUTH`), and nothing else of it.
+fn error_code(text: &str) -> String {
+    let code: String = text
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .chars()
+        .take_while(char::is_ascii_uppercase)
+        .take(24)
+        .collect();
+    if code.is_empty() {
+        "no error code".to_owned()
+    } else {
+        code
+    }
+}
+
+/// What one reply may take, in bytes: its strings' lengths plus [`ITEM_COST`] per item,
+/// whatever their nesting. Fleet mode's largest reply is a window's totals, a few KiB.
+const MAX_REPLY_BYTES: usize = 1024 * 1024;
+/// What an item costs against [`MAX_REPLY_BYTES`] beside its bytes (about its size in
+/// memory).
+const ITEM_COST: usize = 32;
 
 /// A reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +53,9 @@ pub enum RespError {
     Server(String),
     #[error("Redis sent a reply that is not RESP: {0}")]
     Protocol(&'static str),
+    /// The login failed. The server's text is never kept: some servers echo the password.
+    #[error("Redis refused the user or password ({0})")]
+    Auth(String),
 }
 
 impl RespError {
@@ -69,14 +96,24 @@ impl Connection {
         let mut conn = Self {
             stream: BufReader::new(stream),
         };
-        match (&target.user, &target.password) {
-            (Some(user), Some(password)) => {
-                conn.call(&[b"AUTH", user.as_bytes(), password.as_bytes()])
-                    .await?;
-            }
-            (None, Some(password)) => {
-                conn.call(&[b"AUTH", password.as_bytes()]).await?;
-            }
+        let login = match (&target.user, &target.password) {
+            (Some(user), Some(password)) => Some(
+                conn.call(&[
+                    b"AUTH",
+                    user.expose_secret().as_bytes(),
+                    password.expose_secret().as_bytes(),
+                ])
+                .await,
+            ),
+            (None, Some(password)) => Some(
+                conn.call(&[b"AUTH", password.expose_secret().as_bytes()])
+                    .await,
+            ),
+            _ => None,
+        };
+        match login {
+            Some(Err(RespError::Server(text))) => return Err(RespError::Auth(error_code(&text))),
+            Some(Err(other)) => return Err(other),
             _ => {}
         }
         if target.db != 0 {
@@ -96,7 +133,8 @@ impl Connection {
             out.extend_from_slice(b"\r\n");
         }
         self.stream.get_mut().write_all(&out).await?;
-        self.read_value(0).await
+        let mut budget = MAX_REPLY_BYTES;
+        self.read_value(0, &mut budget).await
     }
 
     async fn read_line(&mut self) -> Result<String, RespError> {
@@ -105,23 +143,37 @@ impl Connection {
             .take(64 * 1024)
             .read_until(b'\n', &mut line)
             .await?;
-        if n == 0 || !line.ends_with(b"\r\n") {
+        if n == 0 {
+            return Err(RespError::Io(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "Redis closed the connection",
+            )));
+        }
+        if !line.ends_with(b"\r\n") {
             return Err(RespError::Protocol("a line without CRLF"));
         }
         line.truncate(line.len() - 2);
         String::from_utf8(line).map_err(|_| RespError::Protocol("a line that is not UTF-8"))
     }
 
-    fn read_value(
-        &mut self,
+    /// Reads one value, charging it (and everything in it) to `budget`.
+    fn read_value<'a>(
+        &'a mut self,
         depth: usize,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, RespError>> + Send + '_>>
+        budget: &'a mut usize,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, RespError>> + Send + 'a>>
     {
         Box::pin(async move {
             if depth > 8 {
                 return Err(RespError::Protocol("arrays nested too deep"));
             }
+            *budget = budget
+                .checked_sub(ITEM_COST)
+                .ok_or(RespError::Protocol("a reply too large"))?;
             let line = self.read_line().await?;
+            *budget = budget
+                .checked_sub(line.len())
+                .ok_or(RespError::Protocol("a reply too large"))?;
             // The type is one ASCII byte; anything else is not RESP (and must not be split
             // inside a multi-byte character).
             let Some((kind, rest)) = line
@@ -146,9 +198,9 @@ impl Connection {
                         return Ok(Value::Bulk(None));
                     }
                     let len = usize::try_from(len).unwrap_or(usize::MAX);
-                    if len > MAX_REPLY_ITEMS {
-                        return Err(RespError::Protocol("a bulk string too large"));
-                    }
+                    *budget = budget
+                        .checked_sub(len)
+                        .ok_or(RespError::Protocol("a reply too large"))?;
                     let mut data = vec![0; len + 2];
                     self.stream.read_exact(&mut data).await?;
                     data.truncate(len);
@@ -160,12 +212,12 @@ impl Connection {
                         return Ok(Value::Array(None));
                     }
                     let len = usize::try_from(len).unwrap_or(usize::MAX);
-                    if len > MAX_REPLY_ITEMS {
-                        return Err(RespError::Protocol("an array too large"));
+                    if len.saturating_mul(ITEM_COST) > *budget {
+                        return Err(RespError::Protocol("a reply too large"));
                     }
                     let mut items = Vec::with_capacity(len.min(64));
                     for _ in 0..len {
-                        items.push(self.read_value(depth + 1).await?);
+                        items.push(self.read_value(depth + 1, budget).await?);
                     }
                     Ok(Value::Array(Some(items)))
                 }

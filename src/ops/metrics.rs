@@ -92,6 +92,9 @@ pub struct Metrics {
     /// paces locally.
     pub fleet_connected: Gauge,
     pub fleet_errors: Counter,
+    /// Fleet mode: answers from Redis that were out of range (a pacing wait longer than
+    /// any reservation can be), ignored in favour of local pacing.
+    pub fleet_bad_answers: Counter,
     /// Whether the fleet metrics are exported (fleet mode configured at start).
     pub fleet_enabled: bool,
 }
@@ -222,6 +225,11 @@ impl Metrics {
                 "chattail_fleet_errors",
                 "Fleet mode: Redis calls that failed or timed out (each answered by local pacing)",
                 self.fleet_errors.clone(),
+            );
+            r.register(
+                "chattail_fleet_bad_answers",
+                "Fleet mode: Redis answers out of range (a pacing wait beyond any reservation), ignored for local pacing",
+                self.fleet_bad_answers.clone(),
             );
         }
         r

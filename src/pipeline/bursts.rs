@@ -48,6 +48,10 @@ pub struct Bursts {
     next_seq: u64,
     changed: HashSet<WindowId>,
     removed: HashSet<WindowId>,
+    /// Fleet mode: a window that counted nothing still ends with a summary row (of count
+    /// 0), so the fleet learns that this host's part is complete and the summary of a
+    /// problem each host saw once is still made. Such rows are never posted as they are.
+    close_empty: bool,
 }
 
 /// What [`Bursts::observe`] did with an occurrence.
@@ -94,6 +98,12 @@ impl Bursts {
         Some(w)
     }
 
+    /// Fleet mode: windows that counted nothing end with a summary row too (see
+    /// `close_empty`).
+    pub fn close_empty_windows(&mut self, close: bool) {
+        self.close_empty = close;
+    }
+
     /// How many windows are open.
     pub fn len(&self) -> usize {
         self.windows.len()
@@ -122,7 +132,7 @@ impl Bursts {
         {
             // The window is over: close it before this occurrence opens the next.
             if let Some(w) = self.remove(&id) {
-                push_summary(&w, out);
+                push_summary(&w, self.close_empty, out);
             }
         }
         if let Some((seq, w)) = self.windows.get_mut(&id) {
@@ -156,7 +166,7 @@ impl Bursts {
                 && let Some(w) = self.remove(&(n.rule.clone(), old_key))
             {
                 evicted = true;
-                push_summary(&w, out);
+                push_summary(&w, self.close_empty, out);
             }
         }
         self.insert(Window {
@@ -208,7 +218,7 @@ impl Bursts {
         let mut closed: Vec<Window> = due.iter().filter_map(|id| self.remove(id)).collect();
         closed.sort_by_key(|w| (w.first_ms, w.rule.clone(), w.key.clone()));
         for w in closed {
-            push_summary(&w, out);
+            push_summary(&w, self.close_empty, out);
         }
     }
 
@@ -225,7 +235,7 @@ impl Bursts {
         pending.sort();
         for id in pending {
             if let Some(w) = self.remove(&id) {
-                push_summary(&w, out);
+                push_summary(&w, self.close_empty, out);
             }
         }
     }
@@ -247,12 +257,19 @@ impl Bursts {
     }
 }
 
-/// Queues the summary of a closed window, if anything was counted in it.
-fn push_summary(w: &Window, out: &mut Vec<Notification>) {
-    if w.count == 0 {
+/// Queues the summary of a closed window, if anything was counted in it (or always, with
+/// `close_empty`).
+fn push_summary(w: &Window, close_empty: bool, out: &mut Vec<Notification>) {
+    if w.count == 0 && !close_empty {
         return;
     }
-    let text = summary_text(&w.rule, w.count, w.last_ms - w.first_ms, &w.last_line, &[]);
+    let text = summary_text(
+        &w.rule,
+        w.count,
+        w.last_ms - w.first_ms,
+        &w.last_line,
+        (&[], 0),
+    );
     out.push(Notification {
         rule: w.rule.clone(),
         webhook: w.webhook.clone(),
@@ -270,14 +287,14 @@ fn push_summary(w: &Window, out: &mut Vec<Notification>) {
 }
 
 /// The text of a window's summary: `count` more occurrences over `span_ms`, the most
-/// recent `last_line`, and (for a fleet's window) the hosts they were seen on, of which
-/// the first few are named.
+/// recent `last_line`, and (for a fleet's window) on how many hosts, of which the first
+/// few are `named`.
 pub fn summary_text(
     rule: &str,
     count: u64,
     span_ms: i64,
     last_line: &str,
-    hosts: &[String],
+    (named, hosts): (&[String], u64),
 ) -> String {
     let span_s = u64::try_from(span_ms.max(0) / 1000).unwrap_or(0);
     let span = if span_s == 0 {
@@ -289,12 +306,13 @@ pub fn summary_text(
         )
     };
     let plural = if count == 1 { "" } else { "s" };
-    let on_hosts = match hosts.len() {
+    let on_hosts = match hosts {
         0 | 1 => String::new(),
         n => {
-            let named: Vec<&str> = hosts.iter().take(3).map(String::as_str).collect();
-            let more = if n > 3 {
-                format!(" and {} more", n - 3)
+            let named: Vec<&str> = named.iter().take(3).map(String::as_str).collect();
+            let shown = named.len() as u64;
+            let more = if n > shown {
+                format!(" and {} more", n - shown)
             } else {
                 String::new()
             };

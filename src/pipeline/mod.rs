@@ -145,6 +145,9 @@ pub struct Pipeline {
     dedup_windows: HashMap<String, Duration>,
     /// Whether rules' `files:` filters apply (not in `chattail test`).
     file_filters: bool,
+    /// Nothing is posted for a fleet (`chattail test`, `--dry-run`): windows that counted
+    /// nothing end without a summary row even when the config has `fleet`.
+    alone: bool,
     /// Reused buffers, so a poll does not allocate them per line.
     events: Vec<Event>,
     queued: Vec<Notification>,
@@ -154,6 +157,8 @@ impl Pipeline {
     /// A pipeline for `config`, resuming the burst windows and pending events a previous
     /// run stored.
     pub fn new(config: Arc<Config>, windows: Vec<Window>, events: Vec<Event>) -> Self {
+        let mut bursts = Bursts::from_saved(windows);
+        bursts.close_empty_windows(config.fleet.is_some());
         Self {
             max_context: config.max_context_before(),
             dedup_windows: dedup_windows(&config),
@@ -163,8 +168,9 @@ impl Pipeline {
             last_rules: None,
             assembler: Assembler::from_saved(events),
             rings: HashMap::new(),
-            bursts: Bursts::from_saved(windows),
+            bursts,
             file_filters: true,
+            alone: false,
             events: Vec::new(),
             queued: Vec::new(),
         }
@@ -174,6 +180,14 @@ impl Pipeline {
     /// where inputs are samples whose paths need not match).
     pub fn ignoring_file_filters(mut self) -> Self {
         self.file_filters = false;
+        self
+    }
+
+    /// Nothing this pipeline queues is decided by a fleet (`chattail test`, `--dry-run`):
+    /// see `alone`.
+    pub fn alone(mut self) -> Self {
+        self.alone = true;
+        self.bursts.close_empty_windows(false);
         self
     }
 
@@ -262,6 +276,8 @@ impl Pipeline {
     /// again and give the same notifications.
     pub fn restore(&mut self, windows: Vec<Window>, events: Vec<Event>) {
         self.bursts = Bursts::from_saved(windows);
+        self.bursts
+            .close_empty_windows(!self.alone && self.config.fleet.is_some());
         self.assembler = Assembler::from_saved(events);
         self.rings.clear();
     }
@@ -283,6 +299,8 @@ impl Pipeline {
         self.by_rules.clear();
         self.last_rules = None;
         self.dedup_windows = dedup_windows(&new);
+        self.bursts
+            .close_empty_windows(!self.alone && new.fleet.is_some());
         if self.max_context != new.max_context_before() {
             self.max_context = new.max_context_before();
             self.rings.clear();

@@ -7,15 +7,18 @@
 //!
 //! Its tables (see `schema.rs`): `files` (offsets), `outbox` (notifications waiting for
 //! Chat), `bursts` (open burst windows), `multiline_events` and `multiline_parts` (pending
-//! events, stored incrementally) and `meta` (the agent id and the request sequence).
+//! events, stored incrementally), `fleet_windows` (fleet mode: which fleet window each
+//! local burst window joined) and `meta` (the agent id and the request sequence).
 //! The agent changes them through one [`StoreTx`] per poll, so offsets advance together
 //! with the notifications, windows and events the same lines produced: a crash leaves
-//! either all or none. The sender's side of the outbox is [`outbox::Outbox`].
+//! either all or none. The sender's side of the outbox is [`outbox::Outbox`], and fleet
+//! mode's decisions about its rows are recorded through [`fleet_rows`].
 //!
 //! The store speaks in plain rows ([`FileRow`], [`WindowRow`], [`EventRow`],
 //! [`EventGrowth`], [`NewNotification`]); it knows nothing of the tailer or the pipeline, and they know
 //! nothing of SQLite.
 
+pub mod fleet_rows;
 pub mod outbox;
 mod schema;
 

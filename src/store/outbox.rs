@@ -33,20 +33,18 @@ pub struct Batch {
     pub rows: usize,
     /// The rules whose notifications it carries, each once, in queue order.
     pub rules: Vec<String>,
-    /// The burst window its one notification opens or sums up (JSON), if any: such a
-    /// notification is posted alone.
-    pub burst: Option<String>,
     /// When the oldest of them was queued (unix milliseconds).
     pub oldest_ms: i64,
 }
 
 /// A connection to the outbox for the sender.
 pub struct Outbox {
-    conn: Connection,
+    pub(super) conn: Connection,
     agent_id: String,
-    /// Fleet mode: a notification that opens or sums up a burst window is posted alone
-    /// (the fleet decides about each), never merged with others.
-    bursts_apart: bool,
+    /// Fleet mode: a notification that opens or sums up a burst window (`burst` set) is
+    /// not posted until the fleet decided about it (which clears `burst`); posts are
+    /// formed from the other rows meanwhile.
+    fleet_decides: bool,
 }
 
 impl std::fmt::Debug for Outbox {
@@ -70,13 +68,14 @@ impl Outbox {
         Ok(Self {
             conn,
             agent_id,
-            bursts_apart: false,
+            fleet_decides: false,
         })
     }
 
-    /// Fleet mode: post burst windows' notifications alone (see `bursts_apart`).
-    pub fn keep_bursts_apart(&mut self, apart: bool) {
-        self.bursts_apart = apart;
+    /// Fleet mode: rows waiting for a fleet decision are left out of posts (see
+    /// `fleet_decides`).
+    pub fn wait_for_fleet_decisions(&mut self, fleet: bool) {
+        self.fleet_decides = fleet;
     }
 
     /// This agent's id (the state database's), which fleet mode names it by.
@@ -97,8 +96,8 @@ impl Outbox {
         for webhook in webhooks {
             let first: Option<i64> = self
                 .conn
-                .prepare_cached("SELECT id FROM outbox WHERE webhook = ?1 AND dead = 0 AND batch IS NULL ORDER BY id LIMIT 1")?
-                .query_row(params![webhook], |r| r.get(0))
+                .prepare_cached("SELECT id FROM outbox WHERE webhook = ?1 AND dead = 0 AND batch IS NULL AND (burst IS NULL OR ?2 = 0) ORDER BY id LIMIT 1")?
+                .query_row(params![webhook, self.fleet_decides], |r| r.get(0))
                 .optional()?;
             if let Some(id) = first
                 && oldest.as_ref().is_none_or(|(o, _)| id < *o)
@@ -126,18 +125,11 @@ impl Outbox {
 
     fn load_batch(&mut self, request_id: &str) -> Result<Option<Batch>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT webhook, thread_key, text, created_ms, rule, burst FROM outbox WHERE batch = ?1 ORDER BY id",
+            "SELECT webhook, thread_key, text, created_ms, rule FROM outbox WHERE batch = ?1 ORDER BY id",
         )?;
-        let rows: Vec<(String, String, String, i64, String, Option<String>)> = stmt
+        let rows: Vec<(String, String, String, i64, String)> = stmt
             .query_map(params![request_id], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                ))
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
             })?
             .collect::<Result<_, _>>()?;
         let Some((webhook, thread_key, ..)) = rows.first().cloned() else {
@@ -157,11 +149,6 @@ impl Outbox {
             thread_key,
             text: texts.join(MERGE_SEPARATOR),
             rows: rows.len(),
-            burst: if rows.len() == 1 {
-                rows[0].5.clone()
-            } else {
-                None
-            },
             rules,
             oldest_ms,
         }))
@@ -174,13 +161,12 @@ impl Outbox {
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let (thread_key, first_text, first_burst): (String, String, Option<String>) = tx
-            .prepare_cached("SELECT thread_key, text, burst FROM outbox WHERE id = ?1")?
-            .query_row(params![first_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        let (thread_key, first_text): (String, String) = tx
+            .prepare_cached("SELECT thread_key, text FROM outbox WHERE id = ?1")?
+            .query_row(params![first_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
         let mut ids = vec![first_id];
         let mut units = utf16_len(&first_text);
-        let alone = self.bursts_apart && first_burst.is_some();
-        if !alone {
+        {
             let mut stmt = tx.prepare_cached(
                 "SELECT id, text, burst IS NOT NULL FROM outbox WHERE webhook = ?1 AND thread_key = ?2 AND dead = 0
                  AND batch IS NULL AND id > ?3 ORDER BY id LIMIT 200",
@@ -193,10 +179,10 @@ impl Outbox {
                 ))
             })?;
             for row in more {
-                let (id, text, burst) = row?;
-                if self.bursts_apart && burst {
-                    // Posted alone, later, in queue order.
-                    break;
+                let (id, text, undecided) = row?;
+                if self.fleet_decides && undecided {
+                    // Waiting for the fleet: later rows of the thread go on without it.
+                    continue;
                 }
                 let added = utf16_len(MERGE_SEPARATOR) + utf16_len(&text);
                 if units + added > MAX_TEXT_CHARS {

@@ -6,7 +6,7 @@ use rusqlite::Connection;
 use super::{StoreError, random_hex};
 
 /// The schema version this code writes.
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 /// Creates or upgrades the schema of `conn` (the database at `path`, for errors).
 pub fn migrate(conn: &Connection, path: &std::path::Path) -> Result<(), StoreError> {
@@ -124,6 +124,35 @@ pub fn migrate(conn: &Connection, path: &std::path::Path) -> Result<(), StoreErr
             "BEGIN;
              ALTER TABLE outbox ADD COLUMN burst TEXT;
              PRAGMA user_version = 6;
+             COMMIT;",
+        )?;
+    }
+    if version < 7 {
+        // Fleet mode decides about a row with a burst mark apart from posting: until then
+        // the row is not posted, and `not_before_ms` (this host's clock) says when to look
+        // at it again, so a window waiting for the fleet holds up nothing else.
+        // `fleet_windows` remembers which fleet window each local window joined (and
+        // whether its first occurrence was posted here), so the summary is reported to
+        // that window, after a restart too.
+        conn.execute_batch(
+            "BEGIN;
+             ALTER TABLE outbox ADD COLUMN not_before_ms INTEGER NOT NULL DEFAULT 0;
+             CREATE INDEX outbox_undecided ON outbox (not_before_ms, id) WHERE burst IS NOT NULL;
+             CREATE TABLE fleet_windows (
+                 rule           TEXT    NOT NULL,
+                 key            TEXT    NOT NULL,
+                 local_first_ms INTEGER NOT NULL,
+                 fleet_first_ms INTEGER,
+                 window_ms      INTEGER NOT NULL,
+                 owner          INTEGER NOT NULL,
+                 unposted_first INTEGER NOT NULL,
+                 first_line     TEXT    NOT NULL,
+                 reported       INTEGER NOT NULL DEFAULT 0,
+                 failing_since  INTEGER,
+                 created_ms     INTEGER NOT NULL,
+                 PRIMARY KEY (rule, key, local_first_ms)
+             );
+             PRAGMA user_version = 7;
              COMMIT;",
         )?;
     }

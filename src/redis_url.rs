@@ -135,9 +135,12 @@ impl RedisUrl {
     pub fn redact(&self, text: &str) -> String {
         let target = self.target();
         let parsed = url::Url::parse(self.secret.expose_secret()).ok();
-        let written = parsed
-            .as_ref()
-            .map(|p| [p.username().to_owned(), p.password().unwrap_or("").to_owned()]);
+        let written = parsed.as_ref().map(|p| {
+            [
+                p.username().to_owned(),
+                p.password().unwrap_or("").to_owned(),
+            ]
+        });
         let mut secrets: Vec<String> = [target.password, target.user]
             .into_iter()
             .flatten()

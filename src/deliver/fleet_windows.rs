@@ -263,15 +263,10 @@ impl Decider {
 
     /// A local window's summary row: reports its repeats into the fleet window, then
     /// takes the fleet's summary when it is this part's turn, or leaves it to its taker.
-    async fn summary(
-        &mut self,
-        key: &str,
-        own: &OwnSummary<'_>,
-    ) -> Result<Decision, StoreError> {
+    async fn summary(&mut self, key: &str, own: &OwnSummary<'_>) -> Result<Decision, StoreError> {
         let rule = own.rule;
-        let record = tokio::task::block_in_place(|| {
-            self.outbox.joined_window(rule, key, own.first_ms)
-        })?;
+        let record =
+            tokio::task::block_in_place(|| self.outbox.joined_window(rule, key, own.first_ms))?;
         // Queued before fleet mode (or its record lost): this host's own summary.
         let Some(mut record) = record else {
             return Ok(Decision::keep(own.outcome(false, "")));

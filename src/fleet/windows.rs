@@ -245,8 +245,8 @@ impl Fleet {
         let owner: &[u8] = if joined.owner { b"1" } else { b"0" };
         let first = joined.first_ms.to_string();
         let window = joined.window_ms.to_string();
-        let ttl = (i128::from(joined.window_ms.max(0)) + (LEASE + KEEP).as_millis() as i128)
-            .to_string();
+        let ttl =
+            (i128::from(joined.window_ms.max(0)) + (LEASE + KEEP).as_millis() as i128).to_string();
         let reply = self
             .step(
                 &[parts.as_bytes(), mark.as_bytes()],

@@ -301,15 +301,21 @@ fn a_silent_redis_costs_only_the_timeout() {
     assert_eq!(chat.messages().len(), 6);
 }
 
-/// An agent of the burst tests: `db timeout` lines, one window per database (5 s).
+/// An agent of the burst tests: `db timeout` lines, one window per database (5 s), and
+/// unrelated `JOB n failed` lines into threads of their own.
 fn burst_agent(url: &str, host: &str, redis: &str) -> Agent {
+    burst_agent_with(url, host, redis, "5s")
+}
+
+fn burst_agent_with(url: &str, host: &str, redis: &str, window: &str) -> Agent {
     let agent = Agent::new(&crate::agent_support::oncall(url), "");
     let dir = agent.dir.path();
     let yaml = format!(
         "state_dir: {state}\nhost: {host}\nwebhooks:\n  oncall:\n    url: \"{url}\"\n    max_per_second: 3\n\
          files:\n  - path: {logs}/*.log\n    start_at: beginning\n\
          delivery:\n  min_backoff: 100ms\n  max_backoff: 1s\n  request_timeout: 2s\n  shutdown_grace: 1s\n\
-         rules:\n  - name: db-timeout\n    match: 'timeout connecting to (?P<db>\\S+)'\n    webhook: oncall\n    thread_key: 'db-timeout-{{db}}'\n    dedup:\n      window: 5s\n\
+         rules:\n  - name: db-timeout\n    match: 'timeout connecting to (?P<db>\\S+)'\n    webhook: oncall\n    thread_key: 'db-timeout-{{db}}'\n    dedup:\n      window: {window}\n\
+         \x20 - name: job\n    match: 'JOB (?P<n>\\d+) failed'\n    webhook: oncall\n    thread_key: 'job-{{n}}'\n\
          fleet:\n  redis: \"{redis}\"\n  namespace: bursts\n  timeout: 1s\n",
         state = dir.join("state").display(),
         logs = dir.join("logs").display(),
@@ -614,6 +620,350 @@ fn fleet_mode_works_over_tls() {
             "{}",
             agent.stderr()
         );
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
+/// What the space received of the burst rule: first messages, summaries, and the lines
+/// they stand for together (a first message one, a summary its "N more").
+fn accounted(chat: &MockChat) -> (usize, usize, u64) {
+    let messages: Vec<_> = chat
+        .messages()
+        .into_iter()
+        .filter(|m| m.rules.as_deref() == Some("db-timeout"))
+        .collect();
+    let summaries: Vec<u64> = messages
+        .iter()
+        .filter_map(|m| more_count(&m.text))
+        .collect();
+    let firsts = messages.len() - summaries.len();
+    (
+        firsts,
+        summaries.len(),
+        firsts as u64 + summaries.iter().sum::<u64>(),
+    )
+}
+
+/// Whether an agent has nothing left to do for the fleet: its log read, no open burst
+/// window, nothing queued, no fleet window it waits for (its state, read directly).
+fn settled(agent: &Agent) -> bool {
+    let db = agent.dir.path().join("state/state.sqlite3");
+    read_all(agent)
+        && rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .and_then(|c| {
+                c.query_row(
+                    "SELECT (SELECT COUNT(*) FROM outbox) + (SELECT COUNT(*) FROM bursts)
+                       + (SELECT COUNT(*) FROM fleet_windows)",
+                    [],
+                    |r| r.get::<_, i64>(0),
+                )
+            })
+            .is_ok_and(|n| n == 0)
+}
+
+fn wait_settled(agents: &[&Agent]) {
+    wait_for("every agent settled", Duration::from_secs(120), || {
+        agents.iter().all(|a| settled(a))
+    });
+}
+
+/// Whether an agent has made the fleet decision about its first occurrence.
+fn first_decided(agent: &Agent) -> bool {
+    let db = agent.dir.path().join("state/state.sqlite3");
+    rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .and_then(|c| {
+            c.query_row("SELECT COUNT(*) FROM fleet_windows", [], |r| {
+                r.get::<_, i64>(0)
+            })
+        })
+        .is_ok_and(|n| n > 0)
+}
+
+/// The most common fleet problem: every host logs the error once. One first message, and
+/// one summary counting the other nineteen.
+#[test]
+fn one_line_on_each_of_twenty_hosts_is_counted() {
+    let chat = MockChat::start();
+    chat.set_rate(None, None);
+    let url = chat.webhook("SPACE", "KEY", "TOKEN");
+    let redis = Redis::start();
+    let mut agents = start_burst_agents(20, 1, &url, &redis.url());
+    wait_settled(&agents.iter().collect::<Vec<_>>());
+    let (firsts, summaries, total) = accounted(&chat);
+    assert_eq!(
+        (firsts, summaries, total),
+        (1, 1, 20),
+        "{:#?}",
+        chat.messages()
+    );
+    let summary = chat.messages().pop().unwrap();
+    assert!(
+        summary.text.contains("19 more occurrences on 20 hosts"),
+        "{}",
+        summary.text
+    );
+    for agent in &mut agents {
+        assert!(agent.terminate().success());
+    }
+}
+
+/// The problem outlasts the window on every host: lines keep coming for two windows and
+/// more. Every fleet window gets one first message and one summary, and together they
+/// count every line written.
+#[test]
+fn windows_back_to_back_count_every_line() {
+    let chat = MockChat::start();
+    chat.set_rate(None, None);
+    let url = chat.webhook("SPACE", "KEY", "TOKEN");
+    let redis = Redis::start();
+    let mut agents: Vec<Agent> = (0..4)
+        .map(|i| burst_agent_with(&url, &format!("host-{i}"), &redis.url(), "3s"))
+        .collect();
+    for agent in &mut agents {
+        agent.start();
+    }
+    // The workload: a line on every host every half second for eight seconds. (Pacing
+    // the writer is the scenario, not a way to wait for the agents.)
+    let rounds = 16;
+    for _ in 0..rounds {
+        for agent in &agents {
+            write_timeouts(&agent.log(), 1);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    wait_settled(&agents.iter().collect::<Vec<_>>());
+    let (firsts, summaries, total) = accounted(&chat);
+    assert_eq!(total, 4 * rounds as u64, "{:#?}", chat.messages());
+    assert!(firsts >= 2, "the problem outlasted the window: {firsts}");
+    assert_eq!(summaries, firsts, "one summary per fleet window");
+    for agent in &mut agents {
+        assert!(agent.terminate().success());
+    }
+}
+
+/// The owner is killed with -9 before its window ends and comes back within it: it
+/// resumes its window, and the fleet still gets one summary that counts every line.
+#[test]
+fn an_owner_killed_and_restarted_posts_one_summary_counting_every_line() {
+    let chat = MockChat::start();
+    chat.set_rate(None, None);
+    let url = chat.webhook("SPACE", "KEY", "TOKEN");
+    let redis = Redis::start();
+    let mut agents = start_burst_agents(4, 11, &url, &redis.url());
+    wait_for("the first message", Duration::from_secs(30), || {
+        !chat.messages().is_empty()
+    });
+    let owner_host = chat.messages()[0].host.clone().unwrap();
+    let owner: usize = owner_host.trim_start_matches("host-").parse().unwrap();
+    wait_for("the owner read its log", Duration::from_secs(30), || {
+        read_all(&agents[owner])
+    });
+    agents[owner].kill9();
+    agents[owner].start();
+    wait_settled(&agents.iter().collect::<Vec<_>>());
+    let (firsts, summaries, total) = accounted(&chat);
+    assert_eq!(
+        (firsts, summaries, total),
+        (1, 1, 44),
+        "{:#?}",
+        chat.messages()
+    );
+    for agent in &mut agents {
+        assert!(agent.terminate().success());
+    }
+}
+
+/// The owner stalls (stopped, as by a long pause) past its lease: another host takes the
+/// summary over. When the owner resumes, its part comes too late for that summary and it
+/// posts nothing twice; every line is counted once.
+#[test]
+fn a_stalled_owner_leaves_the_summary_to_a_taker_without_counting_twice() {
+    let chat = MockChat::start();
+    chat.set_rate(None, None);
+    let url = chat.webhook("SPACE", "KEY", "TOKEN");
+    let redis = Redis::start();
+    let mut agents: Vec<Agent> = (0..4)
+        .map(|i| burst_agent(&url, &format!("host-{i}"), &redis.url()))
+        .collect();
+    for agent in &mut agents {
+        agent.start();
+    }
+    write_timeouts(&agents[0].log(), 1);
+    wait_for("host-0's first message", Duration::from_secs(30), || {
+        !chat.messages().is_empty()
+    });
+    assert_eq!(chat.messages()[0].host.as_deref(), Some("host-0"));
+    agents[0].signal("STOP");
+    for agent in &agents[1..] {
+        write_timeouts(&agent.log(), 5);
+    }
+    wait_for("the taker's summary", Duration::from_secs(60), || {
+        accounted(&chat).1 == 1
+    });
+    agents[0].signal("CONT");
+    wait_settled(&agents.iter().collect::<Vec<_>>());
+    let (firsts, summaries, total) = accounted(&chat);
+    assert_eq!(
+        (firsts, summaries, total),
+        (1, 1, 16),
+        "{:#?}",
+        chat.messages()
+    );
+    let summary = chat.messages().pop().unwrap();
+    assert_ne!(summary.host.as_deref(), Some("host-0"));
+    for agent in &mut agents {
+        assert!(agent.terminate().success());
+    }
+}
+
+/// Redis restarted empty in the middle of the windows while Chat answers 429 to much of
+/// what is posted: every host sums up its own part, retried posts say what their decision
+/// counted, and together the messages count every line.
+#[test]
+fn redis_restarted_empty_mid_window_with_429s_counts_every_line() {
+    let chat = MockChat::start();
+    chat.set_rate(Some(1.0), None);
+    let url = chat.webhook("SPACE", "KEY", "TOKEN");
+    let mut redis = Redis::start();
+    let mut agents: Vec<Agent> = (0..6)
+        .map(|i| burst_agent_with(&url, &format!("host-{i}"), &redis.url(), "8s"))
+        .collect();
+    for agent in &mut agents {
+        write_timeouts(&agent.log(), 3);
+        agent.start();
+    }
+    wait_for("every first decided", Duration::from_secs(30), || {
+        agents.iter().all(first_decided)
+    });
+    redis.kill();
+    redis.spawn();
+    wait_settled(&agents.iter().collect::<Vec<_>>());
+    let (_, _, total) = accounted(&chat);
+    assert_eq!(total, 18, "{:#?}", chat.messages());
+    assert!(throttled(&chat) > 0, "Chat was meant to answer 429s");
+    for agent in &mut agents {
+        assert!(agent.terminate().success());
+    }
+}
+
+/// One agent's wall clock is 30 s ahead of Redis' (libfaketime, Debian's `faketime`):
+/// the windows use Redis' clock for every comparison, so the fleet still gets one first
+/// message and one summary that counts every line.
+#[test]
+fn an_agent_30_s_ahead_of_redis_changes_nothing() {
+    let chat = MockChat::start();
+    chat.set_rate(None, None);
+    let url = chat.webhook("SPACE", "KEY", "TOKEN");
+    let redis = Redis::start();
+    let lib = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+    assert!(
+        Path::new(lib).exists(),
+        "install Debian's `faketime` (.ci/run does)"
+    );
+    let mut agents: Vec<Agent> = (0..3)
+        .map(|i| burst_agent(&url, &format!("host-{i}"), &redis.url()))
+        .collect();
+    agents[1].env.extend([
+        ("LD_PRELOAD".to_owned(), lib.to_owned()),
+        ("FAKETIME".to_owned(), "+30s".to_owned()),
+        ("FAKETIME_DONT_FAKE_MONOTONIC".to_owned(), "1".to_owned()),
+    ]);
+    for (i, agent) in agents.iter_mut().enumerate() {
+        agent.start();
+        write_timeouts(&agent.log(), 4);
+        if i == 0 {
+            wait_for("host-0's first message", Duration::from_secs(30), || {
+                !chat.messages().is_empty()
+            });
+        }
+    }
+    wait_settled(&agents.iter().collect::<Vec<_>>());
+    let (firsts, summaries, total) = accounted(&chat);
+    assert_eq!(
+        (firsts, summaries, total),
+        (1, 1, 12),
+        "{:#?}",
+        chat.messages()
+    );
+    for agent in &mut agents {
+        assert!(agent.terminate().success());
+    }
+}
+
+/// A fleet window waiting for its end holds up nothing else of its space: an unrelated
+/// rule's line posted after the window opened reaches Chat before the window's summary.
+#[test]
+fn a_pending_fleet_window_holds_up_nothing_else() {
+    let chat = MockChat::start();
+    chat.set_rate(None, None);
+    let url = chat.webhook("SPACE", "KEY", "TOKEN");
+    let redis = Redis::start();
+    let mut agents: Vec<Agent> = (0..2)
+        .map(|i| burst_agent_with(&url, &format!("host-{i}"), &redis.url(), "20s"))
+        .collect();
+    for agent in &mut agents {
+        write_timeouts(&agent.log(), 3);
+        agent.start();
+    }
+    wait_for("the first message", Duration::from_secs(30), || {
+        !chat.messages().is_empty()
+    });
+    for agent in &agents {
+        write_jobs(&agent.log(), 7..8);
+    }
+    wait_for("both jobs", Duration::from_secs(30), || {
+        chat.messages()
+            .iter()
+            .filter(|m| m.rules.as_deref() == Some("job"))
+            .count()
+            == 2
+    });
+    assert_eq!(accounted(&chat).1, 0, "the window is still open");
+    wait_settled(&agents.iter().collect::<Vec<_>>());
+    assert_eq!(accounted(&chat), (1, 1, 6));
+    for agent in &mut agents {
+        assert!(agent.terminate().success());
+    }
+}
+
+/// A password with `+`, `&`, `@` (written `%40`) and `:` is decoded as URL userinfo and
+/// authenticates against `redis-server --requirepass`.
+#[test]
+fn a_password_with_url_characters_authenticates() {
+    let port = free_port();
+    let data = tempfile::tempdir().unwrap();
+    let mut server = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--requirepass", "p+a&s@s:w"])
+        .args(["--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(data.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("redis-server", Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let chat = MockChat::start();
+    chat.set_rate(None, None);
+    let url = chat.webhook("SPACE", "KEY", "TOKEN");
+    let redis_url = format!("redis://:p+a&s%40s:w@127.0.0.1:{port}/0");
+    let mut agents: Vec<Agent> = (0..2)
+        .map(|i| burst_agent(&url, &format!("host-{i}"), &redis_url))
+        .collect();
+    for agent in &mut agents {
+        write_timeouts(&agent.log(), 3);
+        agent.start();
+    }
+    wait_settled(&agents.iter().collect::<Vec<_>>());
+    assert_eq!(accounted(&chat), (1, 1, 6), "{:#?}", chat.messages());
+    for agent in &mut agents {
+        assert!(agent.terminate().success());
+        let stderr = agent.stderr();
+        assert!(!stderr.contains("Redis cannot be used"), "{stderr}");
+        assert!(!stderr.contains("p+a&s"), "{stderr}");
     }
     let _ = server.kill();
     let _ = server.wait();

@@ -226,3 +226,65 @@ impl Connection {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// A server that answers the first command with `reply`, then closes.
+    async fn answering(reply: Vec<u8>) -> u16 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 64];
+            let _ = tokio::io::AsyncReadExt::read(&mut stream, &mut buf).await;
+            let _ = stream.write_all(&reply).await;
+        });
+        port
+    }
+
+    async fn call_with(reply: Vec<u8>) -> Result<Value, RespError> {
+        let port = answering(reply).await;
+        let target = RedisTarget {
+            tls: false,
+            host: "127.0.0.1",
+            port,
+            db: 0,
+            user: None,
+            password: None,
+        };
+        let mut conn = Connection::open(&target).await?;
+        conn.call(&[b"PING"]).await
+    }
+
+    #[tokio::test]
+    async fn a_reply_is_bounded_as_a_whole_not_per_item() {
+        // A thousand arrays of a thousand small items: each array is small enough, the
+        // whole is not, and reading stops at the budget instead of holding it all.
+        let mut reply = b"*1000\r\n".to_vec();
+        for _ in 0..100 {
+            reply.extend_from_slice(b"*1000\r\n");
+            for _ in 0..1000 {
+                reply.extend_from_slice(b":1\r\n");
+            }
+        }
+        assert!(matches!(
+            call_with(reply).await,
+            Err(RespError::Protocol("a reply too large"))
+        ));
+        // One bulk string over the budget is refused before it is read.
+        let reply = format!("${}\r\n", MAX_REPLY_BYTES + 1).into_bytes();
+        assert!(matches!(
+            call_with(reply).await,
+            Err(RespError::Protocol("a reply too large"))
+        ));
+        // Ordinary replies pass.
+        let reply = b"*2\r\n:5\r\n$3\r\nabc\r\n".to_vec();
+        assert_eq!(
+            call_with(reply).await.unwrap(),
+            Value::Array(Some(vec![Value::Int(5), Value::Bulk(Some(b"abc".to_vec()))]))
+        );
+    }
+}

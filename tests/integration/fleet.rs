@@ -968,3 +968,153 @@ fn a_password_with_url_characters_authenticates() {
     let _ = server.kill();
     let _ = server.wait();
 }
+
+/// A server that speaks just enough RESP for one scenario: each command (an array of
+/// bulk strings) is answered with what `reply` makes of it. Returns its port.
+fn fake_redis(reply: fn(&[Vec<u8>]) -> Vec<u8>) -> u16 {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut writer = stream.try_clone().unwrap();
+                let mut reader = BufReader::new(stream);
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let n: usize = line.trim()[1..].parse().unwrap_or(0);
+                    let mut args = Vec::new();
+                    for _ in 0..n {
+                        line.clear();
+                        reader.read_line(&mut line).unwrap();
+                        let len: usize = line.trim()[1..].parse().unwrap();
+                        let mut data = vec![0; len + 2];
+                        reader.read_exact(&mut data).unwrap();
+                        data.truncate(len);
+                        args.push(data);
+                    }
+                    if writer.write_all(&reply(&args)).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// A server whose pacing answer is a day (a wrong server, a tampered key on a server
+/// that does not run our script): the answer is refused, the agent paces locally and
+/// says so (log, metric, `/healthz`), and every job is posted.
+#[test]
+fn a_pacing_wait_of_a_day_is_refused_and_delivery_goes_on() {
+    let port = fake_redis(|args| match args.first().map(Vec::as_slice) {
+        Some(b"SCRIPT") => format!("$40\r\n{}\r\n", "a".repeat(40)).into_bytes(),
+        Some(b"EVALSHA" | b"EVAL") => b"*2\r\n:86400000\r\n:1000\r\n".to_vec(),
+        _ => b"+OK\r\n".to_vec(),
+    });
+    let chat = MockChat::start();
+    chat.set_rate(None, None);
+    let url = chat.webhook("SPACE", "KEY", "TOKEN");
+    let admin = free_port();
+    let mut agent = job_agent(
+        &url,
+        "host-0",
+        Some(&format!("redis://127.0.0.1:{port}/0")),
+        Some(admin),
+    );
+    write_jobs(&agent.log(), 0..3);
+    agent.start();
+    wait_for("every job", Duration::from_secs(30), || {
+        chat.messages().len() == 3
+    });
+    let addr = format!("127.0.0.1:{admin}");
+    let (status, _, health) = http(&addr, "GET", "/healthz", "");
+    assert_eq!(status, 200, "{health}");
+    assert!(
+        health.contains("degraded") && health.contains("out of range"),
+        "{health}"
+    );
+    let (_, _, metrics) = http(&addr, "GET", "/metrics", "");
+    let bad: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("chattail_fleet_bad_answers_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(bad >= 1, "{metrics}");
+    assert!(agent.terminate().success());
+    assert_eq!(
+        agent
+            .stderr()
+            .matches("Fleet: Redis cannot be used")
+            .count(),
+        1
+    );
+}
+
+/// A server that echoes the password in its refusal (`ERR invalid password 'Zq'`): the
+/// text is never shown, whatever the password's length; the agent says Redis refused the
+/// user or password, with the error code, in its log, `/healthz` and its self-alert.
+#[test]
+fn a_refused_login_never_shows_the_password_whatever_its_length() {
+    fn echo(args: &[Vec<u8>]) -> Vec<u8> {
+        match args.first().map(Vec::as_slice) {
+            Some(b"AUTH") => {
+                let password = String::from_utf8_lossy(args.last().unwrap());
+                format!("-ERR invalid password '{password}'\r\n").into_bytes()
+            }
+            _ => b"+OK\r\n".to_vec(),
+        }
+    }
+    let port = fake_redis(echo);
+    for password in ["Q", "Zq", "a b'\"`c"] {
+        let chat = MockChat::start();
+        chat.set_rate(None, None);
+        let url = chat.webhook("SPACE", "KEY", "TOKEN");
+        let admin = free_port();
+        let encoded: String = password
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        let mut agent = job_agent(
+            &url,
+            "host-0",
+            Some(&format!("redis://:{encoded}@127.0.0.1:{port}/0")),
+            Some(admin),
+        );
+        let mut yaml = fs::read_to_string(&agent.config).unwrap();
+        yaml.push_str("self_alerts:\n  webhook: oncall\n");
+        fs::write(&agent.config, yaml).unwrap();
+        write_jobs(&agent.log(), 0..2);
+        agent.start();
+        wait_for(
+            "the jobs and the self-alert",
+            Duration::from_secs(30),
+            || chat.messages().len() >= 3,
+        );
+        let (_, _, health) = http(&format!("127.0.0.1:{admin}"), "GET", "/healthz", "");
+        assert!(agent.terminate().success());
+        let stderr = agent.stderr();
+        let posted: String = chat.messages().iter().map(|m| m.text.clone()).collect();
+        for shown in [&stderr, &health, &posted] {
+            assert!(!shown.contains("invalid password"), "{shown}");
+            assert!(!shown.contains(&format!("'{password}'")), "{shown}");
+        }
+        assert!(
+            health.contains("Redis refused the user or password (ERR)"),
+            "{health}"
+        );
+        assert!(stderr.contains("Redis refused the user or password (ERR)"));
+    }
+}

@@ -83,8 +83,9 @@ fn agent_config(dir: &Path, host: &str, url: &str, quota: u64, fleet: Option<u16
 enum Load {
     /// `n` jobs failing, each a message of its own.
     Jobs(u64),
-    /// `n` lines of one problem, under a 5 s burst window.
-    Burst(u64),
+    /// `lines` lines of one problem, under a 5 s burst window, written in `rounds` half a
+    /// second apart (more than one round of eight or more outlasts the window).
+    Burst { lines: u64, rounds: u64 },
 }
 
 fn run(agents: u64, load: Load, quota: u64, redis: Option<u16>) {
@@ -125,28 +126,80 @@ fn run(agents: u64, load: Load, quota: u64, redis: Option<u16>) {
     }
     let commands_before = redis.map(redis_commands).unwrap_or(0);
     let start = Instant::now();
-    for i in 0..agents {
-        let log = root.path().join(format!("agent-{i}/logs/app.log"));
-        let lines: String = match load {
-            Load::Jobs(n) => (0..n)
-                .map(|n| format!("2026-12-01T10:00:00Z ERROR JOB {n} failed\n"))
-                .collect(),
-            Load::Burst(n) => (0..n)
-                .map(|i| {
-                    format!("2026-12-01T10:00:00Z ERROR timeout connecting to db-main ({i})\n")
-                })
-                .collect(),
-        };
-        fs::write(log, lines).unwrap();
+    let log = |i: u64| root.path().join(format!("agent-{i}/logs/app.log"));
+    let append = |i: u64, text: &str| {
+        use std::io::Write;
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log(i))
+            .unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+    };
+    let (rounds, per_round) = match load {
+        Load::Jobs(n) => (1, n),
+        Load::Burst { lines, rounds } => (rounds, lines),
+    };
+    // The unrelated line of the head-of-line probe, and when it was written.
+    let mut probe: Option<Instant> = None;
+    for round in 0..rounds {
+        for i in 0..agents {
+            let lines: String = match load {
+                Load::Jobs(n) => (0..n)
+                    .map(|n| format!("2026-12-01T10:00:00Z ERROR JOB {n} failed\n"))
+                    .collect(),
+                Load::Burst { .. } => (0..per_round)
+                    .map(|l| {
+                        format!(
+                            "2026-12-01T10:00:00Z ERROR timeout connecting to db-main ({round}.{l})\n"
+                        )
+                    })
+                    .collect(),
+            };
+            append(i, &lines);
+        }
+        if rounds > 1 {
+            // The workload's pace, not a wait for the agents.
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        // Fleet mode: once the window's first message is out (its summary pending), an
+        // unrelated line goes to the same space; it must not wait for the window.
+        if probe.is_none() && redis.is_some() && matches!(load, Load::Burst { .. }) {
+            while chat.messages().is_empty() && start.elapsed() < Duration::from_secs(30) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            append(0, "2026-12-01T10:00:00Z ERROR JOB 999999 failed\n");
+            probe = Some(Instant::now());
+        }
     }
-    let (expected, matching) = match (load, redis) {
-        (Load::Jobs(n), _) => ((agents * n) as usize, agents * n),
-        (Load::Burst(n), Some(_)) => (2, agents * n),
-        (Load::Burst(n), None) => ((2 * agents) as usize, agents * n),
+    let matching = agents * rounds * per_round;
+    let expected = match load {
+        Load::Jobs(n) => (agents * n) as usize,
+        Load::Burst { .. } => usize::MAX,
+    };
+    let counted_of = |messages: &[chattail::sandbox::Message]| -> u64 {
+        messages
+            .iter()
+            .filter(|m| m.rules.as_deref() == Some("db-timeout"))
+            .map(|m| {
+                m.text
+                    .split_once("*: ")
+                    .and_then(|(_, rest)| rest.split(' ').next()?.parse().ok())
+                    .unwrap_or(1)
+            })
+            .sum()
     };
     // A config that does not load would otherwise hold the bench here for long.
     let deadline = Duration::from_secs(180);
-    while chat.messages().len() < expected && start.elapsed() < deadline {
+    loop {
+        let messages = chat.messages();
+        let done = match load {
+            Load::Jobs(_) => messages.len() >= expected,
+            Load::Burst { .. } => counted_of(&messages) >= matching,
+        };
+        if done || start.elapsed() > deadline {
+            break;
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
     let messages = chat.messages();
@@ -157,18 +210,14 @@ fn run(agents: u64, load: Load, quota: u64, redis: Option<u16>) {
     } else {
         "single-host mode"
     };
-    let counted: u64 = messages
-        .iter()
-        .map(|m| {
-            m.text
-                .split_once("*: ")
-                .and_then(|(_, rest)| rest.split(' ').next()?.parse().ok())
-                .unwrap_or(1)
-        })
-        .sum();
+    let counted = counted_of(&messages);
+    let shown = if expected == usize::MAX {
+        format!("{} messages posted", messages.len())
+    } else {
+        format!("{} of {expected} messages posted", messages.len())
+    };
     print!(
-        "  {mode}: {} of {expected} messages posted, {throttled} answered 429, first line → last message {:.1} s",
-        messages.len(),
+        "  {mode}: {shown}, {throttled} answered 429, first line → last message {:.1} s",
         last.duration_since(start).as_secs_f64()
     );
     match redis {
@@ -182,8 +231,33 @@ fn run(agents: u64, load: Load, quota: u64, redis: Option<u16>) {
         }
         None => println!(),
     }
-    if let Load::Burst(_) = load {
-        println!("    the messages account for {counted} of the {matching} matching lines");
+    if let Load::Burst { .. } = load {
+        let firsts = messages
+            .iter()
+            .filter(|m| {
+                m.rules.as_deref() == Some("db-timeout") && !m.text.contains(" more occurrence")
+            })
+            .count();
+        println!(
+            "    {firsts} first message(s) and {} summaries; they account for {counted} of the {matching} lines written",
+            messages
+                .iter()
+                .filter(|m| m.text.contains(" more occurrence"))
+                .count()
+        );
+    }
+    if let Some(written) = probe {
+        let arrived = messages
+            .iter()
+            .find(|m| m.text.contains("999999"))
+            .map(|m| m.at.duration_since(written));
+        match arrived {
+            Some(after) => println!(
+                "    an unrelated line written while the window was pending reached Chat after {} ms",
+                after.as_millis()
+            ),
+            None => println!("    the unrelated line did not arrive"),
+        }
     }
 }
 
@@ -216,6 +290,62 @@ fn main() {
     run(agents, Load::Jobs(jobs), quota, None);
     let burst = env_number("CHATTAIL_BENCH_BURST", 21);
     println!("The same problem on {agents} agents, {burst} lines each, a 5 s burst window:");
-    run(agents, Load::Burst(burst), quota, Some(port));
-    run(agents, Load::Burst(burst), quota, None);
+    run(
+        agents,
+        Load::Burst {
+            lines: burst,
+            rounds: 1,
+        },
+        quota,
+        Some(port),
+    );
+    run(
+        agents,
+        Load::Burst {
+            lines: burst,
+            rounds: 1,
+        },
+        quota,
+        None,
+    );
+    println!("The same problem logged once on each of {agents} agents:");
+    run(
+        agents,
+        Load::Burst {
+            lines: 1,
+            rounds: 1,
+        },
+        quota,
+        Some(port),
+    );
+    run(
+        agents,
+        Load::Burst {
+            lines: 1,
+            rounds: 1,
+        },
+        quota,
+        None,
+    );
+    println!(
+        "Windows back to back: a line on each of {agents} agents every 0.5 s for 8 s (5 s window):"
+    );
+    run(
+        agents,
+        Load::Burst {
+            lines: 1,
+            rounds: 16,
+        },
+        quota,
+        Some(port),
+    );
+    run(
+        agents,
+        Load::Burst {
+            lines: 1,
+            rounds: 16,
+        },
+        quota,
+        None,
+    );
 }

@@ -284,7 +284,10 @@ mod tests {
         let reply = b"*2\r\n:5\r\n$3\r\nabc\r\n".to_vec();
         assert_eq!(
             call_with(reply).await.unwrap(),
-            Value::Array(Some(vec![Value::Int(5), Value::Bulk(Some(b"abc".to_vec()))]))
+            Value::Array(Some(vec![
+                Value::Int(5),
+                Value::Bulk(Some(b"abc".to_vec()))
+            ]))
         );
     }
 }

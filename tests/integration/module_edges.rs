@@ -41,6 +41,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "pipeline::rules::BurstMark",
             "pipeline::thread_key",
             "store::StoreError",
+            "store::fleet_rows",
             "store::outbox",
             "webhook_url",
         ],
@@ -235,8 +236,13 @@ fn only_the_store_speaks_sql_and_only_the_chat_client_sees_the_secret() {
             .lines()
             .any(|l| l.contains(".expose_secret()") && !l.trim_start().starts_with("//"));
         if calls_secret
-            && !["deliver/chat_client.rs", "webhook_url.rs", "redis_url.rs"]
-                .contains(&file.as_str())
+            && ![
+                "deliver/chat_client.rs",
+                "webhook_url.rs",
+                "redis_url.rs",
+                "fleet/resp.rs",
+            ]
+            .contains(&file.as_str())
         {
             found.insert(format!("{file}: calls expose_secret"));
         }

@@ -109,6 +109,10 @@ pub enum Command {
         /// Requests per second each space accepts (Chat: 1); 0 for no limit.
         #[arg(long, default_value_t = 1.0)]
         rate: f64,
+        /// On an address other hosts can reach, accept any key and token (by default only
+        /// the random ones printed at start are accepted there).
+        #[arg(long)]
+        open: bool,
     },
     /// Print the manual page (roff), e.g. `chattail man > /usr/local/share/man/man1/chattail.1`.
     Man,
@@ -157,7 +161,7 @@ pub fn main() -> ExitCode {
             thread,
             text,
         } => send(&config, &webhook, thread.as_deref(), text.as_deref()),
-        Command::Sandbox { listen, rate } => sandbox(listen, rate),
+        Command::Sandbox { listen, rate, open } => sandbox(listen, rate, open),
         Command::Check { config } => check(&config),
         Command::Test {
             config,
@@ -294,7 +298,13 @@ fn send(
     };
     let text = match text {
         Some(text) if text != "-" => text.to_owned(),
-        _ => io::read_to_string(io::stdin()).context("reading the message from standard input")?,
+        _ => {
+            // Decoded as log lines are: invalid UTF-8 is shown, not refused.
+            let mut bytes = Vec::new();
+            io::Read::read_to_end(&mut io::stdin(), &mut bytes)
+                .context("reading the message from standard input")?;
+            String::from_utf8_lossy(&bytes).into_owned()
+        }
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -302,7 +312,17 @@ fn send(
         .context("starting the async runtime")?;
     let sent = runtime.block_on(crate::send::send(&config, webhook, thread, &text));
     match sent {
-        Ok(Sent::Posted { thread, thread_key }) => {
+        Ok(Sent::Posted {
+            thread,
+            thread_key,
+            cut,
+        }) => {
+            if let Some(length) = cut {
+                eprintln!(
+                    "note: the message had {length} characters, over Chat's limit of {}; it was cut (the end says how much).",
+                    crate::send::MAX_TEXT_CHARS
+                );
+            }
             println!(
                 "Posted through webhook `{webhook}` into {} (thread key `{thread_key}`).",
                 thread.as_deref().unwrap_or("a thread Chat did not name")
@@ -329,8 +349,23 @@ fn send(
     }
 }
 
-fn sandbox(listen: std::net::SocketAddr, rate: f64) -> anyhow::Result<ExitCode> {
-    use crate::sandbox::{Sandbox, SandboxOptions};
+/// 16 random hex digits, from the OS's entropy (a key or token of an exposed sandbox).
+fn random_hex() -> String {
+    use std::io::Read;
+    let mut bytes = [0u8; 8];
+    let seeded = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+    if seeded.is_err() {
+        // No /dev/urandom: the hasher's per-process random keys.
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        bytes = h.finish().to_le_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn sandbox(listen: std::net::SocketAddr, rate: f64, open: bool) -> anyhow::Result<ExitCode> {
+    use crate::sandbox::{KEPT_MESSAGES, KEPT_REQUESTS, Sandbox, SandboxOptions};
     if !(rate == 0.0 || (0.001..=1000.0).contains(&rate)) {
         eprintln!(
             "error: --rate must be 0 (no quota) or between 0.001 and 1000 requests per second"
@@ -339,16 +374,42 @@ fn sandbox(listen: std::net::SocketAddr, rate: f64) -> anyhow::Result<ExitCode> 
     }
     let listener =
         std::net::TcpListener::bind(listen).with_context(|| format!("listening on {listen}"))?;
+    // Reachable from other hosts: say what is exposed, and accept only a random key and
+    // token (unless --open) so that nobody else on the network can post.
+    let exposed = !listen.ip().is_loopback();
+    let credentials = (exposed && !open).then(|| (random_hex(), random_hex()));
+    if exposed {
+        eprintln!(
+            "warning: listening on {listen}, which other hosts can reach: anyone there can read every \
+             message posted here (the page and /api/state) and {}. Use 127.0.0.1 unless you need that.",
+            if open {
+                "post messages with any key and token (--open)"
+            } else {
+                "post with the key and token printed below"
+            }
+        );
+        if listen.ip().is_unspecified() {
+            eprintln!(
+                "warning: the sandbox answers only to localhost, 127.0.0.1 and [::1] (the Host it \
+                 is called by); listen on this machine's own address for other hosts to use it."
+            );
+        }
+    }
     let sandbox = Sandbox::serve(
         listener,
         SandboxOptions {
             rate: (rate > 0.0).then_some(rate),
             open: true,
+            credentials: credentials.clone(),
             page: true,
+            max_messages: KEPT_MESSAGES,
+            max_requests: KEPT_REQUESTS,
         },
     )
     .context("starting the sandbox")?;
-    let url = sandbox.url_for("SANDBOX", "sandbox-key", "sandbox-token");
+    let (key, token) =
+        credentials.unwrap_or_else(|| ("sandbox-key".to_owned(), "sandbox-token".to_owned()));
+    let url = sandbox.url_for("SANDBOX", &key, &token);
     let quota = if rate > 0.0 {
         format!("{rate} request(s) per second per space, as Chat")
     } else {
@@ -361,10 +422,17 @@ fn sandbox(listen: std::net::SocketAddr, rate: f64) -> anyhow::Result<ExitCode> 
     )?;
     writeln!(out, "  page:    http://{}/", sandbox.addr)?;
     writeln!(out, "  webhook: {url}")?;
-    writeln!(
-        out,
-        "Any space id, key and token works; for the bundled example:"
-    )?;
+    if exposed && !open {
+        writeln!(
+            out,
+            "Any space id works with this key and token; for the bundled example:"
+        )?;
+    } else {
+        writeln!(
+            out,
+            "Any space id, key and token works; for the bundled example:"
+        )?;
+    }
     writeln!(out, "  export CHATTAIL_WEBHOOK_URL='{url}'")?;
     writeln!(out, "Stop with Ctrl-C.")?;
     out.flush()?;

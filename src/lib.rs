@@ -9,16 +9,19 @@
 //! - [`tail`]: files to lines, through every kind of rotation.
 //! - [`pipeline`]: the pure core, lines to notifications (rules, multiline, context, bursts,
 //!   templates, Chat text, thread keys, self-alert decisions). No I/O, no clock.
-//! - [`store`]: every SQL statement: offsets, the outbox, burst windows, pending events.
+//! - [`store`]: every SQL statement: offsets, the outbox, burst windows, pending events,
+//!   fleet decisions.
 //! - [`deliver`]: the outbox to Chat, paced per space.
-//! - [`fleet`]: fleet mode, pacing shared by every host through Redis.
+//! - [`fleet`]: fleet mode: pacing and burst windows shared by every host through Redis.
 //! - [`ops`]: metrics, health and the admin endpoint.
+//! - [`bounded_listener`]: the listener of the HTTP servers, with bounded connections.
 //! - [`agent`]: `chattail run`, the one composition root of all of the above.
 //! - [`sandbox`]: the local Chat stand-in (`chattail sandbox`, and the tests' Chat).
 //! - [`send`]: one message through the agent's Chat client (`chattail send`).
 //! - [`rule_test`] and [`cli`]: the commands' outer shells.
 
 pub mod agent;
+pub mod bounded_listener;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -20,6 +20,8 @@ pub enum Sent {
     Posted {
         thread: Option<String>,
         thread_key: String,
+        /// The text was over Chat's limit: how many characters it had (it was cut).
+        cut: Option<usize>,
     },
     /// Chat refused it: the advice says why and what to do. Retrying will not help.
     Refused { status: u16, advice: String },
@@ -39,6 +41,9 @@ pub enum SendError {
     #[error("cannot build the HTTP client: {0}")]
     Client(String),
 }
+
+/// The most characters a message may have; longer ones are cut.
+pub use crate::pipeline::chat_text::MAX_TEXT_CHARS;
 
 /// Posts `text` to the webhook `name` of `config`, into the thread `thread_key` (a new
 /// thread when `None`), retrying transient failures with one `requestId`.
@@ -68,13 +73,19 @@ pub async fn send(
     if text.trim().is_empty() {
         return Err(SendError::Empty);
     }
-    let text = chat_text::fit(text.to_owned());
+    // NUL shown as in log lines; a text over Chat's limit is cut (and the caller says so).
+    let shown = chat_text::show_nul(text);
+    let length = shown.chars().count();
+    let text = chat_text::fit(shown);
+    let cut = (text.chars().count() != length).then_some(length);
     let client = ChatClient::new(config.delivery.request_timeout)
         .map_err(|e| SendError::Client(e.to_string()))?;
     let now = unix_now_ms();
-    // A key of its own gives a new thread, as a message without a key would.
+    // The key is mapped as a rule's is (`chat_thread_key`), so `send --thread` replies
+    // into the thread an agent opened with that rendered key. A key of its own gives a
+    // new thread, as a message without a key would.
     let thread_key = thread_key
-        .map(str::to_owned)
+        .map(crate::pipeline::thread_key::chat_thread_key)
         .unwrap_or_else(|| format!("chattail-send-{now}"));
     // One id for every attempt: a retry after a lost answer does not post twice.
     let request_id = format!("chattail-send-{now}-{}", std::process::id());
@@ -88,7 +99,13 @@ pub async fn send(
             .post(url, &thread_key, &text, &request_id, labels)
             .await
         {
-            PostOutcome::Accepted { thread } => return Ok(Sent::Posted { thread, thread_key }),
+            PostOutcome::Accepted { thread } => {
+                return Ok(Sent::Posted {
+                    thread,
+                    thread_key,
+                    cut,
+                });
+            }
             PostOutcome::Refused { status, message } => {
                 return Ok(Sent::Refused {
                     status,

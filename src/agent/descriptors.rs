@@ -6,7 +6,7 @@
 /// Descriptors kept for everything but followed files: the state database (three
 /// connections, each with its WAL and shared memory), delivery's connections, the admin
 /// endpoint's connections, inotify, the runtime and standard streams.
-pub const RESERVE: u64 = 64 + crate::ops::admin_conn::MAX_CONNECTIONS as u64;
+pub const RESERVE: u64 = 64 + crate::bounded_listener::ADMIN_CONNECTIONS as u64;
 
 /// The descriptor limit (soft, hard), if the kernel tells.
 fn limit() -> Option<libc::rlimit> {

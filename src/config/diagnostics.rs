@@ -16,6 +16,19 @@ pub fn redact_secrets(line: &str) -> String {
     redact_query_secrets(&redact_userinfo(line))
 }
 
+/// Whether a source line may hold a secret, however it is quoted or broken: user
+/// information after a `://` (an `@` anywhere after it, since a password may hold blanks
+/// and quotes a snippet cannot parse), or a `key=` or `token=` query parameter. Such a
+/// line is never shown in a snippet, redacted or not.
+pub fn may_hold_secret(line: &str) -> bool {
+    let lower = line.to_ascii_lowercase();
+    lower
+        .find("://")
+        .is_some_and(|at| lower[at..].contains('@'))
+        || lower.contains("key=")
+        || lower.contains("token=")
+}
+
 /// `scheme://user:password@` → `scheme://user:…@`.
 fn redact_userinfo(line: &str) -> String {
     let mut out = String::with_capacity(line.len());
@@ -247,7 +260,12 @@ impl fmt::Display for Report {
                         loc.line,
                         loc.column
                     )?;
-                    if let Some(text) = self.source_line(loc.line).filter(|_| d.show_source) {
+                    let shown = self.source_line(loc.line).filter(|_| d.show_source);
+                    if shown.is_some_and(may_hold_secret) {
+                        let pad = " ".repeat(loc.line.to_string().len());
+                        writeln!(f, "{pad} |")?;
+                        writeln!(f, "{} | (not shown: the line holds a secret)", loc.line)?;
+                    } else if let Some(text) = shown {
                         let column = usize::try_from(loc.column - 1).unwrap_or(0);
                         let (text, column) = snippet_window(&redact_secrets(text), column);
                         let gutter = loc.line.to_string().len();
@@ -281,7 +299,20 @@ impl fmt::Display for Report {
 
 #[cfg(test)]
 mod tests {
-    use super::redact_secrets;
+    use super::{may_hold_secret, redact_secrets};
+
+    #[test]
+    fn lines_with_secrets_are_recognised_however_quoted() {
+        for line in [
+            "  redis: redis://u:pa ss@h:6379/0",
+            "  redis: \"redis://:a'b\"c`d@h\"",
+            "    url: https://chat.googleapis.com/v1/spaces/A/messages?key=K&token=T",
+        ] {
+            assert!(may_hold_secret(line), "{line}");
+        }
+        assert!(!may_hold_secret("    url: ${ONCALL_WEBHOOK_URL}"));
+        assert!(!may_hold_secret("  redis: redis://cache:6379/0"));
+    }
 
     #[test]
     fn snippets_hide_key_and_token_values() {

@@ -34,9 +34,12 @@ use crate::store::outbox::Outbox;
 const GIVE_UP: Duration = Duration::from_secs(10);
 /// How soon a failed decision is tried again.
 const RETRY: Duration = Duration::from_secs(1);
-/// The longest a decision waits before it is looked at again (the window's totals may be
-/// ready sooner than Redis said, when every part became final).
-const MAX_WAIT: Duration = Duration::from_secs(5);
+/// The longest the owner waits before it looks at its window again (the totals may be
+/// ready sooner than Redis said, when every part became final). Others wait for their
+/// take-over time whole: by then the owner has taken the summary, or is gone.
+const OWNER_MAX_WAIT: Duration = Duration::from_secs(2);
+/// The longest any decision waits before it is looked at again.
+const MAX_WAIT: Duration = Duration::from_secs(3600);
 /// Records of local windows older than this are forgotten (a window lasts at most seven
 /// days; its summary comes soon after).
 const FORGET_AFTER: Duration = Duration::from_secs(8 * 24 * 3600);
@@ -354,7 +357,12 @@ impl Decider {
                 }
                 Ok(Take::Wait(wait)) => {
                     record.failing_since = None;
-                    let wait = wait.clamp(Duration::from_millis(50), MAX_WAIT);
+                    let longest = if record.owner {
+                        OWNER_MAX_WAIT
+                    } else {
+                        MAX_WAIT
+                    };
+                    let wait = wait.clamp(Duration::from_millis(50), longest);
                     Decision::save(RowOutcome::Later(now + millis(wait)), record)
                 }
                 Err(_) => failed(record),

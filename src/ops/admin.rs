@@ -75,7 +75,11 @@ pub async fn start(
         .route("/livez", get(livez))
         .with_state(state);
     let task = tokio::spawn(async move {
-        let listener = crate::ops::admin_conn::LimitedListener::new(listener);
+        let listener = crate::bounded_listener::LimitedListener::new(
+            listener,
+            crate::bounded_listener::ADMIN_CONNECTIONS,
+            crate::bounded_listener::ADMIN_IDLE,
+        );
         if let Err(error) = axum::serve(listener, app)
             .with_graceful_shutdown(stop)
             .await

@@ -3,6 +3,5 @@
 //! serves both. Nothing here changes what the agent does.
 
 pub mod admin;
-pub mod admin_conn;
 pub mod health;
 pub mod metrics;

@@ -13,6 +13,9 @@ pub const MAX_TEXT_CHARS: usize = 4000;
 
 /// A zero-width space: invisible in Chat, but it breaks up markup sequences.
 const ZWSP: char = '\u{200B}';
+/// What a NUL byte of a log line is shown as (U+2400 SYMBOL FOR NULL): visible, and
+/// nothing downstream (Chat, a terminal, a C string) takes it for the end of the text.
+pub const NUL_SHOWN_AS: char = '\u{2400}';
 
 /// Appends `value` to `out` so that it cannot change the markup around it.
 ///
@@ -26,7 +29,7 @@ pub fn neutralise_into(value: &str, out: &mut String) {
         if c == '`' && (previous.is_none() || previous == Some('`')) {
             out.push(ZWSP);
         }
-        out.push(c);
+        out.push(if c == '\0' { NUL_SHOWN_AS } else { c });
         if c == '<' && value[i + 1..].starts_with("users/") {
             out.push(ZWSP);
         }
@@ -35,6 +38,11 @@ pub fn neutralise_into(value: &str, out: &mut String) {
     if previous == Some('`') {
         out.push(ZWSP);
     }
+}
+
+/// `text` with its NUL characters shown as [`NUL_SHOWN_AS`], as in log lines.
+pub fn show_nul(text: &str) -> String {
+    text.replace('\0', &NUL_SHOWN_AS.to_string())
 }
 
 /// Cuts `text` to at most [`MAX_TEXT_CHARS`] characters, see [`fit_to`].

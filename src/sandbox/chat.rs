@@ -122,7 +122,11 @@ pub(super) fn handle(request: &Incoming<'_>, s: &mut State, now: Instant) -> Rep
         );
     };
     let token = params.get("token").cloned().unwrap_or_default();
-    if s.open && !token.is_empty() && !s.hooks.iter().any(|h| h.space == space && &h.key == key) {
+    let welcome = match &s.credentials {
+        Some((k, t)) => k == key && *t == token,
+        None => !token.is_empty(),
+    };
+    if s.open && welcome && !s.hooks.iter().any(|h| h.space == space && &h.key == key) {
         // The sandbox: a space and its webhook come to be at their first use.
         s.hooks.push(Hook {
             space: space.clone(),
@@ -328,10 +332,13 @@ pub(super) fn handle(request: &Incoming<'_>, s: &mut State, now: Instant) -> Rep
     }
     let request_id = params.get("requestId").cloned();
     if let Some(rid) = &request_id
-        && let Some(&index) = s.by_request_id.get(&(space.clone(), rid.clone()))
+        && let Some(stored) = s
+            .by_request_id
+            .get(&(space.clone(), rid.clone()))
+            .and_then(|seq| s.message(*seq))
+            .cloned()
     {
         // A repeated request id returns the stored message; nothing new is stored.
-        let stored = s.messages[index].clone();
         record.push(s, 200, "");
         return ok_reply(&stored);
     }
@@ -382,6 +389,7 @@ pub(super) fn handle(request: &Incoming<'_>, s: &mut State, now: Instant) -> Rep
     };
     s.next_id += 1;
     let stored = Message {
+        seq: 0,
         name,
         space: space.clone(),
         thread,
@@ -394,11 +402,7 @@ pub(super) fn handle(request: &Incoming<'_>, s: &mut State, now: Instant) -> Rep
         at: now,
         posted_ms: crate::clock::unix_now_ms(),
     };
-    s.messages.push(stored.clone());
-    let index = s.messages.len() - 1;
-    if let Some(rid) = request_id {
-        s.by_request_id.insert((space.clone(), rid), index);
-    }
+    s.store_message(stored.clone());
     if let Some(Fault::CommitThenFail(status)) = fault {
         if status == 0 {
             record.push(s, 0, "stored, then the connection dropped");
@@ -425,7 +429,8 @@ struct Recorder<'a> {
 
 impl Recorder<'_> {
     fn push(&self, s: &mut State, status: u16, message: &str) {
-        s.requests.push(Request {
+        s.store_request(Request {
+            seq: 0,
             space: self.space.to_owned(),
             status,
             request_id: self.request_id.clone(),

@@ -7,12 +7,16 @@
 //! `set_delay`, `revoke`) that the command does not expose.
 //!
 //! - `chat.rs`: what a webhook request is answered (the reference's behaviour).
-//! - `http.rs`: the HTTP/1.1 server (keep-alive, bounded requests) and its routes.
-//! - `page.rs` and `page.html`: the page and the JSON it polls.
+//! - `routes.rs`: the HTTP server (axum on a bounded listener), its small handlers and
+//!   the guard every request passes (the `Host` check, cross-site writes refused).
+//! - `page.rs`, `page.html`, `page.js`, `page.css`: the page and the JSON it polls.
+//!
+//! What it keeps is bounded: the newest messages and requests up to a cap each (the
+//! oldest are dropped and counted, and the page says so).
 
 mod chat;
-mod http;
 mod page;
+mod routes;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -22,6 +26,9 @@ use std::time::{Duration, Instant};
 /// A message Chat stored.
 #[derive(Debug, Clone)]
 pub struct Message {
+    /// Its place in the order of everything the sandbox stored (messages and requests
+    /// share one sequence), for the page's incremental polls.
+    pub seq: u64,
     /// `spaces/S/messages/M…`.
     pub name: String,
     pub space: String,
@@ -44,6 +51,8 @@ pub struct Message {
 /// A request to a space's webhook and its answer.
 #[derive(Debug, Clone)]
 pub struct Request {
+    /// Its place in the sandbox's one sequence (see [`Message::seq`]).
+    pub seq: u64,
     pub space: String,
     /// The status answered; 0 when the connection was dropped.
     pub status: u16,
@@ -80,14 +89,29 @@ struct Hook {
 
 #[derive(Debug, Default)]
 struct State {
-    /// Any space, key and token is a webhook at its first use (the command); otherwise
-    /// only registered webhooks exist (tests).
+    /// Any space is a webhook at its first use (the command); otherwise only registered
+    /// webhooks exist (tests). With `credentials`, only that key and token are accepted
+    /// (a sandbox reachable from other hosts); without, any.
     open: bool,
+    credentials: Option<(String, String)>,
     hooks: Vec<Hook>,
     threads: HashMap<(String, String, String), String>,
-    messages: Vec<Message>,
-    requests: Vec<Request>,
-    by_request_id: HashMap<(String, String), usize>,
+    messages: VecDeque<Message>,
+    requests: VecDeque<Request>,
+    /// The caps on `messages` and `requests`, and how many of each were dropped (of
+    /// requests, those that were refused: the ones the page shows).
+    max_messages: usize,
+    max_requests: usize,
+    dropped_messages: u64,
+    dropped_refused: u64,
+    /// The last sequence number given to a message or a request.
+    seq: u64,
+    /// Webhook requests received, kept or not.
+    received: u64,
+    /// Random per sandbox process: the page starts again when it changes.
+    instance: String,
+    /// A stored message's `seq` by (space, requestId), for replays.
+    by_request_id: HashMap<(String, String), u64>,
     faults: VecDeque<Fault>,
     /// Requests per second allowed per space; `None` for no limit.
     rate: Option<f64>,
@@ -105,25 +129,99 @@ fn lock(state: &Shared) -> MutexGuard<'_, State> {
     state.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+impl State {
+    /// Stores a message (its `seq` is set here), dropping the oldest beyond the cap.
+    /// Returns its `seq`.
+    fn store_message(&mut self, mut m: Message) -> u64 {
+        self.seq += 1;
+        m.seq = self.seq;
+        if let Some(rid) = &m.request_id {
+            self.by_request_id
+                .insert((m.space.clone(), rid.clone()), m.seq);
+        }
+        self.messages.push_back(m);
+        while self.messages.len() > self.max_messages.max(1) {
+            if let Some(old) = self.messages.pop_front() {
+                self.dropped_messages += 1;
+                if let Some(rid) = old.request_id {
+                    let key = (old.space, rid);
+                    if self.by_request_id.get(&key) == Some(&old.seq) {
+                        self.by_request_id.remove(&key);
+                    }
+                }
+            }
+        }
+        self.seq
+    }
+
+    /// The stored message with `seq`, if it is still kept.
+    fn message(&self, seq: u64) -> Option<&Message> {
+        let first = self.messages.front()?.seq;
+        let index = usize::try_from(seq.checked_sub(first)?).ok()?;
+        // Sequence numbers are shared with requests, so the index is an upper bound.
+        self.messages
+            .range(..=index.min(self.messages.len().saturating_sub(1)))
+            .rev()
+            .find(|m| m.seq == seq)
+    }
+
+    /// Records a request and its answer, dropping the oldest beyond the cap.
+    fn store_request(&mut self, mut r: Request) {
+        self.seq += 1;
+        self.received += 1;
+        r.seq = self.seq;
+        self.requests.push_back(r);
+        while self.requests.len() > self.max_requests.max(1) {
+            if let Some(old) = self.requests.pop_front()
+                && old.status != 200
+            {
+                self.dropped_refused += 1;
+            }
+        }
+    }
+}
+
 /// How a sandbox behaves.
 #[derive(Debug, Clone)]
 pub struct SandboxOptions {
     /// Requests per second each space accepts (Chat: 1); `None` for no limit.
     pub rate: Option<f64>,
-    /// Any space, key and token is accepted at its first use.
+    /// Any space is accepted at its first use.
     pub open: bool,
+    /// With `open`: only this key and token are accepted (a sandbox other hosts can
+    /// reach); `None`: any.
+    pub credentials: Option<(String, String)>,
     /// Serve the web page at `/`.
     pub page: bool,
+    /// The most messages and requests kept (the oldest are dropped and counted).
+    pub max_messages: usize,
+    pub max_requests: usize,
 }
+
+/// What `chattail sandbox` keeps: with 4 KB messages, about 20 MB of text at most.
+pub const KEPT_MESSAGES: usize = 5_000;
+pub const KEPT_REQUESTS: usize = 20_000;
 
 impl Default for SandboxOptions {
     fn default() -> Self {
         Self {
             rate: Some(1.0),
             open: false,
+            credentials: None,
             page: false,
+            // Tests and benches look at everything they posted.
+            max_messages: 1_000_000,
+            max_requests: 1_000_000,
         }
     }
+}
+
+/// A random number for the instance id (no cryptographic use).
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(crate::clock::unix_now_ms().unsigned_abs().into());
+    h.finish()
 }
 
 /// A running stand-in. It stops when dropped.
@@ -158,13 +256,22 @@ impl Sandbox {
         let state = Arc::new(Mutex::new(State {
             rate: options.rate,
             open: options.open,
+            credentials: options.credentials.clone(),
+            max_messages: options.max_messages,
+            max_requests: options.max_requests,
+            instance: format!("{:016x}", rand_u64()),
             ..State::default()
         }));
         let listener = {
             let _guard = runtime.enter();
             tokio::net::TcpListener::from_std(listener)?
         };
-        runtime.spawn(http::accept(listener, Arc::clone(&state), options.page));
+        runtime.spawn(routes::serve(
+            listener,
+            Arc::clone(&state),
+            addr,
+            options.page,
+        ));
         Ok(Self {
             addr,
             state,
@@ -195,14 +302,14 @@ impl Sandbox {
         )
     }
 
-    /// Every message stored so far.
+    /// Every message kept so far.
     pub fn messages(&self) -> Vec<Message> {
-        self.state().messages.clone()
+        self.state().messages.iter().cloned().collect()
     }
 
-    /// Every webhook request so far, with its answer.
+    /// Every webhook request kept so far, with its answer.
     pub fn requests(&self) -> Vec<Request> {
-        self.state().requests.clone()
+        self.state().requests.iter().cloned().collect()
     }
 
     /// Test interface: webhooks with this token answer `status` (404 when deleted, 403

@@ -1,91 +1,76 @@
-//! The sandbox's web page and the JSON it polls: spaces → threads → messages, with the
-//! requests each space refused (429s and errors) shown where they belong.
+//! The sandbox's web page and the JSON it polls. The page keeps its own model of
+//! spaces → threads → messages (with the refused requests where they belong) and asks
+//! only for what it has not seen: `GET /api/state?since=N` answers the messages and
+//! refused requests whose sequence number is above `N`, so a poll after 20,000 messages
+//! costs what is new, not everything.
 
-use std::collections::BTreeMap;
-
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::State;
 
 /// The page: plain HTML, CSS and JavaScript, served from the binary (no build step, no
-/// CDN: it works offline).
+/// CDN: it works offline). No inline script or style, so the page's policy can forbid
+/// both; the script builds message bodies as DOM nodes, never from HTML strings.
 pub(super) const HTML: &str = include_str!("page.html");
+pub(super) const SCRIPT: &str = include_str!("page.js");
+pub(super) const STYLE: &str = include_str!("page.css");
 
-/// The whole state as the page draws it. Threads are in the order of their first
-/// message; a refused request that named a thread key is shown in that thread.
-pub(super) fn state_json(s: &State) -> String {
-    let mut spaces: BTreeMap<&str, SpaceView> = BTreeMap::new();
-    for m in &s.messages {
-        let space = spaces.entry(&m.space).or_default();
-        let index = match space.threads.iter().position(|t| t.name == m.thread) {
-            Some(i) => i,
-            None => {
-                space.threads.push(ThreadView {
-                    name: m.thread.clone(),
-                    key: m.thread_key.clone(),
-                    messages: Vec::new(),
-                    refused: Vec::new(),
-                });
-                space.threads.len() - 1
-            }
-        };
-        if space.threads[index].key.is_none() {
-            space.threads[index].key = m.thread_key.clone();
-        }
-        space.threads[index].messages.push(json!({
-            "name": m.name,
-            "time": m.posted_ms,
-            "text": m.text,
-            "host": m.host,
-            "rule": m.rules,
-        }));
-    }
-    for r in s.requests.iter().filter(|r| r.status != 200) {
-        let space = spaces.entry(&r.space).or_default();
-        let refused = json!({
-            "time": r.posted_ms,
-            "status": r.status,
-            "message": r.message,
-        });
-        *space.refusals.entry(r.status).or_default() += 1;
-        let thread = r
-            .thread_key
-            .as_ref()
-            .and_then(|k| space.threads.iter_mut().find(|t| t.key.as_ref() == Some(k)));
-        match thread {
-            Some(t) => t.refused.push(refused),
-            None => space.refused.push(refused),
-        }
-    }
-    let spaces: Vec<Value> = spaces
+/// Everything after `since`: the messages and refused requests, in sequence order, with
+/// what the page needs to tell the user what was dropped.
+pub(super) fn state_json(s: &State, since: u64) -> String {
+    // Both queues are in sequence order: skip what the page has seen from the back.
+    let messages: Vec<_> = s
+        .messages
+        .iter()
+        .rev()
+        .take_while(|m| m.seq > since)
+        .collect::<Vec<_>>()
         .into_iter()
-        .map(|(name, v)| {
+        .rev()
+        .map(|m| {
             json!({
-                "name": name,
-                "refusals": v.refusals.iter().map(|(status, n)| json!({"status": status, "count": n})).collect::<Vec<_>>(),
-                "refused": v.refused,
-                "threads": v.threads.into_iter().map(|t| json!({
-                    "name": t.name,
-                    "key": t.key,
-                    "messages": t.messages,
-                    "refused": t.refused,
-                })).collect::<Vec<_>>(),
+                "seq": m.seq,
+                "space": m.space,
+                "thread": m.thread,
+                "key": m.thread_key,
+                "name": m.name,
+                "time": m.posted_ms,
+                "text": m.text,
+                "host": m.host,
+                "rule": m.rules.as_ref().map(|r| {
+                    r.split(", ").map(str::to_owned).collect::<Vec<_>>()
+                }).unwrap_or_default(),
             })
         })
         .collect();
-    json!({ "spaces": spaces, "requests": s.requests.len() }).to_string()
-}
-
-#[derive(Default)]
-struct SpaceView {
-    threads: Vec<ThreadView>,
-    refused: Vec<Value>,
-    refusals: BTreeMap<u16, u64>,
-}
-
-struct ThreadView {
-    name: String,
-    key: Option<String>,
-    messages: Vec<Value>,
-    refused: Vec<Value>,
+    let refused: Vec<_> = s
+        .requests
+        .iter()
+        .rev()
+        .take_while(|r| r.seq > since)
+        .filter(|r| r.status != 200)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .map(|r| {
+            json!({
+                "seq": r.seq,
+                "space": r.space,
+                "key": r.thread_key,
+                "time": r.posted_ms,
+                "status": r.status,
+                "message": r.message,
+            })
+        })
+        .collect();
+    json!({
+        "instance": s.instance,
+        "seq": s.seq,
+        "requests": s.received,
+        "kept": {"messages": s.max_messages, "refused": s.max_requests},
+        "dropped": {"messages": s.dropped_messages, "refused": s.dropped_refused},
+        "messages": messages,
+        "refused": refused,
+    })
+    .to_string()
 }

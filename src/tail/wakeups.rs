@@ -105,6 +105,10 @@ impl Wakeups {
         }
         let mut failures = 0;
         let mut added = 0;
+        // New failures are logged once per kind, with a count, after the loop: past the
+        // inotify limit every further directory fails the same way.
+        let mut at_limit: Option<(usize, PathBuf)> = None;
+        let mut other: Option<(usize, PathBuf, io::Error)> = None;
         for dir in dirs {
             if self.watched.contains_key(dir) {
                 continue;
@@ -119,14 +123,32 @@ impl Wakeups {
                 Err(error) => {
                     failures += 1;
                     if self.failed.insert(dir.clone()) {
-                        tracing::warn!(
-                            dir = %dir.display(),
-                            %error,
-                            "Cannot watch a directory; its files are polled instead."
-                        );
+                        if error.raw_os_error() == Some(libc::ENOSPC) {
+                            let entry = at_limit.get_or_insert((0, dir.clone()));
+                            entry.0 += 1;
+                        } else {
+                            let entry = other.get_or_insert((0, dir.clone(), error));
+                            entry.0 += 1;
+                        }
                     }
                 }
             }
+        }
+        if let Some((count, first)) = at_limit {
+            tracing::warn!(
+                directories = count,
+                first = %first.display(),
+                "The inotify watch limit is reached: these directories' files are polled instead of watched. \
+                 Raise fs.inotify.max_user_watches (sysctl) to watch them."
+            );
+        }
+        if let Some((count, first, error)) = other {
+            tracing::warn!(
+                directories = count,
+                first = %first.display(),
+                %error,
+                "Cannot watch directories; their files are polled instead."
+            );
         }
         Synced { failures, added }
     }

@@ -5,7 +5,7 @@
 
 use chattail::config::UrlPolicy;
 
-use crate::support::{load_fixture, refused, repo};
+use crate::support::{chattail, load_fixture, refused, repo, text};
 
 #[test]
 fn every_broken_config_is_refused_with_located_errors() {
@@ -151,4 +151,33 @@ fn a_file_with_too_many_nodes_is_refused_plainly() {
         assert!(!rendered.contains(internal), "{rendered}");
     }
     assert!(rendered.len() < 2_000, "{rendered}");
+}
+
+/// A line that holds a secret is never shown in a snippet, however its quotes and blanks
+/// break it: a YAML syntax error on a `fleet.redis` line whose password has a space, a
+/// quote and a backtick points at the line without printing it.
+#[test]
+fn a_syntax_error_on_a_line_with_a_password_does_not_print_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("chattail.yaml");
+    for redis in [
+        r#"redis: "redis://:pw d'q`x"z@cache:6379/0""#,
+        r#"redis: redis://:pw d'q`x"z@cache:6379/0: [oops"#,
+    ] {
+        std::fs::write(
+            &config,
+            format!(
+                "webhooks:\n  oncall:\n    url: http://127.0.0.1:9/v1/spaces/S/messages\nfiles:\n  - path: /var/log/*.log\n\
+                 rules:\n  - name: r\n    match: x\n    webhook: oncall\nfleet:\n  {redis}\n  namespace: prod\n"
+            ),
+        )
+        .unwrap();
+        let output = chattail(&["check", "--config", config.to_str().unwrap()], &[], None);
+        assert_eq!(output.status.code(), Some(2));
+        let stderr = text(&output.stderr);
+        assert!(stderr.contains(":11:"), "located: {stderr}");
+        for piece in ["pw d", "d'q", "q`x", "x\"z"] {
+            assert!(!stderr.contains(piece), "{piece} in: {stderr}");
+        }
+    }
 }

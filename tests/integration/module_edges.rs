@@ -16,6 +16,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("path_glob", &[]),
     ("webhook_url", &[]),
     ("redis_url", &[]),
+    ("bounded_listener", &[]),
     (
         "config",
         &[
@@ -46,15 +47,23 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "webhook_url",
         ],
     ),
-    ("ops", &["clock", "store::outbox"]),
+    ("ops", &["bounded_listener", "clock", "store::outbox"]),
     (
         "agent",
         &[
-            "clock", "config", "deliver", "fleet", "ops", "pipeline", "store", "tail",
+            "bounded_listener",
+            "clock",
+            "config",
+            "deliver",
+            "fleet",
+            "ops",
+            "pipeline",
+            "store",
+            "tail",
         ],
     ),
     ("rule_test", &["config", "pipeline"]),
-    ("sandbox", &["clock"]),
+    ("sandbox", &["bounded_listener", "clock"]),
     (
         "send",
         &[
@@ -62,6 +71,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "config",
             "deliver::chat_client",
             "pipeline::chat_text",
+            "pipeline::thread_key",
         ],
     ),
     ("cli", &["agent", "config", "rule_test", "sandbox", "send"]),

@@ -231,7 +231,8 @@ fn connections_are_kept_alive_between_requests() {
         let body = json!({"text": format!("message {n}")}).to_string();
         write!(
             stream,
-            "POST /v1/spaces/S1/messages?key=K1&token=T1 HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n{body}",
+            "POST /v1/spaces/S1/messages?key=K1&token=T1 HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            chat.addr,
             body.len()
         )
         .unwrap();
@@ -526,4 +527,251 @@ fn thread_names_or_fail_message_ids_and_error_details_follow_the_reference() {
         Some("type.googleapis.com/google.rpc.BadRequest")
     );
     assert_eq!(chat.messages().len(), 6);
+}
+
+/// One raw request with the given extra header lines; the status and the body.
+fn raw(addr: SocketAddr, head: &str, body: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "{head}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (status, body.to_owned())
+}
+
+/// A web page elsewhere cannot write to the sandbox: a `text/plain` POST (what a form or
+/// `fetch` may send without asking) is refused, so is any POST from a foreign `Origin`,
+/// and a `Host` that is not the sandbox's (a rebound domain) is refused on every route.
+/// None of them leaves a message.
+#[test]
+fn cross_site_writes_and_foreign_hosts_are_refused() {
+    let chat = MockChat::start();
+    chat.set_rate(None, None);
+    chat.webhook("S1", "K", "T");
+    let addr = chat.addr;
+    let target = "/v1/spaces/S1/messages?key=K&token=T";
+    let body = r#"{"text": "<http://x(http://y/autofocus/onfocus=document.title=1|x>"}"#;
+    let (status, answer) = raw(
+        addr,
+        &format!(
+            "POST {target} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: text/plain\r\nOrigin: http://evil.example"
+        ),
+        body,
+    );
+    assert_eq!(status, 403, "{answer}");
+    let (status, answer) = raw(
+        addr,
+        &format!("POST {target} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: text/plain"),
+        body,
+    );
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.contains("application/json"), "{answer}");
+    let (status, _) = raw(
+        addr,
+        &format!(
+            "POST {target} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nOrigin: http://evil.example"
+        ),
+        body,
+    );
+    assert_eq!(status, 403);
+    let (status, _) = raw(
+        addr,
+        &format!(
+            "POST {target} HTTP/1.1\r\nHost: rebound.example:80\r\nContent-Type: application/json"
+        ),
+        body,
+    );
+    assert_eq!(status, 421);
+    assert!(chat.messages().is_empty());
+    // The same request from a program (no Origin, JSON) is taken.
+    let (status, _) = raw(
+        addr,
+        &format!(
+            "POST {target} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json; charset=UTF-8"
+        ),
+        body,
+    );
+    assert_eq!(status, 200);
+    assert_eq!(chat.messages().len(), 1);
+    // The refusals are on record, as Chat's own are.
+    assert!(chat.requests().iter().any(|r| r.status == 403));
+}
+
+/// `chattail sandbox --listen 0.0.0.0:PORT` says what it exposes, and accepts only the
+/// random key and token it prints; its page is served with a policy that forbids inline
+/// script.
+#[test]
+fn an_exposed_sandbox_warns_and_takes_only_its_own_key() {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(crate::support::bin())
+        .args(["sandbox", "--listen", "0.0.0.0:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut webhook = String::new();
+    let mut page = String::new();
+    for line in stdout.lines() {
+        let line = line.unwrap();
+        if let Some(rest) = line.trim().strip_prefix("webhook:") {
+            webhook = rest.trim().to_owned();
+        } else if let Some(rest) = line.trim().strip_prefix("page:") {
+            page = rest.trim().trim_end_matches('/').to_owned();
+        } else if line.starts_with("Stop") {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let output = child.wait_with_output().unwrap();
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("warning: listening on 0.0.0.0:")
+            && stderr.contains("other hosts can reach"),
+        "{stderr}"
+    );
+    assert!(!webhook.contains("sandbox-key"), "{webhook}");
+    let key = webhook
+        .split("key=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap();
+    assert_eq!(key.len(), 16, "{webhook}");
+    assert!(page.starts_with("http://0.0.0.0:"), "{page}");
+
+    // The page's policy, from a sandbox on loopback (this test's own).
+    let options = chattail::sandbox::SandboxOptions {
+        page: true,
+        open: true,
+        credentials: Some(("k".into(), "t".into())),
+        ..Default::default()
+    };
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let sandbox = chattail::sandbox::Sandbox::serve(listener, options).unwrap();
+    let (status, head, _) = request(sandbox.addr, "GET", "/", "");
+    assert_eq!(status, 200);
+    assert!(
+        head.contains("content-security-policy: default-src 'none'; script-src 'self'"),
+        "{head}"
+    );
+    let (status, _, script) = request(sandbox.addr, "GET", "/page.js", "");
+    assert_eq!(status, 200);
+    assert!(script.contains("chattailMarkup") && !script.contains("innerHTML"));
+    // Only its own key and token post.
+    let body = json!({"text": "hi"});
+    let (status, _) = post(sandbox.addr, "key=other&token=t", &body);
+    assert_eq!(status, 400);
+    let (status, _) = post(sandbox.addr, "key=k&token=t", &body);
+    assert_eq!(status, 200);
+}
+
+/// What the sandbox keeps is bounded: past its caps the oldest messages are dropped and
+/// counted, and a poll with `since` answers only what is new.
+#[test]
+fn the_sandbox_keeps_a_bounded_state_and_polls_are_incremental() {
+    let options = chattail::sandbox::SandboxOptions {
+        rate: None,
+        page: true,
+        open: true,
+        max_messages: 50,
+        max_requests: 60,
+        ..Default::default()
+    };
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let sandbox = chattail::sandbox::Sandbox::serve(listener, options).unwrap();
+    for i in 0..120 {
+        let (status, _) = post(
+            sandbox.addr,
+            &format!("key=k&token=t&requestId=r{i}"),
+            &json!({"text": format!("message {i}")}),
+        );
+        assert_eq!(status, 200);
+    }
+    let messages = sandbox.messages();
+    assert_eq!(messages.len(), 50);
+    assert_eq!(messages[0].text, "message 70");
+    assert_eq!(sandbox.requests().len(), 60);
+    // A replay of a kept request id still answers its message.
+    let (status, answer) = post(
+        sandbox.addr,
+        "key=k&token=t&requestId=r119",
+        &json!({"text": "again"}),
+    );
+    assert_eq!(
+        (status, answer["text"].as_str()),
+        (200, Some("message 119"))
+    );
+    let (_, _, body) = request(sandbox.addr, "GET", "/api/state?since=0", "");
+    let state: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(state["dropped"]["messages"], 70);
+    assert_eq!(state["messages"].as_array().unwrap().len(), 50);
+    let seq = state["seq"].as_u64().unwrap();
+    post(sandbox.addr, "key=k&token=t", &json!({"text": "new"}));
+    let (_, _, body) = request(sandbox.addr, "GET", &format!("/api/state?since={seq}"), "");
+    let later: Value = serde_json::from_str(&body).unwrap();
+    let texts: Vec<&str> = later["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["text"].as_str())
+        .collect();
+    assert_eq!(texts, ["new"]);
+}
+
+/// `send --thread` maps the key as rules do, so it replies into the thread an agent
+/// opened with that key; stdin is decoded like log lines (invalid UTF-8 shown, NUL made
+/// visible); a text over Chat's limit is cut and `send` says so.
+#[test]
+fn send_maps_thread_keys_like_rules_and_takes_any_bytes() {
+    let chat = MockChat::start();
+    chat.set_rate(None, None);
+    let url = chat.webhook("S1", "K", "T");
+    let dir = tempfile::tempdir().unwrap();
+    let config = send_config(dir.path(), &url);
+    let config = config.to_str().unwrap();
+    let args = [
+        "send",
+        "--config",
+        config,
+        "--webhook",
+        "oncall",
+        "--thread",
+        "key with spaces",
+        "-",
+    ];
+    let output = chattail(&args, &[], Some(b"bad \xff byte and NUL \x00 here"));
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let m = chat.messages().pop().unwrap();
+    assert_eq!(
+        m.thread_key.as_deref(),
+        Some(chattail::pipeline::thread_key::chat_thread_key("key with spaces").as_str())
+    );
+    assert!(m.text.contains('\u{FFFD}') && m.text.contains('\u{2400}') && !m.text.contains('\0'));
+    let long = "y".repeat(100_000);
+    let output = chattail(
+        &["send", "--config", config, "--webhook", "oncall", &long],
+        &[],
+        None,
+    );
+    assert!(output.status.success());
+    assert!(
+        text(&output.stderr).contains("it was cut"),
+        "{}",
+        text(&output.stderr)
+    );
 }

@@ -2,7 +2,8 @@
 //! posts the bundled example's matches to it, and headless Chromium (Debian's
 //! `chromium`, installed by `.ci/run`) loads the page; the rendered DOM must show every
 //! thread with its message count, Chat markup drawn (bold, code) and a 429 the sandbox
-//! answered. One browser start.
+//! answered. Hostile markup (the payloads that once injected script, and random markup)
+//! must come out as text and the few allowed elements only. One browser start.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
@@ -144,19 +145,36 @@ fn the_page_shows_threads_counts_markup_and_a_429_in_a_real_browser() {
     let statuses = [http_post(&webhook, body), http_post(&webhook, body)];
     assert!(statuses.contains(&429), "{statuses:?}");
 
-    let api: Value = serde_json::from_str(&http_get(&page, "/api/state")).unwrap();
-    let space = &api["spaces"][0];
-    let stored: BTreeMap<String, usize> = space["threads"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|t| {
-            Some((
-                t["key"].as_str()?.to_owned(),
-                t["messages"].as_array()?.len(),
-            ))
-        })
-        .collect();
+    let api: Value = serde_json::from_str(&http_get(&page, "/api/state?since=0")).unwrap();
+    let mut stored: BTreeMap<String, usize> = BTreeMap::new();
+    for m in api["messages"].as_array().unwrap() {
+        if let Some(key) = m["key"].as_str() {
+            *stored.entry(key.to_owned()).or_default() += 1;
+        }
+    }
+    // Polling from the newest sequence number answers nothing old.
+    let seq = api["seq"].as_u64().unwrap();
+    let later: Value =
+        serde_json::from_str(&http_get(&page, &format!("/api/state?since={seq}"))).unwrap();
+    assert_eq!(
+        later["messages"].as_array().map(Vec::len),
+        Some(0),
+        "{later}"
+    );
+    // Hostile markup, through the webhook (each into a space of its own, so the quota does
+    // not refuse them) and through the agent: a log line is whoever can reach the app.
+    for (i, payload) in HOSTILE.iter().enumerate() {
+        let url = webhook.replace("/SANDBOX/", &format!("/HOSTILE{i}/"));
+        let body = serde_json::json!({ "text": payload }).to_string();
+        assert_eq!(http_post(&url, &body), 200, "{payload}");
+    }
+    post_through_the_agent(&webhook);
+    let fuzz = random_markup(40, 30);
+    for (i, text) in fuzz.iter().enumerate() {
+        let url = webhook.replace("/SANDBOX/", &format!("/FUZZ{i}/"));
+        let body = serde_json::json!({ "text": text }).to_string();
+        assert_eq!(http_post(&url, &body), 200);
+    }
     let expected = example_thread_keys();
     assert!(!expected.is_empty());
     assert_eq!(
@@ -196,4 +214,143 @@ fn the_page_shows_threads_counts_markup_and_a_429_in_a_real_browser() {
     );
     // Nothing failed in the page's own script: it drew the spaces it fetched.
     assert!(dom.contains("spaces/SANDBOX"));
+    assert_hostile_markup_is_inert(&dom);
+}
+
+/// Texts that injected attributes into the page's links before its renderer built DOM
+/// nodes, and their relatives.
+const HOSTILE: &[&str] = &[
+    "<http://x(http://y/autofocus/onfocus=document.title=1337//|x>",
+    "<http://x(http://y/style=content-visibility:auto/oncontentvisibilityautostatechange=document.title=5//|x>",
+    "<javascript:document.title=6|click>",
+    "<http://a\" onmouseover=\"document.title=8|y>",
+    "<img src=x onerror=document.title=9>",
+    "*<b>bold</b>* `<script>document.title=7</script>`",
+    "```<svg onload=document.title=10>```",
+];
+
+/// A log line that carried the injection through the agent itself, with a rule whose
+/// message puts the path in bold.
+fn post_through_the_agent(webhook: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("app.log");
+    std::fs::write(
+        &log,
+        "GET <http://x(http://y/autofocus/onfocus=document.title=4242//|reset-password> 502\n",
+    )
+    .unwrap();
+    let config = dir.path().join("chattail.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir: {state}\nwebhooks:\n  oncall:\n    url: \"{url}\"\n\
+             files:\n  - path: {log}\n    start_at: beginning\n\
+             rules:\n  - name: gateway\n    match: 'GET (?P<path>.+) 502'\n    webhook: oncall\n    \
+             thread_key: 'gateway'\n    message: '*502* on {{path}}'\n",
+            state = dir.path().join("state").display(),
+            url = webhook.replace("/SANDBOX/", "/AGENT/"),
+            log = log.display(),
+        ),
+    )
+    .unwrap();
+    let run = Command::new(bin())
+        .args(["run", "--once", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", text(&run.stderr));
+}
+
+/// `count` texts of up to `len` characters drawn from Chat markup's characters, links and
+/// schemes (a fixed seed: the same texts every run).
+fn random_markup(count: usize, len: usize) -> Vec<String> {
+    const PIECES: &[&str] = &[
+        "*",
+        "_",
+        "~",
+        "`",
+        "```",
+        "<",
+        ">",
+        "|",
+        ":",
+        "/",
+        "(",
+        ")",
+        "\"",
+        "'",
+        " ",
+        "=",
+        "\n",
+        "a",
+        "x",
+        "http://",
+        "https://h/",
+        "javascript:",
+        "mailto:",
+        "on",
+        "title",
+        "<http://",
+        "|x>",
+    ];
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    (0..count)
+        .map(|_| {
+            let n = 1 + (next() as usize) % len;
+            (0..n)
+                .map(|_| PIECES[(next() as usize) % PIECES.len()])
+                .collect()
+        })
+        .collect()
+}
+
+/// Every message body of the rendered page holds only the renderer's elements (`b`,
+/// `i`, `s`, `code`, `pre`, `a`), only `href` attributes, and only http, https or mailto
+/// links; the page's title and the body container are untouched.
+fn assert_hostile_markup_is_inert(dom: &str) {
+    assert!(
+        dom.contains("<title>chattail sandbox</title>"),
+        "title changed"
+    );
+    let tag = regex::Regex::new(r"<(/?)([A-Za-z][A-Za-z0-9-]*)([^>]*)>").unwrap();
+    let attribute = regex::Regex::new(r#"([^\s=/]+)(?:="([^"]*)")?"#).unwrap();
+    let mut bodies = 0;
+    for piece in dom.split(r#"<div class="body">"#).skip(1) {
+        bodies += 1;
+        let body = piece.split("</div>").next().unwrap();
+        for m in tag.captures_iter(body) {
+            let name = m[2].to_ascii_lowercase();
+            assert!(
+                ["b", "i", "s", "code", "pre", "a"].contains(&name.as_str()),
+                "element <{name}> in a message body: {body}"
+            );
+            for a in attribute.captures_iter(&m[3]) {
+                assert_eq!(&a[1], "href", "attribute in a message body: {body}");
+                let href = a.get(2).map_or("", |v| v.as_str()).to_ascii_lowercase();
+                assert!(
+                    ["http:", "https:", "mailto:"]
+                        .iter()
+                        .any(|s| href.starts_with(s)),
+                    "link {href} in: {body}"
+                );
+            }
+        }
+    }
+    assert!(
+        bodies >= 40 + HOSTILE.len(),
+        "every message drawn: {bodies}"
+    );
+    for payload in [
+        "document.title=1337",
+        "document.title=4242",
+        "onerror=document.title=9",
+    ] {
+        assert!(dom.contains(payload), "{payload} shown as text");
+    }
 }

@@ -1,13 +1,18 @@
-//! Connections to the admin endpoint, bounded: at most [`MAX_CONNECTIONS`] at once, and
-//! each closed after [`IDLE_TIMEOUT`] without progress. Idle or half-sent connections
-//! (a port scanner, a stuck client, a hostile peer) therefore cannot take the descriptors
-//! that reading and delivery need, nor starve `/healthz` itself for long. Connections
-//! beyond the cap wait in the kernel's backlog, which costs the agent no descriptor.
+//! A listener for the HTTP servers chattail runs (the admin endpoint, the sandbox) whose
+//! connections are bounded: at most a number open at once, and each closed after a time
+//! without progress. Idle or half-sent connections (a port scanner, a stuck client, a
+//! hostile peer) therefore cannot take the descriptors that reading and delivery need,
+//! nor starve the server itself for long. Connections beyond the cap wait in the kernel's
+//! backlog, which costs no descriptor.
+//!
+//! A handler can also close its own connection without an answer ([`Closer`], taken as
+//! connect info), as a lost reply would: the sandbox's fault injection needs that.
 
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -16,23 +21,45 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 
-/// The most admin connections open at once.
-pub const MAX_CONNECTIONS: usize = 32;
-/// A connection with no byte read or written for this long is closed.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The admin endpoint's bounds: at most 32 connections, each closed after 10 s without
+/// a byte read or written.
+pub const ADMIN_CONNECTIONS: usize = 32;
+pub const ADMIN_IDLE: Duration = Duration::from_secs(10);
 
 /// A listener that holds a permit per open connection.
 pub struct LimitedListener {
     inner: TcpListener,
     permits: Arc<Semaphore>,
+    idle: Duration,
 }
 
 impl LimitedListener {
-    pub fn new(inner: TcpListener) -> Self {
+    /// At most `max` connections open at once, each closed after `idle` without progress.
+    pub fn new(inner: TcpListener, max: usize, idle: Duration) -> Self {
         Self {
             inner,
-            permits: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+            permits: Arc::new(Semaphore::new(max)),
+            idle,
         }
+    }
+}
+
+/// Closes the connection a request came on, without an answer: what the handler then
+/// returns is never written.
+#[derive(Debug, Clone)]
+pub struct Closer(Arc<AtomicBool>);
+
+impl Closer {
+    pub fn close(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, LimitedListener>>
+    for Closer
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, LimitedListener>) -> Self {
+        stream.io().closer.clone()
     }
 }
 
@@ -55,14 +82,16 @@ impl axum::serve::Listener for LimitedListener {
                     let conn = LimitedConn {
                         stream,
                         _permit: permit,
-                        idle: Box::pin(tokio::time::sleep(IDLE_TIMEOUT)),
+                        idle_for: self.idle,
+                        idle: Box::pin(tokio::time::sleep(self.idle)),
+                        closer: Closer(Arc::new(AtomicBool::new(false))),
                     };
                     return (conn, addr);
                 }
                 Err(error) => {
                     // Out of descriptors (or a connection reset before accept): wait
                     // rather than spin; the agent's other work goes on.
-                    tracing::debug!(%error, "The admin endpoint cannot accept a connection.");
+                    tracing::debug!(%error, "Cannot accept a connection.");
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
             }
@@ -74,12 +103,14 @@ impl axum::serve::Listener for LimitedListener {
     }
 }
 
-/// An accepted connection that gives its permit back when dropped and times out when
-/// idle.
+/// An accepted connection that gives its permit back when dropped, times out when idle
+/// and ends when its [`Closer`] says so.
 pub struct LimitedConn {
     stream: TcpStream,
     _permit: OwnedSemaphorePermit,
+    idle_for: Duration,
     idle: Pin<Box<Sleep>>,
+    closer: Closer,
 }
 
 impl LimitedConn {
@@ -88,12 +119,24 @@ impl LimitedConn {
     }
 
     fn progressed(&mut self) {
-        self.idle.as_mut().reset(Instant::now() + IDLE_TIMEOUT);
+        let idle_for = self.idle_for;
+        self.idle.as_mut().reset(Instant::now() + idle_for);
+    }
+
+    fn closed(&self) -> bool {
+        self.closer.0.load(Ordering::Relaxed)
     }
 }
 
 fn idle_error() -> io::Error {
-    io::Error::new(io::ErrorKind::TimedOut, "admin connection idle")
+    io::Error::new(io::ErrorKind::TimedOut, "connection idle")
+}
+
+fn closed_error() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionAborted,
+        "connection closed by its handler",
+    )
 }
 
 impl AsyncRead for LimitedConn {
@@ -103,6 +146,9 @@ impl AsyncRead for LimitedConn {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.closed() {
+            return Poll::Ready(Err(closed_error()));
+        }
         let before = buf.filled().len();
         match Pin::new(&mut this.stream).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
@@ -125,6 +171,9 @@ impl AsyncWrite for LimitedConn {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if this.closed() {
+            return Poll::Ready(Err(closed_error()));
+        }
         match Pin::new(&mut this.stream).poll_write(cx, data) {
             Poll::Ready(Ok(n)) => {
                 this.progressed();

@@ -319,7 +319,7 @@ fn send(
         }) => {
             if let Some(length) = cut {
                 eprintln!(
-                    "note: the message had {length} characters, over Chat's limit of {}; it was cut (the end says how much).",
+                    "note: the message was {length} characters long (as Chat counts them), over Chat's limit of {}; it was cut (the end says how much).",
                     crate::send::MAX_TEXT_CHARS
                 );
             }
@@ -409,7 +409,16 @@ fn sandbox(listen: std::net::SocketAddr, rate: f64, open: bool) -> anyhow::Resul
     .context("starting the sandbox")?;
     let (key, token) =
         credentials.unwrap_or_else(|| ("sandbox-key".to_owned(), "sandbox-token".to_owned()));
-    let url = sandbox.url_for("SANDBOX", &key, &token);
+    // An unspecified address (0.0.0.0, [::]) is not one to call: show loopback, which the
+    // sandbox answers to.
+    let shown = if listen.ip().is_unspecified() {
+        std::net::SocketAddr::from(([127, 0, 0, 1], sandbox.addr.port()))
+    } else {
+        sandbox.addr
+    };
+    let url = sandbox
+        .url_for("SANDBOX", &key, &token)
+        .replace(&sandbox.addr.to_string(), &shown.to_string());
     let quota = if rate > 0.0 {
         format!("{rate} request(s) per second per space, as Chat")
     } else {
@@ -420,7 +429,7 @@ fn sandbox(listen: std::net::SocketAddr, rate: f64, open: bool) -> anyhow::Resul
         out,
         "chattail sandbox: a local Google Chat stand-in ({quota})."
     )?;
-    writeln!(out, "  page:    http://{}/", sandbox.addr)?;
+    writeln!(out, "  page:    http://{shown}/")?;
     writeln!(out, "  webhook: {url}")?;
     if exposed && !open {
         writeln!(

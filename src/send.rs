@@ -20,7 +20,8 @@ pub enum Sent {
     Posted {
         thread: Option<String>,
         thread_key: String,
-        /// The text was over Chat's limit: how many characters it had (it was cut).
+        /// The text was over Chat's limit: how long it was, in UTF-16 code units as Chat
+        /// counts (it was cut).
         cut: Option<usize>,
     },
     /// Chat refused it: the advice says why and what to do. Retrying will not help.
@@ -75,9 +76,10 @@ pub async fn send(
     }
     // NUL shown as in log lines; a text over Chat's limit is cut (and the caller says so).
     let shown = chat_text::show_nul(text);
-    let length = shown.chars().count();
+    // Chat counts UTF-16 code units, and so does `fit`.
+    let length = chat_text::utf16_len(&shown);
     let text = chat_text::fit(shown);
-    let cut = (text.chars().count() != length).then_some(length);
+    let cut = (length > MAX_TEXT_CHARS).then_some(length);
     let client = ChatClient::new(config.delivery.request_timeout)
         .map_err(|e| SendError::Client(e.to_string()))?;
     let now = unix_now_ms();

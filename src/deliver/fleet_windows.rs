@@ -1,17 +1,23 @@
-//! Fleet mode at delivery time: what a queued notification that opens or sums up a burst
-//! window becomes for the whole fleet (see `fleet::windows` for the protocol).
+//! What a queued notification that opens or sums up a burst window becomes: in fleet mode
+//! for the whole fleet (see `fleet::windows` for the protocol), without it for this host.
 //!
 //! One decider task per agent makes these decisions, apart from the space workers: a row
-//! waiting for the fleet is not posted (the outbox leaves it out of posts) and holds up
+//! waiting for a decision is not posted (the outbox leaves it out of posts) and holds up
 //! nothing else; when a decision must wait (a summary before its window is over), the
 //! row gets a time to be looked at again and the decider goes on with other rows. Each
 //! decision is recorded in one transaction with the record of the local window's fleet
 //! window, so a retried post never changes what a decision counted and a restart
 //! resumes where it was.
 //!
+//! Without fleet mode every decision is this host's own, at once: a first is posted, a
+//! summary counts its repeats, plus its first when a fleet run before (or before a reload)
+//! had another host post that one, and a window that counted nothing posts nothing.
+//!
 //! Redis trouble falls back to what this host knows: a first occurrence is posted, a
 //! summary counts this host's own occurrences (with its first when another host posted
-//! that one). At worst a message more, never a line less.
+//! that one). A part not yet in Redis does so after 10 s of trouble; one already reported
+//! waits until Redis answers again, or until its keys have surely expired, so that it is
+//! never counted both there and here.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,24 +36,27 @@ use crate::store::StoreError;
 use crate::store::fleet_rows::{JoinedRecord, RowOutcome, Undecided, WindowChange};
 use crate::store::outbox::Outbox;
 
-/// How long Redis may fail a summary's decision before this host posts its own.
+/// How long Redis may fail a summary's decision before this host posts its own, while
+/// its part has not been reported (only its first occurrence, if any, is in Redis).
 const GIVE_UP: Duration = Duration::from_secs(10);
 /// How soon a failed decision is tried again.
 const RETRY: Duration = Duration::from_secs(1);
 /// The longest the owner waits before it looks at its window again (the totals may be
-/// ready sooner than Redis said, when every part became final). Others wait for their
-/// take-over time whole: by then the owner has taken the summary, or is gone.
+/// ready sooner than Redis said, when every part became final).
 const OWNER_MAX_WAIT: Duration = Duration::from_secs(2);
-/// The longest any decision waits before it is looked at again.
-const MAX_WAIT: Duration = Duration::from_secs(3600);
+/// The longest others wait before they look again: soon after the owner took the summary
+/// they learn it and drop their row, so that little time is left in which a Redis
+/// restarted empty could make them count their part a second time.
+const MAX_WAIT: Duration = Duration::from_secs(5);
 /// Records of local windows older than this are forgotten (a window lasts at most seven
 /// days; its summary comes soon after).
 const FORGET_AFTER: Duration = Duration::from_secs(8 * 24 * 3600);
 
-/// The task that makes the fleet's decisions about this agent's queued rows.
+/// The task that makes the decisions about this agent's queued rows.
 pub(super) struct Decider {
     pub outbox: Outbox,
-    pub fleet: Arc<Fleet>,
+    /// Fleet mode's client; `None`: every decision is this host's own.
+    pub fleet: Option<Arc<Fleet>>,
     pub host: String,
     pub wake: WakeSignal,
     pub stop: StopSignal,
@@ -104,7 +113,8 @@ impl Decider {
             }
             self.wake.borrow_and_update();
             let now = unix_now_ms();
-            match tokio::task::block_in_place(|| self.outbox.next_undecided(now)) {
+            let next = tokio::task::block_in_place(|| self.outbox.next_undecided(now));
+            match next {
                 Ok(Some(row)) => {
                     if let Err(error) = self.decide(&row).await {
                         tracing::error!(%error, "Cannot record a fleet decision; retrying in a second.");
@@ -115,21 +125,32 @@ impl Decider {
                     self.decided.send_modify(|n| *n = n.wrapping_add(1));
                 }
                 Ok(None) => {
-                    if deadline.is_some() {
-                        break;
-                    }
                     let due = tokio::task::block_in_place(|| self.outbox.next_decision_ms())
                         .ok()
                         .flatten();
+                    // Stopping: done once no row waits for a decision (a drain, `--once`,
+                    // waits for the windows; a shutdown's deadline ends it sooner).
+                    if deadline.is_some() && due.is_none() {
+                        break;
+                    }
                     let wait = due.map_or(Duration::from_secs(1), |at| {
                         Duration::from_millis(u64::try_from(at - now).unwrap_or(0))
                             .min(Duration::from_secs(1))
                     });
                     let mut stop = self.stop.clone();
                     tokio::select! {
-                        _ = self.wake.changed() => {}
+                        changed = self.wake.changed() => {
+                            if changed.is_err() {
+                                // Nobody queues rows any more: only the timer wakes us.
+                                tokio::time::sleep(wait).await;
+                            }
+                        }
                         () = tokio::time::sleep(wait) => {}
-                        _ = stop.changed() => {}
+                        changed = stop.changed() => {
+                            if changed.is_err() {
+                                tokio::time::sleep(wait).await;
+                            }
+                        }
                     }
                 }
                 Err(error) => {
@@ -169,6 +190,10 @@ impl Decider {
             }
         };
         let decision = match mark {
+            // Without fleet mode a first occurrence is always posted here.
+            BurstMark::First { .. } if self.fleet.is_none() => {
+                Decision::keep(RowOutcome::Post(None))
+            }
             BurstMark::First {
                 key,
                 first_ms,
@@ -218,8 +243,10 @@ impl Decider {
     ) -> Decision {
         let me = member(self.outbox.agent_id(), first_ms);
         let age = age_of(first_ms);
-        match self
-            .fleet
+        let Some(fleet) = self.fleet.clone() else {
+            return Decision::keep(RowOutcome::Post(None));
+        };
+        match fleet
             .claim_window(&me, rule, key, window_ms, &self.host, &line, age)
             .await
         {
@@ -274,7 +301,8 @@ impl Decider {
         let Some(mut record) = record else {
             return Ok(Decision::keep(own.outcome(false, "")));
         };
-        let Some(fleet_first_ms) = record.fleet_first_ms else {
+        let (Some(fleet_first_ms), Some(fleet)) = (record.fleet_first_ms, self.fleet.clone())
+        else {
             return Ok(Decision::forget(
                 own.outcome(record.unposted_first, &record.first_line),
             ));
@@ -283,7 +311,17 @@ impl Decider {
         let now = unix_now_ms();
         let failed = |mut record: JoinedRecord| {
             let since = *record.failing_since.get_or_insert(now);
-            if now.saturating_sub(since) >= i64::try_from(GIVE_UP.as_millis()).unwrap_or(0) {
+            // A reported part may be counted by a taker as soon as Redis answers again:
+            // this host sums it up alone only once its keys have surely expired.
+            let give_up = if record.reported {
+                Duration::from_millis(u64::try_from(record.window_ms).unwrap_or(0))
+                    + crate::fleet::windows::KEEP
+                    + crate::fleet::windows::SETTLE
+                    + crate::fleet::windows::LEASE
+            } else {
+                GIVE_UP
+            };
+            if now.saturating_sub(since) >= millis(give_up) {
                 tracing::info!(
                     rule,
                     "Fleet: Redis cannot decide this window's summary; posting this host's own."
@@ -295,8 +333,7 @@ impl Decider {
         };
         if !record.reported {
             let age = age_of(own.last_ms);
-            match self
-                .fleet
+            match fleet
                 .report_window(
                     &me,
                     rule,
@@ -330,44 +367,47 @@ impl Decider {
             first_ms: fleet_first_ms,
             window_ms: record.window_ms,
         };
-        Ok(
-            match self.fleet.take_summary(&me, rule, key, &joined).await {
-                Ok(Take::Totals(totals)) => {
-                    if !record.owner {
-                        tracing::info!(
-                            rule,
-                            "Fleet: the window's owner posted no summary; posting it instead."
-                        );
-                    }
-                    if totals.more == 0 {
-                        Decision::forget(RowOutcome::Drop)
-                    } else {
-                        Decision::forget(RowOutcome::Post(Some(summary_text(
-                            rule,
-                            totals.more,
-                            totals.span_ms,
-                            &totals.last_line,
-                            (&totals.named, totals.hosts),
-                        ))))
-                    }
+        Ok(match fleet.take_summary(&me, rule, key, &joined).await {
+            Ok(Take::Totals(totals)) => {
+                if !record.owner {
+                    tracing::info!(
+                        rule,
+                        "Fleet: the window's owner posted no summary; posting it instead."
+                    );
                 }
-                Ok(Take::Taken) => Decision::forget(RowOutcome::Drop),
-                Ok(Take::Lost) => {
-                    Decision::forget(own.outcome(record.unposted_first, &record.first_line))
+                if totals.more == 0 {
+                    Decision::forget(RowOutcome::Drop)
+                } else {
+                    Decision::forget(RowOutcome::Post(Some(summary_text(
+                        rule,
+                        totals.more,
+                        totals.span_ms,
+                        &totals.last_line,
+                        (&totals.named, totals.hosts),
+                    ))))
                 }
-                Ok(Take::Wait(wait)) => {
-                    record.failing_since = None;
-                    let longest = if record.owner {
-                        OWNER_MAX_WAIT
-                    } else {
-                        MAX_WAIT
-                    };
-                    let wait = wait.clamp(Duration::from_millis(50), longest);
-                    Decision::save(RowOutcome::Later(now + millis(wait)), record)
-                }
-                Err(_) => failed(record),
-            },
-        )
+            }
+            Ok(Take::Taken) => Decision::forget(RowOutcome::Drop),
+            // Taken without this part's repeats: its first was counted when it joined.
+            Ok(Take::Closed) => Decision::forget(own.outcome(false, &record.first_line)),
+            Ok(Take::Missing) => {
+                Decision::forget(own.outcome(record.unposted_first, &record.first_line))
+            }
+            Ok(Take::Lost) => {
+                Decision::forget(own.outcome(record.unposted_first, &record.first_line))
+            }
+            Ok(Take::Wait(wait)) => {
+                record.failing_since = None;
+                let longest = if record.owner {
+                    OWNER_MAX_WAIT
+                } else {
+                    MAX_WAIT
+                };
+                let wait = wait.clamp(Duration::from_millis(50), longest);
+                Decision::save(RowOutcome::Later(now + millis(wait)), record)
+            }
+            Err(_) => failed(record),
+        })
     }
 }
 
@@ -409,41 +449,4 @@ fn age_of(at_ms: i64) -> Duration {
 
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
-/// Without fleet mode (a reload removed it, or an agent restarted without it): every row
-/// still waiting for a fleet decision becomes what this host alone would post.
-pub(super) fn settle_locally(outbox: &mut Outbox) -> Result<usize, StoreError> {
-    let mut settled = 0;
-    while let Some(row) = outbox.next_undecided(i64::MAX)? {
-        let mark = serde_json::from_str::<BurstMark>(&row.burst).ok();
-        let (outcome, window) = match &mark {
-            Some(BurstMark::Summary {
-                key,
-                first_ms,
-                count,
-                last_ms,
-                last_line,
-            }) => {
-                let record = outbox.joined_window(&row.rule, key, *first_ms)?;
-                let own = OwnSummary {
-                    rule: &row.rule,
-                    first_ms: *first_ms,
-                    count: *count,
-                    last_ms: *last_ms,
-                    last_line,
-                };
-                let outcome = match &record {
-                    Some(r) => own.outcome(r.unposted_first, &r.first_line),
-                    None => own.outcome(false, ""),
-                };
-                (outcome, (key.as_str(), *first_ms, WindowChange::Forget))
-            }
-            _ => (RowOutcome::Post(None), ("", 0, WindowChange::Keep)),
-        };
-        let (key, first_ms, change) = window;
-        outbox.record_decision(row.id, &outcome, (&row.rule, key, first_ms), &change)?;
-        settled += 1;
-    }
-    Ok(settled)
 }

@@ -92,35 +92,20 @@ pub fn spawn_workers(
         entry.1 = entry.1.min(w.max_per_second);
     }
     let mut handles = Vec::new();
-    // Fleet mode: one decider makes the fleet's decisions about burst windows' rows, and
-    // tells the workers when rows became postable. Without it, rows a fleet run left
-    // undecided become what this host alone posts.
-    let decided = match &context.fleet {
-        Some(fleet) => {
-            let (decided, decided_rx) = watch::channel(0u64);
-            let decider = fleet_windows::Decider {
-                outbox: Outbox::open(db)?,
-                fleet: Arc::clone(fleet),
-                host: config.host.clone(),
-                wake: wake.clone(),
-                stop: stop.clone(),
-                decided,
-                _running: context.health.worker_guard(),
-            };
-            handles.push(tokio::spawn(decider.run()));
-            Some(decided_rx)
-        }
-        None => {
-            let settled = fleet_windows::settle_locally(&mut Outbox::open(db)?)?;
-            if settled > 0 {
-                tracing::info!(
-                    notifications = settled,
-                    "Fleet mode is off: notifications queued for a fleet decision are posted as this host's own."
-                );
-            }
-            None
-        }
+    // One decider makes the decisions about burst windows' rows (for the fleet in fleet
+    // mode, for this host without), and tells the workers when rows became postable.
+    let (decided, decided_rx) = watch::channel(0u64);
+    let decider = fleet_windows::Decider {
+        outbox: Outbox::open(db)?,
+        fleet: context.fleet.clone(),
+        host: config.host.clone(),
+        wake: wake.clone(),
+        stop: stop.clone(),
+        decided,
+        _running: context.health.worker_guard(),
     };
+    handles.push(tokio::spawn(decider.run()));
+    let decided = Some(decided_rx);
     for (space, (targets, rate)) in spaces {
         let worker = SpaceWorker {
             space,
@@ -128,11 +113,7 @@ pub fn spawn_workers(
             host: config.host.clone(),
             targets,
             interval: paced_interval(rate),
-            outbox: {
-                let mut outbox = Outbox::open(db)?;
-                outbox.wait_for_fleet_decisions(context.fleet.is_some());
-                outbox
-            },
+            outbox: { Outbox::open(db)? },
             client: client.clone(),
             wake: wake.clone(),
             stop: stop.clone(),
@@ -220,7 +201,9 @@ impl SpaceWorker {
             let batch = match batch {
                 Ok(Some(batch)) => batch,
                 Ok(None) => {
-                    if deadline.is_some() {
+                    let waiting = tokio::task::block_in_place(|| self.outbox.has_undecided())
+                        .unwrap_or(false);
+                    if deadline.is_some() && !waiting {
                         // Shutting down and nothing left that may be sent.
                         break;
                     }
@@ -380,7 +363,11 @@ impl SpaceWorker {
         let decision = async {
             match self.decided.as_mut() {
                 Some(d) => {
-                    let _ = d.changed().await;
+                    if d.changed().await.is_err() {
+                        // The decider is gone (it stopped, or panicked): stop listening
+                        // rather than wake at once, again and again.
+                        self.decided = None;
+                    }
                 }
                 None => std::future::pending::<()>().await,
             }

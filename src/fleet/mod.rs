@@ -92,6 +92,14 @@ if op == 'claim' then
   -- KEYS: the owner key, the window keys' prefix. ARGV: member, window_ms, ttl extra,
   -- host, line, age of the line in ms.
   local member, w, extra = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+  -- A member that claimed before (a retry after a crash) gets the same answer again,
+  -- even once that window is over: its part is there, not in a new window.
+  local mkey = KEYS[2] .. 'm:' .. member
+  local seen = redis.call('GET', mkey)
+  if seen then
+    local m, f, ww = string.match(seen, '^(%d)|(%d+)|(%d+)$')
+    if m then return {tonumber(m), tonumber(f), tonumber(ww)} end
+  end
   local owner, first, win
   local cur = redis.call('GET', KEYS[1])
   if cur then
@@ -105,15 +113,14 @@ if op == 'claim' then
     redis.call('SET', KEYS[1], owner .. '|' .. first .. '|' .. win, 'PX', win + extra)
   end
   local parts = KEYS[2] .. first .. ':parts'
+  local mine = 0
+  if owner == member then mine = 1 end
   if redis.call('HEXISTS', parts, member) == 0 then
-    local firsts = 1
-    if owner == member then firsts = 0 end
-    redis.call('HSET', parts, member, encode({firsts = firsts, repeats = 0, final = 0,
+    redis.call('HSET', parts, member, encode({firsts = 1 - mine, repeats = 0, final = 0,
       joined = now, window = w, last = now - tonumber(ARGV[7]), host = ARGV[5], line = ARGV[6]}))
   end
   redis.call('PEXPIRE', parts, win + w + extra)
-  local mine = 0
-  if owner == member then mine = 1 end
+  redis.call('SET', mkey, mine .. '|' .. first .. '|' .. win, 'PX', win + w + extra)
   return {mine, first, win}
 end
 
@@ -143,10 +150,18 @@ if op == 'take' then
   local member, owner = ARGV[2], ARGV[3] == '1'
   local first, win = tonumber(ARGV[4]), tonumber(ARGV[5])
   local mark = redis.call('GET', KEYS[2])
-  if mark and mark ~= member then return {'taken'} end
+  if mark and mark ~= member then
+    -- Taken by another part. Whether it counted this one: a part Redis lost (`missing`)
+    -- or one whose report it lost (`closed`, a restore from an old snapshot) was not.
+    local raw = redis.call('HGET', KEYS[1], member)
+    local p = raw and parse(raw)
+    if not p then return {'missing'} end
+    if p.final == 0 then return {'closed'} end
+    return {'taken'}
+  end
   local all = redis.call('HGETALL', KEYS[1])
   if #all == 0 then return {'lost'} end
-  local more, last, line = 0, first, ''
+  local more, last, line = 0, nil, ''
   local hosts, names = {}, {}
   local all_final, final_at, deadline = true, first + win, first + win
   for i = 1, #all, 2 do
@@ -156,7 +171,10 @@ if op == 'take' then
       if p.final == 0 then all_final = false
       elseif p.final > final_at then final_at = p.final end
       if p.joined + p.window > deadline then deadline = p.joined + p.window end
-      if (p.firsts + p.repeats) > 0 and p.last >= last then last = p.last line = p.line end
+      if (p.firsts + p.repeats) > 0 and (last == nil or p.last >= last) then
+        last = p.last
+        line = p.line
+      end
       if not hosts[p.host] then hosts[p.host] = true table.insert(names, p.host) end
     end
   end
@@ -168,8 +186,10 @@ if op == 'take' then
     if now < ready then return {'wait', ready - now} end
     redis.call('SET', KEYS[2], member, 'PX', tonumber(ARGV[8]))
   end
+  local span = 0
+  if last and last > first then span = last - first end
   table.sort(names)
-  return {'totals', more, last - first, #names, line, names[1] or '', names[2] or '', names[3] or ''}
+  return {'totals', more, span, #names, line, names[1] or '', names[2] or '', names[3] or ''}
 end
 
 return redis.error_reply('ERR chattail: unknown step')

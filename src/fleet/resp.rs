@@ -10,21 +10,14 @@ use secrecy::ExposeSecret;
 
 use crate::redis_url::RedisTarget;
 
-/// The error code of a server's error text (its first word, as Redis writes them:
-/// `WRONGPASS`, `ERR`, `NOAUTH`), and nothing else of it.
+/// The error code of a server's refusal of a login, when it is one Redis uses (`WRONGPASS`,
+/// `NOAUTH`, `NOPERM`, `ERR`), and nothing else of its text: a server or proxy may start
+/// its text with the password it was sent.
 fn error_code(text: &str) -> String {
-    let code: String = text
-        .split_whitespace()
-        .next()
-        .unwrap_or("")
-        .chars()
-        .take_while(char::is_ascii_uppercase)
-        .take(24)
-        .collect();
-    if code.is_empty() {
-        "no error code".to_owned()
-    } else {
-        code
+    let first = text.split_whitespace().next().unwrap_or("");
+    match first {
+        "WRONGPASS" | "NOAUTH" | "NOPERM" | "ERR" => first.to_owned(),
+        _ => "an unknown error code".to_owned(),
     }
 }
 

@@ -17,7 +17,8 @@
 //!   (`closed`): the caller then posts its own summary, so the line is still counted
 //!   once. A window Redis no longer has (`lost`: restarted empty) is summed up locally.
 //! - **take**: whoever takes the summary mark posts the summary, with the sum of every
-//!   part, frozen by the mark. The owner may take it once the window is over and every
+//!   part, frozen by the mark. A part that asks after another took it learns whether it
+//!   was counted (Redis may have lost its report or the part itself). The owner may take it once the window is over and every
 //!   part is final (or, for parts of hosts that went away, at the latest every part's
 //!   own window plus a settle delay after it joined); anyone else a lease after that, so
 //!   an owner killed with -9 does not take the summary along. Taking again with the same
@@ -37,7 +38,7 @@ pub const SETTLE: Duration = Duration::from_secs(3);
 /// them takes it.
 pub const LEASE: Duration = Duration::from_secs(10);
 /// How long a window's keys outlive it, so a late report still finds its window.
-const KEEP: Duration = Duration::from_secs(3600);
+pub const KEEP: Duration = Duration::from_secs(3600);
 /// The longest line kept in a part (the summary shows the most recent one, cut to fit a
 /// message anyway), so that a window's hash stays small.
 const MAX_LINE_BYTES: usize = 2048;
@@ -70,8 +71,13 @@ pub enum Take {
     Totals(Totals),
     /// Not yet: ask again after this wait.
     Wait(Duration),
-    /// Another part took it: it posts.
+    /// Another part took it, with this part in it: it posts.
     Taken,
+    /// Another part took it without this part's report (Redis lost the report: a restore
+    /// from an old snapshot); the part's first occurrence is in it.
+    Closed,
+    /// Another part took it, and Redis no longer has this part at all.
+    Missing,
     /// Redis no longer has the window.
     Lost,
 }
@@ -267,6 +273,8 @@ impl Fleet {
         };
         match text(items.first()).as_deref() {
             Some("taken") => Ok(Take::Taken),
+            Some("closed") => Ok(Take::Closed),
+            Some("missing") => Ok(Take::Missing),
             Some("lost") => Ok(Take::Lost),
             Some("wait") => {
                 let wait = int(items.get(1)).ok_or_else(|| garbage("take"))?;

@@ -79,16 +79,27 @@ pub(super) async fn serve(
     }
 }
 
-/// The listen address, and `localhost`, `127.0.0.1` and `[::1]`, each with the port.
+/// The listen address, and `localhost`, `127.0.0.1` and `[::1]`, each with the port (and
+/// without it on port 80, where clients leave it out).
 fn allowed_hosts(addr: SocketAddr) -> Vec<String> {
     let port = addr.port();
-    let mut hosts = vec![
-        format!("localhost:{port}"),
-        format!("127.0.0.1:{port}"),
-        format!("[::1]:{port}"),
+    let mut names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "[::1]".to_owned(),
     ];
-    if !addr.ip().is_unspecified() && !hosts.contains(&addr.to_string()) {
-        hosts.push(addr.to_string());
+    if !addr.ip().is_unspecified() {
+        let own = match addr {
+            SocketAddr::V4(a) => a.ip().to_string(),
+            SocketAddr::V6(a) => format!("[{}]", a.ip()),
+        };
+        if !names.contains(&own) {
+            names.push(own);
+        }
+    }
+    let mut hosts: Vec<String> = names.iter().map(|n| format!("{n}:{port}")).collect();
+    if port == 80 {
+        hosts.extend(names);
     }
     hosts
 }

@@ -77,6 +77,11 @@ impl Outbox {
             .optional()?)
     }
 
+    /// Whether any row waits for a decision.
+    pub fn has_undecided(&mut self) -> Result<bool, StoreError> {
+        Ok(self.next_decision_ms()?.is_some())
+    }
+
     /// When the next decision is due, if any row waits for one.
     pub fn next_decision_ms(&mut self) -> Result<Option<i64>, StoreError> {
         Ok(self

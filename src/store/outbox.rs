@@ -38,13 +38,13 @@ pub struct Batch {
 }
 
 /// A connection to the outbox for the sender.
+///
+/// A notification that opens or sums up a burst window (`burst` set) is not posted until
+/// it was decided about (which clears `burst`; see `deliver::fleet_windows`); posts are
+/// formed from the other rows meanwhile.
 pub struct Outbox {
     pub(super) conn: Connection,
     agent_id: String,
-    /// Fleet mode: a notification that opens or sums up a burst window (`burst` set) is
-    /// not posted until the fleet decided about it (which clears `burst`); posts are
-    /// formed from the other rows meanwhile.
-    fleet_decides: bool,
 }
 
 impl std::fmt::Debug for Outbox {
@@ -65,17 +65,7 @@ impl Outbox {
             conn.query_row("SELECT value FROM meta WHERE key = 'agent_id'", [], |r| {
                 r.get(0)
             })?;
-        Ok(Self {
-            conn,
-            agent_id,
-            fleet_decides: false,
-        })
-    }
-
-    /// Fleet mode: rows waiting for a fleet decision are left out of posts (see
-    /// `fleet_decides`).
-    pub fn wait_for_fleet_decisions(&mut self, fleet: bool) {
-        self.fleet_decides = fleet;
+        Ok(Self { conn, agent_id })
     }
 
     /// This agent's id (the state database's), which fleet mode names it by.
@@ -96,8 +86,8 @@ impl Outbox {
         for webhook in webhooks {
             let first: Option<i64> = self
                 .conn
-                .prepare_cached("SELECT id FROM outbox WHERE webhook = ?1 AND dead = 0 AND batch IS NULL AND (burst IS NULL OR ?2 = 0) ORDER BY id LIMIT 1")?
-                .query_row(params![webhook, self.fleet_decides], |r| r.get(0))
+                .prepare_cached("SELECT id FROM outbox WHERE webhook = ?1 AND dead = 0 AND batch IS NULL AND burst IS NULL ORDER BY id LIMIT 1")?
+                .query_row(params![webhook], |r| r.get(0))
                 .optional()?;
             if let Some(id) = first
                 && oldest.as_ref().is_none_or(|(o, _)| id < *o)
@@ -180,8 +170,8 @@ impl Outbox {
             })?;
             for row in more {
                 let (id, text, undecided) = row?;
-                if self.fleet_decides && undecided {
-                    // Waiting for the fleet: later rows of the thread go on without it.
+                if undecided {
+                    // Waiting for a decision: later rows of the thread go on without it.
                     continue;
                 }
                 let added = utf16_len(MERGE_SEPARATOR) + utf16_len(&text);
@@ -234,7 +224,9 @@ impl Outbox {
         let (n, oldest): (i64, Option<i64>) = self
             .conn
             .prepare_cached(
-                "SELECT COUNT(*), MIN(created_ms) FROM outbox WHERE webhook = ?1 AND dead = 0",
+                // Rows waiting for a fleet window's decision are counted but do not age
+                // the queue: they wait by design (up to the window's end and a lease).
+                "SELECT COUNT(*), MIN(CASE WHEN burst IS NULL THEN created_ms END) FROM outbox WHERE webhook = ?1 AND dead = 0",
             )?
             .query_row(params![webhook], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok((u64::try_from(n).unwrap_or(0), oldest))

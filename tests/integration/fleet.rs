@@ -1118,3 +1118,134 @@ fn a_refused_login_never_shows_the_password_whatever_its_length() {
         assert!(stderr.contains("Redis refused the user or password (ERR)"));
     }
 }
+
+/// The window steps against a real Redis, through the library: a claim retried after a
+/// crash gets its first answer again (even once that window is over), a report counts a
+/// part once, the owner takes the totals when every part is final while the others must
+/// wait, and a part taken without its report, or lost by Redis, is told so.
+#[test]
+fn the_window_steps_keep_every_part_exactly_once() {
+    use chattail::fleet::Fleet;
+    use chattail::fleet::windows::{Report, Take};
+    let redis = Redis::start();
+    let config = chattail::config::FleetConfig {
+        redis: chattail::redis_url::RedisUrl::parse(&redis.url()).unwrap(),
+        namespace: "steps".into(),
+        timeout: Duration::from_secs(2),
+    };
+    let fleet = Fleet::new(
+        config,
+        chattail::ops::metrics::Metrics::default(),
+        std::sync::Arc::new(chattail::ops::health::Health::default()),
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let age = Duration::ZERO;
+        let claim = |member: &'static str, window_ms: i64| {
+            fleet.claim_window(member, "r", "k", window_ms, member, "a line", age)
+        };
+        let a = claim("a:1", 400).await.unwrap();
+        let b = claim("b:1", 400).await.unwrap();
+        assert!(a.owner && !b.owner);
+        assert_eq!((a.first_ms, a.window_ms), (b.first_ms, b.window_ms));
+        // A later member opens the next window once this one is over (Redis' clock).
+        let mut next = fleet
+            .claim_window("c:1", "r", "k", 400, "c", "a line", age)
+            .await
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut n = 1;
+        while !next.owner {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the window never ended"
+            );
+            // Polled: each try is a new local window (a retried member keeps its answer).
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            n += 1;
+            next = fleet
+                .claim_window(&format!("c:{n}"), "r", "k", 400, "c", "a line", age)
+                .await
+                .unwrap();
+        }
+        assert_ne!(next.first_ms, a.first_ms);
+        // b retries its claim (a crash before it recorded the answer): the same window.
+        assert_eq!(claim("b:1", 400).await.unwrap(), b);
+        let report = |member: &'static str, first_ms: i64, repeats: u64| {
+            fleet.report_window(member, "r", "k", first_ms, repeats, age, "the last line")
+        };
+        assert_eq!(report("a:1", a.first_ms, 2).await.unwrap(), Report::Counted);
+        assert_eq!(report("b:1", b.first_ms, 3).await.unwrap(), Report::Counted);
+        // Reported again (a retry): counted once.
+        assert_eq!(report("b:1", b.first_ms, 3).await.unwrap(), Report::Counted);
+        assert_eq!(report("x:1", a.first_ms, 1).await.unwrap(), Report::Lost);
+        // The probes that joined the first window before it ended are parts of it too.
+        for i in 1..n {
+            let member = format!("c:{i}");
+            assert_eq!(
+                fleet
+                    .report_window(&member, "r", "k", a.first_ms, 0, age, "")
+                    .await
+                    .unwrap(),
+                Report::Counted
+            );
+        }
+        // b is not the owner: it waits for the lease.
+        assert!(matches!(
+            fleet.take_summary("b:1", "r", "k", &b).await.unwrap(),
+            Take::Wait(_)
+        ));
+        let Take::Totals(totals) = fleet.take_summary("a:1", "r", "k", &a).await.unwrap() else {
+            panic!("the owner takes the totals once every part is final");
+        };
+        // a's two repeats, b's first and three repeats, each probe's first.
+        assert_eq!((totals.more, totals.hosts), (6 + (n - 1), 3));
+        assert_eq!(totals.last_line, "the last line");
+        // Taken again by the owner (a restart): the same totals.
+        assert_eq!(
+            fleet.take_summary("a:1", "r", "k", &a).await.unwrap(),
+            Take::Totals(totals)
+        );
+        assert_eq!(
+            fleet.take_summary("b:1", "r", "k", &b).await.unwrap(),
+            Take::Taken
+        );
+    });
+    // Redis loses b's part (as a restore or a flush would): b is told it was not counted.
+    let parts = redis_keys(&redis, "*:parts");
+    let window = parts
+        .iter()
+        .find(|k| redis_cli(&redis, &["HEXISTS", k, "b:1"]).trim() == "1")
+        .expect("b's window")
+        .clone();
+    redis_cli(&redis, &["HDEL", &window, "b:1"]);
+    runtime.block_on(async {
+        let b = fleet
+            .claim_window("b:1", "r", "k", 400, "b", "a line", Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(
+            fleet.take_summary("b:1", "r", "k", &b).await.unwrap(),
+            Take::Missing
+        );
+    });
+}
+
+fn redis_cli(redis: &Redis, args: &[&str]) -> String {
+    let output = Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string()])
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn redis_keys(redis: &Redis, pattern: &str) -> Vec<String> {
+    redis_cli(redis, &["--scan", "--pattern", pattern])
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}

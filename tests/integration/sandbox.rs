@@ -652,7 +652,9 @@ fn an_exposed_sandbox_warns_and_takes_only_its_own_key() {
         .next()
         .unwrap();
     assert_eq!(key.len(), 16, "{webhook}");
-    assert!(page.starts_with("http://0.0.0.0:"), "{page}");
+    // An unspecified address is shown as loopback, which the sandbox answers to.
+    assert!(page.starts_with("http://127.0.0.1:"), "{page}");
+    assert!(webhook.starts_with("http://127.0.0.1:"), "{webhook}");
 
     // The page's policy, from a sandbox on loopback (this test's own).
     let options = chattail::sandbox::SandboxOptions {

@@ -124,9 +124,10 @@ fn bench_rules(c: &mut Criterion) {
     let mut group = c.benchmark_group("rule_engine");
     group.throughput(Throughput::Elements(LINES as u64));
     group.sample_size(20);
+    let mut for_decode = None;
     for rule_count in [1usize, 20, 100] {
         let mut yaml = String::from(
-            "webhooks:\n  oncall:\n    url: https://chat.googleapis.com/v1/spaces/A/messages?key=k&token=t\nfiles:\n  - path: /var/log/*.log\nrules:\n",
+            "webhooks:\n  oncall:\n    url: https://chat.googleapis.com/v1/spaces/A/messages?key=k&token=t\nfiles:\n  - path: /var/log/*.log\n  - path: /var/log/pods/*/*/*.log\n    format: cri\nrules:\n",
         );
         for i in 0..rule_count {
             yaml.push_str(&rule_yaml(i));
@@ -156,6 +157,7 @@ fn bench_rules(c: &mut Criterion) {
         let source = Source {
             file: "/var/log/app/web.log",
             host: "web-1",
+            stream: None,
         };
         let expected: usize = corpus.iter().map(|l| rules.evaluate(l, |_| {})).sum();
         assert!(
@@ -187,11 +189,66 @@ fn bench_rules(c: &mut Criterion) {
                 path,
                 spec: 0,
                 number: 0,
+                stream: None,
             };
             let mut out: Vec<Notification> = Vec::with_capacity(expected);
             b.iter(|| {
                 out.clear();
                 for line in &corpus {
+                    pipeline.line(&origin, line, 0, &mut out);
+                }
+                assert_eq!(out.len(), expected);
+                out.len()
+            })
+        });
+        if rule_count == 20 {
+            for_decode = Some((std::sync::Arc::clone(&config), corpus.clone(), expected));
+        }
+    }
+    group.finish();
+    if let Some((config, corpus, expected)) = for_decode {
+        decode_group(c, &config, &corpus, expected);
+    }
+}
+
+/// The same payload through the whole pipeline as plain lines and as CRI records (as
+/// containerd writes them: time, stream, tag, payload), in MB/s of payload: what decoding
+/// costs.
+fn decode_group(
+    c: &mut Criterion,
+    config: &std::sync::Arc<chattail::config::Config>,
+    corpus: &[Vec<u8>],
+    expected: usize,
+) {
+    let payload: u64 = corpus.iter().map(|l| l.len() as u64 + 1).sum();
+    let cri: Vec<Vec<u8>> = corpus
+        .iter()
+        .map(|l| {
+            let mut record = b"2026-12-06T05:00:01.123456789Z stdout F ".to_vec();
+            record.extend_from_slice(l);
+            record
+        })
+        .collect();
+    let mut group = c.benchmark_group("decode_20_rules");
+    group.throughput(Throughput::Bytes(payload));
+    group.sample_size(20);
+    for (name, spec, lines, path) in [
+        ("plain", 0, corpus, "/var/log/app/web.log"),
+        ("cri", 1, &cri[..], "/var/log/pods/shop_api-1_uid/api/0.log"),
+    ] {
+        group.bench_function(name, |b| {
+            let mut pipeline = Pipeline::new(std::sync::Arc::clone(config), Vec::new(), Vec::new());
+            let origin = Origin {
+                id: FileId { dev: 1, ino: 1 },
+                path: Path::new(path),
+                spec,
+                number: 0,
+                stream: None,
+            };
+            let mut out: Vec<Notification> = Vec::with_capacity(expected);
+            b.iter(|| {
+                out.clear();
+                for line in lines {
                     pipeline.line(&origin, line, 0, &mut out);
                 }
                 assert_eq!(out.len(), expected);

@@ -11,8 +11,9 @@
 //! inputs: no network, no state directory.
 //!
 //! Differences from `run`, on purpose: every rule applies to every input whatever its
-//! `files:` filter, and an input takes the multiline settings of the `files` entry whose
-//! glob matches its path, or else of the first entry that has `multiline` (said in the
+//! `files:` filter, and an input takes the format (`cri`, `docker`: decoded the same way)
+//! and multiline settings of the `files` entry whose glob matches its path, or else the
+//! multiline settings of the first entry that has `multiline` (said in the
 //! output).
 
 use std::collections::BTreeMap;
@@ -90,10 +91,19 @@ impl RuleTest {
         };
         let spec = self.files_entry(name);
         if let Some(i) = spec {
+            let entry = &self.config.files[i];
+            let mut how = Vec::new();
+            if entry.format != crate::config::LogFormat::Plain {
+                how.push(format!("records are decoded as {}", entry.format.name()));
+            }
+            if entry.multiline.is_some() {
+                how.push("lines join into events".to_owned());
+            }
             writeln!(
                 out,
-                "({name}: lines join into events as files[{i}] ({}) says)\n",
-                self.config.files[i].pattern
+                "({name}: {} as files[{i}] ({}) says)\n",
+                how.join(", "),
+                entry.pattern
             )?;
         }
         let path = Path::new(name);
@@ -120,6 +130,7 @@ impl RuleTest {
                 path,
                 spec: spec.unwrap_or(usize::MAX),
                 number,
+                stream: None,
             };
             report.summaries_are("window closed or evicted");
             self.pipeline.line(&origin, line, self.now_ms, &mut report);
@@ -168,14 +179,19 @@ impl RuleTest {
         Ok(summary)
     }
 
-    /// The `files` entry whose multiline settings an input takes (see the module
-    /// documentation); `None` when no entry has `multiline`.
+    /// The `files` entry whose format and multiline settings an input takes (see the
+    /// module documentation); `None` when no entry applies.
     fn files_entry(&self, name: &str) -> Option<usize> {
         let files = &self.config.files;
         let absolute = std::path::absolute(name).unwrap_or_else(|_| name.into());
         let matching = files.iter().position(|f| f.glob.is_match(&absolute));
         match matching {
-            Some(i) if files[i].multiline.is_some() => Some(i),
+            Some(i)
+                if files[i].multiline.is_some()
+                    || files[i].format != crate::config::LogFormat::Plain =>
+            {
+                Some(i)
+            }
             Some(_) => None,
             None => files.iter().position(|f| f.multiline.is_some()),
         }

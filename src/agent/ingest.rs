@@ -113,10 +113,11 @@ impl Ingest {
             state_rows::saved_files(&store)?,
             Arc::new(TailMetrics::new(&config, &metrics, &health)),
         );
-        let mut pipeline = Pipeline::new(
+        let mut pipeline = Pipeline::resuming(
             Arc::clone(&config),
             state_rows::saved_windows(&store)?,
             state_rows::saved_events(&store)?,
+            state_rows::saved_partials(&store)?,
         );
         if options.dry_run {
             pipeline = pipeline.alone();
@@ -315,6 +316,7 @@ impl Ingest {
         self.pipeline.restore(
             state_rows::saved_windows(&self.store)?,
             state_rows::saved_events(&self.store)?,
+            state_rows::saved_partials(&self.store)?,
         );
         Ok(())
     }
@@ -339,9 +341,14 @@ impl Ingest {
                     path: origin.path,
                     spec: origin.spec,
                     number: 0,
+                    stream: None,
                 };
                 pipeline.line(&origin_row, line, now_ms, &mut out);
-                let multiline = files.get(origin.spec).is_none_or(|f| f.multiline.is_some());
+                // Lines of multiline files and container logs change the state (a pending
+                // event, pending pieces) even when no rule hits.
+                let multiline = files.get(origin.spec).is_none_or(|f| {
+                    f.multiline.is_some() || f.format != crate::config::LogFormat::Plain
+                });
                 if (out.effects() != before || multiline)
                     && changed_files.last() != Some(&origin.key)
                 {

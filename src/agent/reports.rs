@@ -65,6 +65,27 @@ impl Output for PollOutput<'_> {
             .inc();
     }
 
+    fn decode_error(&mut self, format: crate::pipeline::decode::Format) {
+        // A record that is not of its format still reaches the rules (as text), and is
+        // part of this poll's state like any line.
+        self.effects += 1;
+        self.metrics
+            .decode_errors
+            .get_or_create(&crate::ops::metrics::FormatLabel {
+                format: format.name(),
+            })
+            .inc();
+    }
+
+    fn decoded_line_cut(&mut self) {
+        self.metrics
+            .cut_lines
+            .get_or_create(&ReasonLabel {
+                reason: "joined_pieces",
+            })
+            .inc();
+    }
+
     fn rules_unavailable(&mut self, path: &std::path::Path, error: &regex::Error) {
         tracing::error!(path = %path.display(), %error, "Cannot build the rule gate for a file; its lines match nothing until the config is reloaded.");
     }

@@ -1,9 +1,11 @@
 //! The agent's translation between the store's plain rows and the tailer's and the
 //! pipeline's own types. Neither side knows the other; this is where they meet.
 
+use crate::pipeline::decode::{Partial, PartialChange, Stream};
 use crate::pipeline::{Changes, Event, EventChange, FileId, Notification, Window};
 use crate::store::{
-    EventGrowth, EventRow, FileRow, NewNotification, Store, StoreError, StoreTx, WindowRow,
+    EventGrowth, EventRow, FileRow, NewNotification, PartialRow, Store, StoreError, StoreTx,
+    WindowRow,
 };
 use crate::tail::{Checkpoint, FileKey, SavedFile};
 
@@ -104,11 +106,33 @@ pub fn saved_events(store: &Store) -> Result<Vec<Event>, StoreError> {
             last_ms: r.last_ms,
             first_number: 0,
             last_number: 0,
+            stream: None,
         })
         .collect())
 }
 
-/// Stores what the pipeline changed: burst windows and pending events.
+/// Container logs' lines pending in pieces, for a pipeline to resume.
+pub fn saved_partials(store: &Store) -> Result<Vec<Partial>, StoreError> {
+    Ok(store
+        .saved_partials()?
+        .into_iter()
+        .map(|r| Partial {
+            key: FileId {
+                dev: r.dev,
+                ino: r.ino,
+            },
+            bytes: r.bytes,
+            stream: match r.stream.as_deref() {
+                Some("stdout") => Some(Stream::Stdout),
+                Some("stderr") => Some(Stream::Stderr),
+                _ => None,
+            },
+            cut: r.cut,
+        })
+        .collect())
+}
+
+/// Stores what the pipeline changed: burst windows, pending events, pending pieces.
 pub fn save_changes(tx: &StoreTx<'_>, changes: &Changes) -> Result<(), StoreError> {
     for w in &changes.windows {
         tx.save_window(&WindowRow {
@@ -154,6 +178,18 @@ pub fn save_changes(tx: &StoreTx<'_>, changes: &Changes) -> Result<(), StoreErro
                 last_ms: *last_ms,
             })?,
             EventChange::Gone(key) => tx.remove_event(key.dev, key.ino)?,
+        }
+    }
+    for change in &changes.partials {
+        match change {
+            PartialChange::Saved(p) => tx.save_partial(&PartialRow {
+                dev: p.key.dev,
+                ino: p.key.ino,
+                bytes: p.bytes.clone(),
+                stream: p.stream.map(|s| s.name().to_owned()),
+                cut: p.cut,
+            })?,
+            PartialChange::Gone(key) => tx.remove_partial(key.dev, key.ino)?,
         }
     }
     Ok(())

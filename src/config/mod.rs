@@ -22,7 +22,7 @@ use crate::pipeline::pattern::RulePattern;
 
 pub use diagnostics::{Diagnostic, Location, Report, Severity};
 pub use env_expand::{ExpandError, expand};
-pub use raw::StartAt;
+pub use raw::{LogFormat, StartAt};
 
 use crate::path_glob::PathGlob;
 use crate::pipeline::template::Template;
@@ -161,6 +161,8 @@ pub struct FileSpec {
     /// `pattern`, compiled: discovery expands it, and paths are matched against it.
     pub glob: PathGlob,
     pub start_at: StartAt,
+    /// How its records are written; decoded before multiline and rules see them.
+    pub format: LogFormat,
     /// Longer lines are cut to this many bytes.
     pub max_line_bytes: usize,
     /// How lines join into events (stack traces), if they do.

@@ -74,6 +74,7 @@ pub struct RawFile {
     pub max_line_bytes: Option<Spanned<u64>>,
     pub multiline: Option<Spanned<RawMultiline>>,
     pub missing_after: Option<Spanned<String>>,
+    pub format: Option<LogFormat>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -84,6 +85,30 @@ pub struct RawMultiline {
     pub timeout: Option<Spanned<String>>,
     pub max_lines: Option<Spanned<u64>>,
     pub max_bytes: Option<Spanned<u64>>,
+}
+
+/// How a file's records are written (`files[].format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Lines as they are (the default).
+    #[default]
+    Plain,
+    /// The container runtime interface's records (containerd, CRI-O: the kubelet's
+    /// `/var/log/pods`).
+    Cri,
+    /// Docker's `json-file` records.
+    Docker,
+}
+
+impl LogFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            LogFormat::Plain => "plain",
+            LogFormat::Cri => "cri",
+            LogFormat::Docker => "docker",
+        }
+    }
 }
 
 /// Where to start reading a file that has no saved offset.

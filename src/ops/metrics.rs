@@ -38,6 +38,12 @@ pub struct ReasonLabel {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct FormatLabel {
+    /// `cri` or `docker`.
+    pub format: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct KindLabel {
     /// `rename` or `truncate`.
     pub kind: &'static str,
@@ -69,6 +75,8 @@ pub struct Metrics {
     pub read_lines: Family<PatternLabel, Counter>,
     pub read_bytes: Family<PatternLabel, Counter>,
     pub cut_lines: Family<ReasonLabel, Counter>,
+    /// Container log records that were not of their file's format (passed on as text).
+    pub decode_errors: Family<FormatLabel, Counter>,
     pub rotations: Family<KindLabel, Counter>,
     pub files_followed: Counter,
     pub files_released: Counter,
@@ -115,8 +123,13 @@ impl Metrics {
         );
         r.register(
             "chattail_cut_lines",
-            "Lines cut: longer than max_line_bytes, or past a multiline event's max_lines",
+            "Lines cut: longer than max_line_bytes (reason=max_line_bytes, or joined_pieces for container logs' lines joined from pieces), or past a multiline event's max_lines",
             self.cut_lines.clone(),
+        );
+        r.register(
+            "chattail_decode_errors",
+            "Container log records that were not of their files[].format (cri, docker); passed on as plain text",
+            self.decode_errors.clone(),
         );
         r.register(
             "chattail_file_rotations",

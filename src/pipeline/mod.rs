@@ -18,6 +18,7 @@
 pub mod bursts;
 pub mod chat_text;
 pub mod context;
+pub mod decode;
 pub mod multiline;
 pub mod pattern;
 pub mod rules;
@@ -60,6 +61,8 @@ pub struct Origin<'a> {
     /// The caller's number for this line (`test`: its line number), reported back in
     /// [`HitReport::lines`]. The agent passes 0.
     pub number: u64,
+    /// The stream a decoded line was written to (set by the pipeline; callers pass `None`).
+    pub stream: Option<decode::Stream>,
 }
 
 /// What became of a hit.
@@ -106,6 +109,10 @@ pub trait Output {
     fn window_evicted(&mut self, _rule: &str) {}
     /// A line was dropped from a multiline event at its `max_lines`.
     fn event_line_cut(&mut self) {}
+    /// A record of a container log was not of its format; it was passed on as plain text.
+    fn decode_error(&mut self, _format: decode::Format) {}
+    /// A line joined from a container log's pieces was cut at `max_line_bytes`.
+    fn decoded_line_cut(&mut self) {}
     /// The rules that apply to `path` could not be put behind one gate (which validation
     /// makes practically impossible); its lines match nothing until the next reload.
     fn rules_unavailable(&mut self, _path: &Path, _error: &regex::Error) {}
@@ -126,6 +133,8 @@ pub struct Changes {
     pub closed_windows: Vec<(String, String)>,
     /// What changed about pending multiline events (new, grown, completed).
     pub events: Vec<EventChange>,
+    /// What changed about container logs' lines pending in pieces.
+    pub partials: Vec<decode::PartialChange>,
 }
 
 /// The line → notification pipeline. See the module documentation.
@@ -141,6 +150,8 @@ pub struct Pipeline {
     rings: HashMap<PathBuf, ContextRing>,
     max_context: usize,
     bursts: Bursts,
+    /// Container logs' lines pending in pieces, per file.
+    partials: decode::Partials,
     /// `dedup.window` by rule name.
     dedup_windows: HashMap<String, Duration>,
     /// Whether rules' `files:` filters apply (not in `chattail test`).
@@ -157,6 +168,16 @@ impl Pipeline {
     /// A pipeline for `config`, resuming the burst windows and pending events a previous
     /// run stored.
     pub fn new(config: Arc<Config>, windows: Vec<Window>, events: Vec<Event>) -> Self {
+        Self::resuming(config, windows, events, Vec::new())
+    }
+
+    /// A pipeline resuming burst windows, pending events and lines pending in pieces.
+    pub fn resuming(
+        config: Arc<Config>,
+        windows: Vec<Window>,
+        events: Vec<Event>,
+        partials: Vec<decode::Partial>,
+    ) -> Self {
         let mut bursts = Bursts::from_saved(windows);
         bursts.close_empty_windows(config.fleet.is_some());
         Self {
@@ -169,6 +190,7 @@ impl Pipeline {
             assembler: Assembler::from_saved(events),
             rings: HashMap::new(),
             bursts,
+            partials: decode::Partials::from_saved(partials),
             file_filters: true,
             alone: false,
             events: Vec::new(),
@@ -194,6 +216,43 @@ impl Pipeline {
     /// One line of a file at `now_ms`. A file whose `files` entry has `multiline` passes
     /// it through its pending event; the rules see the event when it completes.
     pub fn line(&mut self, origin: &Origin<'_>, line: &[u8], now_ms: i64, out: &mut dyn Output) {
+        // Container logs are decoded first: multiline and rules see what the application
+        // wrote. Plain files (the common case) pay one comparison.
+        let spec = self.config.files.get(origin.spec);
+        let format = spec.map_or(decode::Format::Plain, |f| f.format);
+        if format != decode::Format::Plain {
+            let max_bytes =
+                spec.map_or(crate::config::DEFAULT_MAX_LINE_BYTES, |f| f.max_line_bytes);
+            let decoded = self.partials.decode(origin.id, format, line, max_bytes);
+            let (bytes, stream) = match decoded {
+                decode::Decoded::Pending => return,
+                decode::Decoded::Malformed => {
+                    out.decode_error(format);
+                    (std::borrow::Cow::Borrowed(line), None)
+                }
+                decode::Decoded::Line { bytes, stream, cut } => {
+                    if cut {
+                        out.decoded_line_cut();
+                    }
+                    (bytes, stream)
+                }
+            };
+            let origin = Origin { stream, ..*origin };
+            self.decoded_line(&origin, &bytes, now_ms, out);
+            return;
+        }
+        self.decoded_line(origin, line, now_ms, out);
+    }
+
+    /// A line as the application wrote it: through its file's multiline settings, then
+    /// the rules.
+    fn decoded_line(
+        &mut self,
+        origin: &Origin<'_>,
+        line: &[u8],
+        now_ms: i64,
+        out: &mut dyn Output,
+    ) {
         // Only lines of multiline files pay for holding their settings (an `Arc`) while
         // the assembler, part of `self`, changes.
         let Some(settings) = self
@@ -203,7 +262,7 @@ impl Pipeline {
             .and_then(|f| f.multiline.clone())
         else {
             let lines = (origin.number, origin.number);
-            self.evaluate(origin.path, line, lines, now_ms, out);
+            self.evaluate(origin.path, line, lines, origin.stream, now_ms, out);
             return;
         };
         let mut done = std::mem::take(&mut self.events);
@@ -258,7 +317,7 @@ impl Pipeline {
 
     /// Whether anything is waiting for [`take_changes`](Self::take_changes).
     pub fn has_changes(&self) -> bool {
-        self.bursts.has_changes() || self.assembler.has_changes()
+        self.bursts.has_changes() || self.assembler.has_changes() || self.partials.has_changes()
     }
 
     /// The burst windows and pending events changed since the last call.
@@ -268,13 +327,20 @@ impl Pipeline {
             windows,
             closed_windows,
             events: self.assembler.take_changes(),
+            partials: self.partials.take_changes(),
         }
     }
 
     /// Forgets everything in memory that is ahead of the state (after a failed commit)
     /// and resumes from what the state holds: the lines since the last commit are read
     /// again and give the same notifications.
-    pub fn restore(&mut self, windows: Vec<Window>, events: Vec<Event>) {
+    pub fn restore(
+        &mut self,
+        windows: Vec<Window>,
+        events: Vec<Event>,
+        partials: Vec<decode::Partial>,
+    ) {
+        self.partials = decode::Partials::from_saved(partials);
         self.bursts = Bursts::from_saved(windows);
         self.bursts
             .close_empty_windows(!self.alone && self.config.fleet.is_some());
@@ -313,6 +379,7 @@ impl Pipeline {
             &event.path,
             &event.bytes,
             (event.first_number, event.last_number),
+            event.stream,
             now_ms,
             out,
         );
@@ -328,6 +395,7 @@ impl Pipeline {
         path: &Path,
         text: &[u8],
         lines: (u64, u64),
+        stream: Option<decode::Stream>,
         now_ms: i64,
         out: &mut dyn Output,
     ) {
@@ -361,7 +429,11 @@ impl Pipeline {
             };
             // The path as text only for hits: most lines match nothing.
             let file = path.to_string_lossy();
-            let source = Source { file: &file, host };
+            let source = Source {
+                file: &file,
+                host,
+                stream: stream.map(decode::Stream::name),
+            };
             let n = hit.notification_with_context(text, &source, &context);
             let routed = match &hit.rule.dedup {
                 Some(dedup) => {
@@ -505,7 +577,7 @@ mod tests {
             for (line, spec, step) in &lines {
                 now += step;
                 let path = Path::new(if *spec == 0 { "/var/log/plain.log" } else { "/var/log/traces.log" });
-                let origin = Origin { id: FileId { dev: 1, ino: *spec as u64 }, path, spec: *spec, number: 0 };
+                let origin = Origin { id: FileId { dev: 1, ino: *spec as u64 }, path, spec: *spec, number: 0, stream: None };
                 pipeline.line(&origin, line, now, &mut out);
                 pipeline.tick(now, false, &mut out);
             }

@@ -36,6 +36,9 @@ pub struct Event {
     /// persisted (the agent numbers nothing).
     pub first_number: u64,
     pub last_number: u64,
+    /// The stream of its first line (container logs); not persisted: an event resumed
+    /// after a restart renders `{stream}` empty.
+    pub stream: Option<crate::pipeline::decode::Stream>,
 }
 
 /// What changed about one file's pending event, for the state.
@@ -124,6 +127,7 @@ impl Assembler {
                 cut_lines: 0,
                 last_ms: now_ms,
                 first_number: origin.number,
+                stream: origin.stream,
                 last_number: origin.number,
             },
         );
@@ -228,6 +232,7 @@ mod tests {
             path: Path::new("/x.log"),
             spec: 0,
             number: 0,
+            stream: None,
         }
     }
 

@@ -76,6 +76,8 @@ pub enum BurstMark {
 pub struct Source<'a> {
     pub file: &'a str,
     pub host: &'a str,
+    /// `stdout` or `stderr` for container logs.
+    pub stream: Option<&'a str>,
 }
 
 impl RuleSet {
@@ -145,6 +147,7 @@ impl Hit<'_, '_> {
             host: source.host,
             captures: Some(&self.captures),
             context,
+            stream: source.stream,
         }
     }
 
@@ -225,6 +228,7 @@ mod tests {
         let source = Source {
             file: "/var/log/app/web.log",
             host: "web-1",
+            stream: None,
         };
         let mut out = Vec::new();
         set.evaluate(line, |hit| out.push(hit.notification(line, &source)));

@@ -15,6 +15,48 @@ use thiserror::Error;
 /// The built-in placeholders every template may use.
 pub const BUILTINS: [&str; 6] = ["line", "first_line", "context", "file", "rule", "host"];
 
+/// Built-ins a line's source provides (container logs), empty for a line whose source
+/// does not. A capture group of the same name shadows one (the capture is used).
+pub const SOURCE_BUILTINS: [&str; 4] = ["stream", "namespace", "pod", "container"];
+
+/// The source built-ins that `files` entries (their format and glob) provide.
+pub fn provided_builtins<'a>(
+    files: impl Iterator<Item = (crate::config::LogFormat, &'a str)>,
+) -> Vec<&'static str> {
+    use crate::config::LogFormat;
+    let mut provided = Vec::new();
+    for (format, pattern) in files {
+        let shape = crate::pipeline::decode::container_log_glob(pattern);
+        let kubelet = shape == Some(LogFormat::Cri);
+        let docker = shape == Some(LogFormat::Docker);
+        if format != LogFormat::Plain {
+            provided.push("stream");
+        }
+        if kubelet {
+            provided.extend(["namespace", "pod", "container"]);
+        }
+        if docker || format == LogFormat::Docker {
+            provided.push("container");
+        }
+    }
+    provided.sort_unstable();
+    provided.dedup();
+    provided
+}
+
+/// What a source built-in needs, for the error when nothing provides it.
+pub fn builtin_needs(name: &str) -> &'static str {
+    match name {
+        "stream" => "it needs an entry with `format: cri` or `format: docker`",
+        "container" => {
+            "it needs an entry whose glob is under the kubelet's `pods` or `containers` directory or Docker's `docker/containers`, or has `format: docker`"
+        }
+        _ => {
+            "it needs an entry whose glob follows the kubelet's layout (`…/pods/*/*/*.log` or `…/log/containers/*.log`)"
+        }
+    }
+}
+
 /// One piece of a parsed template.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Segment {
@@ -26,6 +68,10 @@ enum Segment {
     File,
     Rule,
     Host,
+    Stream,
+    Namespace,
+    Pod,
+    Container,
 }
 
 /// A parsed template. `Debug` shows the source text.
@@ -40,7 +86,8 @@ pub struct Template {
 pub enum TemplateError {
     #[error(
         "names `{{{name}}}`, which the pattern does not define \
-         (named groups: {groups}; built-ins: line, first_line, context, file, rule, host)"
+         (named groups: {groups}; built-ins: line, first_line, context, file, rule, host, \
+         and for container logs stream, namespace, pod, container)"
     )]
     UnknownName { name: String, groups: String },
     #[error(
@@ -69,6 +116,8 @@ pub struct RenderContext<'a> {
     pub captures: Option<&'a Groups<'a>>,
     /// The lines before the match (`rules[].context.before`), joined with `\n`.
     pub context: &'a [u8],
+    /// `stdout` or `stderr` for container logs; `None` for plain files.
+    pub stream: Option<&'a str>,
 }
 
 /// How substituted values are written into the output.
@@ -116,7 +165,19 @@ impl Template {
                             position: i,
                         });
                     }
+                    let source_builtin = match name.as_str() {
+                        "stream" => Some(Segment::Stream),
+                        "namespace" => Some(Segment::Namespace),
+                        "pod" => Some(Segment::Pod),
+                        "container" => Some(Segment::Container),
+                        _ => None,
+                    };
                     let segment = match name.as_str() {
+                        // A capture of the same name shadows a source built-in.
+                        _ if source_builtin.is_some() => match group_index(&name) {
+                            Some(index) => Segment::Group { index },
+                            None => source_builtin.unwrap_or(Segment::Line),
+                        },
                         "line" => Segment::Line,
                         "first_line" => Segment::FirstLine,
                         "context" => Segment::Context,
@@ -156,6 +217,23 @@ impl Template {
         })
     }
 
+    /// The source built-ins the template uses (not shadowed by a capture).
+    pub fn source_builtins(&self) -> Vec<&'static str> {
+        let mut names: Vec<&'static str> = self
+            .segments
+            .iter()
+            .filter_map(|s| match s {
+                Segment::Stream => Some("stream"),
+                Segment::Namespace => Some("namespace"),
+                Segment::Pod => Some("pod"),
+                Segment::Container => Some("container"),
+                _ => None,
+            })
+            .collect();
+        names.dedup();
+        names
+    }
+
     /// Whether the template uses `{context}`.
     pub fn uses_context(&self) -> bool {
         self.segments.contains(&Segment::Context)
@@ -183,6 +261,22 @@ impl Template {
                 Segment::File => Cow::Borrowed(ctx.file),
                 Segment::Rule => Cow::Borrowed(ctx.rule),
                 Segment::Host => Cow::Borrowed(ctx.host),
+                Segment::Stream => Cow::Borrowed(ctx.stream.unwrap_or("")),
+                Segment::Namespace => Cow::Borrowed(
+                    crate::pipeline::decode::path_meta(ctx.file)
+                        .namespace
+                        .unwrap_or(""),
+                ),
+                Segment::Pod => Cow::Borrowed(
+                    crate::pipeline::decode::path_meta(ctx.file)
+                        .pod
+                        .unwrap_or(""),
+                ),
+                Segment::Container => Cow::Borrowed(
+                    crate::pipeline::decode::path_meta(ctx.file)
+                        .container
+                        .unwrap_or(""),
+                ),
                 Segment::Group { index } => match ctx.captures.and_then(|caps| caps.get(*index)) {
                     Some(m) => String::from_utf8_lossy(m),
                     None => continue,
@@ -239,6 +333,7 @@ mod tests {
             host: "web-1",
             captures: caps,
             context: b"",
+            stream: None,
         }
     }
 

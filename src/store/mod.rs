@@ -7,7 +7,8 @@
 //!
 //! Its tables (see `schema.rs`): `files` (offsets), `outbox` (notifications waiting for
 //! Chat), `bursts` (open burst windows), `multiline_events` and `multiline_parts` (pending
-//! events, stored incrementally), `fleet_windows` (fleet mode: which fleet window each
+//! events, stored incrementally), `partial_lines` (container logs' lines pending in
+//! pieces), `fleet_windows` (fleet mode: which fleet window each
 //! local burst window joined) and `meta` (the agent id and the request sequence).
 //! The agent changes them through one [`StoreTx`] per poll, so offsets advance together
 //! with the notifications, windows and events the same lines produced: a crash leaves
@@ -101,6 +102,17 @@ pub struct EventRow {
     pub lines: usize,
     pub cut_lines: usize,
     pub last_ms: i64,
+}
+
+/// A container log's line pending in pieces (a row of `partial_lines`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartialRow {
+    pub dev: u64,
+    pub ino: u64,
+    pub bytes: Vec<u8>,
+    /// `stdout` or `stderr`, when known.
+    pub stream: Option<String>,
+    pub cut: bool,
 }
 
 /// What a stored pending event gained since it was last stored.
@@ -257,6 +269,23 @@ impl Store {
     }
 
     /// The pending multiline events, each with the parts it gained appended.
+    /// Container logs' lines pending in pieces.
+    pub fn saved_partials(&self) -> Result<Vec<PartialRow>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT dev, ino, bytes, stream, cut FROM partial_lines")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(PartialRow {
+                dev: from_sql_u64(r.get(0)?),
+                ino: from_sql_u64(r.get(1)?),
+                bytes: r.get(2)?,
+                stream: r.get(3)?,
+                cut: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
     pub fn saved_events(&self) -> Result<Vec<EventRow>, StoreError> {
         let mut stmt = self.conn.prepare(
             "SELECT dev, ino, path, spec, bytes, lines, cut_lines, last_ms FROM multiline_events",
@@ -452,6 +481,30 @@ impl StoreTx<'_> {
     }
 
     /// Forgets the pending multiline event of a file (it completed).
+    /// Records a container log's line pending in pieces (new or grown).
+    pub fn save_partial(&self, p: &PartialRow) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached(
+                "INSERT OR REPLACE INTO partial_lines (dev, ino, bytes, stream, cut) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![
+                to_sql_u64(p.dev),
+                to_sql_u64(p.ino),
+                p.bytes,
+                p.stream,
+                p.cut
+            ])?;
+        Ok(())
+    }
+
+    /// Forgets a file's pending pieces (its line completed).
+    pub fn remove_partial(&self, dev: u64, ino: u64) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached("DELETE FROM partial_lines WHERE dev = ?1 AND ino = ?2")?
+            .execute(params![to_sql_u64(dev), to_sql_u64(ino)])?;
+        Ok(())
+    }
+
     pub fn remove_event(&self, dev: u64, ino: u64) -> Result<(), StoreError> {
         let (dev, ino) = (to_sql_u64(dev), to_sql_u64(ino));
         self.tx

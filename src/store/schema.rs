@@ -6,7 +6,7 @@ use rusqlite::Connection;
 use super::{StoreError, random_hex};
 
 /// The schema version this code writes.
-pub const SCHEMA_VERSION: i64 = 7;
+pub const SCHEMA_VERSION: i64 = 8;
 
 /// Creates or upgrades the schema of `conn` (the database at `path`, for errors).
 pub fn migrate(conn: &Connection, path: &std::path::Path) -> Result<(), StoreError> {
@@ -153,6 +153,24 @@ pub fn migrate(conn: &Connection, path: &std::path::Path) -> Result<(), StoreErr
                  PRIMARY KEY (rule, key, local_first_ms)
              );
              PRAGMA user_version = 7;
+             COMMIT;",
+        )?;
+    }
+    if version < 8 {
+        // A container log's line pending in pieces (CRI `P` records, Docker records
+        // without a newline), per file, stored with the file's offset so that a restart
+        // between the pieces neither loses nor repeats the line.
+        conn.execute_batch(
+            "BEGIN;
+             CREATE TABLE partial_lines (
+                 dev    INTEGER NOT NULL,
+                 ino    INTEGER NOT NULL,
+                 bytes  BLOB    NOT NULL,
+                 stream TEXT,
+                 cut    INTEGER NOT NULL,
+                 PRIMARY KEY (dev, ino)
+             );
+             PRAGMA user_version = 8;
              COMMIT;",
         )?;
     }

@@ -17,6 +17,7 @@ fn notifications(input: &[u8]) -> Vec<Notification> {
     let source = Source {
         file: "/var/log/app/web.log",
         host: &config.host,
+        stream: None,
     };
     let mut out = Vec::new();
     for line in input.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {

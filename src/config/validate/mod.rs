@@ -58,6 +58,7 @@ pub(super) fn validate(
         report,
         options,
         base_dir,
+        provided: Vec::new(),
     };
     let config = v.config(path, raw);
     if v.report.has_errors() {
@@ -74,6 +75,8 @@ struct Validator<'a> {
     report: Report,
     options: &'a LoadOptions<'a>,
     base_dir: &'a Path,
+    /// The source built-ins some `files` entry provides (`stream`, `namespace`, ...).
+    provided: Vec<&'static str>,
 }
 
 fn loc<T>(spanned: &Spanned<T>) -> Option<Location> {
@@ -119,6 +122,9 @@ impl Validator<'_> {
             .enumerate()
             .filter_map(|(i, file)| self.file(i, file, default_missing_after))
             .collect::<Vec<FileSpec>>();
+        self.provided = crate::pipeline::template::provided_builtins(
+            files.iter().map(|f| (f.format, f.pattern.as_str())),
+        );
         if raw.rules.is_empty() {
             self.report.error(
                 None,
@@ -249,10 +255,25 @@ impl Validator<'_> {
                 ),
             );
         }
+        let format = file.format.unwrap_or_default();
+        let expected = crate::pipeline::decode::container_log_glob(glob.as_str());
+        if format == super::LogFormat::Plain
+            && let Some(expected) = expected
+        {
+            self.report.warning(
+                loc(&file.path),
+                format!(
+                    "files[{i}].path reads container logs, whose lines are {} records; add `format: {}` so rules see what the application wrote (without it they see the runtime's time and stream before each line, and long lines in pieces)",
+                    expected.name(),
+                    expected.name()
+                ),
+            );
+        }
         Some(super::FileSpec {
             pattern: glob.as_str().to_owned(),
             glob,
             start_at: file.start_at.unwrap_or_default(),
+            format,
             max_line_bytes,
             multiline,
             missing_after,

@@ -15,7 +15,7 @@ use super::super::{
 };
 use super::{Validator, defined_webhooks, is_name, loc};
 use crate::path_glob::PathGlob;
-use crate::pipeline::template::{BUILTINS, Template};
+use crate::pipeline::template::{BUILTINS, SOURCE_BUILTINS, Template};
 
 impl Validator<'_> {
     pub(super) fn rule(&mut self, raw: &RawRule, config: &RawConfig) -> Option<Rule> {
@@ -65,6 +65,14 @@ impl Validator<'_> {
         // Templates can only be checked against a pattern that compiled.
         let pattern = pattern?;
         for group in pattern.capture_names().flatten() {
+            if SOURCE_BUILTINS.contains(&group) {
+                self.report.warning(
+                    loc(&raw.pattern),
+                    format!(
+                        "rule `{name}`: the capture group `{group}` shadows the built-in `{{{group}}}` in this rule's templates (the capture is used)"
+                    ),
+                );
+            }
             if BUILTINS.contains(&group) {
                 self.report.error(
                     loc(&raw.pattern),
@@ -188,7 +196,20 @@ impl Validator<'_> {
         let names: Vec<&str> = pattern.capture_names().flatten().collect();
         let index = |name: &str| pattern.capture_names().position(|n| n == Some(name));
         match Template::parse(&text, index, &names) {
-            Ok(t) => Some(t),
+            Ok(t) => {
+                for name in t.source_builtins() {
+                    if !self.provided.contains(&name) {
+                        self.report.error(
+                            location,
+                            format!(
+                                "{what} names `{{{name}}}`, which no `files` entry provides: {}",
+                                crate::pipeline::template::builtin_needs(name)
+                            ),
+                        );
+                    }
+                }
+                Some(t)
+            }
             Err(error) => {
                 self.report.error(location, format!("{what} {error}"));
                 None

@@ -1,0 +1,490 @@
+//! Container runtimes' log records to lines, before multiline and rules see them.
+//!
+//! - **CRI** (containerd, CRI-O; the kubelet's `/var/log/pods`): each record is
+//!   `<RFC 3339 time> <stdout|stderr> <tag> <payload>`, the tag `F` for a full line or
+//!   `P` for a piece of a longer one (the runtime splits lines over 16 KiB), more tags
+//!   possibly following after `:`.
+//! - **Docker** `json-file`: each record is `{"log":"…\n","stream":"stderr","time":"…"}`;
+//!   a piece of a longer line is a record whose `log` does not end with a newline.
+//!
+//! Pieces are joined per file by [`Partials`], whose pending pieces are part of the state
+//! (stored with the file's offset, as pending multiline events are), so a restart between
+//! a piece and the end of its line neither loses nor repeats the line. The joined line is
+//! bounded by the file's `max_line_bytes` (the rest is cut and counted). A record that is
+//! neither is passed on as it is, as plain text, and counted: never dropped. A line's
+//! stream is its first piece's.
+//!
+//! This module is pure: no I/O, no clock.
+
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
+
+use crate::pipeline::FileId;
+
+pub use crate::config::LogFormat as Format;
+
+/// Which output stream a line was written to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+impl Stream {
+    pub fn name(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+
+    fn parse(text: &[u8]) -> Option<Self> {
+        match text {
+            b"stdout" => Some(Stream::Stdout),
+            b"stderr" => Some(Stream::Stderr),
+            _ => None,
+        }
+    }
+}
+
+/// One decoded record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record<'a> {
+    pub payload: Cow<'a, [u8]>,
+    pub stream: Option<Stream>,
+    /// A piece of a longer line: more pieces follow.
+    pub partial: bool,
+}
+
+/// Decodes a CRI record; `None` when `line` is not one.
+pub fn cri(line: &[u8]) -> Option<Record<'_>> {
+    let mut fields = line.splitn(4, |&b| b == b' ');
+    let time = fields.next()?;
+    // An RFC 3339 time: digits first, a `T` between date and time.
+    if !time.first().is_some_and(u8::is_ascii_digit) || !time.contains(&b'T') {
+        return None;
+    }
+    let stream = Stream::parse(fields.next()?)?;
+    let tags = fields.next()?;
+    let partial = match tags.split(|&b| b == b':').next()? {
+        b"P" => true,
+        b"F" => false,
+        _ => return None,
+    };
+    Some(Record {
+        payload: Cow::Borrowed(fields.next().unwrap_or(b"")),
+        stream: Some(stream),
+        partial,
+    })
+}
+
+#[derive(serde::Deserialize)]
+struct DockerRecord<'a> {
+    #[serde(borrow)]
+    log: Cow<'a, str>,
+    #[serde(borrow, default)]
+    stream: Option<Cow<'a, str>>,
+}
+
+/// Decodes a Docker `json-file` record; `None` when `line` is not one.
+pub fn docker(line: &[u8]) -> Option<Record<'_>> {
+    let record: DockerRecord<'_> = serde_json::from_slice(line).ok()?;
+    let stream = record
+        .stream
+        .as_deref()
+        .and_then(|s| Stream::parse(s.as_bytes()));
+    let (payload, partial) = match record.log {
+        Cow::Borrowed(text) => match text.strip_suffix('\n') {
+            Some(full) => (Cow::Borrowed(full.as_bytes()), false),
+            None => (Cow::Borrowed(text.as_bytes()), true),
+        },
+        Cow::Owned(mut text) => {
+            let partial = !text.ends_with('\n');
+            if !partial {
+                text.pop();
+            }
+            (Cow::Owned(text.into_bytes()), partial)
+        }
+    };
+    Some(Record {
+        payload,
+        stream,
+        partial,
+    })
+}
+
+/// A line being joined from pieces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Partial {
+    pub key: FileId,
+    pub bytes: Vec<u8>,
+    pub stream: Option<Stream>,
+    /// Bytes dropped because the line reached `max_line_bytes`.
+    pub cut: bool,
+}
+
+/// What changed about one file's pending pieces, for the state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PartialChange {
+    Saved(Partial),
+    Gone(FileId),
+}
+
+/// The result of one record: a whole line to pass on, or nothing yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decoded<'a> {
+    /// A whole line (joined from pieces, or one record), its stream, and whether bytes of
+    /// it were cut at `max_line_bytes`.
+    Line {
+        bytes: Cow<'a, [u8]>,
+        stream: Option<Stream>,
+        cut: bool,
+    },
+    /// A piece was kept; its line is not complete yet.
+    Pending,
+    /// Not a record of the format: passed on as plain text (and counted).
+    Malformed,
+}
+
+/// The pending pieces of all files, with what changed since the last
+/// [`Partials::take_changes`].
+#[derive(Debug, Default)]
+pub struct Partials {
+    pending: HashMap<FileId, Partial>,
+    changed: HashSet<FileId>,
+}
+
+impl Partials {
+    /// Pending pieces loaded from the state.
+    pub fn from_saved(saved: Vec<Partial>) -> Self {
+        Self {
+            pending: saved.into_iter().map(|p| (p.key, p)).collect(),
+            changed: HashSet::new(),
+        }
+    }
+
+    /// Decodes `line` of the file `key`, written in `format`, joining pieces up to
+    /// `max_bytes`.
+    pub fn decode<'a>(
+        &mut self,
+        key: FileId,
+        format: Format,
+        line: &'a [u8],
+        max_bytes: usize,
+    ) -> Decoded<'a> {
+        let record = match format {
+            Format::Plain => None,
+            Format::Cri => cri(line),
+            Format::Docker => docker(line),
+        };
+        let Some(record) = record else {
+            return if format == Format::Plain {
+                Decoded::Line {
+                    bytes: Cow::Borrowed(line),
+                    stream: None,
+                    cut: false,
+                }
+            } else {
+                Decoded::Malformed
+            };
+        };
+        let pending = self.pending.remove(&key);
+        if pending.is_none() && !record.partial {
+            // The common case: a whole line in one record, not copied.
+            return Decoded::Line {
+                bytes: record.payload,
+                stream: record.stream,
+                cut: false,
+            };
+        }
+        let mut partial = pending.unwrap_or(Partial {
+            key,
+            bytes: Vec::new(),
+            stream: record.stream,
+            cut: false,
+        });
+        let room = max_bytes.saturating_sub(partial.bytes.len());
+        let take = record.payload.len().min(room);
+        // Cut at a character boundary when the payload is text, so the kept part stays
+        // valid UTF-8 where it was.
+        let take = match std::str::from_utf8(&record.payload) {
+            Ok(text) => {
+                let mut end = take;
+                while !text.is_char_boundary(end) {
+                    end -= 1;
+                }
+                end
+            }
+            Err(_) => take,
+        };
+        partial.bytes.extend_from_slice(&record.payload[..take]);
+        partial.cut |= take < record.payload.len();
+        if record.partial {
+            self.changed.insert(key);
+            self.pending.insert(key, partial);
+            Decoded::Pending
+        } else {
+            self.changed.insert(key);
+            Decoded::Line {
+                bytes: Cow::Owned(partial.bytes),
+                stream: partial.stream,
+                cut: partial.cut,
+            }
+        }
+    }
+
+    /// Whether anything is waiting for [`take_changes`](Self::take_changes).
+    pub fn has_changes(&self) -> bool {
+        !self.changed.is_empty()
+    }
+
+    /// The pending pieces changed or completed since the last call.
+    pub fn take_changes(&mut self) -> Vec<PartialChange> {
+        self.changed
+            .drain()
+            .map(|key| match self.pending.get(&key) {
+                Some(p) => PartialChange::Saved(p.clone()),
+                None => PartialChange::Gone(key),
+            })
+            .collect()
+    }
+}
+
+/// Where a file's path says its lines come from, judged by its shape wherever the log
+/// directory is mounted: the kubelet's layout (`…/pods/NAMESPACE_POD_UID/CONTAINER/N.log`,
+/// and the `…/containers/POD_NAMESPACE_CONTAINER-ID.log` links) or Docker's
+/// (`…/docker/containers/ID/ID-json.log`, the container id cut to 12 characters).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PathMeta<'a> {
+    pub namespace: Option<&'a str>,
+    pub pod: Option<&'a str>,
+    pub container: Option<&'a str>,
+}
+
+pub fn path_meta(path: &str) -> PathMeta<'_> {
+    let parts: Vec<&str> = path.rsplitn(5, '/').collect();
+    // parts: [file, dir1, dir2, dir3, rest] from the end.
+    if let [file, container, pod_dir, pods, ..] = parts.as_slice()
+        && *pods == "pods"
+        && file.contains(".log")
+    {
+        // NAMESPACE_POD_UID: namespaces and pods cannot hold `_`; the UID is the last part.
+        let mut ids = pod_dir.splitn(3, '_');
+        if let (Some(namespace), Some(pod), Some(_uid)) = (ids.next(), ids.next(), ids.next()) {
+            return PathMeta {
+                namespace: Some(namespace),
+                pod: Some(pod),
+                container: Some(container),
+            };
+        }
+    }
+    if let [file, id_dir, containers, docker, ..] = parts.as_slice()
+        && *containers == "containers"
+        && *docker == "docker"
+        && file.starts_with(*id_dir)
+        && id_dir.len() >= 12
+        && id_dir.bytes().all(|b| b.is_ascii_hexdigit())
+    {
+        return PathMeta {
+            namespace: None,
+            pod: None,
+            container: id_dir.get(..12),
+        };
+    }
+    if let [file, containers, ..] = parts.as_slice()
+        && *containers == "containers"
+        && let Some(name) = file.strip_suffix(".log")
+    {
+        // POD_NAMESPACE_CONTAINER-ID, the id being 64 hex digits.
+        let mut ids = name.splitn(3, '_');
+        if let (Some(pod), Some(namespace), Some(rest)) = (ids.next(), ids.next(), ids.next())
+            && let Some((container, id)) = rest.rsplit_once('-')
+            && id.len() == 64
+        {
+            return PathMeta {
+                namespace: Some(namespace),
+                pod: Some(pod),
+                container: Some(container),
+            };
+        }
+    }
+    PathMeta::default()
+}
+
+/// What a `files` glob reads, judged by its shape: the kubelet's container logs (`pods`
+/// or `containers` directories: CRI records) or Docker's (`docker/containers`).
+pub fn container_log_glob(pattern: &str) -> Option<Format> {
+    if pattern.contains("/docker/containers/") {
+        Some(Format::Docker)
+    } else if pattern.contains("/pods/") || pattern.contains("/log/containers/") {
+        Some(Format::Cri)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const KEY: FileId = FileId { dev: 1, ino: 2 };
+
+    fn line(d: Decoded<'_>) -> Option<(Vec<u8>, Option<Stream>, bool)> {
+        match d {
+            Decoded::Line { bytes, stream, cut } => Some((bytes.into_owned(), stream, cut)),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn cri_records_as_containerd_writes_them() {
+        let r = cri(b"2026-12-06T05:00:01.000000001Z stderr F the upstream timed out").unwrap();
+        assert_eq!(
+            (r.payload.as_ref(), r.stream, r.partial),
+            (&b"the upstream timed out"[..], Some(Stream::Stderr), false)
+        );
+        let r = cri(b"2026-12-06T05:00:01Z stdout P part").unwrap();
+        assert!(r.partial);
+        // An empty line, and tags beyond the first.
+        assert_eq!(
+            cri(b"2026-12-06T05:00:01Z stdout F").unwrap().payload.len(),
+            0
+        );
+        assert!(!cri(b"2026-12-06T05:00:01Z stdout F:x y").unwrap().partial);
+        for junk in [
+            &b"plain text line"[..],
+            b"2026-12-06T05:00:01Z stdin F x",
+            b"2026-12-06T05:00:01Z stdout X x",
+            b"",
+        ] {
+            assert_eq!(cri(junk), None);
+        }
+    }
+
+    #[test]
+    fn docker_records_as_json_file_writes_them() {
+        let r = docker(
+            br#"{"log":"boom \"quoted\"\n","stream":"stderr","time":"2026-12-06T05:00:01Z"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (r.payload.as_ref(), r.stream, r.partial),
+            (&b"boom \"quoted\""[..], Some(Stream::Stderr), false)
+        );
+        assert!(
+            docker(br#"{"log":"piece","stream":"stdout"}"#)
+                .unwrap()
+                .partial
+        );
+        assert_eq!(docker(b"not json"), None);
+        assert_eq!(docker(br#"{"stream":"stdout"}"#), None);
+    }
+
+    #[test]
+    fn pieces_join_into_one_line_bounded_by_max_bytes() {
+        let mut p = Partials::default();
+        let first = b"2026-12-06T05:00:01Z stderr P because the upstream ".to_vec();
+        assert_eq!(p.decode(KEY, Format::Cri, &first, 100), Decoded::Pending);
+        assert_eq!(p.take_changes().len(), 1);
+        let done = p.decode(
+            KEY,
+            Format::Cri,
+            b"2026-12-06T05:00:01Z stdout F closed the connection",
+            100,
+        );
+        assert_eq!(
+            line(done),
+            Some((
+                b"because the upstream closed the connection".to_vec(),
+                Some(Stream::Stderr),
+                false
+            ))
+        );
+        assert_eq!(p.take_changes(), vec![PartialChange::Gone(KEY)]);
+        // Over the bound: cut and said so.
+        p.decode(
+            KEY,
+            Format::Cri,
+            b"2026-12-06T05:00:01Z stdout P 0123456789",
+            12,
+        );
+        let done = p.decode(
+            KEY,
+            Format::Cri,
+            b"2026-12-06T05:00:01Z stdout F abcdef",
+            12,
+        );
+        assert_eq!(
+            line(done),
+            Some((b"0123456789ab".to_vec(), Some(Stream::Stdout), true))
+        );
+        // Not a record: passed on as it is.
+        assert_eq!(p.decode(KEY, Format::Cri, b"junk", 100), Decoded::Malformed);
+    }
+
+    #[test]
+    fn paths_say_namespace_pod_and_container() {
+        assert_eq!(
+            path_meta("/var/log/pods/shop_checkout-7d9f_0b5c3e2a-1111/api/0.log"),
+            PathMeta {
+                namespace: Some("shop"),
+                pod: Some("checkout-7d9f"),
+                container: Some("api")
+            }
+        );
+        let id = "a".repeat(64);
+        assert_eq!(
+            path_meta(&format!(
+                "/var/log/containers/checkout-7d9f_shop_api-{id}.log"
+            )),
+            PathMeta {
+                namespace: Some("shop"),
+                pod: Some("checkout-7d9f"),
+                container: Some("api")
+            }
+        );
+        assert_eq!(
+            path_meta(&format!("/var/lib/docker/containers/{id}/{id}-json.log")).container,
+            Some("aaaaaaaaaaaa")
+        );
+        assert_eq!(path_meta("/var/log/app.log"), PathMeta::default());
+    }
+
+    proptest! {
+        // A line split into any pieces, as a runtime would, comes out whole: the model is
+        // the line itself.
+        #[test]
+        fn any_split_of_a_line_joins_back(
+            text in "[ -~]{0,200}",
+            cuts in proptest::collection::vec(0usize..200, 0..6),
+            docker_format in any::<bool>(),
+        ) {
+            let mut cuts: Vec<usize> = cuts.into_iter().filter(|&c| c <= text.len()).collect();
+            cuts.sort_unstable();
+            cuts.dedup();
+            let mut p = Partials::default();
+            let mut start = 0;
+            let mut out = None;
+            let bounds: Vec<usize> = cuts.into_iter().chain([text.len()]).collect();
+            for (i, end) in bounds.iter().enumerate() {
+                let piece = &text[start..*end];
+                let last = i + 1 == bounds.len();
+                let record = if docker_format {
+                    serde_json::json!({"log": if last { format!("{piece}\n") } else { piece.to_owned() }, "stream": "stdout"}).to_string()
+                } else {
+                    format!("2026-12-06T05:00:01Z stdout {} {piece}", if last { "F" } else { "P" })
+                };
+                let format = if docker_format { Format::Docker } else { Format::Cri };
+                let decoded = p.decode(KEY, format, record.as_bytes(), 1 << 20);
+                if last {
+                    out = line(decoded);
+                } else {
+                    prop_assert_eq!(decoded, Decoded::Pending);
+                }
+                start = *end;
+            }
+            prop_assert_eq!(out, Some((text.into_bytes(), Some(Stream::Stdout), false)));
+        }
+    }
+}

@@ -362,7 +362,7 @@ mod tests {
         let re = RulePattern::new(r"(?P<db>\S+)", 1 << 20).unwrap();
         assert_eq!(
             parse_for(&re, "x-{nosuch}").unwrap_err().to_string(),
-            "names `{nosuch}`, which the pattern does not define (named groups: db; built-ins: line, first_line, context, file, rule, host)"
+            "names `{nosuch}`, which the pattern does not define (named groups: db; built-ins: line, first_line, context, file, rule, host, and for container logs stream, namespace, pod, container)"
         );
         assert_eq!(
             parse_for(&re, "a}b"),

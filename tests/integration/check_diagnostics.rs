@@ -181,3 +181,84 @@ fn a_syntax_error_on_a_line_with_a_password_does_not_print_it() {
         }
     }
 }
+
+/// Container logs in `check`: a glob under the kubelet's `pods` directory read as plain
+/// is warned about; a template naming `{stream}` with no container log source is a
+/// located error; a capture named like a source built-in shadows it, with a warning.
+#[test]
+fn container_log_sources_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("chattail.yaml");
+    let write = |files: &str, rules: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "webhooks:\n  oncall:\n    url: http://127.0.0.1:9/v1/spaces/S/messages\nfiles:\n{files}rules:\n{rules}"
+            ),
+        )
+        .unwrap();
+        let output = chattail(&["check", "--config", config.to_str().unwrap()], &[], None);
+        (
+            output.status.code(),
+            text(&output.stderr) + &text(&output.stdout),
+        )
+    };
+    let (code, out) = write(
+        "  - path: /var/log/pods/*/*/*.log\n",
+        "  - name: r\n    match: x\n    webhook: oncall\n",
+    );
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("add `format: cri`"), "{out}");
+    let (code, out) = write(
+        "  - path: /var/log/app/*.log\n",
+        "  - name: r\n    match: x\n    webhook: oncall\n    thread_key: 'x-{stream}'\n",
+    );
+    assert_eq!(code, Some(2), "{out}");
+    assert!(
+        out.contains("names `{stream}`, which no `files` entry provides") && out.contains(":10:17"),
+        "{out}"
+    );
+    let (code, out) = write(
+        "  - path: /var/log/pods/*/*/*.log\n    format: cri\n",
+        "  - name: r\n    match: 'pod=(?P<pod>\\S+)'\n    webhook: oncall\n    thread_key: '{namespace}-{pod}-{stream}'\n",
+    );
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("shadows the built-in `{pod}`"), "{out}");
+}
+
+/// `chattail test` decodes an input the way its `files` entry says, and says so.
+#[test]
+fn chattail_test_decodes_container_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let pods = dir.path().join("pods/shop_api-1_uid/api");
+    std::fs::create_dir_all(&pods).unwrap();
+    let log = pods.join("0.log");
+    std::fs::write(
+        &log,
+        "2026-12-06T05:00:01Z stderr P timeout connecting \n2026-12-06T05:00:01Z stderr F to orders-db\n",
+    )
+    .unwrap();
+    let config = dir.path().join("chattail.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "webhooks:\n  oncall:\n    url: http://127.0.0.1:9/v1/spaces/S/messages\nfiles:\n  - path: {}/pods/*/*/*.log\n    format: cri\nrules:\n  - name: db\n    match: 'timeout connecting to (?P<db>\\S+)'\n    webhook: oncall\n    thread_key: '{{namespace}}-{{db}}-{{stream}}'\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let output = chattail(
+        &[
+            "test",
+            "--config",
+            config.to_str().unwrap(),
+            log.to_str().unwrap(),
+        ],
+        &[],
+        None,
+    );
+    let out = text(&output.stdout);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(out.contains("records are decoded as cri"), "{out}");
+    assert!(out.contains("shop-orders-db-stderr"), "{out}");
+}

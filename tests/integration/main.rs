@@ -5,6 +5,7 @@ mod agent_run;
 mod agent_support;
 mod check_diagnostics;
 mod cli_commands;
+mod container_logs;
 mod fleet;
 mod hostile_input;
 mod mock_chat;

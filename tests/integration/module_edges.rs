@@ -21,6 +21,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "config",
         &[
             "path_glob",
+            "pipeline::decode",
             "pipeline::pattern",
             "pipeline::template",
             "redis_url",

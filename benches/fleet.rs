@@ -177,13 +177,14 @@ fn run(agents: u64, load: Load, quota: u64, redis: Option<u16>) {
         Load::Jobs(n) => (agents * n) as usize,
         Load::Burst { .. } => usize::MAX,
     };
+    // A post may carry several notifications of one thread, merged with blank lines
+    // between them (a backlog): each is counted, a first as one line, a summary as its
+    // "N more".
     let counted_of = |messages: &[chattail::sandbox::Message]| -> u64 {
-        messages
+        notifications(messages)
             .iter()
-            .filter(|m| m.rules.as_deref() == Some("db-timeout"))
-            .map(|m| {
-                m.text
-                    .split_once("*: ")
+            .map(|text| {
+                text.split_once("*: ")
                     .and_then(|(_, rest)| rest.split(' ').next()?.parse().ok())
                     .unwrap_or(1)
             })
@@ -259,6 +260,16 @@ fn run(agents: u64, load: Load, quota: u64, redis: Option<u16>) {
             None => println!("    the unrelated line did not arrive"),
         }
     }
+}
+
+/// The burst rule's notifications in what the space received, merged posts split.
+fn notifications(messages: &[chattail::sandbox::Message]) -> Vec<&str> {
+    messages
+        .iter()
+        .filter(|m| m.rules.as_deref().is_some_and(|r| r.contains("db-timeout")))
+        .flat_map(|m| m.text.split("\n\n"))
+        .filter(|t| t.starts_with("*db-timeout*"))
+        .collect()
 }
 
 fn main() {

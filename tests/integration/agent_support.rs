@@ -218,3 +218,25 @@ pub fn wait_for(what: &str, deadline: Duration, mut done: impl FnMut() -> bool) 
 pub fn oncall(url: &str) -> String {
     format!("  oncall:\n    url: \"{url}\"\n")
 }
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Whether `agent` committed a position at the end of `log` (its state, read directly).
+pub fn committed_to_end(agent: &Agent, log: &std::path::Path) -> bool {
+    let size = fs::metadata(log).map(|m| m.len()).unwrap_or(0) as i64;
+    let db = agent.dir.path().join("state/state.sqlite3");
+    rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .and_then(|c| {
+            c.query_row("SELECT COALESCE(MAX(offset), 0) FROM files", [], |r| {
+                r.get::<_, i64>(0)
+            })
+        })
+        .is_ok_and(|offset| offset == size && size > 0)
+}

@@ -9,7 +9,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::agent_support::{Agent, wait_for};
+use crate::agent_support::{Agent, committed_to_end, free_port, wait_for};
 use crate::mock_chat::MockChat;
 use crate::support::http;
 use crate::tail_support::open_append;
@@ -60,14 +60,6 @@ fn cri_agent(url: &str, admin: Option<u16>, extra: &str) -> Agent {
     yaml.push_str(extra);
     fs::write(&agent.config, yaml).unwrap();
     agent
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A 40 KiB line in three pieces is one line to the rules (its last words are captured),
@@ -203,19 +195,6 @@ fn docker_json_file_records_are_decoded() {
         Some("0123456789ab-stdout-7-END")
     );
     assert!(agent.terminate().success());
-}
-
-/// Whether the agent committed a position at the end of `log` (its state, read directly).
-fn committed_to_end(agent: &Agent, log: &Path) -> bool {
-    let size = fs::metadata(log).map(|m| m.len()).unwrap_or(0) as i64;
-    let db = agent.dir.path().join("state/state.sqlite3");
-    rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .and_then(|c| {
-            c.query_row("SELECT COALESCE(MAX(offset), 0) FROM files", [], |r| {
-                r.get::<_, i64>(0)
-            })
-        })
-        .is_ok_and(|offset| offset == size && size > 0)
 }
 
 /// kill -9 between a line's pieces, several times: the pieces read before each kill are

@@ -20,13 +20,7 @@ struct Redis {
     child: Option<Child>,
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use crate::agent_support::free_port;
 
 impl Redis {
     fn start() -> Self {
@@ -166,9 +160,7 @@ fn ten_agents_share_one_spaces_quota_with_zero_429s() {
 /// `/healthz` 200 and degraded), nothing is lost; Redis back, empty: they rejoin.
 #[test]
 fn redis_down_costs_nothing_and_agents_rejoin_when_it_returns() {
-    let chat = MockChat::start();
-    chat.set_rate(None, None);
-    let url = chat.webhook("SPACE", "KEY", "TOKEN");
+    let (chat, url) = open_chat();
     let mut redis = Redis::start();
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let mut agents: Vec<Agent> = ports
@@ -235,9 +227,7 @@ fn redis_down_costs_nothing_and_agents_rejoin_when_it_returns() {
         assert_eq!(stderr.matches("Fleet: Redis cannot be used").count(), 1);
         assert!(stderr.contains("Fleet: Redis answers again"));
     }
-    for agent in &mut agents {
-        assert!(agent.terminate().success());
-    }
+    stop_all(&mut agents);
     assert_eq!(chat.messages().len(), posted, "nothing lost, nothing twice");
 }
 
@@ -269,9 +259,7 @@ fn check_says_fleet_mode_is_on_without_the_password() {
 /// `fleet.timeout`, the agent paces alone and says so, and every job still arrives.
 #[test]
 fn a_silent_redis_costs_only_the_timeout() {
-    let chat = MockChat::start();
-    chat.set_rate(None, None);
-    let url = chat.webhook("SPACE", "KEY", "TOKEN");
+    let (chat, url) = open_chat();
     let silent = TcpListener::bind("127.0.0.1:0").unwrap();
     let silent_url = format!("redis://{}/0", silent.local_addr().unwrap());
     // Holds every connection open, reading nothing and answering nothing.
@@ -338,15 +326,7 @@ fn write_timeouts(path: &Path, n: usize) {
 
 /// Whether an agent has read its whole log (its committed position, read directly).
 fn read_all(agent: &Agent) -> bool {
-    let size = fs::metadata(agent.log()).map(|m| m.len()).unwrap_or(0) as i64;
-    let db = agent.dir.path().join("state/state.sqlite3");
-    rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .and_then(|c| {
-            c.query_row("SELECT COALESCE(MAX(offset), 0) FROM files", [], |r| {
-                r.get::<_, i64>(0)
-            })
-        })
-        .is_ok_and(|offset| offset == size && size > 0)
+    crate::agent_support::committed_to_end(agent, &agent.log())
 }
 
 /// Starts `hosts` burst agents (`host-0`, ...), each with `lines` timeout lines.
@@ -395,18 +375,14 @@ fn one_problem_on_ten_hosts_gives_one_first_message_and_one_summary() {
         messages[1].text
     );
     assert_eq!(throttled(&chat), 0);
-    for agent in &mut agents {
-        assert!(agent.terminate().success());
-    }
+    stop_all(&mut agents);
 }
 
 /// The agent that posted the first message is killed with -9 before the window ends:
 /// another agent posts the summary, once, with what the others counted.
 #[test]
 fn the_summary_survives_its_owner_being_killed() {
-    let chat = MockChat::start();
-    chat.set_rate(None, None);
-    let url = chat.webhook("SPACE", "KEY", "TOKEN");
+    let (chat, url) = open_chat();
     let redis = Redis::start();
     let mut agents = start_burst_agents(4, 11, &url, &redis.url());
     wait_for("the first message", Duration::from_secs(30), || {
@@ -455,9 +431,7 @@ fn more_count(text: &str) -> Option<u64> {
 /// posted count it in their own summary).
 #[test]
 fn redis_lost_mid_burst_loses_no_occurrence() {
-    let chat = MockChat::start();
-    chat.set_rate(None, None);
-    let url = chat.webhook("SPACE", "KEY", "TOKEN");
+    let (chat, url) = open_chat();
     let mut redis = Redis::start();
     let mut agents = start_burst_agents(4, 11, &url, &redis.url());
     wait_for("the first message", Duration::from_secs(30), || {
@@ -483,9 +457,7 @@ fn redis_lost_mid_burst_loses_no_occurrence() {
         .map(|m| more_count(&m.text).unwrap_or_else(|| panic!("not a summary: {}", m.text)))
         .sum();
     assert_eq!(counted + 1, 44, "every occurrence counted once");
-    for agent in &mut agents {
-        assert!(agent.terminate().success());
-    }
+    stop_all(&mut agents);
 }
 
 /// A throw-away CA and a server certificate for 127.0.0.1, made with `openssl`.
@@ -588,9 +560,7 @@ fn fleet_mode_works_over_tls() {
     wait_for("redis-server over TLS", Duration::from_secs(10), || {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
     });
-    let chat = MockChat::start();
-    chat.set_rate(None, None);
-    let url = chat.webhook("SPACE", "KEY", "TOKEN");
+    let (chat, url) = open_chat();
     let redis_url = format!("rediss://127.0.0.1:{port}/0");
     let mut agents: Vec<Agent> = (0..2)
         .map(|i| burst_agent(&url, &format!("host-{i}"), &redis_url))
@@ -623,6 +593,21 @@ fn fleet_mode_works_over_tls() {
     }
     let _ = server.kill();
     let _ = server.wait();
+}
+
+/// A Chat stand-in without a quota, and the URL of its one webhook.
+fn open_chat() -> (MockChat, String) {
+    let chat = MockChat::start();
+    chat.set_rate(None, None);
+    let url = chat.webhook("SPACE", "KEY", "TOKEN");
+    (chat, url)
+}
+
+/// Stops every agent with SIGTERM; each must exit cleanly.
+fn stop_all(agents: &mut [Agent]) {
+    for agent in agents {
+        assert!(agent.terminate().success());
+    }
 }
 
 /// What the space received of the burst rule: first messages, summaries, and the lines
@@ -684,9 +669,7 @@ fn first_decided(agent: &Agent) -> bool {
 /// one summary counting the other nineteen.
 #[test]
 fn one_line_on_each_of_twenty_hosts_is_counted() {
-    let chat = MockChat::start();
-    chat.set_rate(None, None);
-    let url = chat.webhook("SPACE", "KEY", "TOKEN");
+    let (chat, url) = open_chat();
     let redis = Redis::start();
     let mut agents = start_burst_agents(20, 1, &url, &redis.url());
     wait_settled(&agents.iter().collect::<Vec<_>>());
@@ -703,9 +686,7 @@ fn one_line_on_each_of_twenty_hosts_is_counted() {
         "{}",
         summary.text
     );
-    for agent in &mut agents {
-        assert!(agent.terminate().success());
-    }
+    stop_all(&mut agents);
 }
 
 /// The problem outlasts the window on every host: lines keep coming for two windows and
@@ -713,9 +694,7 @@ fn one_line_on_each_of_twenty_hosts_is_counted() {
 /// count every line written.
 #[test]
 fn windows_back_to_back_count_every_line() {
-    let chat = MockChat::start();
-    chat.set_rate(None, None);
-    let url = chat.webhook("SPACE", "KEY", "TOKEN");
+    let (chat, url) = open_chat();
     let redis = Redis::start();
     let mut agents: Vec<Agent> = (0..4)
         .map(|i| burst_agent_with(&url, &format!("host-{i}"), &redis.url(), "3s"))
@@ -737,18 +716,14 @@ fn windows_back_to_back_count_every_line() {
     assert_eq!(total, 4 * rounds as u64, "{:#?}", chat.messages());
     assert!(firsts >= 2, "the problem outlasted the window: {firsts}");
     assert_eq!(summaries, firsts, "one summary per fleet window");
-    for agent in &mut agents {
-        assert!(agent.terminate().success());
-    }
+    stop_all(&mut agents);
 }
 
 /// The owner is killed with -9 before its window ends and comes back within it: it
 /// resumes its window, and the fleet still gets one summary that counts every line.
 #[test]
 fn an_owner_killed_and_restarted_posts_one_summary_counting_every_line() {
-    let chat = MockChat::start();
-    chat.set_rate(None, None);
-    let url = chat.webhook("SPACE", "KEY", "TOKEN");
+    let (chat, url) = open_chat();
     let redis = Redis::start();
     let mut agents = start_burst_agents(4, 11, &url, &redis.url());
     wait_for("the first message", Duration::from_secs(30), || {
@@ -769,9 +744,7 @@ fn an_owner_killed_and_restarted_posts_one_summary_counting_every_line() {
         "{:#?}",
         chat.messages()
     );
-    for agent in &mut agents {
-        assert!(agent.terminate().success());
-    }
+    stop_all(&mut agents);
 }
 
 /// The owner stalls (stopped, as by a long pause) past its lease: another host takes the
@@ -779,9 +752,7 @@ fn an_owner_killed_and_restarted_posts_one_summary_counting_every_line() {
 /// posts nothing twice; every line is counted once.
 #[test]
 fn a_stalled_owner_leaves_the_summary_to_a_taker_without_counting_twice() {
-    let chat = MockChat::start();
-    chat.set_rate(None, None);
-    let url = chat.webhook("SPACE", "KEY", "TOKEN");
+    let (chat, url) = open_chat();
     let redis = Redis::start();
     let mut agents: Vec<Agent> = (0..4)
         .map(|i| burst_agent(&url, &format!("host-{i}"), &redis.url()))
@@ -812,9 +783,7 @@ fn a_stalled_owner_leaves_the_summary_to_a_taker_without_counting_twice() {
     );
     let summary = chat.messages().pop().unwrap();
     assert_ne!(summary.host.as_deref(), Some("host-0"));
-    for agent in &mut agents {
-        assert!(agent.terminate().success());
-    }
+    stop_all(&mut agents);
 }
 
 /// Redis restarted empty in the middle of the windows while Chat answers 429 to much of
@@ -842,9 +811,7 @@ fn redis_restarted_empty_mid_window_with_429s_counts_every_line() {
     let (_, _, total) = accounted(&chat);
     assert_eq!(total, 18, "{:#?}", chat.messages());
     assert!(throttled(&chat) > 0, "Chat was meant to answer 429s");
-    for agent in &mut agents {
-        assert!(agent.terminate().success());
-    }
+    stop_all(&mut agents);
 }
 
 /// One agent's wall clock is 30 s ahead of Redis' (libfaketime, Debian's `faketime`):
@@ -852,9 +819,7 @@ fn redis_restarted_empty_mid_window_with_429s_counts_every_line() {
 /// message and one summary that counts every line.
 #[test]
 fn an_agent_30_s_ahead_of_redis_changes_nothing() {
-    let chat = MockChat::start();
-    chat.set_rate(None, None);
-    let url = chat.webhook("SPACE", "KEY", "TOKEN");
+    let (chat, url) = open_chat();
     let redis = Redis::start();
     let lib = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
     assert!(
@@ -886,18 +851,14 @@ fn an_agent_30_s_ahead_of_redis_changes_nothing() {
         "{:#?}",
         chat.messages()
     );
-    for agent in &mut agents {
-        assert!(agent.terminate().success());
-    }
+    stop_all(&mut agents);
 }
 
 /// A fleet window waiting for its end holds up nothing else of its space: an unrelated
 /// rule's line posted after the window opened reaches Chat before the window's summary.
 #[test]
 fn a_pending_fleet_window_holds_up_nothing_else() {
-    let chat = MockChat::start();
-    chat.set_rate(None, None);
-    let url = chat.webhook("SPACE", "KEY", "TOKEN");
+    let (chat, url) = open_chat();
     let redis = Redis::start();
     let mut agents: Vec<Agent> = (0..2)
         .map(|i| burst_agent_with(&url, &format!("host-{i}"), &redis.url(), "20s"))
@@ -922,9 +883,7 @@ fn a_pending_fleet_window_holds_up_nothing_else() {
     assert_eq!(accounted(&chat).1, 0, "the window is still open");
     wait_settled(&agents.iter().collect::<Vec<_>>());
     assert_eq!(accounted(&chat), (1, 1, 6));
-    for agent in &mut agents {
-        assert!(agent.terminate().success());
-    }
+    stop_all(&mut agents);
 }
 
 /// A password with `+`, `&`, `@` (written `%40`) and `:` is decoded as URL userinfo and
@@ -946,9 +905,7 @@ fn a_password_with_url_characters_authenticates() {
     wait_for("redis-server", Duration::from_secs(10), || {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
     });
-    let chat = MockChat::start();
-    chat.set_rate(None, None);
-    let url = chat.webhook("SPACE", "KEY", "TOKEN");
+    let (chat, url) = open_chat();
     let redis_url = format!("redis://:p+a&s%40s:w@127.0.0.1:{port}/0");
     let mut agents: Vec<Agent> = (0..2)
         .map(|i| burst_agent(&url, &format!("host-{i}"), &redis_url))
@@ -1018,9 +975,7 @@ fn a_pacing_wait_of_a_day_is_refused_and_delivery_goes_on() {
         Some(b"EVALSHA" | b"EVAL") => b"*2\r\n:86400000\r\n:1000\r\n".to_vec(),
         _ => b"+OK\r\n".to_vec(),
     });
-    let chat = MockChat::start();
-    chat.set_rate(None, None);
-    let url = chat.webhook("SPACE", "KEY", "TOKEN");
+    let (chat, url) = open_chat();
     let admin = free_port();
     let mut agent = job_agent(
         &url,

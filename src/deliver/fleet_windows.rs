@@ -125,6 +125,10 @@ impl Decider {
                     self.decided.send_modify(|n| *n = n.wrapping_add(1));
                 }
                 Ok(None) => {
+                    // Idle: an agent that saw Redis fail learns here that it is back.
+                    if let Some(fleet) = &self.fleet {
+                        fleet.probe_if_failing().await;
+                    }
                     let due = tokio::task::block_in_place(|| self.outbox.next_decision_ms())
                         .ok()
                         .flatten();

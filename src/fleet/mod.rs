@@ -20,6 +20,7 @@
 //! `fleet.timeout` is answered locally (local pacing, each host's own summary), the
 //! trouble is logged once, reported as `chattail_fleet_connected 0` and in `/healthz`,
 //! and no call is tried for a second, then 2, 4, ... up to 30 s while Redis stays away
+//! (an idle agent probes with `PING` on the same schedule, so it sees Redis return)
 //! (so a Redis that accepts and never answers costs a post the timeout only now and
 //! then). An answer out of range (a pacing wait beyond what any reservation can be) is
 //! treated the same way and counted. Every key expires.
@@ -316,6 +317,17 @@ impl Fleet {
             }
             other => other,
         }
+    }
+
+    /// While Redis is marked unusable and its backoff is over, asks it whether it is back
+    /// (`PING`), so an agent with nothing to post still recovers (`/healthz`, the metric,
+    /// the self-alert) on the backoff schedule. Does nothing while Redis answers.
+    pub async fn probe_if_failing(&self) {
+        if self.connected.load(Ordering::Relaxed) || self.backing_off() {
+            return;
+        }
+        let outcome = self.exchange(vec![b"PING".to_vec()], false).await;
+        self.note(&outcome);
     }
 
     /// Runs one script step and notes its outcome like any call's.

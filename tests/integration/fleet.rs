@@ -1204,3 +1204,47 @@ fn redis_keys(redis: &Redis, pattern: &str) -> Vec<String> {
         .map(str::to_owned)
         .collect()
 }
+
+/// An agent that saw Redis fail and then has nothing to post still learns that Redis is
+/// back: it probes on its backoff schedule, so `/healthz` and `chattail_fleet_connected`
+/// recover without a line to post.
+#[test]
+fn an_idle_agent_sees_redis_return() {
+    let (chat, url) = open_chat();
+    let mut redis = Redis::start();
+    let admin = free_port();
+    let mut agent = job_agent(&url, "host-0", Some(&redis.url()), Some(admin));
+    agent.start();
+    write_jobs(&agent.log(), 0..1);
+    wait_for("the first job", Duration::from_secs(30), || {
+        chat.messages().len() == 1
+    });
+    let addr = format!("127.0.0.1:{admin}");
+    let metric = || {
+        let (_, _, body) = http(&addr, "GET", "/metrics", "");
+        body.lines()
+            .find(|l| l.starts_with("chattail_fleet_connected "))
+            .map(str::to_owned)
+            .unwrap_or_default()
+    };
+    redis.kill();
+    write_jobs(&agent.log(), 1..2);
+    wait_for("the job posted alone", Duration::from_secs(30), || {
+        chat.messages().len() == 2
+    });
+    wait_for("fleet_connected 0", Duration::from_secs(10), || {
+        metric() == "chattail_fleet_connected 0"
+    });
+    redis.spawn();
+    // Nothing more to post: only the probe can see Redis back (backoff up to 30 s).
+    wait_for(
+        "fleet_connected 1 while idle",
+        Duration::from_secs(40),
+        || metric() == "chattail_fleet_connected 1",
+    );
+    let (status, _, health) = http(&addr, "GET", "/healthz", "");
+    assert_eq!(status, 200);
+    assert!(!health.contains("degraded"), "{health}");
+    assert!(agent.terminate().success());
+    assert_eq!(chat.messages().len(), 2);
+}

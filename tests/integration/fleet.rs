@@ -44,7 +44,7 @@ impl Redis {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| {
-                panic!("cannot start redis-server ({e}): install Debian's `redis-server` (.ci/run does)")
+                panic!("cannot start redis-server ({e}): install Debian's `redis-server` (bash .ci/test installs it)")
             });
         self.child = Some(child);
         let addr = format!("127.0.0.1:{}", self.port);
@@ -824,7 +824,7 @@ fn an_agent_30_s_ahead_of_redis_changes_nothing() {
     let lib = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
     assert!(
         Path::new(lib).exists(),
-        "install Debian's `faketime` (.ci/run does)"
+        "install Debian's `faketime` (bash .ci/test installs it)"
     );
     let mut agents: Vec<Agent> = (0..3)
         .map(|i| burst_agent(&url, &format!("host-{i}"), &redis.url()))

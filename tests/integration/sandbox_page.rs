@@ -100,7 +100,7 @@ fn rendered_dom(url: &str, profile: &std::path::Path) -> String {
         .into_iter()
         .find(|name| Command::new(name).arg("--version").output().is_ok())
         .unwrap_or_else(|| {
-            panic!("no Chromium on PATH: install Debian's `chromium` package (.ci/run does)")
+            panic!("no Chromium on PATH: install Debian's `chromium` package (bash .ci/test installs it)")
         });
     let output = Command::new(chromium)
         .args([

@@ -139,7 +139,16 @@ impl RuleTest {
         }
         report.summaries_are("window closed");
         self.pipeline.tick(self.now_ms, true, &mut report);
-        report.end_block()
+        report.end_block()?;
+        if report.malformed > 0 {
+            let format = spec.map_or("plain", |i| self.config.files[i].format.name());
+            writeln!(
+                report.out,
+                "({name}: {} record(s) were not {format} records; they were matched as plain text)\n",
+                report.malformed
+            )?;
+        }
+        Ok(())
     }
 
     /// Writes the summaries of the windows still open when the inputs end, the per-rule
@@ -193,7 +202,11 @@ impl RuleTest {
                 Some(i)
             }
             Some(_) => None,
-            None => files.iter().position(|f| f.multiline.is_some()),
+            // Only the multiline settings are taken from an entry the input's path does
+            // not match: its format is not the input's.
+            None => files
+                .iter()
+                .position(|f| f.multiline.is_some() && f.format == crate::config::LogFormat::Plain),
         }
     }
 }
@@ -210,6 +223,8 @@ struct Report<'a> {
     queued: Vec<Notification>,
     /// The lines whose header was printed last, while their block is open.
     shown: Option<(u64, u64)>,
+    /// Records of this input that were not of its format (passed on as text).
+    malformed: u64,
     error: Option<io::Error>,
 }
 
@@ -222,6 +237,7 @@ impl<'a> Report<'a> {
             why: "window closed",
             queued: Vec::new(),
             shown: None,
+            malformed: 0,
             error: None,
         }
     }
@@ -309,6 +325,10 @@ impl<'a> Report<'a> {
 }
 
 impl Output for Report<'_> {
+    fn decode_error(&mut self, _format: crate::pipeline::decode::Format) {
+        self.malformed += 1;
+    }
+
     fn rules_unavailable(&mut self, _path: &Path, error: &regex::Error) {
         if self.error.is_none() {
             self.error = Some(io::Error::other(format!(

@@ -14,6 +14,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use super::dry_run::DryRun;
+
+/// The longest container log record read whole: six times the runtimes' 16 KiB pieces
+/// (JSON escapes in Docker's records) and room for the time, stream and tags.
+const RECORD_BYTES: usize = 6 * 16 * 1024 + 1024;
 use super::reports::{PollOutput, TailMetrics};
 use super::state_rows;
 use super::{RunError, RunOptions};
@@ -89,7 +93,13 @@ pub(super) fn tail_options(config: &Config, read_budget: usize) -> TailOptions {
                     crate::config::StartAt::Beginning => crate::tail::StartAt::Beginning,
                     crate::config::StartAt::End => crate::tail::StartAt::End,
                 },
-                max_line_bytes: f.max_line_bytes,
+                // A container log's record is cut only far past its runtime's 16 KiB
+                // pieces (Docker's escapes can make one six times longer): the decoder
+                // bounds the joined line by `max_line_bytes` instead.
+                max_line_bytes: match f.format {
+                    crate::config::LogFormat::Plain => f.max_line_bytes,
+                    _ => f.max_line_bytes.max(RECORD_BYTES),
+                },
             })
             .collect(),
         max_open_files: super::descriptors::max_open_files(),
@@ -336,6 +346,7 @@ impl Ingest {
             let files = &self.config.files;
             let mut sink = |origin: &LineOrigin<'_>, line: &[u8]| {
                 let before = out.effects();
+                let pieces = pipeline.piece_generation();
                 let origin_row = Origin {
                     id: state_rows::file_id(origin.key),
                     path: origin.path,
@@ -344,12 +355,10 @@ impl Ingest {
                     stream: None,
                 };
                 pipeline.line(&origin_row, line, now_ms, &mut out);
-                // Lines of multiline files and container logs change the state (a pending
-                // event, pending pieces) even when no rule hits.
-                let multiline = files.get(origin.spec).is_none_or(|f| {
-                    f.multiline.is_some() || f.format != crate::config::LogFormat::Plain
-                });
-                if (out.effects() != before || multiline)
+                // Lines of multiline files change the state (a pending event) even when no
+                // rule hits, and so do a container log's pieces; a whole record does not.
+                let multiline = files.get(origin.spec).is_none_or(|f| f.multiline.is_some());
+                if (out.effects() != before || multiline || pipeline.piece_generation() != pieces)
                     && changed_files.last() != Some(&origin.key)
                 {
                     changed_files.push(origin.key);

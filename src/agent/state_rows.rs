@@ -121,13 +121,16 @@ pub fn saved_partials(store: &Store) -> Result<Vec<Partial>, StoreError> {
                 dev: r.dev,
                 ino: r.ino,
             },
-            bytes: r.bytes,
-            stream: match r.stream.as_deref() {
-                Some("stdout") => Some(Stream::Stdout),
-                Some("stderr") => Some(Stream::Stderr),
+            stream: match r.stream.as_str() {
+                "stdout" => Some(Stream::Stdout),
+                "stderr" => Some(Stream::Stderr),
                 _ => None,
             },
+            bytes: r.bytes,
             cut: r.cut,
+            path: r.path,
+            spec: r.spec,
+            last_ms: r.last_ms,
         })
         .collect())
 }
@@ -185,11 +188,16 @@ pub fn save_changes(tx: &StoreTx<'_>, changes: &Changes) -> Result<(), StoreErro
             PartialChange::Saved(p) => tx.save_partial(&PartialRow {
                 dev: p.key.dev,
                 ino: p.key.ino,
+                stream: p.stream.map_or("", Stream::name).to_owned(),
+                path: p.path.clone(),
+                spec: p.spec,
                 bytes: p.bytes.clone(),
-                stream: p.stream.map(|s| s.name().to_owned()),
                 cut: p.cut,
+                last_ms: p.last_ms,
             })?,
-            PartialChange::Gone(key) => tx.remove_partial(key.dev, key.ino)?,
+            PartialChange::Gone(key, stream) => {
+                tx.remove_partial(key.dev, key.ino, stream.map_or("", Stream::name))?
+            }
         }
     }
     Ok(())

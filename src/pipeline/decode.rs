@@ -18,13 +18,14 @@
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
 
 use crate::pipeline::FileId;
 
 pub use crate::config::LogFormat as Format;
 
 /// Which output stream a line was written to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Stream {
     Stdout,
     Stderr,
@@ -107,14 +108,22 @@ pub fn docker(line: &[u8]) -> Option<Record<'_>> {
         .as_deref()
         .and_then(|s| Stream::parse(s.as_bytes()));
     let (payload, partial) = match record.log {
+        // A line's end is `\n`, or `\r\n` from a Windows-style program: both go, as they
+        // do from plain files.
         Cow::Borrowed(text) => match text.strip_suffix('\n') {
-            Some(full) => (Cow::Borrowed(full.as_bytes()), false),
+            Some(full) => (
+                Cow::Borrowed(full.strip_suffix('\r').unwrap_or(full).as_bytes()),
+                false,
+            ),
             None => (Cow::Borrowed(text.as_bytes()), true),
         },
         Cow::Owned(mut text) => {
             let partial = !text.ends_with('\n');
             if !partial {
                 text.pop();
+                if text.ends_with('\r') {
+                    text.pop();
+                }
             }
             (Cow::Owned(text.into_bytes()), partial)
         }
@@ -130,17 +139,25 @@ pub fn docker(line: &[u8]) -> Option<Record<'_>> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Partial {
     pub key: FileId,
-    pub bytes: Vec<u8>,
+    /// Runtimes write stdout and stderr into one file, their records interleaved: each
+    /// stream's pieces are joined apart.
     pub stream: Option<Stream>,
+    pub bytes: Vec<u8>,
     /// Bytes dropped because the line reached `max_line_bytes`.
     pub cut: bool,
+    /// The file's path and `files` entry, to pass the piece on alone should its line never
+    /// end (a rotation between pieces, a runtime killed mid-line).
+    pub path: PathBuf,
+    pub spec: usize,
+    /// When its last piece arrived (unix milliseconds).
+    pub last_ms: i64,
 }
 
-/// What changed about one file's pending pieces, for the state.
+/// What changed about a file's pending pieces (of one stream), for the state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PartialChange {
     Saved(Partial),
-    Gone(FileId),
+    Gone(FileId, Option<Stream>),
 }
 
 /// The result of one record: a whole line to pass on, or nothing yet.
@@ -159,31 +176,51 @@ pub enum Decoded<'a> {
     Malformed,
 }
 
+type PieceKey = (FileId, Option<Stream>);
+
 /// The pending pieces of all files, with what changed since the last
 /// [`Partials::take_changes`].
 #[derive(Debug, Default)]
 pub struct Partials {
-    pending: HashMap<FileId, Partial>,
-    changed: HashSet<FileId>,
+    pending: HashMap<PieceKey, Partial>,
+    changed: HashSet<PieceKey>,
+    /// Moves whenever the pending pieces change, so a caller can tell whether a line
+    /// changed the state.
+    generation: u64,
 }
+
+/// A pending piece whose line has not ended for this long is passed on as it is.
+pub const PIECE_TIMEOUT_MS: i64 = 5_000;
 
 impl Partials {
     /// Pending pieces loaded from the state.
     pub fn from_saved(saved: Vec<Partial>) -> Self {
         Self {
-            pending: saved.into_iter().map(|p| (p.key, p)).collect(),
+            pending: saved.into_iter().map(|p| ((p.key, p.stream), p)).collect(),
             changed: HashSet::new(),
+            generation: 0,
         }
     }
 
-    /// Decodes `line` of the file `key`, written in `format`, joining pieces up to
-    /// `max_bytes`.
+    /// Moves whenever the pending pieces change.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    fn touch(&mut self, key: PieceKey) {
+        self.changed.insert(key);
+        self.generation = self.generation.wrapping_add(1);
+    }
+
+    /// Decodes `line` of the file `key` (at `path`, of `files` entry `spec`), written in
+    /// `format`, joining pieces up to `max_bytes`.
     pub fn decode<'a>(
         &mut self,
-        key: FileId,
+        (key, path, spec): (FileId, &Path, usize),
         format: Format,
         line: &'a [u8],
         max_bytes: usize,
+        now_ms: i64,
     ) -> Decoded<'a> {
         let record = match format {
             Format::Plain => None,
@@ -201,11 +238,12 @@ impl Partials {
                 Decoded::Malformed
             };
         };
+        let id = (key, record.stream);
         // Pieces are rare (lines over 16 KiB): most lines skip the lookup.
         let pending = if self.pending.is_empty() {
             None
         } else {
-            self.pending.remove(&key)
+            self.pending.remove(&id)
         };
         if pending.is_none() && !record.partial {
             // The common case: a whole line in one record, not copied.
@@ -215,13 +253,22 @@ impl Partials {
                 cut: false,
             };
         }
-        let mut partial = pending.unwrap_or(Partial {
+        let mut partial = pending.unwrap_or_else(|| Partial {
             key,
-            bytes: Vec::new(),
             stream: record.stream,
+            bytes: Vec::new(),
             cut: false,
+            path: path.to_path_buf(),
+            spec,
+            last_ms: now_ms,
         });
-        let room = max_bytes.saturating_sub(partial.bytes.len());
+        partial.last_ms = now_ms;
+        // Once cut, nothing more is kept (a later piece's start would not belong there).
+        let room = if partial.cut {
+            0
+        } else {
+            max_bytes.saturating_sub(partial.bytes.len())
+        };
         let take = record.payload.len().min(room);
         // Cut at a character boundary when the payload is text, so the kept part stays
         // valid UTF-8 where it was.
@@ -237,18 +284,40 @@ impl Partials {
         };
         partial.bytes.extend_from_slice(&record.payload[..take]);
         partial.cut |= take < record.payload.len();
+        self.touch(id);
         if record.partial {
-            self.changed.insert(key);
-            self.pending.insert(key, partial);
+            self.pending.insert(id, partial);
             Decoded::Pending
         } else {
-            self.changed.insert(key);
             Decoded::Line {
                 bytes: Cow::Owned(partial.bytes),
                 stream: partial.stream,
                 cut: partial.cut,
             }
         }
+    }
+
+    /// Takes the pending pieces whose line has not ended for [`PIECE_TIMEOUT_MS`] (every
+    /// one with `all`: the input ended), to be passed on as they are.
+    pub fn expire(&mut self, now_ms: i64, all: bool) -> Vec<Partial> {
+        if self.pending.is_empty() {
+            return Vec::new();
+        }
+        let due: Vec<PieceKey> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| all || now_ms.saturating_sub(p.last_ms) >= PIECE_TIMEOUT_MS)
+            .map(|(id, _)| *id)
+            .collect();
+        let mut out = Vec::new();
+        for id in due {
+            if let Some(p) = self.pending.remove(&id) {
+                self.touch(id);
+                out.push(p);
+            }
+        }
+        out.sort_by_key(|p| (p.key, p.last_ms));
+        out
     }
 
     /// Whether anything is waiting for [`take_changes`](Self::take_changes).
@@ -260,9 +329,9 @@ impl Partials {
     pub fn take_changes(&mut self) -> Vec<PartialChange> {
         self.changed
             .drain()
-            .map(|key| match self.pending.get(&key) {
+            .map(|id| match self.pending.get(&id) {
                 Some(p) => PartialChange::Saved(p.clone()),
-                None => PartialChange::Gone(key),
+                None => PartialChange::Gone(id.0, id.1),
             })
             .collect()
     }
@@ -271,7 +340,7 @@ impl Partials {
 /// Where a file's path says its lines come from, judged by its shape wherever the log
 /// directory is mounted: the kubelet's layout (`…/pods/NAMESPACE_POD_UID/CONTAINER/N.log`,
 /// and the `…/containers/POD_NAMESPACE_CONTAINER-ID.log` links) or Docker's
-/// (`…/docker/containers/ID/ID-json.log`, the container id cut to 12 characters).
+/// (`…/containers/ID/ID-json.log`, the container id cut to 12 characters).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PathMeta<'a> {
     pub namespace: Option<&'a str>,
@@ -296,10 +365,10 @@ pub fn path_meta(path: &str) -> PathMeta<'_> {
             };
         }
     }
-    if let [file, id_dir, containers, docker, ..] = parts.as_slice()
+    if let [file, id_dir, containers, ..] = parts.as_slice()
         && *containers == "containers"
-        && *docker == "docker"
         && file.starts_with(*id_dir)
+        && file.ends_with("-json.log")
         && id_dir.len() >= 12
         && id_dir.bytes().all(|b| b.is_ascii_hexdigit())
     {
@@ -330,9 +399,9 @@ pub fn path_meta(path: &str) -> PathMeta<'_> {
 }
 
 /// What a `files` glob reads, judged by its shape: the kubelet's container logs (`pods`
-/// or `containers` directories: CRI records) or Docker's (`docker/containers`).
+/// or `containers` directories: CRI records) or Docker's (`…/containers/*/*-json.log`).
 pub fn container_log_glob(pattern: &str) -> Option<Format> {
-    if pattern.contains("/docker/containers/") {
+    if pattern.contains("/containers/") && pattern.ends_with("-json.log") {
         Some(Format::Docker)
     } else if pattern.contains("/pods/") || pattern.contains("/log/containers/") {
         Some(Format::Cri)
@@ -399,17 +468,37 @@ mod tests {
         assert_eq!(docker(br#"{"stream":"stdout"}"#), None);
     }
 
+    fn at(key: FileId) -> (FileId, &'static Path, usize) {
+        (key, Path::new("/logs/pods/ns_pod_uid/c/0.log"), 0)
+    }
+
     #[test]
     fn pieces_join_into_one_line_bounded_by_max_bytes() {
         let mut p = Partials::default();
         let first = b"2026-12-06T05:00:01Z stderr P because the upstream ".to_vec();
-        assert_eq!(p.decode(KEY, Format::Cri, &first, 100), Decoded::Pending);
+        assert_eq!(
+            p.decode(at(KEY), Format::Cri, &first, 100, 0),
+            Decoded::Pending
+        );
         assert_eq!(p.take_changes().len(), 1);
-        let done = p.decode(
-            KEY,
+        // stdout's records interleave with stderr's: each stream is joined apart.
+        let other = p.decode(
+            at(KEY),
             Format::Cri,
-            b"2026-12-06T05:00:01Z stdout F closed the connection",
+            b"2026-12-06T05:00:01Z stdout F hello",
             100,
+            0,
+        );
+        assert_eq!(
+            line(other),
+            Some((b"hello".to_vec(), Some(Stream::Stdout), false))
+        );
+        let done = p.decode(
+            at(KEY),
+            Format::Cri,
+            b"2026-12-06T05:00:01Z stderr F closed the connection",
+            100,
+            0,
         );
         assert_eq!(
             line(done),
@@ -419,26 +508,73 @@ mod tests {
                 false
             ))
         );
-        assert_eq!(p.take_changes(), vec![PartialChange::Gone(KEY)]);
-        // Over the bound: cut and said so.
+        assert_eq!(
+            p.take_changes(),
+            vec![PartialChange::Gone(KEY, Some(Stream::Stderr))]
+        );
+        // Over the bound: cut and said so; nothing is added after the cut.
         p.decode(
-            KEY,
+            at(KEY),
             Format::Cri,
             b"2026-12-06T05:00:01Z stdout P 0123456789",
             12,
+            0,
+        );
+        p.decode(
+            at(KEY),
+            Format::Cri,
+            b"2026-12-06T05:00:01Z stdout P abcdef",
+            12,
+            0,
         );
         let done = p.decode(
-            KEY,
+            at(KEY),
             Format::Cri,
-            b"2026-12-06T05:00:01Z stdout F abcdef",
+            b"2026-12-06T05:00:01Z stdout F xyz",
             12,
+            0,
         );
         assert_eq!(
             line(done),
             Some((b"0123456789ab".to_vec(), Some(Stream::Stdout), true))
         );
         // Not a record: passed on as it is.
-        assert_eq!(p.decode(KEY, Format::Cri, b"junk", 100), Decoded::Malformed);
+        assert_eq!(
+            p.decode(at(KEY), Format::Cri, b"junk", 100, 0),
+            Decoded::Malformed
+        );
+    }
+
+    #[test]
+    fn a_piece_whose_line_never_ends_is_passed_on() {
+        let mut p = Partials::default();
+        p.decode(
+            at(KEY),
+            Format::Cri,
+            b"2026-12-06T05:00:01Z stdout P half a line",
+            100,
+            1_000,
+        );
+        assert!(p.expire(1_000 + PIECE_TIMEOUT_MS - 1, false).is_empty());
+        let gone = p.expire(1_000 + PIECE_TIMEOUT_MS, false);
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].bytes, b"half a line");
+        assert!(p.expire(i64::MAX, true).is_empty());
+        // The end of the input passes every piece on.
+        p.decode(
+            at(KEY),
+            Format::Cri,
+            b"2026-12-06T05:00:01Z stdout P x",
+            100,
+            0,
+        );
+        assert_eq!(p.expire(0, true).len(), 1);
+    }
+
+    #[test]
+    fn docker_line_ends_lose_their_carriage_return() {
+        let r = docker(br#"{"log":"boom\r\n","stream":"stdout"}"#).unwrap();
+        assert_eq!(r.payload.as_ref(), b"boom");
     }
 
     #[test]
@@ -464,6 +600,10 @@ mod tests {
         );
         assert_eq!(
             path_meta(&format!("/var/lib/docker/containers/{id}/{id}-json.log")).container,
+            Some("aaaaaaaaaaaa")
+        );
+        assert_eq!(
+            path_meta(&format!("/srv/docker-data/containers/{id}/{id}-json.log")).container,
             Some("aaaaaaaaaaaa")
         );
         assert_eq!(path_meta("/var/log/app.log"), PathMeta::default());
@@ -494,7 +634,7 @@ mod tests {
                     format!("2026-12-06T05:00:01Z stdout {} {piece}", if last { "F" } else { "P" })
                 };
                 let format = if docker_format { Format::Docker } else { Format::Cri };
-                let decoded = p.decode(KEY, format, record.as_bytes(), 1 << 20);
+                let decoded = p.decode(at(KEY), format, record.as_bytes(), 1 << 20, 0);
                 if last {
                     out = line(decoded);
                 } else {
@@ -552,7 +692,7 @@ mod tests {
                         // The agent reads what was written.
                         while read < records.len() {
                             if let Decoded::Line { bytes, .. } =
-                                partials.decode(KEY, Format::Cri, records[read].as_bytes(), 1 << 20)
+                                partials.decode(at(KEY), Format::Cri, records[read].as_bytes(), 1 << 20, 0)
                             {
                                 out.push(bytes.into_owned());
                             }
@@ -561,9 +701,14 @@ mod tests {
                     }
                     Step::Commit => {
                         for change in partials.take_changes() {
-                            stored.retain(|p| p.key != KEY);
-                            if let PartialChange::Saved(p) = change {
-                                stored.push(p);
+                            match change {
+                                PartialChange::Saved(p) => {
+                                    stored.retain(|s| (s.key, s.stream) != (p.key, p.stream));
+                                    stored.push(p);
+                                }
+                                PartialChange::Gone(key, stream) => {
+                                    stored.retain(|s| (s.key, s.stream) != (key, stream));
+                                }
                             }
                         }
                         committed_out.append(&mut out);
@@ -575,7 +720,7 @@ mod tests {
                         read = committed_at;
                         while read < records.len() {
                             if let Decoded::Line { bytes, .. } =
-                                partials.decode(KEY, Format::Cri, records[read].as_bytes(), 1 << 20)
+                                partials.decode(at(KEY), Format::Cri, records[read].as_bytes(), 1 << 20, 0)
                             {
                                 out.push(bytes.into_owned());
                             }

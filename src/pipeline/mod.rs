@@ -223,7 +223,13 @@ impl Pipeline {
         if format != decode::Format::Plain {
             let max_bytes =
                 spec.map_or(crate::config::DEFAULT_MAX_LINE_BYTES, |f| f.max_line_bytes);
-            let decoded = self.partials.decode(origin.id, format, line, max_bytes);
+            let decoded = self.partials.decode(
+                (origin.id, origin.path, origin.spec),
+                format,
+                line,
+                max_bytes,
+                now_ms,
+            );
             let (bytes, stream) = match decoded {
                 decode::Decoded::Pending => return,
                 decode::Decoded::Malformed => {
@@ -302,6 +308,18 @@ impl Pipeline {
             self.evaluate_event(&event, now_ms, out);
         }
         self.events = done;
+        // A container log's line whose end never came (a rotation between its pieces, a
+        // runtime gone mid-line) is passed on as it is, after a while or at the end.
+        for piece in self.partials.expire(now_ms, finish_events) {
+            let origin = Origin {
+                id: piece.key,
+                path: &piece.path,
+                spec: piece.spec,
+                number: 0,
+                stream: piece.stream,
+            };
+            self.decoded_line(&origin, &piece.bytes, now_ms, out);
+        }
         let windows = &self.dedup_windows;
         self.bursts
             .expire(now_ms, |rule| windows.get(rule).copied(), &mut self.queued);
@@ -313,6 +331,12 @@ impl Pipeline {
     pub fn flush_windows(&mut self, out: &mut dyn Output) {
         self.bursts.flush(&mut self.queued);
         self.drain_queued(Cause::Summary, out);
+    }
+
+    /// Moves whenever container logs' pending pieces change: a line that moved it changed
+    /// the state, even when no rule hit.
+    pub fn piece_generation(&self) -> u64 {
+        self.partials.generation()
     }
 
     /// Whether anything is waiting for [`take_changes`](Self::take_changes).

@@ -35,7 +35,7 @@ pub fn provided_builtins<'a>(
         if kubelet {
             provided.extend(["namespace", "pod", "container"]);
         }
-        if docker || format == LogFormat::Docker {
+        if docker {
             provided.push("container");
         }
     }
@@ -49,7 +49,7 @@ pub fn builtin_needs(name: &str) -> &'static str {
     match name {
         "stream" => "it needs an entry with `format: cri` or `format: docker`",
         "container" => {
-            "it needs an entry whose glob is under the kubelet's `pods` or `containers` directory or Docker's `docker/containers`, or has `format: docker`"
+            "it needs an entry whose glob follows the kubelet's layout or Docker's (`…/containers/*/*-json.log`)"
         }
         _ => {
             "it needs an entry whose glob follows the kubelet's layout (`…/pods/*/*/*.log` or `…/log/containers/*.log`)"

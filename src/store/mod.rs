@@ -109,10 +109,13 @@ pub struct EventRow {
 pub struct PartialRow {
     pub dev: u64,
     pub ino: u64,
+    /// `stdout`, `stderr`, or empty when unknown.
+    pub stream: String,
+    pub path: PathBuf,
+    pub spec: usize,
     pub bytes: Vec<u8>,
-    /// `stdout` or `stderr`, when known.
-    pub stream: Option<String>,
     pub cut: bool,
+    pub last_ms: i64,
 }
 
 /// What a stored pending event gained since it was last stored.
@@ -268,24 +271,27 @@ impl Store {
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
-    /// The pending multiline events, each with the parts it gained appended.
     /// Container logs' lines pending in pieces.
     pub fn saved_partials(&self) -> Result<Vec<PartialRow>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT dev, ino, bytes, stream, cut FROM partial_lines")?;
+        let mut stmt = self.conn.prepare(
+            "SELECT dev, ino, stream, path, spec, bytes, cut, last_ms FROM partial_lines",
+        )?;
         let rows = stmt.query_map([], |r| {
             Ok(PartialRow {
                 dev: from_sql_u64(r.get(0)?),
                 ino: from_sql_u64(r.get(1)?),
-                bytes: r.get(2)?,
-                stream: r.get(3)?,
-                cut: r.get(4)?,
+                stream: r.get(2)?,
+                path: PathBuf::from(r.get::<_, String>(3)?),
+                spec: usize::try_from(r.get::<_, i64>(4)?).unwrap_or(usize::MAX),
+                bytes: r.get(5)?,
+                cut: r.get(6)?,
+                last_ms: r.get(7)?,
             })
         })?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
+    /// The pending multiline events, each with the parts it gained appended.
     pub fn saved_events(&self) -> Result<Vec<EventRow>, StoreError> {
         let mut stmt = self.conn.prepare(
             "SELECT dev, ino, path, spec, bytes, lines, cut_lines, last_ms FROM multiline_events",
@@ -480,31 +486,37 @@ impl StoreTx<'_> {
         Ok(())
     }
 
-    /// Forgets the pending multiline event of a file (it completed).
     /// Records a container log's line pending in pieces (new or grown).
     pub fn save_partial(&self, p: &PartialRow) -> Result<(), StoreError> {
         self.tx
             .prepare_cached(
-                "INSERT OR REPLACE INTO partial_lines (dev, ino, bytes, stream, cut) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT OR REPLACE INTO partial_lines (dev, ino, stream, path, spec, bytes, cut, last_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?
             .execute(params![
                 to_sql_u64(p.dev),
                 to_sql_u64(p.ino),
-                p.bytes,
                 p.stream,
-                p.cut
+                p.path.to_string_lossy(),
+                i64::try_from(p.spec).unwrap_or(i64::MAX),
+                p.bytes,
+                p.cut,
+                p.last_ms
             ])?;
         Ok(())
     }
 
-    /// Forgets a file's pending pieces (its line completed).
-    pub fn remove_partial(&self, dev: u64, ino: u64) -> Result<(), StoreError> {
+    /// Forgets a file's pending pieces of one stream (its line completed).
+    pub fn remove_partial(&self, dev: u64, ino: u64, stream: &str) -> Result<(), StoreError> {
         self.tx
-            .prepare_cached("DELETE FROM partial_lines WHERE dev = ?1 AND ino = ?2")?
-            .execute(params![to_sql_u64(dev), to_sql_u64(ino)])?;
+            .prepare_cached(
+                "DELETE FROM partial_lines WHERE dev = ?1 AND ino = ?2 AND stream = ?3",
+            )?
+            .execute(params![to_sql_u64(dev), to_sql_u64(ino), stream])?;
         Ok(())
     }
 
+    /// Forgets the pending multiline event of a file (it completed).
     pub fn remove_event(&self, dev: u64, ino: u64) -> Result<(), StoreError> {
         let (dev, ino) = (to_sql_u64(dev), to_sql_u64(ino));
         self.tx

@@ -158,17 +158,21 @@ pub fn migrate(conn: &Connection, path: &std::path::Path) -> Result<(), StoreErr
     }
     if version < 8 {
         // A container log's line pending in pieces (CRI `P` records, Docker records
-        // without a newline), per file, stored with the file's offset so that a restart
+        // without a newline), per file and stream (`''` when unknown), stored with the
+        // file's offset so that a restart
         // between the pieces neither loses nor repeats the line.
         conn.execute_batch(
             "BEGIN;
              CREATE TABLE partial_lines (
-                 dev    INTEGER NOT NULL,
-                 ino    INTEGER NOT NULL,
-                 bytes  BLOB    NOT NULL,
-                 stream TEXT,
-                 cut    INTEGER NOT NULL,
-                 PRIMARY KEY (dev, ino)
+                 dev     INTEGER NOT NULL,
+                 ino     INTEGER NOT NULL,
+                 stream  TEXT    NOT NULL,
+                 path    TEXT    NOT NULL,
+                 spec    INTEGER NOT NULL,
+                 bytes   BLOB    NOT NULL,
+                 cut     INTEGER NOT NULL,
+                 last_ms INTEGER NOT NULL,
+                 PRIMARY KEY (dev, ino, stream)
              );
              PRAGMA user_version = 8;
              COMMIT;",

@@ -330,3 +330,44 @@ fn kubelet_and_docker_rotations_lose_nothing() {
     assert!(agent.terminate().success());
     assert_eq!(chat.messages().len(), 3);
 }
+
+/// Runtimes interleave stdout's and stderr's records in one file: a stderr line in pieces
+/// with a stdout line between them comes out whole, and so does the stdout line.
+#[test]
+fn interleaved_streams_are_joined_apart() {
+    let (chat, url) = {
+        let chat = MockChat::start();
+        chat.set_rate(None, None);
+        let url = chat.webhook("S", "K", "T");
+        (chat, url)
+    };
+    let mut agent = cri_agent(&url, None, "");
+    let log = pod_log(&agent);
+    let mut f = open_append(&log);
+    writeln!(f, "{TIME} stderr P db call failed because the ").unwrap();
+    writeln!(
+        f,
+        "{TIME} stdout F health check failed because it did END-2"
+    )
+    .unwrap();
+    writeln!(f, "{TIME} stderr F pool is empty END-1").unwrap();
+    drop(f);
+    agent.start();
+    wait_for("both lines", Duration::from_secs(30), || {
+        chat.messages().len() == 2
+    });
+    assert!(agent.terminate().success());
+    let mut keys: Vec<String> = chat
+        .messages()
+        .iter()
+        .filter_map(|m| m.thread_key.clone())
+        .collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "shop-checkout-7d9f-api-stderr-END-1",
+            "shop-checkout-7d9f-api-stdout-END-2"
+        ]
+    );
+}

@@ -151,6 +151,7 @@ impl Supervisor {
             tracing::warn!("The run loop has stopped; the new config is not applied to reading.");
         }
         self.metrics.config_reloads.inc();
+        super::supervisor::prepare_metrics(&self.metrics, &new);
         tracing::info!(
             files = new.files.len(),
             rules = new.rules.len(),

@@ -97,6 +97,7 @@ pub(super) async fn supervise(
         fleet_enabled: config.fleet.is_some(),
         ..Metrics::default()
     };
+    prepare_metrics(&metrics, &config);
     let health = Arc::new(Health::default());
     health.beat();
     let db = (!options.dry_run).then(|| store.db_path().to_path_buf());
@@ -347,6 +348,23 @@ async fn wait_for_workers(handles: Vec<tokio::task::JoinHandle<()>>) {
             tracing::error!(%error, "A delivery worker failed.");
         }
     }
+}
+
+/// Every series of `config`'s webhooks, rules and files at zero, from the first scrape.
+pub(super) fn prepare_metrics(metrics: &Metrics, config: &Config) {
+    let webhooks: Vec<&str> = config.webhooks.iter().map(|w| w.name.as_str()).collect();
+    let rules: Vec<&str> = config.rules.iter().map(|r| r.name.as_str()).collect();
+    let patterns: Vec<&str> = config.files.iter().map(|f| f.pattern.as_str()).collect();
+    let mut formats: Vec<&'static str> = config
+        .files
+        .iter()
+        .map(|f| f.format)
+        .filter(|f| *f != crate::config::LogFormat::Plain)
+        .map(crate::config::LogFormat::name)
+        .collect();
+    formats.sort_unstable();
+    formats.dedup();
+    metrics.prepare(&webhooks, &rules, &patterns, &formats);
 }
 
 /// Fleet mode's client for a generation of delivery workers, when the config has `fleet`.

@@ -108,6 +108,61 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Creates every series whose label values are known in advance, at zero, so that a
+    /// fresh agent exports them from the first scrape and an alert on `rate(...) > 0` can
+    /// be written before the first incident (Prometheus' advice for counters). Called at
+    /// start and after a reload (new webhooks, rules, files).
+    pub fn prepare(
+        &self,
+        webhooks: &[&str],
+        rules: &[&str],
+        patterns: &[&str],
+        formats: &[&'static str],
+    ) {
+        for webhook in webhooks {
+            let label = self.webhook(webhook);
+            let _ = self.chat_posts.get_or_create(&label);
+            let _ = self.chat_notifications.get_or_create(&label);
+            let _ = self.chat_retries.get_or_create(&label);
+            let _ = self.chat_rate_limited.get_or_create(&label);
+            let _ = self.webhook_parked.get_or_create(&label);
+            let _ = self.outbox_notifications.get_or_create(&label);
+            let _ = self.outbox_oldest_age_seconds.get_or_create(&label);
+            for reason in FAILURE_REASONS {
+                let _ = self.chat_failures.get_or_create(&FailureLabel {
+                    webhook: (*webhook).to_owned(),
+                    reason,
+                });
+            }
+        }
+        for rule in rules {
+            let label = RuleLabel {
+                rule: (*rule).to_owned(),
+            };
+            let _ = self.rule_matches.get_or_create(&label);
+            let _ = self.suppressed_matches.get_or_create(&label);
+        }
+        for pattern in patterns {
+            let label = PatternLabel {
+                pattern: (*pattern).to_owned(),
+            };
+            let _ = self.read_lines.get_or_create(&label);
+            let _ = self.read_bytes.get_or_create(&label);
+        }
+        for reason in ["max_line_bytes", "multiline_max_lines", "joined_pieces"] {
+            let _ = self.cut_lines.get_or_create(&ReasonLabel { reason });
+        }
+        for reason in ["open", "read", "descriptors"] {
+            let _ = self.file_errors.get_or_create(&ReasonLabel { reason });
+        }
+        for kind in ["rename", "truncate"] {
+            let _ = self.rotations.get_or_create(&KindLabel { kind });
+        }
+        for format in formats {
+            let _ = self.decode_errors.get_or_create(&FormatLabel { format });
+        }
+    }
+
     /// A registry that exports these metrics, for the admin endpoint.
     pub fn registry(&self) -> Registry {
         let mut r = Registry::default();

@@ -583,3 +583,27 @@ fn a_reload_that_changes_a_webhook_url_moves_delivery_to_the_new_url() {
     );
     assert!(s.agent.terminate().success());
 }
+
+/// A fresh agent exports its counters at zero from the first scrape, with the label
+/// values it knows in advance (webhooks, rules, reasons, kinds), so an alert on
+/// `rate(...) > 0` can be written before the first incident.
+#[test]
+fn a_fresh_agent_exports_its_counters_at_zero() {
+    let mut s = setup(DB_RULE, "");
+    s.agent.start();
+    let addr = admin_addr(&s.agent);
+    let fresh = scrape(&addr);
+    for key in [
+        "chattail_chat_rate_limited_total{webhook=oncall}",
+        "chattail_chat_retries_total{webhook=oncall}",
+        "chattail_chat_failures_total{reason=rate_limited,webhook=oncall}",
+        "chattail_webhook_parked{webhook=oncall}",
+        "chattail_rule_matches_total{rule=db-timeout}",
+        "chattail_file_rotations_total{kind=rename}",
+        "chattail_cut_lines_total{reason=max_line_bytes}",
+        "chattail_file_errors_total{reason=open}",
+    ] {
+        assert_eq!(fresh.get(key), Some(&0.0), "{key} in {fresh:#?}");
+    }
+    assert!(s.agent.terminate().success());
+}

@@ -17,6 +17,7 @@
 
 pub mod bursts;
 pub mod chat_text;
+pub mod container_path;
 pub mod context;
 pub mod decode;
 pub mod multiline;

@@ -26,7 +26,7 @@ pub fn provided_builtins<'a>(
     use crate::config::LogFormat;
     let mut provided = Vec::new();
     for (format, pattern) in files {
-        let shape = crate::pipeline::decode::container_log_glob(pattern);
+        let shape = crate::pipeline::container_path::container_log_glob(pattern);
         let kubelet = shape == Some(LogFormat::Cri);
         let docker = shape == Some(LogFormat::Docker);
         if format != LogFormat::Plain {
@@ -263,17 +263,17 @@ impl Template {
                 Segment::Host => Cow::Borrowed(ctx.host),
                 Segment::Stream => Cow::Borrowed(ctx.stream.unwrap_or("")),
                 Segment::Namespace => Cow::Borrowed(
-                    crate::pipeline::decode::path_meta(ctx.file)
+                    crate::pipeline::container_path::path_meta(ctx.file)
                         .namespace
                         .unwrap_or(""),
                 ),
                 Segment::Pod => Cow::Borrowed(
-                    crate::pipeline::decode::path_meta(ctx.file)
+                    crate::pipeline::container_path::path_meta(ctx.file)
                         .pod
                         .unwrap_or(""),
                 ),
                 Segment::Container => Cow::Borrowed(
-                    crate::pipeline::decode::path_meta(ctx.file)
+                    crate::pipeline::container_path::path_meta(ctx.file)
                         .container
                         .unwrap_or(""),
                 ),

@@ -21,7 +21,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "config",
         &[
             "path_glob",
-            "pipeline::decode",
+            "pipeline::container_path",
             "pipeline::pattern",
             "pipeline::template",
             "redis_url",

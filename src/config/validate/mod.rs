@@ -256,7 +256,7 @@ impl Validator<'_> {
             );
         }
         let format = file.format.unwrap_or_default();
-        let expected = crate::pipeline::decode::container_log_glob(glob.as_str());
+        let expected = crate::pipeline::container_path::container_log_glob(glob.as_str());
         if format == super::LogFormat::Plain
             && let Some(expected) = expected
         {

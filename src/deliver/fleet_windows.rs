@@ -272,7 +272,6 @@ impl Decider {
                         fleet_first_ms: Some(joined.first_ms),
                         window_ms: joined.window_ms,
                         owner: joined.owner,
-                        unposted_first: !joined.owner,
                         first_line: line,
                         reported: false,
                         failing_since: None,
@@ -286,7 +285,6 @@ impl Decider {
                     fleet_first_ms: None,
                     window_ms,
                     owner: true,
-                    unposted_first: false,
                     first_line: line,
                     reported: false,
                     failing_since: None,
@@ -307,9 +305,7 @@ impl Decider {
         };
         let (Some(fleet_first_ms), Some(fleet)) = (record.fleet_first_ms, self.fleet.clone())
         else {
-            return Ok(Decision::forget(
-                own.outcome(record.unposted_first, &record.first_line),
-            ));
+            return Ok(Decision::forget(own.alone(&record)));
         };
         let me = member(self.outbox.agent_id(), own.first_ms);
         let now = unix_now_ms();
@@ -330,7 +326,7 @@ impl Decider {
                     rule,
                     "Fleet: Redis cannot decide this window's summary; posting this host's own."
                 );
-                Decision::forget(own.outcome(record.unposted_first, &record.first_line))
+                Decision::forget(own.alone(&record))
             } else {
                 Decision::save(RowOutcome::Later(now + millis(RETRY)), record)
             }
@@ -359,9 +355,7 @@ impl Decider {
                     return Ok(Decision::forget(own.outcome(false, &record.first_line)));
                 }
                 Ok(Report::Lost) => {
-                    return Ok(Decision::forget(
-                        own.outcome(record.unposted_first, &record.first_line),
-                    ));
+                    return Ok(Decision::forget(own.alone(&record)));
                 }
                 Err(_) => return Ok(failed(record)),
             }
@@ -394,12 +388,8 @@ impl Decider {
             Ok(Take::Taken) => Decision::forget(RowOutcome::Drop),
             // Taken without this part's repeats: its first was counted when it joined.
             Ok(Take::Closed) => Decision::forget(own.outcome(false, &record.first_line)),
-            Ok(Take::Missing) => {
-                Decision::forget(own.outcome(record.unposted_first, &record.first_line))
-            }
-            Ok(Take::Lost) => {
-                Decision::forget(own.outcome(record.unposted_first, &record.first_line))
-            }
+            Ok(Take::Missing) => Decision::forget(own.alone(&record)),
+            Ok(Take::Lost) => Decision::forget(own.alone(&record)),
             Ok(Take::Wait(wait)) => {
                 record.failing_since = None;
                 let longest = if record.owner {
@@ -425,6 +415,12 @@ struct OwnSummary<'a> {
 }
 
 impl OwnSummary<'_> {
+    /// This host's own summary of the local window `record` describes: its first
+    /// occurrence counts too when another host posted that one.
+    fn alone(&self, record: &JoinedRecord) -> RowOutcome {
+        self.outcome(!record.owner, &record.first_line)
+    }
+
     /// This host's own summary: its repeats, and its first occurrence too when another
     /// host posted that one (`unposted_first`, whose line was `first_line`). Nothing to
     /// say (a window that counted nothing) drops the row.

@@ -26,10 +26,10 @@ pub struct JoinedRecord {
     /// asked and the first occurrence was posted here, as without fleet mode.
     pub fleet_first_ms: Option<i64>,
     pub window_ms: i64,
-    /// This local window's first occurrence is the fleet window's first message.
+    /// This local window's first occurrence was posted here: it is the fleet window's
+    /// first message, or Redis could not be asked. Otherwise another host posted its own
+    /// and this one is counted in the fleet window.
     pub owner: bool,
-    /// Its first occurrence was not posted here (the fleet window's owner posted its own).
-    pub unposted_first: bool,
     /// That first occurrence's line, for a summary of this host's own.
     pub first_line: String,
     /// Its repeats are in the fleet window (the summary row reported them).
@@ -102,7 +102,7 @@ impl Outbox {
         Ok(self
             .conn
             .prepare_cached(
-                "SELECT fleet_first_ms, window_ms, owner, unposted_first, first_line, reported, failing_since
+                "SELECT fleet_first_ms, window_ms, owner, first_line, reported, failing_since
                  FROM fleet_windows WHERE rule = ?1 AND key = ?2 AND local_first_ms = ?3",
             )?
             .query_row(params![rule, key, local_first_ms], |r| {
@@ -110,10 +110,9 @@ impl Outbox {
                     fleet_first_ms: r.get(0)?,
                     window_ms: r.get(1)?,
                     owner: r.get(2)?,
-                    unposted_first: r.get(3)?,
-                    first_line: r.get(4)?,
-                    reported: r.get(5)?,
-                    failing_since: r.get(6)?,
+                    first_line: r.get(3)?,
+                    reported: r.get(4)?,
+                    failing_since: r.get(5)?,
                 })
             })
             .optional()?)
@@ -153,9 +152,9 @@ impl Outbox {
             WindowChange::Save(w) => {
                 tx.prepare_cached(
                     "INSERT OR REPLACE INTO fleet_windows (rule, key, local_first_ms, fleet_first_ms, window_ms,
-                     owner, unposted_first, first_line, reported, failing_since, created_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10,
-                       COALESCE((SELECT created_ms FROM fleet_windows WHERE rule = ?1 AND key = ?2 AND local_first_ms = ?3), ?11))",
+                     owner, first_line, reported, failing_since, created_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9,
+                       COALESCE((SELECT created_ms FROM fleet_windows WHERE rule = ?1 AND key = ?2 AND local_first_ms = ?3), ?10))",
                 )?
                 .execute(params![
                     rule,
@@ -164,7 +163,6 @@ impl Outbox {
                     w.fleet_first_ms,
                     w.window_ms,
                     w.owner,
-                    w.unposted_first,
                     w.first_line,
                     w.reported,
                     w.failing_since,

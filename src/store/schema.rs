@@ -145,7 +145,6 @@ pub fn migrate(conn: &Connection, path: &std::path::Path) -> Result<(), StoreErr
                  fleet_first_ms INTEGER,
                  window_ms      INTEGER NOT NULL,
                  owner          INTEGER NOT NULL,
-                 unposted_first INTEGER NOT NULL,
                  first_line     TEXT    NOT NULL,
                  reported       INTEGER NOT NULL DEFAULT 0,
                  failing_since  INTEGER,

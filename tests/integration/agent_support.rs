@@ -240,3 +240,11 @@ pub fn committed_to_end(agent: &Agent, log: &std::path::Path) -> bool {
         })
         .is_ok_and(|offset| offset == size && size > 0)
 }
+
+/// A Chat stand-in without a quota, and the URL of its one webhook.
+pub fn open_chat() -> (crate::mock_chat::MockChat, String) {
+    let chat = crate::mock_chat::MockChat::start();
+    chat.set_rate(None, None);
+    let url = chat.webhook("SPACE", "KEY", "TOKEN");
+    (chat, url)
+}

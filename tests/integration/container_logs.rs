@@ -9,8 +9,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::agent_support::{Agent, committed_to_end, free_port, wait_for};
-use crate::mock_chat::MockChat;
+use crate::agent_support::{Agent, committed_to_end, free_port, open_chat, wait_for};
 use crate::support::http;
 use crate::tail_support::open_append;
 
@@ -67,9 +66,7 @@ fn cri_agent(url: &str, admin: Option<u16>, extra: &str) -> Agent {
 /// is not CRI is passed on as text and counted.
 #[test]
 fn cri_pieces_are_one_line_and_the_path_names_the_pod() {
-    let chat = MockChat::start();
-    chat.set_rate(None, None);
-    let url = chat.webhook("S", "K", "T");
+    let (chat, url) = open_chat();
     let admin = free_port();
     let mut agent = cri_agent(&url, Some(admin), "");
     let log = pod_log(&agent);
@@ -112,9 +109,7 @@ fn cri_pieces_are_one_line_and_the_path_names_the_pod() {
 /// presets look at what the application wrote, not at the runtime's time.
 #[test]
 fn a_java_trace_in_cri_records_is_one_event() {
-    let chat = MockChat::start();
-    chat.set_rate(None, None);
-    let url = chat.webhook("S", "K", "T");
+    let (chat, url) = open_chat();
     let agent_dir = Agent::with_sections(
         &url,
         "  - path: '{logs}/pods/*/*/*.log'\n    format: cri\n    start_at: beginning\n    multiline: {preset: java, timeout: 200ms}\n",
@@ -156,9 +151,7 @@ fn a_java_trace_in_cri_records_is_one_event() {
 /// container id comes from the path, the stream from the record.
 #[test]
 fn docker_json_file_records_are_decoded() {
-    let chat = MockChat::start();
-    chat.set_rate(None, None);
-    let url = chat.webhook("S", "K", "T");
+    let (chat, url) = open_chat();
     let mut agent = Agent::with_sections(
         &url,
         "  - path: '{logs}/docker/containers/*/*-json.log'\n    format: docker\n    start_at: beginning\n",
@@ -201,9 +194,7 @@ fn docker_json_file_records_are_decoded() {
 /// kept with the offset, so every line arrives once, whole.
 #[test]
 fn kill_9_between_pieces_loses_and_repeats_nothing() {
-    let chat = MockChat::start();
-    chat.set_rate(None, None);
-    let url = chat.webhook("S", "K", "T");
+    let (chat, url) = open_chat();
     let mut agent = cri_agent(&url, None, "");
     let log = pod_log(&agent);
     agent.start();
@@ -245,9 +236,7 @@ fn kill_9_between_pieces_loses_and_repeats_nothing() {
 /// line is read once.
 #[test]
 fn kubelet_and_docker_rotations_lose_nothing() {
-    let chat = MockChat::start();
-    chat.set_rate(None, None);
-    let url = chat.webhook("S", "K", "T");
+    let (chat, url) = open_chat();
     let mut agent = cri_agent(&url, None, "");
     let log = pod_log(&agent);
     agent.start();
@@ -292,9 +281,7 @@ fn kubelet_and_docker_rotations_lose_nothing() {
     assert_eq!(keys.len(), 7, "each line once: {keys:?}");
 
     // Docker: `ID-json.log` → `ID-json.log.1`, a new `ID-json.log`.
-    let chat = MockChat::start();
-    chat.set_rate(None, None);
-    let url = chat.webhook("S", "K", "T");
+    let (chat, url) = open_chat();
     let mut agent = Agent::with_sections(
         &url,
         "  - path: '{logs}/docker/containers/*/*-json.log'\n    format: docker\n    start_at: beginning\n",
@@ -335,12 +322,7 @@ fn kubelet_and_docker_rotations_lose_nothing() {
 /// with a stdout line between them comes out whole, and so does the stdout line.
 #[test]
 fn interleaved_streams_are_joined_apart() {
-    let (chat, url) = {
-        let chat = MockChat::start();
-        chat.set_rate(None, None);
-        let url = chat.webhook("S", "K", "T");
-        (chat, url)
-    };
+    let (chat, url) = open_chat();
     let mut agent = cri_agent(&url, None, "");
     let log = pod_log(&agent);
     let mut f = open_append(&log);

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::agent_support::{Agent, wait_for};
+use crate::agent_support::{Agent, open_chat, wait_for};
 use crate::mock_chat::MockChat;
 use crate::support::{chattail, http, text};
 use crate::tail_support::open_append;
@@ -593,14 +593,6 @@ fn fleet_mode_works_over_tls() {
     }
     let _ = server.kill();
     let _ = server.wait();
-}
-
-/// A Chat stand-in without a quota, and the URL of its one webhook.
-fn open_chat() -> (MockChat, String) {
-    let chat = MockChat::start();
-    chat.set_rate(None, None);
-    let url = chat.webhook("SPACE", "KEY", "TOKEN");
-    (chat, url)
 }
 
 /// Stops every agent with SIGTERM; each must exit cleanly.

@@ -158,6 +158,7 @@ fn bench_rules(c: &mut Criterion) {
             file: "/var/log/app/web.log",
             host: "web-1",
             stream: None,
+            journal: None,
         };
         let expected: usize = corpus.iter().map(|l| rules.evaluate(l, |_| {})).sum();
         assert!(
@@ -190,6 +191,7 @@ fn bench_rules(c: &mut Criterion) {
                 spec: 0,
                 number: 0,
                 stream: None,
+                journal: None,
             };
             let mut out: Vec<Notification> = Vec::with_capacity(expected);
             b.iter(|| {
@@ -244,6 +246,7 @@ fn decode_group(
                 spec,
                 number: 0,
                 stream: None,
+                journal: None,
             };
             let mut out: Vec<Notification> = Vec::with_capacity(expected);
             b.iter(|| {

@@ -508,15 +508,42 @@ pub fn write_check_summary(config: &Config, out: &mut dyn Write) -> io::Result<(
         };
         writeln!(out, "    {} (new files start at {start})", f.pattern)?;
     }
+    if let Some(j) = &config.journal {
+        let start = match j.start_at {
+            config::StartAt::End => "end",
+            config::StartAt::Beginning => "beginning",
+        };
+        let units = match &j.units {
+            Some(globs) => globs
+                .iter()
+                .map(|g| g.pattern.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            None => "every unit".to_owned(),
+        };
+        let directory = match &j.directory {
+            Some(d) => d.display().to_string(),
+            None => "the system journal".to_owned(),
+        };
+        writeln!(
+            out,
+            "  journal:   {directory}, {units} (without a saved position, starts at the {start})"
+        )?;
+    }
+    let both = !config.files.is_empty() && config.journal.is_some();
     writeln!(out, "  rules ({}):", config.rules.len())?;
     for r in &config.rules {
         let dedup = match &r.dedup {
             Some(d) => format!(", dedup window {}", humantime::format_duration(d.window)),
             None => String::new(),
         };
+        let sources = match (&r.files, &r.units) {
+            (None, None) if both => ", sees the files and the journal",
+            _ => "",
+        };
         writeln!(
             out,
-            "    {} → {}, thread {:?}{dedup}",
+            "    {} → {}, thread {:?}{dedup}{sources}",
             r.name,
             r.webhook,
             r.thread_key.source()

@@ -7,6 +7,7 @@
 //!
 //! - [`config`]: the YAML file to a validated [`config::Config`].
 //! - [`tail`]: files to lines, through every kind of rotation.
+//! - [`journal`]: the systemd journal to entries, through a `journalctl` child.
 //! - [`pipeline`]: the pure core, lines to notifications (rules, multiline, context, bursts,
 //!   templates, Chat text, thread keys, self-alert decisions). No I/O, no clock.
 //! - [`store`]: every SQL statement: offsets, the outbox, burst windows, pending events,
@@ -27,6 +28,7 @@ pub mod clock;
 pub mod config;
 pub mod deliver;
 pub mod fleet;
+pub mod journal;
 pub mod ops;
 pub mod path_glob;
 pub mod pipeline;

@@ -131,6 +131,7 @@ impl RuleTest {
                 spec: spec.unwrap_or(usize::MAX),
                 number,
                 stream: None,
+                journal: None,
             };
             report.summaries_are("window closed or evicted");
             self.pipeline.line(&origin, line, self.now_ms, &mut report);

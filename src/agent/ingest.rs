@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use super::dry_run::DryRun;
+use super::journal_source::JournalSource;
 
 /// The longest container log record read whole: six times the runtimes' 16 KiB pieces
 /// (JSON escapes in Docker's records) and room for the time, stream and tags.
@@ -43,10 +44,12 @@ pub(super) struct Ingest {
     pub(super) store: Store,
     pub(super) tailer: Tailer,
     pub(super) pipeline: Pipeline,
+    /// The systemd journal, when the config has `journal:`.
+    pub(super) journal: Option<JournalSource>,
     wake: watch::Sender<u64>,
     /// Set with `--dry-run`: notifications are printed instead of queued.
     dry_run: Option<DryRun>,
-    options: RunOptions,
+    pub(super) options: RunOptions,
     outbox_full: bool,
     pub(super) last_outbox_check: Option<Instant>,
     pub(super) metrics: Metrics,
@@ -132,11 +135,13 @@ impl Ingest {
         if options.dry_run {
             pipeline = pipeline.alone();
         }
+        let journal = JournalSource::new(&config, &store, !options.once)?;
         Ok(Self {
             config,
             store,
             tailer,
             pipeline,
+            journal,
             wake,
             dry_run: options.dry_run.then(|| DryRun::new(out)),
             options,
@@ -209,11 +214,19 @@ impl Ingest {
                     continue;
                 }
             };
-            if self.options.once && !more && self.tailer.is_idle() {
+            if let Some(journal) = &mut self.journal {
+                journal.report(&self.metrics, &self.health);
+            }
+            if self.options.once
+                && !more
+                && self.tailer.is_idle()
+                && self.journal.as_ref().is_none_or(JournalSource::is_finished)
+            {
                 break;
             }
             if !more {
-                self.tailer.wait(IDLE_WAIT);
+                let also = self.journal.as_ref().and_then(JournalSource::wait_fd);
+                self.tailer.wait_also(IDLE_WAIT, also);
             }
         }
         // One last round so that what was read is committed before the process ends
@@ -283,6 +296,7 @@ impl Ingest {
             // The tailer reports waiting files at every scan (once a second).
             out_of_descriptors: self.health.short_of_descriptors(5_000),
             fleet_alone: self.health.degradations().into_iter().next(),
+            journal_failing: self.health.journal_failing(),
         };
         let before = self.extra.len();
         let tailer = &self.tailer;
@@ -328,6 +342,9 @@ impl Ingest {
             state_rows::saved_events(&self.store)?,
             state_rows::saved_partials(&self.store)?,
         );
+        if let Some(journal) = &mut self.journal {
+            journal.restore(&self.store)?;
+        }
         Ok(())
     }
 
@@ -353,6 +370,7 @@ impl Ingest {
                     spec: origin.spec,
                     number: 0,
                     stream: None,
+                    journal: None,
                 };
                 pipeline.line(&origin_row, line, now_ms, &mut out);
                 // Lines of multiline files change the state (a pending event) even when no
@@ -366,6 +384,13 @@ impl Ingest {
             };
             self.tailer.poll(&mut sink)
         };
+        let more = match &mut self.journal {
+            Some(journal) => {
+                let budget = self.read_budget;
+                journal.poll(&self.config, &mut self.pipeline, now_ms, budget, &mut out) || more
+            }
+            None => more,
+        };
         self.pipeline
             .tick(now_ms, flush && self.options.once, &mut out);
         if flush {
@@ -373,7 +398,15 @@ impl Ingest {
         }
         let notifications = out.into_notifications();
         let (now_positions, all_due) = self.positions_to_commit(flush, &changed_files);
-        if now_positions.is_empty() && notifications.is_empty() && !self.pipeline.has_changes() {
+        let journal_due = self
+            .journal
+            .as_ref()
+            .is_some_and(|j| j.position_moved() && (j.changed() || all_due));
+        if now_positions.is_empty()
+            && notifications.is_empty()
+            && !self.pipeline.has_changes()
+            && !journal_due
+        {
             return Ok(more);
         }
         let changes = self.pipeline.take_changes();
@@ -381,6 +414,11 @@ impl Ingest {
         for checkpoint in &now_positions {
             state_rows::record(&tx, checkpoint)?;
         }
+        let journal_saved = match &self.journal {
+            // Whenever something else is committed, the position goes along.
+            Some(journal) => journal.save_position(&tx, true)?,
+            None => false,
+        };
         state_rows::save_changes(&tx, &changes)?;
         if self.dry_run.is_none() {
             for n in &notifications {
@@ -389,6 +427,9 @@ impl Ingest {
         }
         tx.commit()?;
         self.extra.clear();
+        if journal_saved && let Some(journal) = &mut self.journal {
+            journal.committed();
+        }
         for checkpoint in &now_positions {
             if let Checkpoint::Progress(f) = checkpoint {
                 self.quiet_positions.remove(&f.key);

@@ -22,6 +22,7 @@
 mod descriptors;
 mod dry_run;
 mod ingest;
+mod journal_source;
 mod reload;
 mod reports;
 pub mod state_rows;

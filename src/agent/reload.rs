@@ -8,6 +8,7 @@ use std::time::Duration;
 use sd_notify::NotifyState;
 
 use super::ingest::{Ingest, tail_options};
+use super::journal_source::JournalSource;
 use super::reports::TailMetrics;
 use super::state_rows;
 use super::supervisor::{
@@ -198,6 +199,17 @@ impl Ingest {
             .filter(|(_, path)| !new.files.iter().any(|f| f.glob.is_match(path)))
             .map(|(key, _)| key)
             .collect();
+        // A journal source that reads another journal (or none) is made anew, from its own
+        // saved position; one reading the same journal goes on where it is.
+        let new_journal = match (&new.journal, self.journal.take()) {
+            (Some(j), Some(source)) if source.reads(j) => Some(source),
+            (Some(_), _) => JournalSource::new(&new, &self.store, !self.options.once)?,
+            (None, _) => {
+                self.health.set_journal_failing(None);
+                None
+            }
+        };
+        self.journal = new_journal;
         self.pipeline.switch_config(Arc::clone(&new));
         let committed = (|| {
             let changes = self.pipeline.take_changes();

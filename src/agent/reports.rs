@@ -32,6 +32,19 @@ impl<'m> PollOutput<'m> {
         self.effects
     }
 
+    /// Journal entries read in this poll, and messages among them cut at `max_line_bytes`.
+    pub(super) fn journal_read(&mut self, entries: u64, cut: u64) {
+        self.metrics.journal_entries.inc_by(entries);
+        if cut > 0 {
+            self.metrics
+                .cut_lines
+                .get_or_create(&ReasonLabel {
+                    reason: "max_line_bytes",
+                })
+                .inc_by(cut);
+        }
+    }
+
     pub(super) fn into_notifications(self) -> Vec<Notification> {
         self.notifications
     }

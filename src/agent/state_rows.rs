@@ -107,6 +107,7 @@ pub fn saved_events(store: &Store) -> Result<Vec<Event>, StoreError> {
             first_number: 0,
             last_number: 0,
             stream: None,
+            journal: None,
         })
         .collect())
 }

@@ -80,6 +80,77 @@ pub struct Config {
     pub self_alerts: Option<SelfAlerts>,
     /// Fleet mode (`fleet:`): shared pacing in Redis; off when `None`.
     pub fleet: Option<FleetConfig>,
+    /// The systemd journal as a source (`journal:`); off when `None`.
+    pub journal: Option<Journal>,
+}
+
+/// What `{file}` of a journal entry starts with; the unit follows. File paths are absolute,
+/// so no file's path starts with it.
+pub const JOURNAL_PREFIX: &str = "journal:";
+
+/// The `spec` of journal entries in a pipeline `Origin` (where a file's line has its
+/// `files` entry's index). It fits SQLite's integers, as pending events store it.
+pub const JOURNAL_SPEC: usize = i64::MAX as usize;
+
+/// `journal:`: entries of the systemd journal, read through `journalctl`.
+#[derive(Debug)]
+pub struct Journal {
+    /// A directory of journal files (`journalctl --directory`); `None`: the system journal.
+    pub directory: Option<PathBuf>,
+    /// Only entries of these units are read; `None`: every unit.
+    pub units: Option<Vec<UnitGlob>>,
+    /// Where to start when no position is saved.
+    pub start_at: StartAt,
+    /// Longer messages are cut to this many bytes.
+    pub max_line_bytes: usize,
+    /// How entries of one unit join into events (stack traces), if they do.
+    pub multiline: Option<Arc<Multiline>>,
+}
+
+impl Journal {
+    /// Whether entries of `unit` are read.
+    pub fn reads_unit(&self, unit: &str) -> bool {
+        self.units
+            .as_ref()
+            .is_none_or(|globs| globs.iter().any(|g| g.is_match(unit)))
+    }
+
+    /// The key its saved position is stored under: a position in one directory means
+    /// nothing in another.
+    pub fn position_key(&self) -> String {
+        match &self.directory {
+            Some(dir) => dir.to_string_lossy().into_owned(),
+            None => "system".to_owned(),
+        }
+    }
+}
+
+/// A glob on a unit's name (`app@*.service`), as `systemctl` takes them.
+#[derive(Debug, Clone)]
+pub struct UnitGlob {
+    pub pattern: String,
+    matcher: globset::GlobMatcher,
+}
+
+impl UnitGlob {
+    pub fn new(pattern: &str) -> Result<Self, globset::Error> {
+        Ok(Self {
+            pattern: pattern.to_owned(),
+            matcher: globset::Glob::new(pattern)?.compile_matcher(),
+        })
+    }
+
+    pub fn is_match(&self, unit: &str) -> bool {
+        self.matcher.is_match(unit)
+    }
+}
+
+/// How one source's lines are read: what a `files` entry or the journal says.
+#[derive(Debug, Clone, Copy)]
+pub struct Reading<'a> {
+    pub format: LogFormat,
+    pub max_line_bytes: usize,
+    pub multiline: Option<&'a Arc<Multiline>>,
 }
 
 /// `fleet:`: agents on many hosts share state in Redis.
@@ -137,6 +208,23 @@ impl Config {
             .map(|r| r.context_before)
             .max()
             .unwrap_or(0)
+    }
+
+    /// How lines of `spec` (a `files` index, or [`JOURNAL_SPEC`]) are read; `None` for an
+    /// index past the end (a `files` entry gone after a reload).
+    pub fn reading(&self, spec: usize) -> Option<Reading<'_>> {
+        if spec == JOURNAL_SPEC {
+            return self.journal.as_ref().map(|j| Reading {
+                format: LogFormat::Plain,
+                max_line_bytes: j.max_line_bytes,
+                multiline: j.multiline.as_ref(),
+            });
+        }
+        self.files.get(spec).map(|f| Reading {
+            format: f.format,
+            max_line_bytes: f.max_line_bytes,
+            multiline: f.multiline.as_ref(),
+        })
     }
 
     pub fn webhook(&self, name: &str) -> Option<&Webhook> {
@@ -236,18 +324,33 @@ pub struct Rule {
     pub thread_key: Template,
     pub message: Template,
     pub dedup: Option<Dedup>,
-    /// Restricts the rule to files matching one of these globs; `None` means every file.
+    /// Restricts the rule to files matching one of these globs; `None` means every file
+    /// (unless `units` is set).
     pub files: Option<Vec<PathGlob>>,
+    /// Restricts the rule to journal entries of these units; `None` means every unit
+    /// (unless `files` is set).
+    pub units: Option<Vec<UnitGlob>>,
     /// How many lines before a match its message shows (`{context}`).
     pub context_before: usize,
 }
 
 impl Rule {
-    /// Whether this rule applies to the file at `path`.
+    /// Whether this rule applies to the file at `path`, or to journal entries of a unit
+    /// when `path` is `journal:UNIT`. A rule limited to files sees no journal entry and
+    /// one limited to units no file; a rule with neither sees both.
     pub fn applies_to(&self, path: &Path) -> bool {
-        self.files
-            .as_ref()
-            .is_none_or(|globs| globs.iter().any(|g| g.is_match(path)))
+        let text = path.as_os_str().as_encoded_bytes();
+        if let Some(unit) = text.strip_prefix(JOURNAL_PREFIX.as_bytes()) {
+            let unit = String::from_utf8_lossy(unit);
+            return match (&self.units, &self.files) {
+                (Some(globs), _) => globs.iter().any(|g| g.is_match(&unit)),
+                (None, files) => files.is_none(),
+            };
+        }
+        match (&self.files, &self.units) {
+            (Some(globs), _) => globs.iter().any(|g| g.is_match(path)),
+            (None, units) => units.is_none(),
+        }
     }
 }
 

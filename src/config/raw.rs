@@ -25,6 +25,17 @@ pub struct RawConfig {
     pub admin: Option<RawAdmin>,
     pub self_alerts: Option<RawSelfAlerts>,
     pub fleet: Option<RawFleet>,
+    pub journal: Option<Spanned<RawJournal>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJournal {
+    pub directory: Option<Spanned<String>>,
+    pub units: Option<Vec<Spanned<String>>>,
+    pub start_at: Option<StartAt>,
+    pub max_line_bytes: Option<Spanned<u64>>,
+    pub multiline: Option<Spanned<RawMultiline>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -134,6 +145,7 @@ pub struct RawRule {
     pub message: Option<Spanned<String>>,
     pub dedup: Option<RawDedup>,
     pub files: Option<Vec<Spanned<String>>>,
+    pub units: Option<Vec<Spanned<String>>>,
     pub context: Option<RawContext>,
 }
 

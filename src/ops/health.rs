@@ -55,6 +55,8 @@ pub struct Health {
     out_of_descriptors_ms: AtomicI64,
     /// Fleet mode works on without Redis (locally), so this degrades, never fails, health.
     fleet_degraded: Mutex<Option<String>>,
+    /// Why `journalctl` cannot be run or keeps failing; files are still followed.
+    journal_failing: Mutex<Option<String>>,
 }
 
 impl Health {
@@ -204,6 +206,22 @@ impl Health {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = why;
     }
 
+    /// Why the journal cannot be read now (`None`: it can, or is not configured).
+    pub fn set_journal_failing(&self, why: Option<String>) {
+        *self
+            .journal_failing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = why;
+    }
+
+    /// Why the journal cannot be read now.
+    pub fn journal_failing(&self) -> Option<String> {
+        self.journal_failing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
     /// What works, but less well than configured (`/healthz` stays 200 and lists it).
     pub fn degradations(&self) -> Vec<String> {
         self.fleet_degraded
@@ -235,6 +253,9 @@ impl Health {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
+        if let Some(why) = self.journal_failing() {
+            problems.push(format!("the journal cannot be read: {why}"));
+        }
         if let Some((since, error)) = failing {
             let seconds = monotonic_ms().saturating_sub(since) / 1000;
             problems.push(format!(

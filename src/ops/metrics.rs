@@ -69,6 +69,9 @@ pub const FAILURE_REASONS: &[&str] = &[
     "other",
 ];
 
+/// The values the `reason` label of `chattail_journal_reader_restarts_total` can take.
+pub const JOURNAL_RESTART_REASONS: &[&str] = &["exited", "stuck", "malformed", "cannot_start"];
+
 /// Every metric of the agent. Cloning is cheap and shares the values.
 #[derive(Debug, Clone, Default)]
 pub struct Metrics {
@@ -103,6 +106,13 @@ pub struct Metrics {
     /// Fleet mode: answers from Redis that were out of range (a pacing wait longer than
     /// any reservation can be), ignored in favour of local pacing.
     pub fleet_bad_answers: Counter,
+    /// Journal entries read (of every unit, before `journal.units` filters them).
+    pub journal_entries: Counter,
+    /// `journalctl` restarts, by why the last one ended (`exited`, `stuck`, `malformed`,
+    /// `cannot_start`).
+    pub journal_restarts: Family<ReasonLabel, Counter>,
+    /// Times the saved journal position was gone at a start (rotated or vacuumed away).
+    pub journal_gaps: Counter,
     /// Whether the fleet metrics are exported (fleet mode configured at start).
     pub fleet_enabled: bool,
 }
@@ -160,6 +170,9 @@ impl Metrics {
         }
         for format in formats {
             let _ = self.decode_errors.get_or_create(&FormatLabel { format });
+        }
+        for reason in JOURNAL_RESTART_REASONS {
+            let _ = self.journal_restarts.get_or_create(&ReasonLabel { reason });
         }
     }
 
@@ -283,6 +296,21 @@ impl Metrics {
         );
         // Only agents configured for fleet mode at start export these, so that an alert
         // on `chattail_fleet_connected == 0` never fires for an agent that paces alone.
+        r.register(
+            "chattail_journal_entries",
+            "Journal entries read, of every unit (journal.units filters after)",
+            self.journal_entries.clone(),
+        );
+        r.register(
+            "chattail_journal_reader_restarts",
+            "journalctl restarts, by why the last one ended (exited, stuck, malformed, cannot_start)",
+            self.journal_restarts.clone(),
+        );
+        r.register(
+            "chattail_journal_gaps",
+            "Starts whose saved journal position was gone (rotated or vacuumed): entries may have been skipped; the log says how many",
+            self.journal_gaps.clone(),
+        );
         if self.fleet_enabled {
             r.register(
                 "chattail_fleet_connected",

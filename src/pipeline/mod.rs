@@ -20,6 +20,7 @@ pub mod chat_text;
 pub mod container_path;
 pub mod context;
 pub mod decode;
+pub mod journal_fields;
 pub mod multiline;
 pub mod pattern;
 pub mod rules;
@@ -64,6 +65,9 @@ pub struct Origin<'a> {
     pub number: u64,
     /// The stream a decoded line was written to (set by the pipeline; callers pass `None`).
     pub stream: Option<decode::Stream>,
+    /// The writer of a journal entry (`spec` is then [`crate::config::JOURNAL_SPEC`] and
+    /// `path` `journal:UNIT`); `None` for files.
+    pub journal: Option<&'a journal_fields::JournalFields>,
 }
 
 /// What became of a hit.
@@ -219,11 +223,11 @@ impl Pipeline {
     pub fn line(&mut self, origin: &Origin<'_>, line: &[u8], now_ms: i64, out: &mut dyn Output) {
         // Container logs are decoded first: multiline and rules see what the application
         // wrote. Plain files (the common case) pay one comparison.
-        let spec = self.config.files.get(origin.spec);
-        let format = spec.map_or(decode::Format::Plain, |f| f.format);
+        let reading = self.config.reading(origin.spec);
+        let format = reading.map_or(decode::Format::Plain, |r| r.format);
         if format != decode::Format::Plain {
             let max_bytes =
-                spec.map_or(crate::config::DEFAULT_MAX_LINE_BYTES, |f| f.max_line_bytes);
+                reading.map_or(crate::config::DEFAULT_MAX_LINE_BYTES, |r| r.max_line_bytes);
             let decoded = self.partials.decode(
                 (origin.id, origin.path, origin.spec),
                 format,
@@ -264,12 +268,15 @@ impl Pipeline {
         // the assembler, part of `self`, changes.
         let Some(settings) = self
             .config
-            .files
-            .get(origin.spec)
-            .and_then(|f| f.multiline.clone())
+            .reading(origin.spec)
+            .and_then(|r| r.multiline.cloned())
         else {
             let lines = (origin.number, origin.number);
-            self.evaluate(origin.path, line, lines, origin.stream, now_ms, out);
+            let from = Written {
+                stream: origin.stream,
+                journal: origin.journal,
+            };
+            self.evaluate(origin.path, line, lines, from, now_ms, out);
             return;
         };
         let mut done = std::mem::take(&mut self.events);
@@ -298,9 +305,8 @@ impl Pipeline {
                     return None;
                 }
                 config
-                    .files
-                    .get(e.spec)
-                    .and_then(|f| f.multiline.as_ref())
+                    .reading(e.spec)
+                    .and_then(|r| r.multiline)
                     .map(|m| m.timeout)
             },
             &mut done,
@@ -318,6 +324,7 @@ impl Pipeline {
                 spec: piece.spec,
                 number: 0,
                 stream: piece.stream,
+                journal: None,
             };
             self.decoded_line(&origin, &piece.bytes, now_ms, out);
         }
@@ -381,6 +388,9 @@ impl Pipeline {
         let old = Arc::clone(&self.config);
         self.assembler.respec(
             |spec| {
+                if spec == crate::config::JOURNAL_SPEC {
+                    return new.journal.is_some().then_some(spec);
+                }
                 let pattern = &old.files.get(spec)?.pattern;
                 new.files.iter().position(|f| &f.pattern == pattern)
             },
@@ -400,11 +410,15 @@ impl Pipeline {
     }
 
     fn evaluate_event(&mut self, event: &Event, now_ms: i64, out: &mut dyn Output) {
+        let from = Written {
+            stream: event.stream,
+            journal: event.journal.as_ref(),
+        };
         self.evaluate(
             &event.path,
             &event.bytes,
             (event.first_number, event.last_number),
-            event.stream,
+            from,
             now_ms,
             out,
         );
@@ -420,7 +434,7 @@ impl Pipeline {
         path: &Path,
         text: &[u8],
         lines: (u64, u64),
-        stream: Option<decode::Stream>,
+        from: Written<'_>,
         now_ms: i64,
         out: &mut dyn Output,
     ) {
@@ -457,7 +471,8 @@ impl Pipeline {
             let source = Source {
                 file: &file,
                 host,
-                stream: stream.map(decode::Stream::name),
+                stream: from.stream.map(decode::Stream::name),
+                journal: from.journal,
             };
             let n = hit.notification_with_context(text, &source, &context);
             let routed = match &hit.rule.dedup {
@@ -552,6 +567,13 @@ impl Pipeline {
     }
 }
 
+/// Who wrote a line or event, beyond its file: what the source built-ins render.
+#[derive(Debug, Clone, Copy)]
+struct Written<'a> {
+    stream: Option<decode::Stream>,
+    journal: Option<&'a journal_fields::JournalFields>,
+}
+
 /// `dedup.window` by rule name.
 fn dedup_windows(config: &Config) -> HashMap<String, Duration> {
     config
@@ -602,7 +624,7 @@ mod tests {
             for (line, spec, step) in &lines {
                 now += step;
                 let path = Path::new(if *spec == 0 { "/var/log/plain.log" } else { "/var/log/traces.log" });
-                let origin = Origin { id: FileId { dev: 1, ino: *spec as u64 }, path, spec: *spec, number: 0, stream: None };
+                let origin = Origin { id: FileId { dev: 1, ino: *spec as u64 }, path, spec: *spec, number: 0, stream: None, journal: None };
                 pipeline.line(&origin, line, now, &mut out);
                 pipeline.tick(now, false, &mut out);
             }

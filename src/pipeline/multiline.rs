@@ -39,6 +39,9 @@ pub struct Event {
     /// The stream of its first line (container logs); not persisted: an event resumed
     /// after a restart renders `{stream}` empty.
     pub stream: Option<crate::pipeline::decode::Stream>,
+    /// The writer of its first entry (journal); not persisted, like `stream`: an event
+    /// resumed after a restart renders `{identifier}`, `{pid}` and `{priority}` empty.
+    pub journal: Option<crate::pipeline::journal_fields::JournalFields>,
 }
 
 /// What changed about one file's pending event, for the state.
@@ -128,6 +131,7 @@ impl Assembler {
                 last_ms: now_ms,
                 first_number: origin.number,
                 stream: origin.stream,
+                journal: origin.journal.cloned(),
                 last_number: origin.number,
             },
         );
@@ -233,6 +237,7 @@ mod tests {
             spec: 0,
             number: 0,
             stream: None,
+            journal: None,
         }
     }
 

@@ -78,6 +78,8 @@ pub struct Source<'a> {
     pub host: &'a str,
     /// `stdout` or `stderr` for container logs.
     pub stream: Option<&'a str>,
+    /// The writer of a journal entry.
+    pub journal: Option<&'a crate::pipeline::journal_fields::JournalFields>,
 }
 
 impl RuleSet {
@@ -148,6 +150,7 @@ impl Hit<'_, '_> {
             captures: Some(&self.captures),
             context,
             stream: source.stream,
+            journal: source.journal,
         }
     }
 
@@ -229,6 +232,7 @@ mod tests {
             file: "/var/log/app/web.log",
             host: "web-1",
             stream: None,
+            journal: None,
         };
         let mut out = Vec::new();
         set.evaluate(line, |hit| out.push(hit.notification(line, &source)));

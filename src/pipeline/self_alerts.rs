@@ -35,6 +35,8 @@ pub struct Facts {
     pub out_of_descriptors: bool,
     /// Fleet mode: why this agent works alone now (Redis cannot be reached).
     pub fleet_alone: Option<String>,
+    /// Why the journal cannot be read now (`journalctl` missing, refused, failing).
+    pub journal_failing: Option<String>,
 }
 
 /// An episode that opened or cleared, for the caller's log.
@@ -62,6 +64,7 @@ enum Condition {
     Missing(String),
     OutOfDescriptors,
     FleetAlone,
+    JournalReader,
 }
 
 #[derive(Debug, Default)]
@@ -117,6 +120,7 @@ impl SelfAlerts {
                 Condition::Parked(name) => config.webhook(name).is_some(),
                 Condition::Missing(p) => config.files.iter().any(|f| &f.pattern == p),
                 Condition::FleetAlone => config.fleet.is_some(),
+                Condition::JournalReader => config.journal.is_some(),
                 Condition::OutboxHigh | Condition::OutOfDescriptors => true,
             };
             let what = if still_configured {
@@ -185,6 +189,12 @@ impl SelfAlerts {
                 ),
             );
         }
+        if let Some(why) = &facts.journal_failing {
+            active.insert(
+                Condition::JournalReader,
+                format!("{why}. The files are still followed; journal entries are read from where reading stopped once it works."),
+            );
+        }
         let mut configured = Vec::new();
         for (i, spec) in config.files.iter().enumerate() {
             configured.push(spec.pattern.clone());
@@ -248,6 +258,7 @@ fn subject(condition: &Condition) -> String {
         Condition::Missing(p) => format!("`{p}`"),
         Condition::OutOfDescriptors => "The log reader".to_owned(),
         Condition::FleetAlone => "Fleet mode".to_owned(),
+        Condition::JournalReader => "The journal reader".to_owned(),
     }
 }
 
@@ -263,6 +274,8 @@ fn describe(condition: &Condition, cleared: bool) -> String {
         (Condition::OutOfDescriptors, true) => "has the descriptors it needs again",
         (Condition::FleetAlone, false) => "works alone: Redis cannot be reached.",
         (Condition::FleetAlone, true) => "shares with the fleet again",
+        (Condition::JournalReader, false) => "cannot read the journal.",
+        (Condition::JournalReader, true) => "reads the journal again",
     };
     format!("{} {state}", subject(condition))
 }
@@ -337,6 +350,7 @@ mod tests {
     #[test]
     fn fleet_mode_working_alone_is_an_episode() {
         let mut facts = Facts {
+            journal_failing: None,
             fleet_alone: Some(
                 "fleet: Redis r:6379/0 unreachable (refused); pacing locally".to_owned(),
             ),

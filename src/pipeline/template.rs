@@ -17,14 +17,30 @@ pub const BUILTINS: [&str; 6] = ["line", "first_line", "context", "file", "rule"
 
 /// Built-ins a line's source provides (container logs), empty for a line whose source
 /// does not. A capture group of the same name shadows one (the capture is used).
-pub const SOURCE_BUILTINS: [&str; 4] = ["stream", "namespace", "pod", "container"];
+pub const SOURCE_BUILTINS: [&str; 8] = [
+    "stream",
+    "namespace",
+    "pod",
+    "container",
+    "unit",
+    "identifier",
+    "pid",
+    "priority",
+];
+
+/// The source built-ins of journal entries.
+pub const JOURNAL_BUILTINS: [&str; 4] = ["unit", "identifier", "pid", "priority"];
 
 /// The source built-ins that `files` entries (their format and glob) provide.
 pub fn provided_builtins<'a>(
     files: impl Iterator<Item = (crate::config::LogFormat, &'a str)>,
+    journal: bool,
 ) -> Vec<&'static str> {
     use crate::config::LogFormat;
     let mut provided = Vec::new();
+    if journal {
+        provided.extend(JOURNAL_BUILTINS);
+    }
     for (format, pattern) in files {
         let shape = crate::pipeline::container_path::container_log_glob(pattern);
         let kubelet = shape == Some(LogFormat::Cri);
@@ -48,6 +64,9 @@ pub fn provided_builtins<'a>(
 pub fn builtin_needs(name: &str) -> &'static str {
     match name {
         "stream" => "it needs an entry with `format: cri` or `format: docker`",
+        "unit" | "identifier" | "pid" | "priority" => {
+            "it needs a `journal` block (the built-in exists for journal entries)"
+        }
         "container" => {
             "it needs an entry whose glob follows the kubelet's layout or Docker's (`…/containers/*/*-json.log`)"
         }
@@ -72,6 +91,10 @@ enum Segment {
     Namespace,
     Pod,
     Container,
+    Unit,
+    Identifier,
+    Pid,
+    Priority,
 }
 
 /// A parsed template. `Debug` shows the source text.
@@ -87,7 +110,8 @@ pub enum TemplateError {
     #[error(
         "names `{{{name}}}`, which the pattern does not define \
          (named groups: {groups}; built-ins: line, first_line, context, file, rule, host, \
-         and for container logs stream, namespace, pod, container)"
+         for container logs stream, namespace, pod, container; for the journal unit, \
+         identifier, pid, priority)"
     )]
     UnknownName { name: String, groups: String },
     #[error(
@@ -118,6 +142,9 @@ pub struct RenderContext<'a> {
     pub context: &'a [u8],
     /// `stdout` or `stderr` for container logs; `None` for plain files.
     pub stream: Option<&'a str>,
+    /// The writer of a journal entry; `None` for files (and for a journal event resumed
+    /// after a restart, whose `{identifier}`, `{pid}` and `{priority}` render empty).
+    pub journal: Option<&'a crate::pipeline::journal_fields::JournalFields>,
 }
 
 /// How substituted values are written into the output.
@@ -170,6 +197,10 @@ impl Template {
                         "namespace" => Some(Segment::Namespace),
                         "pod" => Some(Segment::Pod),
                         "container" => Some(Segment::Container),
+                        "unit" => Some(Segment::Unit),
+                        "identifier" => Some(Segment::Identifier),
+                        "pid" => Some(Segment::Pid),
+                        "priority" => Some(Segment::Priority),
                         _ => None,
                     };
                     let segment = match name.as_str() {
@@ -227,6 +258,10 @@ impl Template {
                 Segment::Namespace => Some("namespace"),
                 Segment::Pod => Some("pod"),
                 Segment::Container => Some("container"),
+                Segment::Unit => Some("unit"),
+                Segment::Identifier => Some("identifier"),
+                Segment::Pid => Some("pid"),
+                Segment::Priority => Some("priority"),
                 _ => None,
             })
             .collect();
@@ -277,6 +312,14 @@ impl Template {
                         .container
                         .unwrap_or(""),
                 ),
+                Segment::Unit => {
+                    Cow::Borrowed(crate::pipeline::journal_fields::unit_of(ctx.file).unwrap_or(""))
+                }
+                Segment::Identifier => {
+                    Cow::Borrowed(ctx.journal.map_or("", |j| j.identifier.as_str()))
+                }
+                Segment::Pid => Cow::Borrowed(ctx.journal.map_or("", |j| j.pid.as_str())),
+                Segment::Priority => Cow::Borrowed(ctx.journal.map_or("", |j| j.priority.as_str())),
                 Segment::Group { index } => match ctx.captures.and_then(|caps| caps.get(*index)) {
                     Some(m) => String::from_utf8_lossy(m),
                     None => continue,
@@ -334,6 +377,7 @@ mod tests {
             captures: caps,
             context: b"",
             stream: None,
+            journal: None,
         }
     }
 
@@ -362,7 +406,7 @@ mod tests {
         let re = RulePattern::new(r"(?P<db>\S+)", 1 << 20).unwrap();
         assert_eq!(
             parse_for(&re, "x-{nosuch}").unwrap_err().to_string(),
-            "names `{nosuch}`, which the pattern does not define (named groups: db; built-ins: line, first_line, context, file, rule, host, and for container logs stream, namespace, pod, container)"
+            "names `{nosuch}`, which the pattern does not define (named groups: db; built-ins: line, first_line, context, file, rule, host, for container logs stream, namespace, pod, container; for the journal unit, identifier, pid, priority)"
         );
         assert_eq!(
             parse_for(&re, "a}b"),

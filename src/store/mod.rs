@@ -251,6 +251,15 @@ impl Store {
         read_files(&self.conn)
     }
 
+    /// Where reading `journal` stopped, if it ever started.
+    pub fn saved_journal_position(&self, journal: &str) -> Result<Option<String>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT cursor FROM journal_positions WHERE journal = ?1")?;
+        let mut rows = stmt.query_map(params![journal], |r| r.get::<_, String>(0))?;
+        Ok(rows.next().transpose()?)
+    }
+
     /// The open burst windows.
     pub fn saved_windows(&self) -> Result<Vec<WindowRow>, StoreError> {
         let mut stmt = self.conn.prepare(
@@ -433,6 +442,18 @@ impl StoreTx<'_> {
         self.tx
             .prepare_cached("DELETE FROM bursts WHERE rule = ?1 AND key = ?2")?
             .execute(params![rule, key])?;
+        Ok(())
+    }
+
+    /// Records where reading `journal` stopped: the cursor of the last entry whose
+    /// notifications this transaction queues.
+    pub fn save_journal_position(&self, journal: &str, cursor: &str) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO journal_positions (journal, cursor) VALUES (?1, ?2)
+                 ON CONFLICT (journal) DO UPDATE SET cursor = excluded.cursor",
+            )?
+            .execute(params![journal, cursor])?;
         Ok(())
     }
 

@@ -6,7 +6,7 @@ use rusqlite::Connection;
 use super::{StoreError, random_hex};
 
 /// The schema version this code writes.
-pub const SCHEMA_VERSION: i64 = 8;
+pub const SCHEMA_VERSION: i64 = 9;
 
 /// Creates or upgrades the schema of `conn` (the database at `path`, for errors).
 pub fn migrate(conn: &Connection, path: &std::path::Path) -> Result<(), StoreError> {
@@ -174,6 +174,20 @@ pub fn migrate(conn: &Connection, path: &std::path::Path) -> Result<(), StoreErr
                  PRIMARY KEY (dev, ino, stream)
              );
              PRAGMA user_version = 8;
+             COMMIT;",
+        )?;
+    }
+    if version < 9 {
+        // Where reading the systemd journal stopped (a `journalctl` cursor), per journal
+        // (a directory, or `system`), committed with the notifications of the entries
+        // before it.
+        conn.execute_batch(
+            "BEGIN;
+             CREATE TABLE journal_positions (
+                 journal TEXT NOT NULL PRIMARY KEY,
+                 cursor  TEXT NOT NULL
+             );
+             PRAGMA user_version = 9;
              COMMIT;",
         )?;
     }

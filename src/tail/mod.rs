@@ -411,6 +411,12 @@ impl Tailer {
 
     /// Blocks until there may be something to do: a file event, or the next sweep.
     pub fn wait(&mut self, max: Duration) {
+        self.wait_also(max, None);
+    }
+
+    /// As [`wait`](Self::wait), and wakes up at once when `also` (another source's pipe)
+    /// becomes readable.
+    pub fn wait_also(&mut self, max: Duration, also: Option<std::os::fd::RawFd>) {
         if self.rescan_requested || self.files.values().any(|f| f.wants_read) {
             return;
         }
@@ -424,9 +430,13 @@ impl Tailer {
                 // gather for a moment so that one poll reads it all. Sleeping (instead of
                 // waking for every further event) keeps a busy directory from costing a
                 // thread switch per write.
-                if w.wait(timeout) {
+                let woken = w.wait(timeout, also);
+                if woken.events && !woken.also {
                     std::thread::sleep(self.options.coalesce.min(timeout));
                 }
+            }
+            None if also.is_some() => {
+                wakeups::wait_for(None, also, timeout);
             }
             None => std::thread::sleep(timeout),
         }

@@ -14,6 +14,7 @@
 use std::collections::{HashMap, HashSet};
 use std::ffi::{CString, OsStr};
 use std::io;
+use std::os::fd::RawFd;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -154,19 +155,8 @@ impl Wakeups {
     }
 
     /// Waits up to `timeout` for an event. Returns whether one may have arrived.
-    pub fn wait(&mut self, timeout: Duration) -> bool {
-        // Round up, so that a wait of less than a millisecond does not spin.
-        let millis = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
-        let mut poll = libc::pollfd {
-            fd: self.fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd, and its count.
-        let ready = unsafe { libc::poll(&mut poll, 1, millis) };
-        // An interrupted wait (-1, EINTR) counts as a wake-up; the caller looks and waits
-        // again.
-        ready != 0
+    pub fn wait(&mut self, timeout: Duration, also: Option<RawFd>) -> Woken {
+        wait_for(Some(self.fd.as_raw_fd()), also, timeout)
     }
 
     /// Takes every hint received so far.
@@ -301,5 +291,38 @@ impl Wakeups {
             // Created, deleted, renamed, or its metadata changed.
             self.pending.rescan = true;
         }
+    }
+}
+
+/// What ended a wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Woken {
+    /// File events arrived (or the wait was interrupted).
+    pub events: bool,
+    /// The other descriptor is readable.
+    pub also: bool,
+}
+
+/// Waits until `events` or `also` is readable, or `timeout` passes.
+pub fn wait_for(events: Option<RawFd>, also: Option<RawFd>, timeout: Duration) -> Woken {
+    // Round up, so that a wait of less than a millisecond does not spin.
+    let millis = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+    let fds: Vec<libc::pollfd> = [events, also]
+        .into_iter()
+        .map(|fd| libc::pollfd {
+            // A negative descriptor is ignored by poll.
+            fd: fd.unwrap_or(-1),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let mut fds = fds;
+    // SAFETY: a valid array of pollfd, and its count.
+    let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, millis) };
+    // An interrupted wait (-1, EINTR) counts as a wake-up; the caller looks and waits
+    // again.
+    Woken {
+        events: ready < 0 || (events.is_some() && fds[0].revents != 0),
+        also: also.is_some() && fds[1].revents != 0,
     }
 }

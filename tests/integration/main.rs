@@ -8,6 +8,7 @@ mod cli_commands;
 mod container_logs;
 mod fleet;
 mod hostile_input;
+mod journal;
 mod mock_chat;
 mod module_edges;
 mod operating;

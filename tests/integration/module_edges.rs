@@ -31,6 +31,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("fleet", &["config", "ops", "redis_url"]),
     ("pipeline", &["config"]),
     ("tail", &["path_glob"]),
+    ("journal", &["pipeline::journal_fields"]),
     ("store", &["clock", "pipeline::chat_text"]),
     (
         "deliver",
@@ -57,6 +58,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "config",
             "deliver",
             "fleet",
+            "journal",
             "ops",
             "pipeline",
             "store",

@@ -18,6 +18,7 @@ fn notifications(input: &[u8]) -> Vec<Notification> {
         file: "/var/log/app/web.log",
         host: &config.host,
         stream: None,
+        journal: None,
     };
     let mut out = Vec::new();
     for line in input.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {

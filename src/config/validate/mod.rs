@@ -59,6 +59,7 @@ pub(super) fn validate(
         options,
         base_dir,
         provided: Vec::new(),
+        has_journal: false,
     };
     let config = v.config(path, raw);
     if v.report.has_errors() {
@@ -77,6 +78,8 @@ struct Validator<'a> {
     base_dir: &'a Path,
     /// The source built-ins some `files` entry provides (`stream`, `namespace`, ...).
     provided: Vec<&'static str>,
+    /// `journal:` is configured (a rule's `units` has something to limit).
+    has_journal: bool,
 }
 
 fn loc<T>(spanned: &Spanned<T>) -> Option<Location> {
@@ -104,10 +107,10 @@ impl Validator<'_> {
                 "no `webhooks` are defined: add at least one, e.g. `webhooks: {oncall: {url: ${ONCALL_WEBHOOK_URL}}}`",
             );
         }
-        if raw.files.is_empty() {
+        if raw.files.is_empty() && raw.journal.is_none() {
             self.report.error(
                 None,
-                "no `files` are configured: add at least one `- path: /var/log/app/*.log`",
+                "no `files` and no `journal` are configured: add at least one `- path: /var/log/app/*.log` under `files`, or `journal: {}` to read the systemd journal",
             );
         }
         let self_alerts = raw.self_alerts.as_ref().map(|s| self.self_alerts(s, &raw));
@@ -122,9 +125,12 @@ impl Validator<'_> {
             .enumerate()
             .filter_map(|(i, file)| self.file(i, file, default_missing_after))
             .collect::<Vec<FileSpec>>();
+        let journal = raw.journal.as_ref().and_then(|j| self.journal(j));
         self.provided = crate::pipeline::template::provided_builtins(
             files.iter().map(|f| (f.format, f.pattern.as_str())),
+            raw.journal.is_some(),
         );
+        self.has_journal = raw.journal.is_some();
         if raw.rules.is_empty() {
             self.report.error(
                 None,
@@ -163,7 +169,90 @@ impl Validator<'_> {
             admin_listen,
             self_alerts,
             fleet,
+            journal,
         }
+    }
+
+    /// The `journal:` block.
+    fn journal(&mut self, raw: &Spanned<super::raw::RawJournal>) -> Option<super::Journal> {
+        let r = &raw.value;
+        let directory = r
+            .directory
+            .as_ref()
+            .map(|d| self.path_value(d, "journal.directory"));
+        let units = match &r.units {
+            None => None,
+            Some(globs) if globs.is_empty() => {
+                self.report.error(
+                    loc(raw),
+                    "journal.units is empty; leave it out to read every unit",
+                );
+                None
+            }
+            Some(globs) => self.unit_globs(globs, "journal.units"),
+        };
+        let max_line_bytes = match &r.max_line_bytes {
+            None => DEFAULT_MAX_LINE_BYTES,
+            Some(n) if MAX_LINE_BYTES_RANGE.contains(&n.value) => {
+                usize::try_from(n.value).unwrap_or(DEFAULT_MAX_LINE_BYTES)
+            }
+            Some(n) => {
+                self.report.error(
+                    loc(n),
+                    format!(
+                        "journal.max_line_bytes must be between {} and {}, not {}",
+                        MAX_LINE_BYTES_RANGE.start(),
+                        MAX_LINE_BYTES_RANGE.end(),
+                        n.value
+                    ),
+                );
+                DEFAULT_MAX_LINE_BYTES
+            }
+        };
+        let multiline = r
+            .multiline
+            .as_ref()
+            .and_then(|m| self.multiline(m, "journal.multiline"))
+            .map(Arc::new);
+        Some(super::Journal {
+            directory,
+            units,
+            start_at: r.start_at.unwrap_or_default(),
+            max_line_bytes,
+            multiline,
+        })
+    }
+
+    /// Globs on unit names (`journal.units`, `rules[].units`), expanded and compiled.
+    pub(super) fn unit_globs(
+        &mut self,
+        globs: &[Spanned<String>],
+        what: &str,
+    ) -> Option<Vec<super::UnitGlob>> {
+        let mut compiled = Vec::new();
+        let mut ok = true;
+        for (i, glob) in globs.iter().enumerate() {
+            let what = format!("{what}[{i}]");
+            let Some(text) = self.expanded(glob, &what) else {
+                ok = false;
+                continue;
+            };
+            match super::UnitGlob::new(text.trim()) {
+                Ok(g) if !text.trim().is_empty() => compiled.push(g),
+                Ok(_) => {
+                    self.report.error(loc(glob), format!("{what} is empty"));
+                    ok = false;
+                }
+                Err(error) => {
+                    self.report.error(
+                        loc(glob),
+                        format!("{what}: `{text}` is not a valid glob: {}", error.kind()),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(compiled)
     }
 
     fn fleet(&mut self, raw: &RawFleet) -> Option<super::FleetConfig> {
@@ -244,7 +333,7 @@ impl Validator<'_> {
         let multiline = file
             .multiline
             .as_ref()
-            .and_then(|m| self.multiline(m, i))
+            .and_then(|m| self.multiline(m, &format!("files[{i}].multiline")))
             .map(Arc::new);
         let glob = self.glob_path(&file.path, &format!("files[{i}].path"))?;
         if glob.ends_with_any_dirs() {

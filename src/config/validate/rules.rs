@@ -61,6 +61,22 @@ impl Validator<'_> {
                 .collect();
             compiled.into_iter().collect::<Option<Vec<PathGlob>>>()
         });
+        let units = raw.units.as_ref().and_then(|globs| {
+            if globs.is_empty() {
+                self.report.error(
+                    loc(&raw.name),
+                    format!("rule `{name}`: `units` is empty; leave it out to apply the rule to every unit"),
+                );
+                return None;
+            }
+            if !self.has_journal {
+                self.report.warning(
+                    loc(&globs[0]),
+                    format!("rule `{name}`: `units` limits the rule to journal entries, but no `journal` is configured: the rule sees nothing"),
+                );
+            }
+            self.unit_globs(globs, &what("units"))
+        });
 
         // Templates can only be checked against a pattern that compiled.
         let pattern = pattern?;
@@ -137,6 +153,7 @@ impl Validator<'_> {
             message: message?,
             dedup,
             files,
+            units,
             context_before,
         })
     }
@@ -252,8 +269,11 @@ impl Validator<'_> {
         })
     }
 
-    pub(super) fn multiline(&mut self, raw: &Spanned<RawMultiline>, i: usize) -> Option<Multiline> {
-        let what = format!("files[{i}].multiline");
+    pub(super) fn multiline(
+        &mut self,
+        raw: &Spanned<RawMultiline>,
+        what: &str,
+    ) -> Option<Multiline> {
         let r = &raw.value;
         let boundary = match (&r.start, &r.preset) {
             (Some(start), None) => {

@@ -26,6 +26,8 @@ pub(super) struct JournalSource {
     reader: JournalReader,
     /// Where its position is saved (the directory, or `system`).
     key: String,
+    /// The reader's cut of messages (`journal.max_line_bytes`).
+    max_message: usize,
     /// The position in the state database.
     committed: Option<String>,
     /// Entries since the last commit changed the state: the position goes with it.
@@ -65,15 +67,17 @@ impl JournalSource {
         Ok(Some(Self {
             reader: JournalReader::new(reader_options(journal, follow), committed.clone()),
             key,
+            max_message: journal.max_line_bytes,
             committed,
             changed: false,
             path: PathBuf::new(),
         }))
     }
 
-    /// Whether this source reads what `journal` configures (else it is made anew).
+    /// Whether this source reads what `journal` configures (else it is made anew, from
+    /// the position a reload's switch has just committed).
     pub(super) fn reads(&self, journal: &Journal) -> bool {
-        self.key == journal.position_key()
+        self.key == journal.position_key() && self.max_message == journal.max_line_bytes
     }
 
     /// The pipe to wait on.

@@ -98,12 +98,17 @@ fn timeouts(file: &Path, unit: &str, range: std::ops::Range<usize>) {
 /// beginning, with `rules` besides the default `db-timeout` rule (which has neither
 /// `files` nor `units`, so it sees both).
 fn journal_agent(url: &str, rules: &str, extra: &str) -> (Agent, PathBuf) {
+    journal_agent_from(url, rules, extra, "beginning")
+}
+
+/// As [`journal_agent`], starting at `start_at` when no position is saved.
+fn journal_agent_from(url: &str, rules: &str, extra: &str, start_at: &str) -> (Agent, PathBuf) {
     let agent = Agent::new(&crate::agent_support::oncall(url), rules);
     let dir = agent.dir.path().join("journal");
     fs::create_dir_all(&dir).unwrap();
     let mut yaml = fs::read_to_string(&agent.config).unwrap();
     yaml.push_str(&format!(
-        "journal:\n  directory: {}\n  start_at: beginning\n{extra}",
+        "journal:\n  directory: {}\n  start_at: {start_at}\n{extra}",
         dir.display()
     ));
     fs::write(&agent.config, yaml).unwrap();
@@ -341,5 +346,95 @@ fn a_reader_that_cannot_start_is_reported_while_files_are_followed() {
         agent.stderr().contains("was not found"),
         "{}",
         agent.stderr()
+    );
+}
+
+/// Without a saved position the agent starts at the end: what the journal held is not
+/// posted; the end it found is saved at once, so entries written while it is down before
+/// any new entry came are still read after a restart.
+#[test]
+fn starting_at_the_end_saves_the_end_it_found() {
+    let (chat, url) = open_chat();
+    let (mut agent, journal) = journal_agent_from(&url, "", "", "end");
+    timeouts(&journal, "db-client.service", 0..3);
+    agent.start();
+    let db = agent.dir.path().join("state/state.sqlite3");
+    wait_for("the end to be saved", Duration::from_secs(30), || {
+        rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .and_then(|c| {
+                c.query_row("SELECT COUNT(*) FROM journal_positions", [], |r| {
+                    r.get::<_, i64>(0)
+                })
+            })
+            .is_ok_and(|n| n == 1)
+    });
+    assert!(agent.terminate().success());
+    timeouts(&journal, "db-client.service", 3..5);
+    agent.start();
+    wait_for(
+        "the entries written while it was down",
+        Duration::from_secs(30),
+        || all_numbers(&chat).len() >= 2,
+    );
+    assert!(agent.terminate().success());
+    assert_eq!(all_numbers(&chat), vec![3, 4]);
+}
+
+/// A Java trace logged by two units at once: the `java` preset joins each unit's lines
+/// into its own event, and `context.before` shows the unit's own previous entry.
+#[test]
+fn multiline_events_and_context_group_entries_per_unit() {
+    let (chat, url) = open_chat();
+    let rules = "  - name: exception\n    match: 'Exception in thread \"main\" (?P<what>[\\w.]+)'\n    units: ['*.service']\n    webhook: oncall\n    \
+        thread_key: '{unit}'\n    context: {before: 1}\n    message: \"{unit}: {context} | {line}\"\n";
+    let (mut agent, journal) =
+        journal_agent(&url, rules, "  multiline: {preset: java, timeout: 300ms}\n");
+    let line = |unit: &'static str, message: &'static str| Entry {
+        unit,
+        message: message.as_bytes(),
+        pid: 1,
+    };
+    append(
+        &journal,
+        &[
+            line("a.service", "INFO a starts"),
+            line("b.service", "INFO b starts"),
+            line(
+                "a.service",
+                "Exception in thread \"main\" java.lang.IllegalStateException: a",
+            ),
+            line(
+                "b.service",
+                "Exception in thread \"main\" java.io.IOException: b",
+            ),
+            line("a.service", "\tat A.run(A.java:1)"),
+            line("b.service", "\tat B.run(B.java:2)"),
+            line("a.service", "INFO a goes on"),
+            line("b.service", "INFO b goes on"),
+        ],
+    );
+    agent.start();
+    wait_for("both traces", Duration::from_secs(30), || {
+        chat.messages().len() >= 2
+    });
+    assert!(agent.terminate().success());
+    let mut texts: Vec<String> = chat.messages().iter().map(|m| m.text.clone()).collect();
+    texts.sort();
+    assert_eq!(texts.len(), 2, "{texts:?}");
+    assert!(
+        texts[0].starts_with("a.service: INFO a starts | Exception"),
+        "{texts:?}"
+    );
+    assert!(
+        texts[0].contains("at A.run(A.java:1)") && !texts[0].contains("B.run"),
+        "{texts:?}"
+    );
+    assert!(
+        texts[1].starts_with("b.service: INFO b starts | Exception"),
+        "{texts:?}"
+    );
+    assert!(
+        texts[1].contains("at B.run(B.java:2)") && !texts[1].contains("A.run"),
+        "{texts:?}"
     );
 }

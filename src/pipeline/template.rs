@@ -64,9 +64,6 @@ pub fn provided_builtins<'a>(
 pub fn builtin_needs(name: &str) -> &'static str {
     match name {
         "stream" => "it needs an entry with `format: cri` or `format: docker`",
-        "unit" | "identifier" | "pid" | "priority" => {
-            "it needs a `journal` block (the built-in exists for journal entries)"
-        }
         "container" => {
             "it needs an entry whose glob follows the kubelet's layout or Docker's (`…/containers/*/*-json.log`)"
         }

@@ -262,3 +262,54 @@ fn chattail_test_decodes_container_logs() {
     assert!(out.contains("records are decoded as cri"), "{out}");
     assert!(out.contains("shop-orders-db-stderr"), "{out}");
 }
+
+/// The journal in `check`: the summary says what is read and from where, and which rules
+/// see both the files and the journal; a capture named `pid` shadows the journal's
+/// built-in only when a journal is configured.
+#[test]
+fn journal_sources_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("chattail.yaml");
+    let rules = "rules:\n  - name: everywhere\n    match: 'killed (?P<pid>\\d+)'\n    webhook: oncall\n    thread_key: 'k-{pid}'\n\
+                 \x20 - name: apps\n    match: ERROR\n    units: ['app@*.service']\n    webhook: oncall\n    thread_key: '{unit}-{identifier}-{priority}'\n";
+    let head = "webhooks:\n  oncall:\n    url: http://127.0.0.1:9/v1/spaces/S/messages\n";
+    std::fs::write(
+        &config,
+        format!("{head}files:\n  - path: /var/log/app/*.log\njournal:\n  directory: /var/log/journal\n  units: ['app@*.service', 'nginx.service']\n{rules}"),
+    )
+    .unwrap();
+    let output = chattail(&["check", "--config", config.to_str().unwrap()], &[], None);
+    let out = text(&output.stderr) + &text(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{out}");
+    assert!(
+        out.contains("journal:   /var/log/journal, app@*.service, nginx.service (without a saved position, starts at the end)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("everywhere → oncall, thread \"k-{pid}\", sees the files and the journal"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("apps → oncall, thread \"{unit}-{identifier}-{priority}\", sees"),
+        "{out}"
+    );
+    assert!(out.contains("shadows the built-in `{pid}`"), "{out}");
+
+    // Without files, the journal alone is a source; without both, nothing is.
+    std::fs::write(&config, format!("{head}journal: {{}}\n{rules}")).unwrap();
+    let output = chattail(&["check", "--config", config.to_str().unwrap()], &[], None);
+    let out = text(&output.stderr) + &text(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{out}");
+    assert!(
+        out.contains("journal:   the system journal, every unit"),
+        "{out}"
+    );
+    std::fs::write(&config, format!("{head}{rules}")).unwrap();
+    let output = chattail(&["check", "--config", config.to_str().unwrap()], &[], None);
+    let out = text(&output.stderr) + &text(&output.stdout);
+    assert_eq!(output.status.code(), Some(2), "{out}");
+    assert!(
+        out.contains("no `files` and no `journal` are configured"),
+        "{out}"
+    );
+}

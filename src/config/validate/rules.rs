@@ -81,7 +81,9 @@ impl Validator<'_> {
         // Templates can only be checked against a pattern that compiled.
         let pattern = pattern?;
         for group in pattern.capture_names().flatten() {
-            if SOURCE_BUILTINS.contains(&group) {
+            // A capture named like a built-in that no configured source provides (`pid`
+            // without a journal) shadows nothing.
+            if SOURCE_BUILTINS.contains(&group) && self.provided.contains(&group) {
                 self.report.warning(
                     loc(&raw.pattern),
                     format!(
@@ -216,13 +218,18 @@ impl Validator<'_> {
             Ok(t) => {
                 for name in t.source_builtins() {
                     if !self.provided.contains(&name) {
-                        self.report.error(
-                            location,
+                        let message = if crate::pipeline::template::JOURNAL_BUILTINS.contains(&name)
+                        {
+                            format!(
+                                "{what} names `{{{name}}}`, which only journal entries have, and no `journal` is configured"
+                            )
+                        } else {
                             format!(
                                 "{what} names `{{{name}}}`, which no `files` entry provides: {}",
                                 crate::pipeline::template::builtin_needs(name)
-                            ),
-                        );
+                            )
+                        };
+                        self.report.error(location, message);
                     }
                 }
                 Some(t)

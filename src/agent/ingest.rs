@@ -216,6 +216,11 @@ impl Ingest {
             };
             if let Some(journal) = &mut self.journal {
                 journal.report(&self.metrics, &self.health);
+                if self.config.files.is_empty()
+                    && let Some(why) = journal.cannot_start()
+                {
+                    return Err(RunError::NoSource(why.to_owned()));
+                }
             }
             if self.options.once
                 && !more

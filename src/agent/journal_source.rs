@@ -34,6 +34,9 @@ pub(super) struct JournalSource {
     changed: bool,
     /// `journal:UNIT` of the entry at hand, reused.
     path: PathBuf,
+    /// Why `journalctl` could not be started, while it never has been.
+    never_started: Option<String>,
+    started_once: bool,
 }
 
 /// How `config`'s journal is read: following (`run`) or to its end (`--once`).
@@ -71,6 +74,8 @@ impl JournalSource {
             committed,
             changed: false,
             path: PathBuf::new(),
+            never_started: None,
+            started_once: false,
         }))
     }
 
@@ -160,6 +165,12 @@ impl JournalSource {
         self.reader.position().is_some() && self.reader.position() != self.committed.as_deref()
     }
 
+    /// Why `journalctl` cannot be started, while it never could: with no files, the agent
+    /// has nothing to read.
+    pub(super) fn cannot_start(&self) -> Option<&str> {
+        self.never_started.as_deref()
+    }
+
     /// Whether entries since the last commit changed the state.
     pub(super) fn changed(&self) -> bool {
         self.changed
@@ -184,6 +195,8 @@ impl JournalSource {
         for event in self.reader.take_events() {
             match event {
                 ReaderEvent::Started { pid, from } => {
+                    self.started_once = true;
+                    self.never_started = None;
                     tracing::info!(pid, "Reading the journal from {from}.");
                 }
                 ReaderEvent::Gap { skipped } => {
@@ -208,6 +221,9 @@ impl JournalSource {
                     tracing::error!(
                         "Cannot read the journal: {error}. Files are still followed; retrying."
                     );
+                    if !self.started_once {
+                        self.never_started = Some(error.clone());
+                    }
                     health.set_journal_failing(Some(error));
                 }
                 ReaderEvent::Exited {

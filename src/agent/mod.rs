@@ -51,6 +51,8 @@ pub enum RunError {
     },
     #[error("the ingest thread stopped unexpectedly")]
     IngestPanicked,
+    #[error("nothing to read: no `files` are configured and the journal cannot be read ({0})")]
+    NoSource(String),
 }
 
 /// How `run` behaves.

@@ -438,3 +438,31 @@ fn multiline_events_and_context_group_entries_per_unit() {
         "{texts:?}"
     );
 }
+
+/// With the journal as its only source and no `journalctl` to read it, the agent has
+/// nothing to do: it says why and exits 1 (a supervisor restarts it, and its log says why).
+#[test]
+fn the_journal_as_the_only_source_that_cannot_be_read_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("chattail.yaml");
+    fs::write(
+        &config,
+        format!(
+            "state_dir: {}\nwebhooks:\n  oncall:\n    url: http://127.0.0.1:9/v1/spaces/S/messages\njournal: {{}}\nrules:\n  - name: r\n    match: ERROR\n    webhook: oncall\n",
+            dir.path().join("state").display()
+        ),
+    )
+    .unwrap();
+    let output = crate::support::chattail(
+        &["run", "--config", config.to_str().unwrap()],
+        &[("CHATTAIL_JOURNALCTL", "/nonexistent/journalctl")],
+        None,
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr
+            .contains("nothing to read: no `files` are configured and the journal cannot be read"),
+        "{stderr}"
+    );
+}

@@ -74,6 +74,17 @@ pub enum Command {
         /// windows; without it every line arrives at once.
         #[arg(long, value_name = "FORMAT", value_parser = ["rfc3339"])]
         timestamps: Option<String>,
+        /// Read the systemd journal (from its oldest entry to now) instead of log files.
+        #[arg(long, conflicts_with = "logs")]
+        journal: bool,
+        /// With --journal: a directory of journal files instead of the config's
+        /// `journal.directory` (or the system journal).
+        #[arg(long, value_name = "DIR", requires = "journal")]
+        directory: Option<PathBuf>,
+        /// With --journal: only entries of units matching this glob (repeatable); default
+        /// the config's `journal.units`, or every unit.
+        #[arg(long, value_name = "UNIT", requires = "journal")]
+        unit: Vec<String>,
     },
     /// Print a shell completion script (bash, zsh, fish, elvish or powershell).
     Completions {
@@ -167,7 +178,16 @@ pub fn main() -> ExitCode {
             config,
             logs,
             timestamps,
-        } => test(&config, &logs, timestamps.is_some()),
+            journal,
+            directory,
+            unit,
+        } => {
+            if journal {
+                test_journal(&config, directory, &unit, timestamps.is_some())
+            } else {
+                test(&config, &logs, timestamps.is_some())
+            }
+        }
     };
     match outcome {
         Ok(code) => code,
@@ -550,6 +570,90 @@ pub fn write_check_summary(config: &Config, out: &mut dyn Write) -> io::Result<(
         )?;
     }
     Ok(())
+}
+
+/// `chattail test --journal`: the rules over the journal's entries, oldest first.
+fn test_journal(
+    config_path: &std::path::Path,
+    directory: Option<PathBuf>,
+    units: &[String],
+    timestamps: bool,
+) -> anyhow::Result<ExitCode> {
+    use crate::journal::{JournalReader, ReaderEvent, ReaderOptions, Start};
+    let Some(config) = load(config_path, UrlPolicy::Optional) else {
+        return Ok(ExitCode::from(EXIT_CONFIG));
+    };
+    let mut globs = Vec::new();
+    for unit in units {
+        match config::UnitGlob::new(unit) {
+            Ok(g) => globs.push(g),
+            Err(e) => {
+                eprintln!("error: --unit `{unit}` is not a valid glob: {}", e.kind());
+                return Ok(ExitCode::from(EXIT_CONFIG));
+            }
+        }
+    }
+    let config = Arc::new(config);
+    let configured = config.journal.as_ref();
+    let reads = |unit: &str| {
+        if globs.is_empty() {
+            configured.is_none_or(|j| j.reads_unit(unit))
+        } else {
+            globs.iter().any(|g| g.is_match(unit))
+        }
+    };
+    let options = ReaderOptions {
+        directory: directory.or_else(|| configured.and_then(|j| j.directory.clone())),
+        start: Start::Beginning,
+        follow: false,
+        max_message: configured.map_or(config::DEFAULT_MAX_LINE_BYTES, |j| j.max_line_bytes),
+        program: PathBuf::from(
+            std::env::var_os("CHATTAIL_JOURNALCTL").unwrap_or_else(|| "journalctl".into()),
+        ),
+    };
+    let clock = if timestamps {
+        rule_test::Clock::Rfc3339
+    } else {
+        rule_test::Clock::AtOnce
+    };
+    let mut out = io::stdout().lock();
+    let mut test = rule_test::RuleTest::new(Arc::clone(&config), clock);
+    let mut reader = JournalReader::new(options, None);
+    let mut number = 0;
+    let mut written: io::Result<()> = Ok(());
+    while !reader.is_finished() {
+        let more = reader.poll(1 << 20, &mut |entry| {
+            let Some(message) = &entry.message else {
+                return;
+            };
+            if written.is_err() || !reads(&entry.unit) {
+                return;
+            }
+            number += 1;
+            written = test.journal_entry(&entry.unit, message, &entry.fields, number, &mut out);
+        });
+        written
+            .as_ref()
+            .map_err(|e| anyhow::anyhow!("writing the report: {e}"))?;
+        for event in reader.take_events() {
+            match event {
+                ReaderEvent::CannotStart { error } => {
+                    anyhow::bail!("cannot read the journal: {error}")
+                }
+                ReaderEvent::Exited { why, said, .. } => {
+                    anyhow::bail!("journalctl failed ({why:?}): {}", said.trim())
+                }
+                _ => {}
+            }
+        }
+        if !more && !reader.is_finished() {
+            // journalctl has not written the next entries yet.
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+    test.journal_end(&mut out)?;
+    test.finish(&mut out)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn test(

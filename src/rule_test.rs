@@ -152,6 +152,54 @@ impl RuleTest {
         Ok(())
     }
 
+    /// Runs the rules over one journal entry of `unit`, as `run` would (its `{file}` is
+    /// `journal:UNIT`, multiline events and context group per unit, as `journal:` says).
+    /// `number` counts the entries, for the output.
+    pub fn journal_entry(
+        &mut self,
+        unit: &str,
+        message: &[u8],
+        fields: &crate::pipeline::journal_fields::JournalFields,
+        number: u64,
+        out: &mut dyn Write,
+    ) -> io::Result<()> {
+        let name = format!("{}{unit}", crate::config::JOURNAL_PREFIX);
+        let spec = if self.config.journal.is_some() {
+            crate::config::JOURNAL_SPEC
+        } else {
+            usize::MAX
+        };
+        let origin = Origin {
+            id: FileId {
+                dev: 1,
+                ino: crate::pipeline::journal_fields::unit_file_number(unit),
+            },
+            path: Path::new(&name),
+            spec,
+            number,
+            stream: None,
+            journal: Some(fields),
+        };
+        let mut report = Report::new(&name, out, &mut self.summary);
+        report.summaries_are("window closed");
+        self.pipeline.tick(self.now_ms, false, &mut report);
+        report.end_block()?;
+        report.summaries_are("window closed or evicted");
+        self.pipeline
+            .line(&origin, message, self.now_ms, &mut report);
+        report.end_block()?;
+        report.summary.lines += 1;
+        Ok(())
+    }
+
+    /// The journal's entries ended: pending multiline events complete.
+    pub fn journal_end(&mut self, out: &mut dyn Write) -> io::Result<()> {
+        let mut report = Report::new("journal", out, &mut self.summary);
+        report.summaries_are("window closed");
+        self.pipeline.tick(self.now_ms, true, &mut report);
+        report.end_block()
+    }
+
     /// Writes the summaries of the windows still open when the inputs end, the per-rule
     /// table and the line counts, and returns the counts.
     pub fn finish(mut self, out: &mut dyn Write) -> io::Result<Summary> {
@@ -356,6 +404,7 @@ impl Output for Report<'_> {
         }
     }
 }
+
 
 /// The first RFC 3339 timestamp among the first words of `line`, in unix milliseconds.
 fn line_time_ms(line: &[u8]) -> Option<i64> {

@@ -129,7 +129,7 @@ impl JournalSource {
             let origin = Origin {
                 id: FileId {
                     dev: JOURNAL_DEV,
-                    ino: unit_id(&entry.unit),
+                    ino: crate::pipeline::journal_fields::unit_file_number(&entry.unit),
                 },
                 path,
                 spec: JOURNAL_SPEC,
@@ -267,10 +267,3 @@ impl JournalSource {
     }
 }
 
-/// A unit's file id: FNV-1a of its name, the same on every run (pending events are
-/// stored by it).
-fn unit_id(unit: &str) -> u64 {
-    unit.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}

@@ -22,3 +22,11 @@ pub const MAX_FIELD_BYTES: usize = 256;
 pub fn unit_of(file: &str) -> Option<&str> {
     file.strip_prefix(crate::config::JOURNAL_PREFIX)
 }
+
+/// The file id's inode of a unit's entries: FNV-1a of its name, the same on every run
+/// (pending multiline events are stored by it).
+pub fn unit_file_number(unit: &str) -> u64 {
+    unit.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}

@@ -466,3 +466,60 @@ fn the_journal_as_the_only_source_that_cannot_be_read_exits_1() {
         "{stderr}"
     );
 }
+
+/// `chattail test --journal` runs the rules over a journal's entries, oldest first, with
+/// the journal built-ins, limited to the units asked for.
+#[test]
+fn chattail_test_reads_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal");
+    fs::create_dir_all(&journal).unwrap();
+    append(
+        &journal.join("system.journal"),
+        &[
+            Entry {
+                unit: "app@1.service",
+                message: b"ERROR diskfull",
+                pid: 5,
+            },
+            Entry {
+                unit: "nginx.service",
+                message: b"ERROR upstream",
+                pid: 6,
+            },
+        ],
+    );
+    let config = dir.path().join("rules.yaml");
+    fs::write(
+        &config,
+        "webhooks:\n  oncall:\n    url: http://127.0.0.1:9/v1/spaces/S/messages\njournal: {}\nrules:\n  - name: err\n    match: 'ERROR (?P<what>\\w+)'\n    webhook: oncall\n    thread_key: '{unit}-{what}'\n    message: '{identifier}[{pid}]: {what}'\n",
+    )
+    .unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "test",
+            "--config",
+            config.to_str().unwrap(),
+            "--journal",
+            "--directory",
+            journal.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let output = crate::support::chattail(&args, &[], None);
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            output.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        stdout
+    };
+    let all = run(&[]);
+    assert!(all.contains("thread key: app@1.service-diskfull"), "{all}");
+    assert!(all.contains("│ app[5]: diskfull"), "{all}");
+    assert!(all.contains("thread key: nginx.service-upstream"), "{all}");
+    assert!(all.contains("2 lines read, 2 matched by a rule"), "{all}");
+    let apps = run(&["--unit", "app@*.service"]);
+    assert!(!apps.contains("nginx"), "{apps}");
+    assert!(apps.contains("1 lines read, 1 matched by a rule"), "{apps}");
+}

@@ -77,7 +77,10 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "pipeline::thread_key",
         ],
     ),
-    ("cli", &["agent", "config", "rule_test", "sandbox", "send"]),
+    (
+        "cli",
+        &["agent", "config", "journal", "rule_test", "sandbox", "send"],
+    ),
     ("lib", &[]),
     ("main", &[]),
 ];

@@ -405,7 +405,6 @@ impl Output for Report<'_> {
     }
 }
 
-
 /// The first RFC 3339 timestamp among the first words of `line`, in unix milliseconds.
 fn line_time_ms(line: &[u8]) -> Option<i64> {
     let text = String::from_utf8_lossy(&line[..line.len().min(200)]);

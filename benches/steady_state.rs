@@ -22,12 +22,8 @@ use std::time::{Duration, Instant};
 
 use chattail::sandbox::Sandbox as MockChat;
 
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+mod common;
+use common::{cpu_time, env_number, line, memory_mib};
 
 /// The config: `rules` rules, of which the first 20 (at most) match the error lines the
 /// writer produces, plus a probe rule posting to a space of its own.
@@ -37,51 +33,10 @@ fn config(dir: &Path, errors: &str, probes: &str, rules: u64) -> std::path::Path
         state = dir.join("state").display(),
         logs = dir.join("logs").display(),
     );
-    for i in 0..rules.saturating_sub(1) {
-        if i < 20 {
-            yaml.push_str(&format!(
-                "  - name: svc{i}\n    match: 'ERROR \\[svc{i}\\] request failed: (?P<reason>\\w+)'\n    webhook: errors\n    thread_key: 'svc{i}-{{reason}}'\n    dedup:\n      window: 1m\n"
-            ));
-        } else {
-            yaml.push_str(&format!(
-                "  - name: rare{i}\n    match: 'FATAL \\[core{i}\\] (?P<what>.*) corrupted'\n    webhook: errors\n"
-            ));
-        }
-    }
+    yaml.push_str(&common::load_rules(rules));
     let path = dir.join("chattail.yaml");
     fs::write(&path, yaml).unwrap();
     path
-}
-
-/// The agent's CPU time so far, from `/proc/PID/stat` (user + system).
-fn cpu_time(pid: u32) -> Duration {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // The fields after the command name (which may hold spaces) start after ") ".
-    let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after ") ".
-    // SAFETY: `sysconf` has no preconditions.
-    let per_second = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100);
-    Duration::from_secs_f64((ticks(11) + ticks(12)) as f64 / per_second as f64)
-}
-
-/// A `/proc/PID/status` field in MiB (`VmRSS:`, `VmHWM:`).
-fn memory_mib(pid: u32, field: &str) -> f64 {
-    fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .unwrap_or(0.0)
-        / 1024.0
 }
 
 fn open_files(pid: u32) -> usize {
@@ -96,24 +51,6 @@ fn start_agent(config: &Path) -> Child {
         .stdout(Stdio::null())
         .spawn()
         .unwrap()
-}
-
-/// An ordinary log line, or (about 1 in 100) an error line one of the first 20 rules
-/// matches.
-fn line(n: u64) -> String {
-    if n.is_multiple_of(100) {
-        format!(
-            "2026-12-01T10:00:00Z ERROR [svc{}] request failed: {}\n",
-            (n / 100) % 20,
-            ["timeout", "refused", "reset"][(n % 3) as usize]
-        )
-    } else {
-        format!(
-            "2026-12-01T10:00:00Z INFO request_id={n:012x} GET /api/items/{} 200 {}ms\n",
-            n % 9973,
-            n % 350
-        )
-    }
 }
 
 fn main() {

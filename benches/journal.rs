@@ -192,6 +192,7 @@ fn catch_up(source: Source, entries: u64) {
     }
     writer.close();
     let config = config(dir.path(), source, "beginning", &errors, &probes);
+    // Chat is not called (--dry-run); the mock only gives the config real URLs.
     let cpu0 = children_cpu();
     let t0 = Instant::now();
     let status = Command::new(env!("CARGO_BIN_EXE_chattail"))
@@ -242,6 +243,7 @@ fn steady(source: Source, rate: u64, seconds: u64) {
     // Let the start settle (the probe for the end, the follower, the runtime's threads).
     std::thread::sleep(Duration::from_secs(2));
     let cpu0 = cpu_with_readers(pid);
+    let agent0 = cpu_time(pid);
     let t0 = Instant::now();
     let per_tick = (rate / 100).max(1);
     let mut probe_times = Vec::new();
@@ -266,6 +268,7 @@ fn steady(source: Source, rate: u64, seconds: u64) {
     }
     let elapsed = t0.elapsed();
     let cpu = cpu_with_readers(pid) - cpu0;
+    let agent_cpu = cpu_time(pid) - agent0;
     let arrived = |chat: &MockChat| -> Vec<Duration> {
         chat.messages()
             .iter()
@@ -297,8 +300,9 @@ fn steady(source: Source, rate: u64, seconds: u64) {
         .sum();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!(
-        "  {:<7} steady:   {written:.0} entries/s: CPU {share:.2}% of a core ({:.2}% per 1,000 entries/s), peak RSS {:.1} MiB{}; append → request p50 {:.1} ms, p99 {:.1} ms ({} of {} probes)",
+        "  {:<7} steady:   {written:.0} entries/s: CPU {share:.2}% of a core (the agent {:.2}%; {:.2}% per 1,000 entries/s), peak RSS {:.1} MiB{}; append → request p50 {:.1} ms, p99 {:.1} ms ({} of {} probes)",
         source.name(),
+        agent_cpu.as_secs_f64() / elapsed.as_secs_f64() * 100.0,
         share / (written / 1000.0),
         memory_mib(pid, "VmHWM:"),
         if source == Source::Journal {

@@ -124,8 +124,11 @@ impl JournalSource {
             if entry.message_cut {
                 cut += 1;
             }
-            path.clear();
-            path.push(format!("{JOURNAL_PREFIX}{}", entry.unit));
+            // `journal:UNIT`, built in the reused buffer (no allocation per entry).
+            let text = path.as_mut_os_string();
+            text.clear();
+            text.push(JOURNAL_PREFIX);
+            text.push(&entry.unit);
             let origin = Origin {
                 id: FileId {
                     dev: JOURNAL_DEV,

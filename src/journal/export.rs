@@ -266,7 +266,10 @@ impl ExportParser {
     fn finish(&mut self, out: &mut dyn FnMut(&Entry)) {
         let text = |bytes: &[u8], into: &mut String| {
             into.clear();
-            into.push_str(&String::from_utf8_lossy(bytes));
+            match std::str::from_utf8(bytes) {
+                Ok(valid) => into.push_str(valid),
+                Err(_) => into.push_str(&String::from_utf8_lossy(bytes)),
+            }
         };
         let [
             cursor,

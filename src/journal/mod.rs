@@ -353,6 +353,7 @@ impl JournalReader {
                 return Err(std::io::Error::other("no pipes to journalctl"));
             };
             set_nonblocking(stdout.as_raw_fd())?;
+            widen_pipe(stdout.as_raw_fd());
             set_nonblocking(stderr.as_raw_fd())?;
             Ok((child, stdout, stderr))
         });
@@ -481,6 +482,17 @@ fn skipped_between(saved: &str, first: &str) -> Option<u64> {
     let (saved_id, saved_n) = export::cursor_seqnum(saved)?;
     let (first_id, first_n) = export::cursor_seqnum(first)?;
     (saved_id == first_id).then(|| first_n.saturating_sub(saved_n).saturating_sub(1))
+}
+
+/// The pipe's buffer, raised from 64 KiB: the ingest loop lets output gather for a few
+/// milliseconds before it reads, and `journalctl` catching up writes tens of MB a second;
+/// with a small buffer it would block and wait for every read.
+const PIPE_BYTES: libc::c_int = 1 << 20;
+
+fn widen_pipe(fd: RawFd) {
+    // SAFETY: fcntl on a pipe this process owns. A refusal (a lower pipe-max-size)
+    // leaves the default size, which is slower but correct.
+    unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, PIPE_BYTES) };
 }
 
 fn set_nonblocking(fd: RawFd) -> std::io::Result<()> {

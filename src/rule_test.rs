@@ -64,7 +64,8 @@ impl RuleTest {
         Self {
             pipeline: Pipeline::new(Arc::clone(&config), Vec::new(), Vec::new())
                 .ignoring_file_filters()
-                .alone(),
+                .alone()
+                .deciding_absences(),
             config,
             clock,
             now_ms: 0,
@@ -368,6 +369,20 @@ impl<'a> Report<'a> {
                 out,
                 "  burst:      counted in the window of key {key:?}, not posted"
             ),
+            (Routed::BelowThreshold, _) => match &report.hit.rule.threshold {
+                Some(t) => writeln!(
+                    out,
+                    "  threshold:  counted towards {} within {} for key {key:?}, not posted",
+                    t.count,
+                    humantime::format_duration(t.within)
+                ),
+                None => Ok(()),
+            },
+            (Routed::Heartbeat, _) => writeln!(
+                out,
+                "  absence:    the line came for thread {:?}; nothing is posted",
+                n.thread_key
+            ),
             _ => Ok(()),
         }
     }
@@ -387,8 +402,19 @@ impl Output for Report<'_> {
     }
 
     fn notification(&mut self, n: Notification, cause: Cause) {
-        if cause == Cause::Summary {
-            self.queued.push(n);
+        let label = match cause {
+            Cause::Hit => return,
+            Cause::Summary => {
+                self.queued.push(n);
+                return;
+            }
+            Cause::Resolution => "resolution",
+            Cause::Absence => "absence",
+            Cause::Recovery => "recovery",
+        };
+        if self.error.is_none() {
+            let written = write_alert(self.out, &n, label);
+            self.keep(written);
         }
     }
 
@@ -414,6 +440,15 @@ fn line_time_ms(line: &[u8]) -> Option<i64> {
         .find_map(|w| humantime::parse_rfc3339_weak(w).ok())
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .and_then(|d| i64::try_from(d.as_millis()).ok())
+}
+
+/// A resolution, absence or recovery, as it would be posted.
+fn write_alert(out: &mut dyn Write, n: &Notification, label: &str) -> io::Result<()> {
+    writeln!(out, "{label} of rule {} → thread {}:", n.rule, n.thread_key)?;
+    for line in n.text.lines() {
+        writeln!(out, "    │ {line}")?;
+    }
+    writeln!(out)
 }
 
 fn write_summaries(out: &mut dyn Write, summaries: &[Notification], why: &str) -> io::Result<()> {

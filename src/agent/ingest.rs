@@ -126,11 +126,12 @@ impl Ingest {
             state_rows::saved_files(&store)?,
             Arc::new(TailMetrics::new(&config, &metrics, &health)),
         );
-        let mut pipeline = Pipeline::resuming(
+        let mut pipeline = Pipeline::resuming_alerts(
             Arc::clone(&config),
             state_rows::saved_windows(&store)?,
             state_rows::saved_events(&store)?,
             state_rows::saved_partials(&store)?,
+            state_rows::saved_alerts(&store)?,
         );
         if options.dry_run {
             pipeline = pipeline.alone();
@@ -221,6 +222,11 @@ impl Ingest {
                 {
                     return Err(RunError::NoSource(why.to_owned()));
                 }
+            }
+            if !more {
+                // What was waiting (after a restart: what was written while chattail was
+                // down) has been read: absences may be decided now.
+                self.pipeline.caught_up();
             }
             if self.options.once
                 && !more
@@ -346,6 +352,7 @@ impl Ingest {
             state_rows::saved_windows(&self.store)?,
             state_rows::saved_events(&self.store)?,
             state_rows::saved_partials(&self.store)?,
+            state_rows::saved_alerts(&self.store)?,
         );
         if let Some(journal) = &mut self.journal {
             journal.restore(&self.store)?;

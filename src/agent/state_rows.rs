@@ -2,9 +2,10 @@
 //! pipeline's own types. Neither side knows the other; this is where they meet.
 
 use crate::pipeline::decode::{Partial, PartialChange, Stream};
-use crate::pipeline::{Changes, Event, EventChange, FileId, Notification, Window};
+use crate::pipeline::alerts::{AlertState, Kind};
+use crate::pipeline::{AlertRow, Changes, Event, EventChange, FileId, Notification, Window};
 use crate::store::{
-    EventGrowth, EventRow, FileRow, NewNotification, PartialRow, Store, StoreError, StoreTx,
+    AlertStateRow, EventGrowth, EventRow, FileRow, NewNotification, PartialRow, Store, StoreError, StoreTx,
     WindowRow,
 };
 use crate::tail::{Checkpoint, FileKey, SavedFile};
@@ -88,6 +89,34 @@ pub fn saved_windows(store: &Store) -> Result<Vec<Window>, StoreError> {
         .collect())
 }
 
+/// The rules' threshold counters, incidents and heartbeats, for a pipeline to resume. A
+/// row that does not parse (written by a newer version) is left out, with a warning.
+pub fn saved_alerts(store: &Store) -> Result<Vec<AlertRow>, StoreError> {
+    Ok(store
+        .saved_alerts()?
+        .into_iter()
+        .filter_map(|r| match serde_json::from_str::<AlertState>(&r.state) {
+            Ok(state) if alert_kind(&state).name() == r.kind => Some(AlertRow {
+                rule: r.rule,
+                key: r.key,
+                state,
+            }),
+            _ => {
+                tracing::warn!(rule = %r.rule, kind = %r.kind, "A stored alert state cannot be read; it is forgotten.");
+                None
+            }
+        })
+        .collect())
+}
+
+fn alert_kind(state: &AlertState) -> Kind {
+    match state {
+        AlertState::Threshold { .. } => Kind::Threshold,
+        AlertState::Incident(_) => Kind::Incident,
+        AlertState::Heartbeat(_) => Kind::Heartbeat,
+    }
+}
+
 /// The pending multiline events, for a pipeline to resume.
 pub fn saved_events(store: &Store) -> Result<Vec<Event>, StoreError> {
     Ok(store
@@ -138,6 +167,18 @@ pub fn saved_partials(store: &Store) -> Result<Vec<Partial>, StoreError> {
 
 /// Stores what the pipeline changed: burst windows, pending events, pending pieces.
 pub fn save_changes(tx: &StoreTx<'_>, changes: &Changes) -> Result<(), StoreError> {
+    for row in &changes.alerts {
+        tx.save_alert(&AlertStateRow {
+            kind: alert_kind(&row.state).name().to_owned(),
+            rule: row.rule.clone(),
+            key: row.key.clone(),
+            // Plain data (strings and numbers) always serialises.
+            state: serde_json::to_string(&row.state).unwrap_or_default(),
+        })?;
+    }
+    for (kind, rule, key) in &changes.removed_alerts {
+        tx.remove_alert(kind.name(), rule, key)?;
+    }
     for w in &changes.windows {
         tx.save_window(&WindowRow {
             rule: w.rule.clone(),

@@ -55,6 +55,11 @@ pub const DEFAULT_MESSAGE_WITH_CONTEXT: &str =
 pub const MAX_CONTEXT_BEFORE: u64 = 50;
 /// The thread key a rule uses when it gives no `thread_key` template.
 pub const DEFAULT_THREAD_KEY: &str = "{rule}";
+/// The message of a rule with `threshold` that sets none.
+pub const DEFAULT_THRESHOLD_MESSAGE: &str =
+    "*{rule}* on {host}: {count} matches within {within} in {file}\n```{line}```";
+/// The resolution message of a rule with `resolve` that sets none.
+pub const DEFAULT_RESOLVE_MESSAGE: &str = "*Resolved*: {rule} on {host}";
 /// The most memory one compiled rule pattern may use. Rust's regex engine is linear-time,
 /// but a pattern such as `\w{1000}` can still take megabytes to compile.
 pub const RULE_REGEX_SIZE_LIMIT: usize = 2 * 1024 * 1024;
@@ -332,6 +337,50 @@ pub struct Rule {
     pub units: Option<Vec<UnitGlob>>,
     /// How many lines before a match its message shows (`{context}`).
     pub context_before: usize,
+    /// `threshold`: post only when this many matches of one key fall within a time.
+    /// Such a rule always has `dedup` (its own, or one of `within`), which takes over once
+    /// it fires.
+    pub threshold: Option<Threshold>,
+    /// `resolve`: how an incident of a thread key ends.
+    pub resolve: Option<Resolve>,
+    /// `absent_after`: the rule alerts when its line does not come.
+    pub absence: Option<Absence>,
+    /// Open incidents, absence keys and threshold counters kept per rule (`dedup.max_keys`).
+    pub max_keys: usize,
+}
+
+/// A rule's `threshold`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Threshold {
+    pub count: usize,
+    pub within: Duration,
+}
+
+/// A rule's `resolve`.
+#[derive(Debug)]
+pub struct Resolve {
+    /// `resolve.match`, and the rule's thread key parsed against its groups.
+    pub pattern: Option<(RulePattern, Template)>,
+    /// No occurrence for this long resolves the incident.
+    pub after: Option<Duration>,
+    /// Rendered with the resolving line's captures (`match`), or with the incident's last
+    /// occurrence's values of the same names (`after`).
+    pub message: Template,
+}
+
+impl Resolve {
+    /// The groups `message` is rendered against: `match`'s, or the rule's own.
+    pub fn message_pattern<'a>(&'a self, rule: &'a RulePattern) -> &'a RulePattern {
+        self.pattern.as_ref().map_or(rule, |(p, _)| p)
+    }
+}
+
+/// A rule's `absent_after`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Absence {
+    pub after: Duration,
+    /// The thread keys of `expect`, rendered at load.
+    pub expected: Vec<String>,
 }
 
 impl Rule {

@@ -147,6 +147,26 @@ pub struct RawRule {
     pub files: Option<Vec<Spanned<String>>>,
     pub units: Option<Vec<Spanned<String>>>,
     pub context: Option<RawContext>,
+    pub threshold: Option<Spanned<RawThreshold>>,
+    pub resolve: Option<Spanned<RawResolve>>,
+    pub absent_after: Option<Spanned<String>>,
+    pub expect: Option<Vec<Spanned<BTreeMap<String, String>>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawThreshold {
+    pub count: Spanned<u64>,
+    pub within: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawResolve {
+    #[serde(rename = "match")]
+    pub pattern: Option<Spanned<String>>,
+    pub after: Option<Spanned<String>>,
+    pub message: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -194,6 +194,31 @@ impl Bursts {
         }
     }
 
+    /// Whether `rule` has a window of `key` open at `now_ms` (one whose time is up is not).
+    pub fn is_open(&self, rule: &str, key: &str, now_ms: i64, window: std::time::Duration) -> bool {
+        let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+        self.windows
+            .get(&(rule.to_owned(), key.to_owned()))
+            .is_some_and(|(_, w)| now_ms < w.first_ms.saturating_add(window_ms))
+    }
+
+    /// Closes `rule`'s windows that post into `thread_key` (their incident resolved), and
+    /// queues their summaries.
+    pub fn close_thread(&mut self, rule: &str, thread_key: &str, out: &mut Vec<Notification>) {
+        let mut ids: Vec<WindowId> = self
+            .windows
+            .iter()
+            .filter(|(id, (_, w))| id.0 == rule && w.thread_key == thread_key)
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.sort();
+        for id in ids {
+            if let Some(w) = self.remove(&id) {
+                push_summary(&w, self.close_empty, out);
+            }
+        }
+    }
+
     /// Closes the windows whose time is up (per `window_of(rule)`; a rule that no longer
     /// has `dedup` closes its windows now) and queues their summaries.
     pub fn expire(

@@ -15,6 +15,7 @@
 //! the `test` report. What must be persisted is taken with [`Pipeline::take_changes`], so
 //! the caller can store it in the transaction that advances the offsets.
 
+pub mod alerts;
 pub mod bursts;
 pub mod chat_text;
 pub mod container_path;
@@ -34,6 +35,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Config;
+pub use alerts::{AlertRow, Alerts};
 pub use bursts::{Bursts, Window};
 pub use context::ContextRing;
 pub use multiline::{Assembler, Event, EventChange};
@@ -79,6 +81,10 @@ pub enum Routed {
     Posted,
     /// It was counted into an open window, not queued.
     Counted,
+    /// A rule with `threshold`: counted towards it, not reached, not queued.
+    BelowThreshold,
+    /// A rule with `absent_after`: the line is its heartbeat, not queued.
+    Heartbeat,
 }
 
 /// Why a notification is queued.
@@ -88,6 +94,12 @@ pub enum Cause {
     Hit,
     /// The summary of a burst window that ended, was evicted, or was flushed.
     Summary,
+    /// An incident resolved (`resolve`).
+    Resolution,
+    /// A line that did not come (`absent_after`).
+    Absence,
+    /// The line of an absence came back.
+    Recovery,
 }
 
 /// One rule matching one line or event, as reported to [`Output::hit`].
@@ -140,6 +152,10 @@ pub struct Changes {
     pub events: Vec<EventChange>,
     /// What changed about container logs' lines pending in pieces.
     pub partials: Vec<decode::PartialChange>,
+    /// Threshold counters, incidents and heartbeats changed.
+    pub alerts: Vec<AlertRow>,
+    /// Those removed.
+    pub removed_alerts: Vec<alerts::AlertId>,
 }
 
 /// The line → notification pipeline. See the module documentation.
@@ -164,6 +180,15 @@ pub struct Pipeline {
     /// Nothing is posted for a fleet (`chattail test`, `--dry-run`): windows that counted
     /// nothing end without a summary row even when the config has `fleet`.
     alone: bool,
+    /// Threshold counters, open incidents and heartbeats.
+    alerts: Alerts,
+    /// Rules with `resolve.after` or `absent_after`, by name, for the tick.
+    timed_rules: HashMap<String, Arc<crate::config::Rule>>,
+    /// Whether absences may be decided: the caller has read what was waiting (after a
+    /// restart, the lines written while it was down count before any absence is posted).
+    caught_up: bool,
+    /// Whether `expect`'s keys are tracked for the current config.
+    expected_tracked: bool,
     /// Reused buffers, so a poll does not allocate them per line.
     events: Vec<Event>,
     queued: Vec<Notification>,
@@ -183,9 +208,22 @@ impl Pipeline {
         events: Vec<Event>,
         partials: Vec<decode::Partial>,
     ) -> Self {
+        Self::resuming_alerts(config, windows, events, partials, Vec::new())
+    }
+
+    /// A pipeline resuming every kind of state, threshold counters, incidents and
+    /// heartbeats included.
+    pub fn resuming_alerts(
+        config: Arc<Config>,
+        windows: Vec<Window>,
+        events: Vec<Event>,
+        partials: Vec<decode::Partial>,
+        alerts: Vec<AlertRow>,
+    ) -> Self {
         let mut bursts = Bursts::from_saved(windows);
         bursts.close_empty_windows(config.fleet.is_some());
         Self {
+            timed_rules: timed_rules(&config),
             max_context: config.max_context_before(),
             dedup_windows: dedup_windows(&config),
             config,
@@ -196,6 +234,9 @@ impl Pipeline {
             rings: HashMap::new(),
             bursts,
             partials: decode::Partials::from_saved(partials),
+            alerts: Alerts::from_saved(alerts),
+            caught_up: false,
+            expected_tracked: false,
             file_filters: true,
             alone: false,
             events: Vec::new(),
@@ -208,6 +249,18 @@ impl Pipeline {
     pub fn ignoring_file_filters(mut self) -> Self {
         self.file_filters = false;
         self
+    }
+
+    /// Absences are decided at every tick, without waiting to be told that the input is
+    /// caught up (`chattail test`, whose input is all there).
+    pub fn deciding_absences(mut self) -> Self {
+        self.caught_up = true;
+        self
+    }
+
+    /// The caller has read everything that was waiting: from now on absences are decided.
+    pub fn caught_up(&mut self) {
+        self.caught_up = true;
     }
 
     /// Nothing this pipeline queues is decided by a fleet (`chattail test`, `--dry-run`):
@@ -332,6 +385,87 @@ impl Pipeline {
         self.bursts
             .expire(now_ms, |rule| windows.get(rule).copied(), &mut self.queued);
         self.drain_queued(Cause::Summary, out);
+        self.tick_alerts(now_ms, out);
+    }
+
+    /// Resolves the incidents quiet for `resolve.after` and, once caught up, posts the
+    /// absences of `absent_after` rules.
+    fn tick_alerts(&mut self, now_ms: i64, out: &mut dyn Output) {
+        if self.timed_rules.is_empty() {
+            return;
+        }
+        let rules = &self.timed_rules;
+        let host = self.config.host.as_str();
+        let after = |rule: &str| {
+            rules
+                .get(rule)
+                .and_then(|r| r.resolve.as_ref()?.after)
+                .map(duration_ms)
+        };
+        for (name, key, incident) in self.alerts.quiet_incidents(now_ms, after) {
+            let Some(rule) = rules.get(&name) else { continue };
+            let Some(resolve) = &rule.resolve else { continue };
+            let values = resolution_values(&incident, now_ms);
+            let ctx = template::RenderContext {
+                line: b"",
+                file: "",
+                rule: &rule.name,
+                host,
+                captures: None,
+                context: b"",
+                stream: None,
+                journal: None,
+                stored: Some(&incident.values),
+                alert: Some(&values),
+            };
+            let text = resolve.message.render(&ctx, template::Escape::ChatText);
+            out.notification(
+                alert_notification(rule, &key, incident.webhook, text),
+                Cause::Resolution,
+            );
+        }
+        if !self.caught_up {
+            return;
+        }
+        if !self.expected_tracked {
+            self.expected_tracked = true;
+            for rule in rules.values() {
+                if let Some(absence) = &rule.absence {
+                    self.alerts
+                        .expect(&rule.name, &absence.expected, &rule.webhook, now_ms);
+                }
+            }
+        }
+        let absent_after = |rule: &str| {
+            rules
+                .get(rule)
+                .and_then(|r| r.absence.as_ref())
+                .map(|a| duration_ms(a.after))
+        };
+        for (name, key, before) in self.alerts.absences(now_ms, absent_after) {
+            let Some(rule) = rules.get(&name) else { continue };
+            let Some(absence) = &rule.absence else { continue };
+            let mut pattern = String::new();
+            chat_text::neutralise_into(rule.pattern.as_str(), &mut pattern);
+            let seen = if before.seen {
+                format!("last seen {} ago", human_ms(now_ms.saturating_sub(before.last_ms)))
+            } else {
+                "never seen since chattail began expecting it".to_owned()
+            };
+            out.notification(
+                alert_notification(
+                    rule,
+                    &key,
+                    before.webhook,
+                    format!(
+                        "*{}* on {host}: no line matching `{pattern}` for `{key}` in {} ({seen}).",
+                        rule.name,
+                        humantime::format_duration(absence.after)
+                    ),
+                ),
+                Cause::Absence,
+            );
+        }
     }
 
     /// Queues the summaries of every burst window with a count now (shutdown, end of
@@ -349,17 +483,23 @@ impl Pipeline {
 
     /// Whether anything is waiting for [`take_changes`](Self::take_changes).
     pub fn has_changes(&self) -> bool {
-        self.bursts.has_changes() || self.assembler.has_changes() || self.partials.has_changes()
+        self.bursts.has_changes()
+            || self.assembler.has_changes()
+            || self.partials.has_changes()
+            || self.alerts.has_changes()
     }
 
     /// The burst windows and pending events changed since the last call.
     pub fn take_changes(&mut self) -> Changes {
         let (windows, closed_windows) = self.bursts.take_changes();
+        let (alerts, removed_alerts) = self.alerts.take_changes();
         Changes {
             windows,
             closed_windows,
             events: self.assembler.take_changes(),
             partials: self.partials.take_changes(),
+            alerts,
+            removed_alerts,
         }
     }
 
@@ -371,7 +511,9 @@ impl Pipeline {
         windows: Vec<Window>,
         events: Vec<Event>,
         partials: Vec<decode::Partial>,
+        alerts: Vec<AlertRow>,
     ) {
+        self.alerts = Alerts::from_saved(alerts);
         self.partials = decode::Partials::from_saved(partials);
         self.bursts = Bursts::from_saved(windows);
         self.bursts
@@ -400,6 +542,21 @@ impl Pipeline {
         self.by_rules.clear();
         self.last_rules = None;
         self.dedup_windows = dedup_windows(&new);
+        // Threshold counters, incidents and heartbeats stay while their rule keeps the
+        // feature they belong to.
+        let kept = |kind: alerts::Kind, name: &str| {
+            new.rules.iter().any(|r| {
+                r.name == name
+                    && match kind {
+                        alerts::Kind::Threshold => r.threshold.is_some(),
+                        alerts::Kind::Incident => r.resolve.is_some(),
+                        alerts::Kind::Heartbeat => r.absence.is_some(),
+                    }
+            })
+        };
+        self.alerts.retain(kept);
+        self.timed_rules = timed_rules(&new);
+        self.expected_tracked = false;
         self.bursts
             .close_empty_windows(!self.alone && new.fleet.is_some());
         if self.max_context != new.max_context_before() {
@@ -461,11 +618,8 @@ impl Pipeline {
         let mut ring = self.rings.get_mut(path);
         let bursts = &mut self.bursts;
         let queued = &mut self.queued;
-        rules.evaluate(text, |hit| {
-            let context = match &ring {
-                Some(r) if hit.rule.context_before > 0 => r.last(hit.rule.context_before),
-                _ => Vec::new(),
-            };
+        let alerts = &mut self.alerts;
+        rules.find(text, |found| {
             // The path as text only for hits: most lines match nothing.
             let file = path.to_string_lossy();
             let source = Source {
@@ -474,12 +628,91 @@ impl Pipeline {
                 stream: from.stream.map(decode::Stream::name),
                 journal: from.journal,
             };
-            let n = hit.notification_with_context(text, &source, &context);
-            let routed = match &hit.rule.dedup {
+            let hit = match found {
+                rules::Found::Hit(hit) => hit,
+                rules::Found::Resolves { rule, captures } => {
+                    resolve_by_line(rule, &captures, text, &source, now_ms, alerts, bursts, out);
+                    return;
+                }
+            };
+            let rule = hit.rule;
+            let context = match &ring {
+                Some(r) if rule.context_before > 0 => r.last(rule.context_before),
+                _ => Vec::new(),
+            };
+            let mut n = hit.notification_with_context(text, &source, &context);
+            if rule.absence.is_some() {
+                // The line is the heartbeat: it posts nothing, unless it ends an absence.
+                let (back, evicted) = alerts.heartbeat(
+                    (&rule.name, &n.thread_key),
+                    &rule.webhook,
+                    now_ms,
+                    rule.max_keys,
+                );
+                if evicted {
+                    out.window_evicted(&rule.name);
+                }
+                if let Some(before) = back {
+                    let absent_for = now_ms.saturating_sub(before.last_ms);
+                    out.notification(
+                        alert_notification(
+                            rule,
+                            &n.thread_key,
+                            before.webhook,
+                            format!(
+                                "*{}* on {host}: the line is back after {} without it.",
+                                rule.name,
+                                human_ms(absent_for)
+                            ),
+                        ),
+                        Cause::Recovery,
+                    );
+                }
+                out.hit(&HitReport {
+                    hit: &hit,
+                    text,
+                    lines,
+                    notification: &n,
+                    routed: Routed::Heartbeat,
+                });
+                return;
+            }
+            if let (Some(threshold), Some(dedup)) = (&rule.threshold, &rule.dedup) {
+                let key = n.dedup_key.clone().unwrap_or_else(|| n.thread_key.clone());
+                if !bursts.is_open(&rule.name, &key, now_ms, dedup.window) {
+                    let (reached, evicted) = alerts.count_towards(
+                        (&rule.name, &key),
+                        threshold.count,
+                        duration_ms(threshold.within),
+                        now_ms,
+                        rule.max_keys,
+                    );
+                    if evicted {
+                        out.window_evicted(&rule.name);
+                    }
+                    let Some(count) = reached else {
+                        out.hit(&HitReport {
+                            hit: &hit,
+                            text,
+                            lines,
+                            notification: &n,
+                            routed: Routed::BelowThreshold,
+                        });
+                        return;
+                    };
+                    let values = template::AlertValues {
+                        count: count.to_string(),
+                        within: humantime::format_duration(threshold.within).to_string(),
+                        ..template::AlertValues::default()
+                    };
+                    n = hit.notification_with_alert(text, &source, &context, Some(&values));
+                }
+            }
+            let routed = match &rule.dedup {
                 Some(dedup) => {
                     let observed = bursts.observe(dedup, &n, text, now_ms, queued);
                     if observed.evicted {
-                        out.window_evicted(&hit.rule.name);
+                        out.window_evicted(&rule.name);
                     }
                     // The occurrence itself, when posted, is the last one queued.
                     let own = observed.posted.then(|| queued.pop()).flatten();
@@ -498,6 +731,15 @@ impl Pipeline {
                     Routed::Queued
                 }
             };
+            if let Some(resolve) = &rule.resolve {
+                // A posted notification opens the thread's incident; every occurrence
+                // counts into an open one.
+                let opens = (routed != Routed::Counted)
+                    .then(|| (rule.webhook.as_str(), incident_values(rule, resolve, &hit)));
+                if alerts.occurrence((&rule.name, &n.thread_key), opens, now_ms, rule.max_keys) {
+                    out.window_evicted(&rule.name);
+                }
+            }
             out.hit(&HitReport {
                 hit: &hit,
                 text,
@@ -567,11 +809,126 @@ impl Pipeline {
     }
 }
 
+/// A resolving line (`resolve.match`) of `rule`: when it renders the thread key of an
+/// open incident, the incident ends with its resolution message in that thread (after
+/// the summary of a burst window still open there).
+#[allow(clippy::too_many_arguments)]
+fn resolve_by_line(
+    rule: &crate::config::Rule,
+    captures: &pattern::Groups<'_>,
+    text: &[u8],
+    source: &Source<'_>,
+    now_ms: i64,
+    alerts: &mut Alerts,
+    bursts: &mut Bursts,
+    out: &mut dyn Output,
+) {
+    let Some(resolve) = &rule.resolve else { return };
+    let Some((_, key_template)) = &resolve.pattern else {
+        return;
+    };
+    let mut ctx = template::RenderContext {
+        line: text,
+        file: source.file,
+        rule: &rule.name,
+        host: source.host,
+        captures: Some(captures),
+        context: b"",
+        stream: source.stream,
+        journal: source.journal,
+        stored: None,
+        alert: None,
+    };
+    let key = key_template.render(&ctx, template::Escape::None);
+    let Some(incident) = alerts.resolve(&rule.name, &key) else {
+        return;
+    };
+    let mut summaries = Vec::new();
+    bursts.close_thread(&rule.name, &key, &mut summaries);
+    for summary in summaries {
+        out.notification(summary, Cause::Summary);
+    }
+    let values = resolution_values(&incident, now_ms);
+    ctx.alert = Some(&values);
+    let text = resolve.message.render(&ctx, template::Escape::ChatText);
+    out.notification(
+        alert_notification(rule, &key, incident.webhook, text),
+        Cause::Resolution,
+    );
+}
+
+/// The resolution message's `{occurrences}` and `{duration}`.
+fn resolution_values(incident: &alerts::Incident, now_ms: i64) -> template::AlertValues {
+    template::AlertValues {
+        occurrences: incident.occurrences.to_string(),
+        duration: human_ms(now_ms.saturating_sub(incident.opened_ms)),
+        ..template::AlertValues::default()
+    }
+}
+
+/// The capture values an incident keeps for a resolution by time: the hit's captures
+/// under the names of the resolution message's groups.
+fn incident_values(
+    rule: &crate::config::Rule,
+    resolve: &crate::config::Resolve,
+    hit: &Hit<'_, '_>,
+) -> Vec<Option<String>> {
+    let own: Vec<Option<&str>> = rule.pattern.capture_names().collect();
+    resolve
+        .message_pattern(&rule.pattern)
+        .capture_names()
+        .map(|name| {
+            let index = own.iter().position(|n| name.is_some() && *n == name)?;
+            hit.captures
+                .get(index)
+                .map(|m| String::from_utf8_lossy(m).into_owned())
+        })
+        .collect()
+}
+
+/// A notification of an alert (resolution, absence, recovery): a text reply in the
+/// rule's thread, never merged into a burst.
+fn alert_notification(
+    rule: &crate::config::Rule,
+    thread_key: &str,
+    webhook: String,
+    text: String,
+) -> Notification {
+    Notification {
+        rule: rule.name.clone(),
+        webhook,
+        thread_key: thread_key.to_owned(),
+        dedup_key: None,
+        text: chat_text::fit(text),
+        burst: None,
+    }
+}
+
+fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// A span of milliseconds as people read it, to the second (`1h 2m 3s`).
+fn human_ms(ms: i64) -> String {
+    let secs = u64::try_from(ms.max(0) / 1000).unwrap_or(0);
+    humantime::format_duration(Duration::from_secs(secs.max(1))).to_string()
+}
+
 /// Who wrote a line or event, beyond its file: what the source built-ins render.
 #[derive(Debug, Clone, Copy)]
 struct Written<'a> {
     stream: Option<decode::Stream>,
     journal: Option<&'a journal_fields::JournalFields>,
+}
+
+/// The rules the tick looks at: those with `resolve.after`, `resolve` or `absent_after`.
+fn timed_rules(config: &Config) -> HashMap<String, Arc<crate::config::Rule>> {
+    config
+        .rules
+        .iter()
+        .filter(|r| r.resolve.is_some() || r.absence.is_some())
+        .map(|r| (r.name.clone(), Arc::clone(r)))
+        .collect()
 }
 
 /// `dedup.window` by rule name.

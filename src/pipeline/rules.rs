@@ -27,6 +27,19 @@ const GATE_DFA_CACHE_MIN: usize = 2 * 1024 * 1024;
 pub struct RuleSet {
     gate: RegexSet,
     rules: Vec<Arc<Rule>>,
+    /// The rules whose `resolve.match` follows theirs in the gate, in gate order.
+    resolvers: Vec<usize>,
+}
+
+/// What the gate found in a line: a rule's match, or a line that resolves a rule's
+/// incident (`resolve.match`).
+#[derive(Debug)]
+pub enum Found<'r, 'l> {
+    Hit(Hit<'r, 'l>),
+    Resolves {
+        rule: &'r Rule,
+        captures: Groups<'l>,
+    },
 }
 
 /// One rule matching one line.
@@ -85,15 +98,32 @@ pub struct Source<'a> {
 impl RuleSet {
     /// Builds the gate over `rules`, in the given order.
     pub fn new(rules: Vec<Arc<Rule>>) -> Result<Self, regex::Error> {
-        let gate = RegexSetBuilder::new(rules.iter().map(|r| r.pattern.as_str()))
-            .size_limit(RULE_REGEX_SIZE_LIMIT.saturating_mul(rules.len().max(1)))
+        let resolvers: Vec<usize> = rules
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.resolve.as_ref().is_some_and(|x| x.pattern.is_some()))
+            .map(|(i, _)| i)
+            .collect();
+        let patterns = rules.iter().map(|r| r.pattern.as_str()).chain(
+            resolvers.iter().filter_map(|&i| {
+                let (p, _) = rules[i].resolve.as_ref()?.pattern.as_ref()?;
+                Some(p.as_str())
+            }),
+        );
+        let entries = rules.len() + resolvers.len();
+        let gate = RegexSetBuilder::new(patterns)
+            .size_limit(RULE_REGEX_SIZE_LIMIT.saturating_mul(entries.max(1)))
             .dfa_size_limit(
                 GATE_DFA_CACHE_PER_RULE
-                    .saturating_mul(rules.len().max(1))
+                    .saturating_mul(entries.max(1))
                     .max(GATE_DFA_CACHE_MIN),
             )
             .build()?;
-        Ok(Self { gate, rules })
+        Ok(Self {
+            gate,
+            rules,
+            resolvers,
+        })
     }
 
     /// A set with no rules: nothing matches.
@@ -101,6 +131,7 @@ impl RuleSet {
         Self {
             gate: RegexSet::empty(),
             rules: Vec::new(),
+            resolvers: Vec::new(),
         }
     }
 
@@ -116,11 +147,33 @@ impl RuleSet {
         line: &'l [u8],
         mut on_hit: impl FnMut(Hit<'r, 'l>),
     ) -> usize {
+        self.find(line, |found| {
+            if let Found::Hit(hit) = found {
+                on_hit(hit);
+            }
+        })
+    }
+
+    /// As [`evaluate`](Self::evaluate), and also reports lines that resolve a rule's
+    /// incident (after the rules' hits). Returns the number of hits.
+    pub fn find<'r, 'l>(&'r self, line: &'l [u8], mut on_found: impl FnMut(Found<'r, 'l>)) -> usize {
         if !self.gate.is_match(line) {
             return 0;
         }
         let mut hits = 0;
         for index in self.gate.matches(line).iter() {
+            if let Some(&resolver) = index
+                .checked_sub(self.rules.len())
+                .and_then(|i| self.resolvers.get(i))
+            {
+                let rule = &*self.rules[resolver];
+                if let Some((pattern, _)) = rule.resolve.as_ref().and_then(|r| r.pattern.as_ref())
+                    && let Some(captures) = pattern.captures(line)
+                {
+                    on_found(Found::Resolves { rule, captures });
+                }
+                continue;
+            }
             let rule = &*self.rules[index];
             let Some(captures) = rule.pattern.captures(line) else {
                 continue;
@@ -129,7 +182,7 @@ impl RuleSet {
                 continue;
             }
             hits += 1;
-            on_hit(Hit { rule, captures });
+            on_found(Found::Hit(Hit { rule, captures }));
         }
         hits
     }
@@ -151,6 +204,8 @@ impl Hit<'_, '_> {
             context,
             stream: source.stream,
             journal: source.journal,
+            stored: None,
+            alert: None,
         }
     }
 
@@ -166,7 +221,20 @@ impl Hit<'_, '_> {
         source: &Source<'_>,
         context: &[u8],
     ) -> Notification {
-        let ctx = self.render_context(line, source, context);
+        self.notification_with_alert(line, source, context, None)
+    }
+
+    /// As [`notification_with_context`](Self::notification_with_context), with the alert
+    /// built-ins' values (a threshold reached).
+    pub fn notification_with_alert(
+        &self,
+        line: &[u8],
+        source: &Source<'_>,
+        context: &[u8],
+        alert: Option<&crate::pipeline::template::AlertValues>,
+    ) -> Notification {
+        let mut ctx = self.render_context(line, source, context);
+        ctx.alert = alert;
         let rule = self.rule;
         Notification {
             rule: rule.name.clone(),

@@ -28,6 +28,20 @@ pub const SOURCE_BUILTINS: [&str; 8] = [
     "priority",
 ];
 
+/// Built-ins of alerts: `{count}` and `{within}` in the message of a rule with
+/// `threshold`, `{occurrences}` and `{duration}` in `resolve.message`. A capture of the
+/// same name takes their place.
+pub const ALERT_BUILTINS: [&str; 4] = ["count", "within", "occurrences", "duration"];
+
+/// What the alert built-ins render to, for one notification.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AlertValues {
+    pub count: String,
+    pub within: String,
+    pub occurrences: String,
+    pub duration: String,
+}
+
 /// The source built-ins of journal entries.
 pub const JOURNAL_BUILTINS: [&str; 4] = ["unit", "identifier", "pid", "priority"];
 
@@ -92,6 +106,10 @@ enum Segment {
     Identifier,
     Pid,
     Priority,
+    Count,
+    Within,
+    Occurrences,
+    Duration,
 }
 
 /// A parsed template. `Debug` shows the source text.
@@ -142,6 +160,11 @@ pub struct RenderContext<'a> {
     /// The writer of a journal entry; `None` for files (and for a journal event resumed
     /// after a restart, whose `{identifier}`, `{pid}` and `{priority}` render empty).
     pub journal: Option<&'a crate::pipeline::journal_fields::JournalFields>,
+    /// Capture values kept from an earlier match, by group index, used when `captures` is
+    /// `None` (an incident resolved by time, an expected absence key).
+    pub stored: Option<&'a [Option<String>]>,
+    /// The alert built-ins' values.
+    pub alert: Option<&'a AlertValues>,
 }
 
 /// How substituted values are written into the output.
@@ -198,6 +221,10 @@ impl Template {
                         "identifier" => Some(Segment::Identifier),
                         "pid" => Some(Segment::Pid),
                         "priority" => Some(Segment::Priority),
+                        "count" => Some(Segment::Count),
+                        "within" => Some(Segment::Within),
+                        "occurrences" => Some(Segment::Occurrences),
+                        "duration" => Some(Segment::Duration),
                         _ => None,
                     };
                     let segment = match name.as_str() {
@@ -266,6 +293,35 @@ impl Template {
         names
     }
 
+    /// The alert built-ins the template uses (not shadowed by a capture).
+    pub fn alert_builtins(&self) -> Vec<&'static str> {
+        let mut names: Vec<&'static str> = self
+            .segments
+            .iter()
+            .filter_map(|s| match s {
+                Segment::Count => Some("count"),
+                Segment::Within => Some("within"),
+                Segment::Occurrences => Some("occurrences"),
+                Segment::Duration => Some("duration"),
+                _ => None,
+            })
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+
+    /// Whether the template renders from nothing but captures, `{rule}` and `{host}`
+    /// (so that values alone can render it, as `expect` does).
+    pub fn uses_only_captures_rule_host(&self) -> bool {
+        self.segments.iter().all(|s| {
+            matches!(
+                s,
+                Segment::Literal(_) | Segment::Group { .. } | Segment::Rule | Segment::Host
+            )
+        })
+    }
+
     /// Whether the template uses `{context}`.
     pub fn uses_context(&self) -> bool {
         self.segments.contains(&Segment::Context)
@@ -317,9 +373,23 @@ impl Template {
                 }
                 Segment::Pid => Cow::Borrowed(ctx.journal.map_or("", |j| j.pid.as_str())),
                 Segment::Priority => Cow::Borrowed(ctx.journal.map_or("", |j| j.priority.as_str())),
-                Segment::Group { index } => match ctx.captures.and_then(|caps| caps.get(*index)) {
-                    Some(m) => String::from_utf8_lossy(m),
-                    None => continue,
+                Segment::Count => Cow::Borrowed(ctx.alert.map_or("", |a| a.count.as_str())),
+                Segment::Within => Cow::Borrowed(ctx.alert.map_or("", |a| a.within.as_str())),
+                Segment::Occurrences => {
+                    Cow::Borrowed(ctx.alert.map_or("", |a| a.occurrences.as_str()))
+                }
+                Segment::Duration => {
+                    Cow::Borrowed(ctx.alert.map_or("", |a| a.duration.as_str()))
+                }
+                Segment::Group { index } => match ctx.captures {
+                    Some(caps) => match caps.get(*index) {
+                        Some(m) => String::from_utf8_lossy(m),
+                        None => continue,
+                    },
+                    None => match ctx.stored.and_then(|s| s.get(*index)).and_then(Option::as_deref) {
+                        Some(v) => Cow::Borrowed(v),
+                        None => continue,
+                    },
                 },
             };
             match escape {
@@ -375,6 +445,8 @@ mod tests {
             context: b"",
             stream: None,
             journal: None,
+            stored: None,
+            alert: None,
         }
     }
 

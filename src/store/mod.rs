@@ -77,6 +77,16 @@ pub struct FileRow {
     pub released: bool,
 }
 
+/// A rule's remembered state of one kind and key (a row of `alert_states`): `state` is
+/// the pipeline's JSON, which the store does not read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertStateRow {
+    pub kind: String,
+    pub rule: String,
+    pub key: String,
+    pub state: String,
+}
+
 /// An open burst window (a row of `bursts`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WindowRow {
@@ -260,6 +270,22 @@ impl Store {
         Ok(rows.next().transpose()?)
     }
 
+    /// Every rule's threshold counters, incidents and heartbeats.
+    pub fn saved_alerts(&self) -> Result<Vec<AlertStateRow>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT kind, rule, key, state FROM alert_states")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(AlertStateRow {
+                kind: r.get(0)?,
+                rule: r.get(1)?,
+                key: r.get(2)?,
+                state: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
     /// The open burst windows.
     pub fn saved_windows(&self) -> Result<Vec<WindowRow>, StoreError> {
         let mut stmt = self.conn.prepare(
@@ -434,6 +460,25 @@ impl StoreTx<'_> {
                 i64::try_from(w.count).unwrap_or(i64::MAX),
                 w.last_line
             ])?;
+        Ok(())
+    }
+
+    /// Records a rule's state of one kind and key (JSON).
+    pub fn save_alert(&self, row: &AlertStateRow) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO alert_states (kind, rule, key, state) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (kind, rule, key) DO UPDATE SET state = excluded.state",
+            )?
+            .execute(params![row.kind, row.rule, row.key, row.state])?;
+        Ok(())
+    }
+
+    /// Forgets a rule's state of one kind and key.
+    pub fn remove_alert(&self, kind: &str, rule: &str, key: &str) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached("DELETE FROM alert_states WHERE kind = ?1 AND rule = ?2 AND key = ?3")?
+            .execute(params![kind, rule, key])?;
         Ok(())
     }
 

@@ -6,7 +6,7 @@ use rusqlite::Connection;
 use super::{StoreError, random_hex};
 
 /// The schema version this code writes.
-pub const SCHEMA_VERSION: i64 = 9;
+pub const SCHEMA_VERSION: i64 = 10;
 
 /// Creates or upgrades the schema of `conn` (the database at `path`, for errors).
 pub fn migrate(conn: &Connection, path: &std::path::Path) -> Result<(), StoreError> {
@@ -188,6 +188,23 @@ pub fn migrate(conn: &Connection, path: &std::path::Path) -> Result<(), StoreErr
                  cursor  TEXT NOT NULL
              );
              PRAGMA user_version = 9;
+             COMMIT;",
+        )?;
+    }
+    if version < 10 {
+        // What rules remember beyond burst windows (threshold counters, open incidents,
+        // heartbeats of `absent_after` rules), as JSON per kind, rule and key, committed
+        // with the offsets like the windows.
+        conn.execute_batch(
+            "BEGIN;
+             CREATE TABLE alert_states (
+                 kind  TEXT NOT NULL,
+                 rule  TEXT NOT NULL,
+                 key   TEXT NOT NULL,
+                 state TEXT NOT NULL,
+                 PRIMARY KEY (kind, rule, key)
+             );
+             PRAGMA user_version = 10;
              COMMIT;",
         )?;
     }

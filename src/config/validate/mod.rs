@@ -60,6 +60,7 @@ pub(super) fn validate(
         base_dir,
         provided: Vec::new(),
         has_journal: false,
+        host: String::new(),
     };
     let config = v.config(path, raw);
     if v.report.has_errors() {
@@ -80,6 +81,8 @@ struct Validator<'a> {
     provided: Vec<&'static str>,
     /// `journal:` is configured (a rule's `units` has something to limit).
     has_journal: bool,
+    /// The value of `{host}`, for keys rendered at load (`expect`).
+    host: String,
 }
 
 fn loc<T>(spanned: &Spanned<T>) -> Option<Location> {
@@ -96,6 +99,7 @@ impl Validator<'_> {
             Some(host) => self.expanded(host, "host").unwrap_or_default(),
             None => self.options.default_host.clone(),
         };
+        self.host = host.clone();
         let webhooks: Vec<Webhook> = raw
             .webhooks
             .iter()

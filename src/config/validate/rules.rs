@@ -17,6 +17,17 @@ use super::{Validator, defined_webhooks, is_name, loc};
 use crate::path_glob::PathGlob;
 use crate::pipeline::template::{BUILTINS, SOURCE_BUILTINS, Template};
 
+/// The longest `absent_after`: a monthly job's line.
+const MAX_ABSENT_AFTER: std::time::Duration = std::time::Duration::from_secs(40 * 24 * 3600);
+
+/// Where an alert built-in may be used, for the error naming it elsewhere.
+fn alert_builtin_home(builtin: &str) -> &'static str {
+    match builtin {
+        "count" | "within" => "exists only in the messages of rules with `threshold`",
+        _ => "exists only in `resolve.message`",
+    }
+}
+
 impl Validator<'_> {
     pub(super) fn rule(&mut self, raw: &RawRule, config: &RawConfig) -> Option<Rule> {
         let name = raw.name.value.clone();
@@ -122,8 +133,14 @@ impl Validator<'_> {
                 0
             }
         };
+        let threshold = raw
+            .threshold
+            .as_ref()
+            .and_then(|t| self.threshold(t, &name));
         let default_message = if context_before > 0 {
             DEFAULT_MESSAGE_WITH_CONTEXT
+        } else if raw.threshold.is_some() {
+            crate::config::DEFAULT_THRESHOLD_MESSAGE
         } else {
             DEFAULT_MESSAGE
         };
@@ -142,10 +159,76 @@ impl Validator<'_> {
                 format!("rule `{name}`: context.before is set but the message does not show `{{context}}`"),
             );
         }
-        let dedup = raw
+        for (template, field, value) in [
+            (&thread_key, "thread_key", raw.thread_key.as_ref()),
+            (&message, "message", raw.message.as_ref()),
+        ] {
+            let Some(t) = template else { continue };
+            for builtin in t.alert_builtins() {
+                let allowed = raw.threshold.is_some() && ["count", "within"].contains(&builtin);
+                if !allowed {
+                    self.report.error(
+                        value.and_then(loc),
+                        format!(
+                            "rule `{name}`: {field} names `{{{builtin}}}`, which {}",
+                            alert_builtin_home(builtin)
+                        ),
+                    );
+                }
+            }
+        }
+        let mut dedup = raw
             .dedup
             .as_ref()
             .and_then(|d| self.dedup(d, &pattern, &thread_key, &name));
+        let max_keys = dedup.as_ref().map_or(DEFAULT_MAX_KEYS, |d| d.max_keys);
+        // Once a threshold fires, the rule behaves as `dedup`: with its own window, or one
+        // of `within`.
+        if dedup.is_none()
+            && raw.dedup.is_none()
+            && let (Some(t), Some(key)) = (&threshold, &thread_key)
+        {
+            dedup = Some(Dedup {
+                window: t.within,
+                key: key.clone(),
+                max_keys,
+            });
+        }
+        let resolve = raw
+            .resolve
+            .as_ref()
+            .and_then(|r| self.resolve(r, &pattern, raw.thread_key.as_ref(), &name));
+        let absence = match &raw.absent_after {
+            None => {
+                if let Some(expect) = &raw.expect {
+                    self.report.error(
+                        expect.first().and_then(loc),
+                        format!("rule `{name}`: `expect` lists keys whose absence alerts, which needs `absent_after`"),
+                    );
+                }
+                None
+            }
+            Some(after) => {
+                if let Some(t) = &raw.threshold {
+                    self.report.error(
+                        loc(t),
+                        format!("rule `{name}`: `threshold` and `absent_after` exclude each other (one alerts on many lines, the other on none)"),
+                    );
+                }
+                if let Some(r) = &raw.resolve {
+                    self.report.error(
+                        loc(r),
+                        format!("rule `{name}`: `resolve` does not apply to `absent_after` (the line's return is posted as the recovery)"),
+                    );
+                }
+                let after = self.duration_upto(after, &what("absent_after"), MAX_ABSENT_AFTER);
+                let expected = self.expected_keys(raw, &pattern, thread_key.as_ref(), &name);
+                Some(crate::config::Absence {
+                    after: after?,
+                    expected: expected?,
+                })
+            }
+        };
         Some(Rule {
             name,
             pattern,
@@ -157,7 +240,192 @@ impl Validator<'_> {
             files,
             units,
             context_before,
+            threshold,
+            resolve,
+            absence,
+            max_keys,
         })
+    }
+
+    fn threshold(
+        &mut self,
+        raw: &Spanned<crate::config::raw::RawThreshold>,
+        name: &str,
+    ) -> Option<crate::config::Threshold> {
+        let count = raw.value.count.value;
+        if !(2..=1_000_000).contains(&count) {
+            self.report.error(
+                loc(&raw.value.count),
+                format!("rule `{name}`: threshold.count must be between 2 and 1000000, not {count} (1 is every match: leave `threshold` out)"),
+            );
+        }
+        let within = self.duration(&raw.value.within, &format!("rule `{name}`: threshold.within"))?;
+        Some(crate::config::Threshold {
+            count: usize::try_from(count).ok().filter(|c| (2..=1_000_000).contains(c))?,
+            within,
+        })
+    }
+
+    fn resolve(
+        &mut self,
+        raw: &Spanned<crate::config::raw::RawResolve>,
+        rule_pattern: &RulePattern,
+        thread_key: Option<&Spanned<String>>,
+        name: &str,
+    ) -> Option<crate::config::Resolve> {
+        let r = &raw.value;
+        if r.pattern.is_none() && r.after.is_none() {
+            self.report.error(
+                loc(raw),
+                format!("rule `{name}`: `resolve` needs `match` (a line that ends the incident), `after` (quiet that ends it), or both"),
+            );
+            return None;
+        }
+        let after = r
+            .after
+            .as_ref()
+            .map(|a| self.duration(a, &format!("rule `{name}`: resolve.after")));
+        let pattern = match &r.pattern {
+            None => None,
+            Some(p) => {
+                let what = format!("rule `{name}`: resolve.match");
+                let compiled = self
+                    .expanded(p, &what)
+                    .and_then(|text| self.rule_pattern(&text, p, &format!("rule `{name}`: `resolve.match`")))?;
+                // The resolving line must render the incident's thread key: the rule's
+                // thread key, parsed against the groups of `resolve.match`.
+                let names: Vec<&str> = compiled.capture_names().flatten().collect();
+                let index = |n: &str| compiled.capture_names().position(|c| c == Some(n));
+                let source = thread_key.map_or(DEFAULT_THREAD_KEY, |t| t.value.as_str());
+                let source = crate::config::expand(source, self.options.env).ok()?;
+                match Template::parse(&source, index, &names) {
+                    Ok(t) => Some((compiled, t)),
+                    Err(error) => {
+                        self.report.error(
+                            loc(p),
+                            format!("rule `{name}`: resolve.match must capture what the thread key names, so that a resolving line finds its incident: the thread key {error}"),
+                        );
+                        return None;
+                    }
+                }
+            }
+        };
+        let message_pattern = pattern.as_ref().map_or(rule_pattern, |(p, _)| p);
+        let message = self.template(
+            message_pattern,
+            r.message.as_ref(),
+            crate::config::DEFAULT_RESOLVE_MESSAGE,
+            &format!("rule `{name}`: resolve.message"),
+        )?;
+        for builtin in message.alert_builtins() {
+            if !["occurrences", "duration"].contains(&builtin) {
+                self.report.error(
+                    r.message.as_ref().and_then(loc),
+                    format!(
+                        "rule `{name}`: resolve.message names `{{{builtin}}}`, which {}",
+                        alert_builtin_home(builtin)
+                    ),
+                );
+            }
+        }
+        let after = match after {
+            Some(None) => return None,
+            Some(Some(d)) => Some(d),
+            None => None,
+        };
+        Some(crate::config::Resolve {
+            pattern,
+            after,
+            message,
+        })
+    }
+
+    /// The thread keys `expect` lists, rendered from their capture values.
+    fn expected_keys(
+        &mut self,
+        raw: &RawRule,
+        pattern: &RulePattern,
+        thread_key: Option<&Template>,
+        name: &str,
+    ) -> Option<Vec<String>> {
+        let Some(expect) = &raw.expect else {
+            return Some(Vec::new());
+        };
+        let thread_key = thread_key?;
+        if !thread_key.uses_only_captures_rule_host() {
+            self.report.error(
+                raw.thread_key.as_ref().and_then(loc),
+                format!("rule `{name}`: with `expect`, the thread key may use only captures, {{rule}} and {{host}} (`expect` gives capture values, nothing else)"),
+            );
+            return None;
+        }
+        let names: Vec<Option<&str>> = pattern.capture_names().collect();
+        let mut keys = Vec::new();
+        let mut ok = true;
+        for entry in expect {
+            let mut stored: Vec<Option<String>> = vec![None; names.len()];
+            for (capture, value) in &entry.value {
+                match names.iter().position(|n| *n == Some(capture.as_str())) {
+                    Some(i) => stored[i] = Some(value.clone()),
+                    None => {
+                        let defined: Vec<&str> = names.iter().flatten().copied().collect();
+                        self.report.error(
+                            loc(entry),
+                            format!(
+                                "rule `{name}`: expect names the capture `{capture}`, which the pattern does not define (named groups: {})",
+                                if defined.is_empty() { "none".to_owned() } else { defined.join(", ") }
+                            ),
+                        );
+                        ok = false;
+                    }
+                }
+            }
+            let ctx = crate::pipeline::template::RenderContext {
+                line: b"",
+                file: "",
+                rule: name,
+                host: &self.host,
+                captures: None,
+                context: b"",
+                stream: None,
+                journal: None,
+                stored: Some(&stored),
+                alert: None,
+            };
+            keys.push(thread_key.render(&ctx, crate::pipeline::template::Escape::None));
+        }
+        ok.then_some(keys)
+    }
+
+    /// A duration up to `max` (longer than the 7 days of windows).
+    fn duration_upto(
+        &mut self,
+        value: &Spanned<String>,
+        what: &str,
+        max: std::time::Duration,
+    ) -> Option<std::time::Duration> {
+        let text = self.expanded(value, what)?;
+        match humantime::parse_duration(text.trim()) {
+            Ok(d) if d.is_zero() => {
+                self.report.error(loc(value), format!("{what} must be longer than 0"));
+                None
+            }
+            Ok(d) if d > max => {
+                self.report.error(
+                    loc(value),
+                    format!("{what} `{text}` is longer than the maximum of {}", humantime::format_duration(max)),
+                );
+                None
+            }
+            Ok(d) => Some(d),
+            Err(error) => {
+                self.report.error(
+                    loc(value),
+                    format!("{what} `{text}` is not a duration ({error}); write e.g. `25h` or `90m`"),
+                );
+                None
+            }
+        }
     }
 
     fn regex(&mut self, source: &str, value: &Spanned<String>, what: &str) -> Option<Regex> {

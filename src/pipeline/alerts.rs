@@ -1,0 +1,510 @@
+//! What rules remember beyond burst windows: threshold counters, open incidents (for
+//! `resolve`) and heartbeats (for `absent_after`), per rule and key.
+//!
+//! - A **threshold** counter keeps the times of the latest matches of one dedup key, at
+//!   most `count` of them: the threshold is reached when the oldest kept is within
+//!   `within` of the newest. Reaching it empties the counter (the burst window takes
+//!   over; when that ends, counting starts from one).
+//! - An **incident** of a thread key opens with the rule's first posted notification for
+//!   that key and counts the occurrences after it; `resolve.match` or quiet for
+//!   `resolve.after` closes it with one resolution message.
+//! - A **heartbeat** is the last time a key of an `absent_after` rule was seen (or, for a
+//!   key `expect` lists and never seen, when tracking began), and whether its absence was
+//!   posted.
+//!
+//! Like [`super::bursts`], this is pure: time is an argument and the changes to store are
+//! taken with [`Alerts::take_changes`], so they are committed with the offsets. Each rule
+//! keeps at most `max_keys` states of each kind; one more drops the least recently seen
+//! (reported as an eviction).
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+
+/// What is kept for one (kind, rule, key).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum AlertState {
+    Threshold {
+        /// Times of the latest matches (unix ms), oldest first, at most `count`.
+        times: VecDeque<i64>,
+    },
+    Incident(Incident),
+    Heartbeat(Heartbeat),
+}
+
+/// An open incident of a thread key.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Incident {
+    pub webhook: String,
+    pub opened_ms: i64,
+    pub last_ms: i64,
+    /// Occurrences since it opened, the first included.
+    pub occurrences: u64,
+    /// The last occurrence's capture values under the names of the resolution message's
+    /// groups (by index), for a resolution by time.
+    pub values: Vec<Option<String>>,
+}
+
+/// The last sighting of a key of an `absent_after` rule.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Heartbeat {
+    pub webhook: String,
+    /// When its line was last seen, or (never seen) when tracking began.
+    pub last_ms: i64,
+    /// Whether its line has ever been seen.
+    pub seen: bool,
+    /// When its absence was posted, while it lasts.
+    pub absent_ms: Option<i64>,
+}
+
+/// Which kind of state; part of its identity (one rule may have an incident and a
+/// threshold counter under the same key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    Threshold,
+    Incident,
+    Heartbeat,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Threshold => "threshold",
+            Kind::Incident => "incident",
+            Kind::Heartbeat => "heartbeat",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Kind::Threshold, Kind::Incident, Kind::Heartbeat]
+            .into_iter()
+            .find(|k| k.name() == name)
+    }
+
+    fn of(state: &AlertState) -> Self {
+        match state {
+            AlertState::Threshold { .. } => Kind::Threshold,
+            AlertState::Incident(_) => Kind::Incident,
+            AlertState::Heartbeat(_) => Kind::Heartbeat,
+        }
+    }
+}
+
+/// One stored state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertRow {
+    pub rule: String,
+    pub key: String,
+    pub state: AlertState,
+}
+
+/// (kind, rule, key).
+pub type AlertId = (Kind, String, String);
+
+/// Every state, with what changed since the last [`Alerts::take_changes`].
+#[derive(Debug, Default)]
+pub struct Alerts {
+    states: HashMap<AlertId, (u64, AlertState)>,
+    /// Least recently seen first, per kind and rule: sequence number → key.
+    recency: HashMap<(Kind, String), BTreeMap<u64, String>>,
+    next_seq: u64,
+    changed: HashSet<AlertId>,
+    removed: HashSet<AlertId>,
+}
+
+impl Alerts {
+    /// States loaded from the store.
+    pub fn from_saved(saved: Vec<AlertRow>) -> Self {
+        let mut alerts = Self::default();
+        for row in saved {
+            let id = (Kind::of(&row.state), row.rule, row.key);
+            alerts.put(id, row.state);
+        }
+        alerts.changed.clear();
+        alerts
+    }
+
+    fn put(&mut self, id: AlertId, state: AlertState) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let recency = self.recency.entry((id.0, id.1.clone())).or_default();
+        if let Some((old, _)) = self.states.get(&id) {
+            recency.remove(old);
+        }
+        recency.insert(seq, id.2.clone());
+        self.removed.remove(&id);
+        self.changed.insert(id.clone());
+        self.states.insert(id, (seq, state));
+    }
+
+    fn take(&mut self, id: &AlertId) -> Option<AlertState> {
+        let (seq, state) = self.states.remove(id)?;
+        if let Some(r) = self.recency.get_mut(&(id.0, id.1.clone())) {
+            r.remove(&seq);
+        }
+        self.changed.remove(id);
+        self.removed.insert(id.clone());
+        Some(state)
+    }
+
+    /// Makes room for one more state of `kind` for `rule`; returns whether one was
+    /// dropped.
+    fn make_room(&mut self, kind: Kind, rule: &str, max_keys: usize) -> bool {
+        let Some(recency) = self.recency.get(&(kind, rule.to_owned())) else {
+            return false;
+        };
+        if recency.len() < max_keys.max(1) {
+            return false;
+        }
+        let Some(oldest) = recency.values().next().cloned() else {
+            return false;
+        };
+        self.take(&(kind, rule.to_owned(), oldest)).is_some()
+    }
+
+    /// A match of a `threshold` rule's `key` at `now_ms`. Returns the number of matches
+    /// within `within` when that reaches `count` (the counter then starts over), and
+    /// whether a counter was dropped for room.
+    pub fn count_towards(
+        &mut self,
+        (rule, key): (&str, &str),
+        count: usize,
+        within_ms: i64,
+        now_ms: i64,
+        max_keys: usize,
+    ) -> (Option<usize>, bool) {
+        let id = (Kind::Threshold, rule.to_owned(), key.to_owned());
+        let mut evicted = false;
+        let mut times = match self.take(&id) {
+            Some(AlertState::Threshold { times }) => times,
+            _ => {
+                evicted = self.make_room(Kind::Threshold, rule, max_keys);
+                VecDeque::new()
+            }
+        };
+        times.push_back(now_ms);
+        while times
+            .front()
+            .is_some_and(|&t| now_ms.saturating_sub(t) >= within_ms)
+        {
+            times.pop_front();
+        }
+        while times.len() > count {
+            times.pop_front();
+        }
+        if times.len() >= count {
+            // Reached: the counter is gone (already taken out), the window takes over.
+            return (Some(times.len()), evicted);
+        }
+        self.put(id, AlertState::Threshold { times });
+        (None, evicted)
+    }
+
+    /// The open incident of `rule`'s `thread_key`, if any.
+    pub fn incident(&self, rule: &str, thread_key: &str) -> Option<&Incident> {
+        match self
+            .states
+            .get(&(Kind::Incident, rule.to_owned(), thread_key.to_owned()))
+        {
+            Some((_, AlertState::Incident(i))) => Some(i),
+            _ => None,
+        }
+    }
+
+    /// An occurrence of `rule`'s `thread_key` at `now_ms`: counted into its open incident,
+    /// or (`opens`: it was posted) opening one. Returns whether a state was dropped for
+    /// room.
+    pub fn occurrence(
+        &mut self,
+        (rule, thread_key): (&str, &str),
+        opens: Option<(&str, Vec<Option<String>>)>,
+        now_ms: i64,
+        max_keys: usize,
+    ) -> bool {
+        let id = (Kind::Incident, rule.to_owned(), thread_key.to_owned());
+        match self.take(&id) {
+            Some(AlertState::Incident(mut i)) => {
+                i.occurrences += 1;
+                i.last_ms = now_ms;
+                if let Some((_, values)) = opens {
+                    i.values = values;
+                }
+                self.put(id, AlertState::Incident(i));
+                false
+            }
+            _ => {
+                let Some((webhook, values)) = opens else {
+                    return false;
+                };
+                let evicted = self.make_room(Kind::Incident, rule, max_keys);
+                self.put(
+                    id,
+                    AlertState::Incident(Incident {
+                        webhook: webhook.to_owned(),
+                        opened_ms: now_ms,
+                        last_ms: now_ms,
+                        occurrences: 1,
+                        values,
+                    }),
+                );
+                evicted
+            }
+        }
+    }
+
+    /// Closes `rule`'s incident of `thread_key` (a resolving line), if one is open.
+    pub fn resolve(&mut self, rule: &str, thread_key: &str) -> Option<Incident> {
+        let id = (Kind::Incident, rule.to_owned(), thread_key.to_owned());
+        self.states.get(&id)?;
+        match self.take(&id) {
+            Some(AlertState::Incident(i)) => Some(i),
+            _ => None,
+        }
+    }
+
+    /// Closes the incidents quiet for their rule's `resolve.after` (`after_of`), oldest
+    /// first, as (rule, thread key, incident).
+    pub fn quiet_incidents(
+        &mut self,
+        now_ms: i64,
+        after_of: impl Fn(&str) -> Option<i64>,
+    ) -> Vec<(String, String, Incident)> {
+        let mut due: Vec<(i64, AlertId)> = self
+            .states
+            .iter()
+            .filter_map(|(id, (_, s))| match s {
+                AlertState::Incident(i)
+                    if after_of(&id.1)
+                        .is_some_and(|after| now_ms >= i.last_ms.saturating_add(after)) =>
+                {
+                    Some((i.last_ms, id.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        due.sort();
+        due.into_iter()
+            .filter_map(|(_, id)| match self.take(&id) {
+                Some(AlertState::Incident(i)) => Some((id.1, id.2, i)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A line of an `absent_after` rule's `thread_key` at `now_ms`. Returns the heartbeat
+    /// as it was when its absence had been posted (the line is back), and whether a state
+    /// was dropped for room.
+    pub fn heartbeat(
+        &mut self,
+        (rule, thread_key): (&str, &str),
+        webhook: &str,
+        now_ms: i64,
+        max_keys: usize,
+    ) -> (Option<Heartbeat>, bool) {
+        let id = (Kind::Heartbeat, rule.to_owned(), thread_key.to_owned());
+        let (back, evicted) = match self.take(&id) {
+            Some(AlertState::Heartbeat(h)) => (h.absent_ms.is_some().then_some(h), false),
+            _ => (None, self.make_room(Kind::Heartbeat, rule, max_keys)),
+        };
+        self.put(
+            id,
+            AlertState::Heartbeat(Heartbeat {
+                webhook: webhook.to_owned(),
+                last_ms: now_ms,
+                seen: true,
+                absent_ms: None,
+            }),
+        );
+        (back, evicted)
+    }
+
+    /// Starts tracking `rule`'s expected keys not tracked yet, as if seen at `now_ms`.
+    pub fn expect(&mut self, rule: &str, keys: &[String], webhook: &str, now_ms: i64) {
+        for key in keys {
+            let id = (Kind::Heartbeat, rule.to_owned(), key.clone());
+            if !self.states.contains_key(&id) {
+                self.put(
+                    id,
+                    AlertState::Heartbeat(Heartbeat {
+                        webhook: webhook.to_owned(),
+                        last_ms: now_ms,
+                        seen: false,
+                        absent_ms: None,
+                    }),
+                );
+            }
+        }
+    }
+
+    /// Marks as absent the heartbeats not seen for their rule's `absent_after`
+    /// (`after_of`), and returns them (rule, thread key, heartbeat before the mark),
+    /// oldest first.
+    pub fn absences(
+        &mut self,
+        now_ms: i64,
+        after_of: impl Fn(&str) -> Option<i64>,
+    ) -> Vec<(String, String, Heartbeat)> {
+        let mut due: Vec<(i64, AlertId)> = self
+            .states
+            .iter()
+            .filter_map(|(id, (_, s))| match s {
+                AlertState::Heartbeat(h)
+                    if h.absent_ms.is_none()
+                        && after_of(&id.1)
+                            .is_some_and(|after| now_ms >= h.last_ms.saturating_add(after)) =>
+                {
+                    Some((h.last_ms, id.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        due.sort();
+        let mut out = Vec::new();
+        for (_, id) in due {
+            if let Some((_, AlertState::Heartbeat(h))) = self.states.get_mut(&id) {
+                let before = h.clone();
+                h.absent_ms = Some(now_ms);
+                self.changed.insert(id.clone());
+                out.push((id.1, id.2, before));
+            }
+        }
+        out
+    }
+
+    /// Keeps only the states `keep(kind, rule)` accepts (a reload: states of a rule that
+    /// still has that feature stay).
+    pub fn retain(&mut self, keep: impl Fn(Kind, &str) -> bool) {
+        let gone: Vec<AlertId> = self
+            .states
+            .keys()
+            .filter(|id| !keep(id.0, &id.1))
+            .cloned()
+            .collect();
+        for id in gone {
+            self.take(&id);
+        }
+    }
+
+    /// The states changed and the ids removed since the last call, for the store.
+    pub fn take_changes(&mut self) -> (Vec<AlertRow>, Vec<AlertId>) {
+        let changed = self
+            .changed
+            .drain()
+            .filter_map(|id| {
+                self.states.get(&id).map(|(_, s)| AlertRow {
+                    rule: id.1.clone(),
+                    key: id.2.clone(),
+                    state: s.clone(),
+                })
+            })
+            .collect();
+        (changed, self.removed.drain().collect())
+    }
+
+    /// Whether anything is waiting for [`take_changes`](Self::take_changes).
+    pub fn has_changes(&self) -> bool {
+        !self.changed.is_empty() || !self.removed.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: i64 = 60_000;
+
+    #[test]
+    fn a_threshold_is_reached_by_count_within_the_time() {
+        let mut a = Alerts::default();
+        // 49 within a minute: nothing.
+        for i in 0..49 {
+            assert_eq!(a.count_towards(("r", "k"), 50, MIN, i * 1000, 10).0, None);
+        }
+        // The 50th, still within the minute of the first: reached, and the counter is gone.
+        assert_eq!(a.count_towards(("r", "k"), 50, MIN, 49_000, 10).0, Some(50));
+        assert_eq!(a.count_towards(("r", "k"), 50, MIN, 50_000, 10).0, None);
+        // Spread out, 50 matches never fall within one minute.
+        let mut b = Alerts::default();
+        for i in 0..200 {
+            assert_eq!(b.count_towards(("r", "k"), 50, MIN, i * 2000, 10).0, None);
+        }
+    }
+
+    #[test]
+    fn keys_beyond_max_keys_drop_the_least_recently_seen() {
+        let mut a = Alerts::default();
+        assert!(!a.count_towards(("r", "a"), 5, MIN, 0, 2).1);
+        assert!(!a.count_towards(("r", "b"), 5, MIN, 1, 2).1);
+        assert!(a.count_towards(("r", "c"), 5, MIN, 2, 2).1);
+        let (rows, removed) = a.take_changes();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(removed, vec![(Kind::Threshold, "r".to_owned(), "a".to_owned())]);
+    }
+
+    #[test]
+    fn an_incident_opens_counts_and_resolves_once() {
+        let mut a = Alerts::default();
+        // A counted occurrence with no incident open opens nothing.
+        a.occurrence(("r", "db-1"), None, 0, 10);
+        assert!(a.incident("r", "db-1").is_none());
+        a.occurrence(("r", "db-1"), Some(("oncall", vec![])), 1_000, 10);
+        a.occurrence(("r", "db-1"), None, 2_000, 10);
+        let i = a.incident("r", "db-1").unwrap();
+        assert_eq!((i.opened_ms, i.last_ms, i.occurrences), (1_000, 2_000, 2));
+        assert!(a.resolve("r", "db-2").is_none());
+        assert_eq!(a.resolve("r", "db-1").map(|i| i.occurrences), Some(2));
+        assert!(a.resolve("r", "db-1").is_none());
+    }
+
+    #[test]
+    fn quiet_incidents_resolve_after_their_time() {
+        let mut a = Alerts::default();
+        a.occurrence(("r", "k"), Some(("oncall", vec![])), 0, 10);
+        assert!(a.quiet_incidents(9 * MIN, |_| Some(10 * MIN)).is_empty());
+        let done = a.quiet_incidents(10 * MIN, |_| Some(10 * MIN));
+        assert_eq!(done.len(), 1);
+        assert!(a.quiet_incidents(20 * MIN, |_| Some(10 * MIN)).is_empty());
+    }
+
+    #[test]
+    fn an_absence_is_posted_once_and_its_end_once() {
+        let mut a = Alerts::default();
+        a.expect("backup", &["backup-orders".to_owned()], "oncall", 0);
+        a.heartbeat(("backup", "backup-users"), "oncall", 0, 10);
+        assert!(a.absences(MIN, |_| Some(2 * MIN)).is_empty());
+        let absent = a.absences(2 * MIN, |_| Some(2 * MIN));
+        assert_eq!(absent.len(), 2);
+        assert!(!absent.iter().find(|x| x.1 == "backup-orders").unwrap().2.seen);
+        // Once posted, not again.
+        assert!(a.absences(10 * MIN, |_| Some(2 * MIN)).is_empty());
+        // The line is back: the end of the absence, once.
+        assert!(a.heartbeat(("backup", "backup-users"), "oncall", 11 * MIN, 10).0.is_some());
+        assert!(a.heartbeat(("backup", "backup-users"), "oncall", 12 * MIN, 10).0.is_none());
+        // Expecting again does not reset a tracked key: `backup-orders` stays absent (not
+        // posted again); `backup-users`, quiet since 12 min, is absent again.
+        a.expect("backup", &["backup-orders".to_owned()], "oncall", 30 * MIN);
+        let again = a.absences(30 * MIN, |_| Some(2 * MIN));
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].1, "backup-users");
+    }
+
+    #[test]
+    fn saved_states_round_trip() {
+        let mut a = Alerts::default();
+        a.count_towards(("r", "k"), 3, MIN, 5, 10);
+        a.occurrence(("s", "t"), Some(("oncall", vec![Some("db".to_owned()), None])), 7, 10);
+        let (rows, _) = a.take_changes();
+        let json: Vec<String> = rows.iter().map(|r| serde_json::to_string(&r.state).unwrap()).collect();
+        let back: Vec<AlertRow> = rows
+            .iter()
+            .zip(&json)
+            .map(|(r, j)| AlertRow {
+                rule: r.rule.clone(),
+                key: r.key.clone(),
+                state: serde_json::from_str(j).unwrap(),
+            })
+            .collect();
+        let b = Alerts::from_saved(back);
+        assert_eq!(b.incident("s", "t").map(|i| i.values.clone()), Some(vec![Some("db".to_owned()), None]));
+        assert!(!b.has_changes());
+    }
+}

@@ -352,9 +352,13 @@ impl<'a> Report<'a> {
         if let Some(key) = &n.dedup_key {
             writeln!(out, "  dedup key:  {key}")?;
         }
-        writeln!(out, "  message:")?;
-        for text_line in n.text.lines() {
-            writeln!(out, "    │ {text_line}")?;
+        if matches!(report.routed, Routed::BelowThreshold | Routed::Heartbeat) {
+            writeln!(out, "  message:    (none: not posted)")?;
+        } else {
+            writeln!(out, "  message:")?;
+            for text_line in n.text.lines() {
+                writeln!(out, "    │ {text_line}")?;
+            }
         }
         let queued = std::mem::take(&mut self.queued);
         write_summaries(out, &queued, "window closed or evicted")?;
@@ -413,7 +417,10 @@ impl Output for Report<'_> {
             Cause::Recovery => "recovery",
         };
         if self.error.is_none() {
-            let written = write_alert(self.out, &n, label);
+            // Summaries queued before it (a window closed by a resolution) come first.
+            let queued = std::mem::take(&mut self.queued);
+            let written = write_summaries(self.out, &queued, self.why)
+                .and_then(|()| write_alert(self.out, &n, label));
             self.keep(written);
         }
     }

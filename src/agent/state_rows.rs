@@ -1,12 +1,12 @@
 //! The agent's translation between the store's plain rows and the tailer's and the
 //! pipeline's own types. Neither side knows the other; this is where they meet.
 
-use crate::pipeline::decode::{Partial, PartialChange, Stream};
 use crate::pipeline::alerts::{AlertState, Kind};
+use crate::pipeline::decode::{Partial, PartialChange, Stream};
 use crate::pipeline::{AlertRow, Changes, Event, EventChange, FileId, Notification, Window};
 use crate::store::{
-    AlertStateRow, EventGrowth, EventRow, FileRow, NewNotification, PartialRow, Store, StoreError, StoreTx,
-    WindowRow,
+    AlertStateRow, EventGrowth, EventRow, FileRow, NewNotification, PartialRow, Store, StoreError,
+    StoreTx, WindowRow,
 };
 use crate::tail::{Checkpoint, FileKey, SavedFile};
 

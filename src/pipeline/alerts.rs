@@ -437,7 +437,10 @@ mod tests {
         assert!(a.count_towards(("r", "c"), 5, MIN, 2, 2).1);
         let (rows, removed) = a.take_changes();
         assert_eq!(rows.len(), 2);
-        assert_eq!(removed, vec![(Kind::Threshold, "r".to_owned(), "a".to_owned())]);
+        assert_eq!(
+            removed,
+            vec![(Kind::Threshold, "r".to_owned(), "a".to_owned())]
+        );
     }
 
     #[test]
@@ -473,12 +476,27 @@ mod tests {
         assert!(a.absences(MIN, |_| Some(2 * MIN)).is_empty());
         let absent = a.absences(2 * MIN, |_| Some(2 * MIN));
         assert_eq!(absent.len(), 2);
-        assert!(!absent.iter().find(|x| x.1 == "backup-orders").unwrap().2.seen);
+        assert!(
+            !absent
+                .iter()
+                .find(|x| x.1 == "backup-orders")
+                .unwrap()
+                .2
+                .seen
+        );
         // Once posted, not again.
         assert!(a.absences(10 * MIN, |_| Some(2 * MIN)).is_empty());
         // The line is back: the end of the absence, once.
-        assert!(a.heartbeat(("backup", "backup-users"), "oncall", 11 * MIN, 10).0.is_some());
-        assert!(a.heartbeat(("backup", "backup-users"), "oncall", 12 * MIN, 10).0.is_none());
+        assert!(
+            a.heartbeat(("backup", "backup-users"), "oncall", 11 * MIN, 10)
+                .0
+                .is_some()
+        );
+        assert!(
+            a.heartbeat(("backup", "backup-users"), "oncall", 12 * MIN, 10)
+                .0
+                .is_none()
+        );
         // Expecting again does not reset a tracked key: `backup-orders` stays absent (not
         // posted again); `backup-users`, quiet since 12 min, is absent again.
         a.expect("backup", &["backup-orders".to_owned()], "oncall", 30 * MIN);
@@ -491,9 +509,17 @@ mod tests {
     fn saved_states_round_trip() {
         let mut a = Alerts::default();
         a.count_towards(("r", "k"), 3, MIN, 5, 10);
-        a.occurrence(("s", "t"), Some(("oncall", vec![Some("db".to_owned()), None])), 7, 10);
+        a.occurrence(
+            ("s", "t"),
+            Some(("oncall", vec![Some("db".to_owned()), None])),
+            7,
+            10,
+        );
         let (rows, _) = a.take_changes();
-        let json: Vec<String> = rows.iter().map(|r| serde_json::to_string(&r.state).unwrap()).collect();
+        let json: Vec<String> = rows
+            .iter()
+            .map(|r| serde_json::to_string(&r.state).unwrap())
+            .collect();
         let back: Vec<AlertRow> = rows
             .iter()
             .zip(&json)
@@ -504,7 +530,10 @@ mod tests {
             })
             .collect();
         let b = Alerts::from_saved(back);
-        assert_eq!(b.incident("s", "t").map(|i| i.values.clone()), Some(vec![Some("db".to_owned()), None]));
+        assert_eq!(
+            b.incident("s", "t").map(|i| i.values.clone()),
+            Some(vec![Some("db".to_owned()), None])
+        );
         assert!(!b.has_changes());
     }
 }

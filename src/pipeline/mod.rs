@@ -15,6 +15,8 @@
 //! the `test` report. What must be persisted is taken with [`Pipeline::take_changes`], so
 //! the caller can store it in the transaction that advances the offsets.
 
+#[cfg(test)]
+mod alert_rule_tests;
 pub mod alerts;
 pub mod bursts;
 pub mod chat_text;
@@ -403,9 +405,14 @@ impl Pipeline {
                 .map(duration_ms)
         };
         for (name, key, incident) in self.alerts.quiet_incidents(now_ms, after) {
-            let Some(rule) = rules.get(&name) else { continue };
-            let Some(resolve) = &rule.resolve else { continue };
-            let values = resolution_values(&incident, now_ms);
+            let Some(rule) = rules.get(&name) else {
+                continue;
+            };
+            let Some(resolve) = &rule.resolve else {
+                continue;
+            };
+            // Quiet since its last occurrence: that is when it ended.
+            let values = resolution_values(&incident, incident.last_ms);
             let ctx = template::RenderContext {
                 line: b"",
                 file: "",
@@ -443,12 +450,19 @@ impl Pipeline {
                 .map(|a| duration_ms(a.after))
         };
         for (name, key, before) in self.alerts.absences(now_ms, absent_after) {
-            let Some(rule) = rules.get(&name) else { continue };
-            let Some(absence) = &rule.absence else { continue };
+            let Some(rule) = rules.get(&name) else {
+                continue;
+            };
+            let Some(absence) = &rule.absence else {
+                continue;
+            };
             let mut pattern = String::new();
             chat_text::neutralise_into(rule.pattern.as_str(), &mut pattern);
             let seen = if before.seen {
-                format!("last seen {} ago", human_ms(now_ms.saturating_sub(before.last_ms)))
+                format!(
+                    "last seen {} ago",
+                    human_ms(now_ms.saturating_sub(before.last_ms))
+                )
             } else {
                 "never seen since chattail began expecting it".to_owned()
             };

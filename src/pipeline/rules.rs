@@ -104,12 +104,13 @@ impl RuleSet {
             .filter(|(_, r)| r.resolve.as_ref().is_some_and(|x| x.pattern.is_some()))
             .map(|(i, _)| i)
             .collect();
-        let patterns = rules.iter().map(|r| r.pattern.as_str()).chain(
-            resolvers.iter().filter_map(|&i| {
+        let patterns = rules
+            .iter()
+            .map(|r| r.pattern.as_str())
+            .chain(resolvers.iter().filter_map(|&i| {
                 let (p, _) = rules[i].resolve.as_ref()?.pattern.as_ref()?;
                 Some(p.as_str())
-            }),
-        );
+            }));
         let entries = rules.len() + resolvers.len();
         let gate = RegexSetBuilder::new(patterns)
             .size_limit(RULE_REGEX_SIZE_LIMIT.saturating_mul(entries.max(1)))
@@ -156,7 +157,11 @@ impl RuleSet {
 
     /// As [`evaluate`](Self::evaluate), and also reports lines that resolve a rule's
     /// incident (after the rules' hits). Returns the number of hits.
-    pub fn find<'r, 'l>(&'r self, line: &'l [u8], mut on_found: impl FnMut(Found<'r, 'l>)) -> usize {
+    pub fn find<'r, 'l>(
+        &'r self,
+        line: &'l [u8],
+        mut on_found: impl FnMut(Found<'r, 'l>),
+    ) -> usize {
         if !self.gate.is_match(line) {
             return 0;
         }

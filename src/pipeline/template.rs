@@ -378,15 +378,17 @@ impl Template {
                 Segment::Occurrences => {
                     Cow::Borrowed(ctx.alert.map_or("", |a| a.occurrences.as_str()))
                 }
-                Segment::Duration => {
-                    Cow::Borrowed(ctx.alert.map_or("", |a| a.duration.as_str()))
-                }
+                Segment::Duration => Cow::Borrowed(ctx.alert.map_or("", |a| a.duration.as_str())),
                 Segment::Group { index } => match ctx.captures {
                     Some(caps) => match caps.get(*index) {
                         Some(m) => String::from_utf8_lossy(m),
                         None => continue,
                     },
-                    None => match ctx.stored.and_then(|s| s.get(*index)).and_then(Option::as_deref) {
+                    None => match ctx
+                        .stored
+                        .and_then(|s| s.get(*index))
+                        .and_then(Option::as_deref)
+                    {
                         Some(v) => Cow::Borrowed(v),
                         None => continue,
                     },

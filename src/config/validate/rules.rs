@@ -259,9 +259,14 @@ impl Validator<'_> {
                 format!("rule `{name}`: threshold.count must be between 2 and 1000000, not {count} (1 is every match: leave `threshold` out)"),
             );
         }
-        let within = self.duration(&raw.value.within, &format!("rule `{name}`: threshold.within"))?;
+        let within = self.duration(
+            &raw.value.within,
+            &format!("rule `{name}`: threshold.within"),
+        )?;
         Some(crate::config::Threshold {
-            count: usize::try_from(count).ok().filter(|c| (2..=1_000_000).contains(c))?,
+            count: usize::try_from(count)
+                .ok()
+                .filter(|c| (2..=1_000_000).contains(c))?,
             within,
         })
     }
@@ -289,9 +294,9 @@ impl Validator<'_> {
             None => None,
             Some(p) => {
                 let what = format!("rule `{name}`: resolve.match");
-                let compiled = self
-                    .expanded(p, &what)
-                    .and_then(|text| self.rule_pattern(&text, p, &format!("rule `{name}`: `resolve.match`")))?;
+                let compiled = self.expanded(p, &what).and_then(|text| {
+                    self.rule_pattern(&text, p, &format!("rule `{name}`: `resolve.match`"))
+                })?;
                 // The resolving line must render the incident's thread key: the rule's
                 // thread key, parsed against the groups of `resolve.match`.
                 let names: Vec<&str> = compiled.capture_names().flatten().collect();
@@ -407,13 +412,17 @@ impl Validator<'_> {
         let text = self.expanded(value, what)?;
         match humantime::parse_duration(text.trim()) {
             Ok(d) if d.is_zero() => {
-                self.report.error(loc(value), format!("{what} must be longer than 0"));
+                self.report
+                    .error(loc(value), format!("{what} must be longer than 0"));
                 None
             }
             Ok(d) if d > max => {
                 self.report.error(
                     loc(value),
-                    format!("{what} `{text}` is longer than the maximum of {}", humantime::format_duration(max)),
+                    format!(
+                        "{what} `{text}` is longer than the maximum of {}",
+                        humantime::format_duration(max)
+                    ),
                 );
                 None
             }
@@ -421,7 +430,9 @@ impl Validator<'_> {
             Err(error) => {
                 self.report.error(
                     loc(value),
-                    format!("{what} `{text}` is not a duration ({error}); write e.g. `25h` or `90m`"),
+                    format!(
+                        "{what} `{text}` is not a duration ({error}); write e.g. `25h` or `90m`"
+                    ),
                 );
                 None
             }

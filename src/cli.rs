@@ -74,7 +74,8 @@ pub enum Command {
         /// windows; without it every line arrives at once.
         #[arg(long, value_name = "FORMAT", value_parser = ["rfc3339"])]
         timestamps: Option<String>,
-        /// Read the systemd journal (from its oldest entry to now) instead of log files.
+        /// Read the systemd journal (from its oldest entry to now) instead of log files;
+        /// with --timestamps, each entry's time is its own (`__REALTIME_TIMESTAMP`).
         #[arg(long, conflicts_with = "logs")]
         journal: bool,
         /// With --journal: a directory of journal files instead of the config's
@@ -630,7 +631,13 @@ fn test_journal(
                 return;
             }
             number += 1;
-            written = test.journal_entry(&entry.unit, message, &entry.fields, number, &mut out);
+            written = test.journal_entry(
+                &entry.unit,
+                message,
+                &entry.fields,
+                (number, entry.realtime_ms),
+                &mut out,
+            );
         });
         written
             .as_ref()

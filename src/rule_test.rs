@@ -155,15 +155,21 @@ impl RuleTest {
 
     /// Runs the rules over one journal entry of `unit`, as `run` would (its `{file}` is
     /// `journal:UNIT`, multiline events and context group per unit, as `journal:` says).
-    /// `number` counts the entries, for the output.
+    /// `number` counts the entries, for the output; `at_ms` is the entry's time, which
+    /// `--timestamps` uses.
     pub fn journal_entry(
         &mut self,
         unit: &str,
         message: &[u8],
         fields: &crate::pipeline::journal_fields::JournalFields,
-        number: u64,
+        (number, at_ms): (u64, Option<i64>),
         out: &mut dyn Write,
     ) -> io::Result<()> {
+        if self.clock == Clock::Rfc3339
+            && let Some(ms) = at_ms
+        {
+            self.now_ms = self.now_ms.max(ms);
+        }
         let name = format!("{}{unit}", crate::config::JOURNAL_PREFIX);
         let spec = if self.config.journal.is_some() {
             crate::config::JOURNAL_SPEC

@@ -222,6 +222,10 @@ impl Ingest {
                 {
                     return Err(RunError::NoSource(why.to_owned()));
                 }
+                if let Some(why) = journal.failure() {
+                    // `--once` reads the journal to its end once; a failure is final.
+                    return Err(RunError::Journal(why.to_owned()));
+                }
             }
             if !more {
                 // What was waiting (after a restart: what was written while chattail was
@@ -271,10 +275,18 @@ impl Ingest {
         for checkpoint in &positions {
             state_rows::record(&tx, checkpoint)?;
         }
+        // Reading is paused: the journal's position, like the files', is final for now.
+        let journal_saved = match &self.journal {
+            Some(journal) => journal.save_position(&tx, true)?,
+            None => false,
+        };
         for n in &self.extra {
             state_rows::enqueue(&tx, n)?;
         }
         tx.commit()?;
+        if journal_saved && let Some(journal) = &mut self.journal {
+            journal.committed();
+        }
         self.quiet_positions.clear();
         self.extra.clear();
         self.wake.send_modify(|n| *n += 1);
@@ -413,7 +425,7 @@ impl Ingest {
         let journal_due = self
             .journal
             .as_ref()
-            .is_some_and(|j| j.position_moved() && (j.changed() || all_due));
+            .is_some_and(|j| j.position_due(all_due));
         if now_positions.is_empty()
             && notifications.is_empty()
             && !self.pipeline.has_changes()

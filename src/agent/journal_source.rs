@@ -156,27 +156,33 @@ impl JournalSource {
         let Some(position) = self.reader.position() else {
             return Ok(false);
         };
-        if self.committed.as_deref() == Some(position) || !(self.changed || due) {
+        if self.committed.as_deref() == Some(position)
+            || !(self.changed || due || self.committed.is_none())
+        {
             return Ok(false);
         }
         tx.save_journal_position(&self.key, position)?;
         Ok(true)
     }
 
-    /// Whether the position moved past what is committed.
-    pub(super) fn position_moved(&self) -> bool {
-        self.reader.position().is_some() && self.reader.position() != self.committed.as_deref()
+    /// Whether the position must be committed now: it moved past what is committed and
+    /// entries changed the state, or quiet positions are `due`, or none was ever saved
+    /// (the end a fresh start found: a restart must not find a later one).
+    pub(super) fn position_due(&self, due: bool) -> bool {
+        let moved =
+            self.reader.position().is_some() && self.reader.position() != self.committed.as_deref();
+        moved && (self.changed || due || self.committed.is_none())
+    }
+
+    /// Without following: why reading the journal failed.
+    pub(super) fn failure(&self) -> Option<&str> {
+        self.reader.failure()
     }
 
     /// Why `journalctl` cannot be started, while it never could: with no files, the agent
     /// has nothing to read.
     pub(super) fn cannot_start(&self) -> Option<&str> {
         self.never_started.as_deref()
-    }
-
-    /// Whether entries since the last commit changed the state.
-    pub(super) fn changed(&self) -> bool {
-        self.changed
     }
 
     /// The transaction that saved the position committed.
@@ -260,6 +266,17 @@ impl JournalSource {
                         format!("{what}: {said}")
                     };
                     health.set_journal_failing(Some(why));
+                }
+                ReaderEvent::Said(line) => {
+                    tracing::warn!(said = %line, "journalctl says something.");
+                    // An unprivileged journalctl runs, but shows only its own user's
+                    // entries: that is a journal that cannot be read as configured.
+                    let lower = line.to_ascii_lowercase();
+                    if lower.contains("permission") || lower.contains("not seeing messages") {
+                        health.set_journal_failing(Some(format!(
+                            "journalctl lacks permission and reads only part of the journal (add the agent's user to group systemd-journal): {line}"
+                        )));
+                    }
                 }
                 ReaderEvent::Working => {
                     tracing::info!("The journal is read again.");

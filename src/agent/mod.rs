@@ -53,6 +53,8 @@ pub enum RunError {
     IngestPanicked,
     #[error("nothing to read: no `files` are configured and the journal cannot be read ({0})")]
     NoSource(String),
+    #[error("the journal could not be read: {0}")]
+    Journal(String),
 }
 
 /// How `run` behaves.

@@ -201,15 +201,16 @@ impl Ingest {
             .collect();
         // A journal source that reads another journal (or none) is made anew, from its own
         // saved position; one reading the same journal goes on where it is.
-        let new_journal = match (&new.journal, self.journal.take()) {
-            (Some(j), Some(source)) if source.reads(j) => Some(source),
-            (Some(_), _) => JournalSource::new(&new, &self.store, !self.options.once)?,
-            (None, _) => {
-                self.health.set_journal_failing(None);
-                None
-            }
+        let keep_journal = match (&new.journal, &self.journal) {
+            (Some(j), Some(source)) => source.reads(j),
+            _ => false,
         };
-        self.journal = new_journal;
+        // Made before the switch's commit (it reads the store), installed after it, so a
+        // failed switch leaves the old source reading under the old config.
+        let new_journal = match &new.journal {
+            Some(_) if !keep_journal => JournalSource::new(&new, &self.store, !self.options.once)?,
+            _ => None,
+        };
         self.pipeline.switch_config(Arc::clone(&new));
         let committed = (|| {
             let changes = self.pipeline.take_changes();
@@ -235,6 +236,12 @@ impl Ingest {
         };
 
         // Nothing below can fail.
+        if !keep_journal {
+            if new.journal.is_none() {
+                self.health.set_journal_failing(None);
+            }
+            self.journal = new_journal;
+        }
         self.config = Arc::clone(&new);
         let mut tailer = Tailer::new(
             tail_options(&new, self.read_budget),

@@ -28,6 +28,8 @@ pub struct Entry {
     pub unit: String,
     /// `{identifier}`, `{pid}`, `{priority}`.
     pub fields: JournalFields,
+    /// `__REALTIME_TIMESTAMP`, in unix milliseconds, when the entry has one.
+    pub realtime_ms: Option<i64>,
 }
 
 /// The stream is not export format (a bug, or a `journalctl` that writes something else).
@@ -37,6 +39,8 @@ pub enum ExportError {
     LongName,
     #[error("a binary field not ended by a newline")]
     BinaryEnd,
+    #[error("an entry without a __CURSOR")]
+    NoCursor,
 }
 
 /// Which kept value a field fills.
@@ -50,6 +54,7 @@ enum Target {
     Pid,
     SyslogPid,
     Priority,
+    Realtime,
     Skip,
 }
 
@@ -64,6 +69,7 @@ impl Target {
             b"_PID" => Target::Pid,
             b"SYSLOG_PID" => Target::SyslogPid,
             b"PRIORITY" => Target::Priority,
+            b"__REALTIME_TIMESTAMP" => Target::Realtime,
             _ => Target::Skip,
         }
     }
@@ -92,7 +98,7 @@ pub struct ExportParser {
     target: Target,
     length: [u8; 8],
     /// The kept values of the entry being read, as bytes.
-    values: [Vec<u8>; 8],
+    values: [Vec<u8>; 9],
     has_message: bool,
     message_cut: bool,
     /// Whether the entry being read has any field yet.
@@ -138,6 +144,11 @@ impl ExportParser {
                         data = &data[i + 1..];
                         if !text && self.name.is_empty() {
                             if self.started {
+                                // Without its cursor an entry cannot be a position: a
+                                // reader that writes one is not writing export format.
+                                if self.values[0].is_empty() {
+                                    return Err(ExportError::NoCursor);
+                                }
                                 self.finish(out);
                             }
                             continue;
@@ -227,6 +238,7 @@ impl ExportParser {
             Target::Pid => Some(5),
             Target::SyslogPid => Some(6),
             Target::Priority => Some(7),
+            Target::Realtime => Some(8),
             Target::Skip => None,
         }
     }
@@ -280,6 +292,7 @@ impl ExportParser {
             pid,
             syslog_pid,
             priority,
+            realtime,
         ] = &self.values;
         let e = &mut self.entry;
         text(cursor, &mut e.cursor);
@@ -303,6 +316,10 @@ impl ExportParser {
             &mut e.fields.pid,
         );
         text(priority, &mut e.fields.priority);
+        e.realtime_ms = std::str::from_utf8(realtime)
+            .ok()
+            .and_then(|t| t.parse::<i64>().ok())
+            .map(|us| us / 1000);
         out(&self.entry);
         for v in &mut self.values {
             v.clear();

@@ -48,6 +48,9 @@ const WORKING_AFTER: Duration = Duration::from_secs(5);
 /// The longest wait before a new start after failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
+/// How many lines of its standard error a running `journalctl` may have reported.
+const SAID_LINES: usize = 5;
+
 /// How much of `journalctl`'s complaints is kept for the report of its exit.
 const STDERR_KEPT: usize = 2048;
 
@@ -92,6 +95,10 @@ pub enum ReaderEvent {
     },
     /// The reader has read an entry since it last failed: it works.
     Working,
+    /// `journalctl` wrote this line on its standard error while running (its first few
+    /// lines per start): a hint such as "not seeing messages from other users" means it
+    /// lacks permission and reads only part of the journal.
+    Said(String),
 }
 
 /// Why a `journalctl` ended.
@@ -126,6 +133,10 @@ struct Running {
     last_bytes: Instant,
     /// Whether an entry has come from this run yet.
     seen_entry: bool,
+    /// How much of `said` has been reported as lines.
+    reported: usize,
+    /// Lines reported from this run.
+    said_lines: usize,
     started: Instant,
 }
 
@@ -141,6 +152,11 @@ pub struct JournalReader {
     from_beginning: bool,
     /// The entry the running reader starts at, skipped when it comes first.
     resume_at: Option<String>,
+    /// The end the probe found, where a restart without a saved position starts again
+    /// (not at a later end).
+    probed: Option<String>,
+    /// Without `follow`: why reading failed (then it has finished).
+    failed: Option<String>,
     failures: u32,
     next_start: Option<Instant>,
     finished: bool,
@@ -170,6 +186,8 @@ impl JournalReader {
             position,
             from_beginning,
             resume_at: None,
+            probed: None,
+            failed: None,
             failures: 0,
             next_start: None,
             finished: false,
@@ -187,6 +205,11 @@ impl JournalReader {
     /// The pipe to wait on for new entries, while `journalctl` runs.
     pub fn wait_fd(&self) -> Option<RawFd> {
         self.running.as_ref().map(|r| r.stdout.as_raw_fd())
+    }
+
+    /// Without `follow`: why reading failed, once it has.
+    pub fn failure(&self) -> Option<&str> {
+        self.failed.as_deref()
     }
 
     /// Without `follow`: whether the reader has read to the end and stopped.
@@ -209,7 +232,7 @@ impl JournalReader {
     pub fn restart_at(&mut self, position: Option<String>) {
         self.stop();
         self.parser.reset();
-        self.position = position;
+        self.position = position.or_else(|| self.probed.clone());
         self.finished = false;
         self.next_start = None;
     }
@@ -242,7 +265,6 @@ impl JournalReader {
                     let resume_at = &mut self.resume_at;
                     let events = &mut self.events;
                     let result = self.parser.feed(&self.buf[..n], &mut |entry| {
-                        seen = true;
                         if probe {
                             *position = Some(entry.cursor.clone());
                             return;
@@ -256,6 +278,9 @@ impl JournalReader {
                             });
                         }
                         set_position(position, &entry.cursor);
+                        // Only an entry handed out shows the reader works: the skipped
+                        // saved entry would reset the backoff of one that dies past it.
+                        seen = true;
                         sink(entry);
                     });
                     if seen && !probe && !running.seen_entry {
@@ -352,9 +377,14 @@ impl JournalReader {
                 let _ = child.wait();
                 return Err(std::io::Error::other("no pipes to journalctl"));
             };
-            set_nonblocking(stdout.as_raw_fd())?;
+            if let Err(e) = set_nonblocking(stdout.as_raw_fd())
+                .and_then(|()| set_nonblocking(stderr.as_raw_fd()))
+            {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(e);
+            }
             widen_pipe(stdout.as_raw_fd());
-            set_nonblocking(stderr.as_raw_fd())?;
             Ok((child, stdout, stderr))
         });
         self.parser.reset();
@@ -372,6 +402,8 @@ impl JournalReader {
                     probe,
                     last_bytes: Instant::now(),
                     seen_entry: false,
+                    reported: 0,
+                    said_lines: 0,
                     started: Instant::now(),
                 });
             }
@@ -395,18 +427,35 @@ impl JournalReader {
         let Some(mut running) = self.running.take() else {
             return;
         };
-        if why.is_some() {
-            let _ = running.child.kill();
-        }
+        // Killing a child that has exited is harmless; one that has not (a read error on
+        // a live pipe) must not be waited for alive.
+        let _ = running.child.kill();
         let status = running.child.wait();
         let clean = why.is_none() && status.as_ref().is_ok_and(|s| s.success());
         if running.probe && clean {
             // The probe found the end (or an empty journal, read from its beginning).
             self.from_beginning = self.position.is_none();
+            self.probed.clone_from(&self.position);
             return self.start();
         }
-        if clean && !self.options.follow {
+        if !self.options.follow && !running.probe {
+            // Reading to the end: a failure is final, not retried.
             self.finished = true;
+            if !clean {
+                let said = String::from_utf8_lossy(&running.said).trim().to_owned();
+                let what = match &why {
+                    Some(reason) => format!("{reason:?}"),
+                    None => match &status {
+                        Ok(s) => format!("journalctl ended ({s})"),
+                        Err(e) => e.to_string(),
+                    },
+                };
+                self.failed = Some(if said.is_empty() {
+                    what
+                } else {
+                    format!("{what}: {said}")
+                });
+            }
             return;
         }
         let why = why.unwrap_or_else(|| {
@@ -448,6 +497,19 @@ impl JournalReader {
             if running.said.len() > STDERR_KEPT {
                 let cut = running.said.len() - STDERR_KEPT;
                 running.said.drain(..cut);
+                running.reported = running.reported.saturating_sub(cut);
+            }
+        }
+        // Complete lines not reported yet, at most a few per run.
+        while running.said_lines < SAID_LINES
+            && let Some(end) = memchr::memchr(b'\n', &running.said[running.reported..])
+        {
+            let line = &running.said[running.reported..running.reported + end];
+            let text = String::from_utf8_lossy(line).trim().to_owned();
+            running.reported += end + 1;
+            if !text.is_empty() {
+                running.said_lines += 1;
+                self.events.push(ReaderEvent::Said(text));
             }
         }
     }

@@ -523,3 +523,21 @@ fn chattail_test_reads_the_journal() {
     assert!(!apps.contains("nginx"), "{apps}");
     assert!(apps.contains("1 lines read, 1 matched by a rule"), "{apps}");
 }
+
+/// `run --once` reads the journal to its end once: a `journalctl` that fails (here, a
+/// directory that does not exist) ends the run with exit 1 and says why, instead of
+/// retrying for ever.
+#[test]
+fn once_with_a_journal_that_fails_exits_1() {
+    let (_chat, url) = open_chat();
+    let (agent, journal) = journal_agent(&url, "", "");
+    fs::remove_dir_all(journal.parent().unwrap()).unwrap();
+    let output = crate::support::chattail(
+        &["run", "--once", "--config", agent.config.to_str().unwrap()],
+        &[],
+        None,
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("the journal could not be read"), "{stderr}");
+}

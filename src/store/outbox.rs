@@ -86,7 +86,15 @@ impl Outbox {
         for webhook in webhooks {
             let first: Option<i64> = self
                 .conn
-                .prepare_cached("SELECT id FROM outbox WHERE webhook = ?1 AND dead = 0 AND batch IS NULL AND burst IS NULL ORDER BY id LIMIT 1")?
+                // A row waits behind an older row of its thread that waits for a decision
+                // (a burst window's summary before an incident's resolution): a thread
+                // reads in the order things happened.
+                .prepare_cached(
+                    "SELECT id FROM outbox AS o WHERE webhook = ?1 AND dead = 0 AND batch IS NULL AND burst IS NULL
+                     AND NOT EXISTS (SELECT 1 FROM outbox AS u WHERE u.burst IS NOT NULL AND u.dead = 0
+                         AND u.webhook = o.webhook AND u.thread_key = o.thread_key AND u.id < o.id)
+                     ORDER BY id LIMIT 1",
+                )?
                 .query_row(params![webhook], |r| r.get(0))
                 .optional()?;
             if let Some(id) = first
@@ -171,8 +179,8 @@ impl Outbox {
             for row in more {
                 let (id, text, undecided) = row?;
                 if undecided {
-                    // Waiting for a decision: later rows of the thread go on without it.
-                    continue;
+                    // Waiting for a decision: later rows of the thread wait behind it.
+                    break;
                 }
                 let added = utf16_len(MERGE_SEPARATOR) + utf16_len(&text);
                 if units + added > MAX_TEXT_CHARS {

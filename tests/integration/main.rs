@@ -3,6 +3,7 @@
 
 mod agent_run;
 mod agent_support;
+mod alerts;
 mod check_diagnostics;
 mod cli_commands;
 mod container_logs;

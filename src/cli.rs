@@ -562,9 +562,36 @@ pub fn write_check_summary(config: &Config, out: &mut dyn Write) -> io::Result<(
             (None, None) if both => ", sees the files and the journal",
             _ => "",
         };
+        let mut alerts = String::new();
+        if let Some(t) = &r.threshold {
+            alerts.push_str(&format!(
+                ", threshold {} within {}",
+                t.count,
+                humantime::format_duration(t.within)
+            ));
+        }
+        if let Some(resolve) = &r.resolve {
+            let how = match (&resolve.pattern, resolve.after) {
+                (Some(_), Some(after)) => format!(
+                    "by a line or after {} quiet",
+                    humantime::format_duration(after)
+                ),
+                (Some(_), None) => "by a line".to_owned(),
+                (None, Some(after)) => format!("after {} quiet", humantime::format_duration(after)),
+                (None, None) => String::new(),
+            };
+            alerts.push_str(&format!(", resolves {how}"));
+        }
+        if let Some(a) = &r.absence {
+            alerts.push_str(&format!(
+                ", alerts when absent {} ({} expected keys)",
+                humantime::format_duration(a.after),
+                a.expected.len()
+            ));
+        }
         writeln!(
             out,
-            "    {} → {}, thread {:?}{dedup}{sources}",
+            "    {} → {}, thread {:?}{dedup}{alerts}{sources}",
             r.name,
             r.webhook,
             r.thread_key.source()

@@ -425,7 +425,7 @@ impl Pipeline {
                 stored: Some(&incident.values),
                 alert: Some(&values),
             };
-            let text = resolve.message.render(&ctx, template::Escape::ChatText);
+            let text = resolution_text(resolve, &ctx, &values);
             out.notification(
                 alert_notification(rule, &key, incident.webhook, text),
                 Cause::Resolution,
@@ -864,11 +864,29 @@ fn resolve_by_line(
     }
     let values = resolution_values(&incident, now_ms);
     ctx.alert = Some(&values);
-    let text = resolve.message.render(&ctx, template::Escape::ChatText);
+    let text = resolution_text(resolve, &ctx, &values);
     out.notification(
         alert_notification(rule, &key, incident.webhook, text),
         Cause::Resolution,
     );
+}
+
+/// The resolution message, with the episode's totals on a line of their own when the
+/// message does not show them itself.
+fn resolution_text(
+    resolve: &crate::config::Resolve,
+    ctx: &template::RenderContext<'_>,
+    values: &template::AlertValues,
+) -> String {
+    let mut text = resolve.message.render(ctx, template::Escape::ChatText);
+    if !resolve.message.alert_builtins().contains(&"occurrences") {
+        let s = if values.occurrences == "1" { "" } else { "s" };
+        text.push_str(&format!(
+            "\n_{} occurrence{s} over {}_",
+            values.occurrences, values.duration
+        ));
+    }
+    text
 }
 
 /// The resolution message's `{occurrences}` and `{duration}`.

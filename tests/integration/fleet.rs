@@ -610,11 +610,15 @@ fn accounted(chat: &MockChat) -> (usize, usize, u64) {
         .into_iter()
         .filter(|m| m.rules.as_deref() == Some("db-timeout"))
         .collect();
-    let summaries: Vec<u64> = messages
+    // A post may carry several notifications of its thread (a first message and the
+    // summary after it, both decided by the time it was formed): count each part.
+    let parts: Vec<&str> = messages
         .iter()
-        .filter_map(|m| more_count(&m.text))
+        .flat_map(|m| m.text.split("\n\n"))
+        .filter(|p| p.starts_with("*db-timeout*"))
         .collect();
-    let firsts = messages.len() - summaries.len();
+    let summaries: Vec<u64> = parts.iter().filter_map(|p| more_count(p)).collect();
+    let firsts = parts.len() - summaries.len();
     (
         firsts,
         summaries.len(),

@@ -420,8 +420,8 @@ impl Validator<'_> {
                 self.report.error(
                     loc(value),
                     format!(
-                        "{what} `{text}` is longer than the maximum of {}",
-                        humantime::format_duration(max)
+                        "{what} `{text}` is longer than the maximum of {} days",
+                        max.as_secs() / 86_400
                     ),
                 );
                 None

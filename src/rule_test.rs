@@ -354,7 +354,13 @@ impl<'a> Report<'a> {
                 .collect();
             writeln!(out, "  captures:   {}", shown.join(" "))?;
         }
-        writeln!(out, "  thread key: {}", n.thread_key)?;
+        // The key Chat receives (a key it would refuse is mapped, as the agent maps it).
+        let sent = crate::pipeline::thread_key::chat_thread_key(&n.thread_key);
+        if sent == n.thread_key {
+            writeln!(out, "  thread key: {sent}")?;
+        } else {
+            writeln!(out, "  thread key: {sent} (rendered: {})", n.thread_key)?;
+        }
         if let Some(key) = &n.dedup_key {
             writeln!(out, "  dedup key:  {key}")?;
         }

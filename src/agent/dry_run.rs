@@ -6,6 +6,17 @@ use std::io::Write;
 use crate::pipeline::Notification;
 use crate::pipeline::thread_key::chat_thread_key;
 
+/// The thread key Chat receives, with the rendered one beside it when the two differ
+/// (a key Chat would refuse is mapped, the same way on every host).
+pub(super) fn shown_key(rendered: &str) -> String {
+    let sent = chat_thread_key(rendered);
+    if sent == rendered {
+        sent
+    } else {
+        format!("{sent} (rendered: {rendered})")
+    }
+}
+
 /// Prints notifications as they would be posted, and at the end the threads they went to.
 pub(super) struct DryRun {
     out: Box<dyn Write + Send>,
@@ -27,7 +38,7 @@ impl DryRun {
                 .threads
                 .entry((n.webhook.clone(), n.thread_key.clone()))
                 .or_default() += 1;
-            let thread = chat_thread_key(&n.thread_key);
+            let thread = shown_key(&n.thread_key);
             let mut text = format!("── {} · thread {} · rule {}\n", n.webhook, thread, n.rule);
             for line in n.text.lines() {
                 text.push_str("   ");
@@ -45,6 +56,7 @@ impl DryRun {
     pub(super) fn write_summary(&mut self) {
         let _ = writeln!(self.out, "Threads that would receive messages:");
         for ((webhook, key), count) in &self.threads {
+            let key = shown_key(key);
             let _ = writeln!(
                 self.out,
                 "  {webhook} · {key}: {count} message{}",

@@ -187,8 +187,11 @@ fn the_readme_first_command_shows_grouped_threads_without_a_webhook() {
         "{stdout}"
     );
     // Eight 502s on /checkout within the rule's 5-minute window: the first, then a count.
+    // The key Chat receives (`/` is not allowed in it), with the rendered one beside it.
     assert!(
-        stdout.contains("oncall · http-502-POST-/checkout: 2 messages"),
+        stdout.contains(
+            "oncall · http-502-POST-checkout-44693a1b6288335a941db5ede7ac017b (rendered: http-502-POST-/checkout): 2 messages"
+        ),
         "{stdout}"
     );
     assert!(

@@ -227,9 +227,10 @@ impl Ingest {
                     return Err(RunError::Journal(why.to_owned()));
                 }
             }
-            if !more {
+            if !more && self.journal.as_ref().is_none_or(JournalSource::caught_up) {
                 // What was waiting (after a restart: what was written while chattail was
-                // down) has been read: absences may be decided now.
+                // down, in the files and the journal) has been read: time-based alerts
+                // may be decided now.
                 self.pipeline.caught_up();
             }
             if self.options.once

@@ -174,6 +174,11 @@ impl JournalSource {
         moved && (self.changed || due || self.committed.is_none())
     }
 
+    /// Whether what the journal held when reading began has been read.
+    pub(super) fn caught_up(&self) -> bool {
+        self.reader.caught_up()
+    }
+
     /// Without following: why reading the journal failed.
     pub(super) fn failure(&self) -> Option<&str> {
         self.reader.failure()

@@ -3,7 +3,8 @@
 //!
 //! One decider task per agent makes these decisions, apart from the space workers: a row
 //! waiting for a decision is not posted (the outbox leaves it out of posts) and holds up
-//! nothing else; when a decision must wait (a summary before its window is over), the
+//! nothing but the later rows of its own rule in its own thread (a resolution after the
+//! summary of the window it closed); when a decision must wait (a summary before its window is over), the
 //! row gets a time to be looked at again and the decider goes on with other rows. Each
 //! decision is recorded in one transaction with the record of the local window's fleet
 //! window, so a retried post never changes what a decision counted and a restart

@@ -42,6 +42,9 @@ pub use export::{Entry, ExportError, ExportParser};
 /// A reader that has begun an entry and sent nothing more for this long is stuck.
 pub const STUCK_AFTER: Duration = Duration::from_secs(30);
 
+/// A running reader whose pipe has been quiet this long has read what there was.
+const CAUGHT_UP_QUIET: Duration = Duration::from_secs(2);
+
 /// A `journalctl` that has run this long without failing works again.
 const WORKING_AFTER: Duration = Duration::from_secs(5);
 
@@ -155,6 +158,11 @@ pub struct JournalReader {
     /// The end the probe found, where a restart without a saved position starts again
     /// (not at a later end).
     probed: Option<String>,
+    /// The last entry when reading began (the probe runs at every first start), and
+    /// whether reading has reached it: what was written while chattail was down is read.
+    end: Option<String>,
+    probe_done: bool,
+    reached_end: bool,
     /// Without `follow`: why reading failed (then it has finished).
     failed: Option<String>,
     failures: u32,
@@ -187,6 +195,9 @@ impl JournalReader {
             from_beginning,
             resume_at: None,
             probed: None,
+            end: None,
+            probe_done: false,
+            reached_end: false,
             failed: None,
             failures: 0,
             next_start: None,
@@ -205,6 +216,18 @@ impl JournalReader {
     /// The pipe to wait on for new entries, while `journalctl` runs.
     pub fn wait_fd(&self) -> Option<RawFd> {
         self.running.as_ref().map(|r| r.stdout.as_raw_fd())
+    }
+
+    /// Whether what the journal held when reading began has been read (or the pipe has
+    /// been quiet for a while under a running reader): from then on, what is missing is
+    /// really missing.
+    pub fn caught_up(&self) -> bool {
+        self.reached_end
+            || self.running.as_ref().is_some_and(|r| {
+                !r.probe
+                    && r.started.elapsed() >= CAUGHT_UP_QUIET
+                    && r.last_bytes.elapsed() >= CAUGHT_UP_QUIET
+            })
     }
 
     /// Without `follow`: why reading failed, once it has.
@@ -264,10 +287,17 @@ impl JournalReader {
                     let position = &mut self.position;
                     let resume_at = &mut self.resume_at;
                     let events = &mut self.events;
+                    let end = &mut self.end;
+                    let reached_end = &mut self.reached_end;
                     let result = self.parser.feed(&self.buf[..n], &mut |entry| {
                         if probe {
-                            *position = Some(entry.cursor.clone());
+                            *end = Some(entry.cursor.clone());
                             return;
+                        }
+                        if !*reached_end
+                            && end.as_deref().is_some_and(|e| at_or_past(&entry.cursor, e))
+                        {
+                            *reached_end = true;
                         }
                         if let Some(saved) = resume_at.take() {
                             if saved == entry.cursor {
@@ -336,7 +366,9 @@ impl JournalReader {
         if let Some(dir) = &self.options.directory {
             command.arg("--directory").arg(dir);
         }
-        let probe = self.position.is_none() && !self.from_beginning;
+        // The first start finds the journal's last entry: where to start without a saved
+        // position (at the end), and how far the backlog goes.
+        let probe = !self.probe_done;
         let from = if probe {
             command.arg("--lines=1");
             "the end".to_owned()
@@ -433,13 +465,19 @@ impl JournalReader {
         let status = running.child.wait();
         let clean = why.is_none() && status.as_ref().is_ok_and(|s| s.success());
         if running.probe && clean {
-            // The probe found the end (or an empty journal, read from its beginning).
-            self.from_beginning = self.position.is_none();
-            self.probed.clone_from(&self.position);
+            self.probe_done = true;
+            // An empty journal has no backlog.
+            self.reached_end = self.end.is_none();
+            if self.position.is_none() && !self.from_beginning {
+                // Start at the end found (an empty journal: at its beginning).
+                self.position.clone_from(&self.end);
+                self.probed.clone_from(&self.end);
+                self.from_beginning = self.position.is_none();
+            }
             return self.start();
         }
-        if !self.options.follow && !running.probe {
-            // Reading to the end: a failure is final, not retried.
+        if !self.options.follow {
+            // Reading to the end: a failure (of the probe too) is final, not retried.
             self.finished = true;
             if !clean {
                 let said = String::from_utf8_lossy(&running.said).trim().to_owned();
@@ -535,6 +573,17 @@ fn set_position(position: &mut Option<String>, cursor: &str) {
             p.push_str(cursor);
         }
         None => *position = Some(cursor.to_owned()),
+    }
+}
+
+/// Whether `cursor` is `end`, or later in the same journal sequence.
+fn at_or_past(cursor: &str, end: &str) -> bool {
+    if cursor == end {
+        return true;
+    }
+    match (export::cursor_seqnum(cursor), export::cursor_seqnum(end)) {
+        (Some((a, n)), Some((b, m))) => a == b && n >= m,
+        _ => false,
     }
 }
 

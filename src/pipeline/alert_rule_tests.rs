@@ -129,6 +129,18 @@ fn a_resolving_line_posts_into_the_thread_of_the_incident_it_closes_and_nowhere_
 #[test]
 fn quiet_for_resolve_after_resolves_once_with_the_incidents_values() {
     let mut p = Pipeline::new(config(RESOLVE), Vec::new(), Vec::new());
+    // Before the caller has read what was waiting (a restart's backlog may continue the
+    // incident), time resolves nothing; once caught up, it does.
+    let mut q = Queued::default();
+    feed(&mut p, "timeout connecting to billing-db", 0, &mut q);
+    q.take();
+    p.tick(60 * MIN, false, &mut q);
+    assert!(q.take().iter().all(|(c, _)| *c != Cause::Resolution));
+    p.caught_up();
+    p.tick(61 * MIN, false, &mut q);
+    assert!(q.take().iter().any(|(c, _)| *c == Cause::Resolution));
+    let mut p = Pipeline::new(config(RESOLVE), Vec::new(), Vec::new());
+    p.caught_up();
     let mut out = Queued::default();
     feed(&mut p, "timeout connecting to orders-db", 0, &mut out);
     feed(&mut p, "timeout connecting to orders-db", 2 * MIN, &mut out);

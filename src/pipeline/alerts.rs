@@ -112,8 +112,13 @@ pub struct Alerts {
 }
 
 impl Alerts {
-    /// States loaded from the store.
-    pub fn from_saved(saved: Vec<AlertRow>) -> Self {
+    /// States loaded from the store; the least recently seen are the oldest.
+    pub fn from_saved(mut saved: Vec<AlertRow>) -> Self {
+        saved.sort_by_key(|row| match &row.state {
+            AlertState::Threshold { times } => times.back().copied().unwrap_or(0),
+            AlertState::Incident(i) => i.last_ms,
+            AlertState::Heartbeat(h) => h.last_ms,
+        });
         let mut alerts = Self::default();
         for row in saved {
             let id = (Kind::of(&row.state), row.rule, row.key);
@@ -368,6 +373,25 @@ impl Alerts {
             }
         }
         out
+    }
+
+    /// Forgets `rule`'s heartbeats never seen whose key `expected` no longer lists (a
+    /// key removed from `expect`).
+    pub fn forget_unexpected(&mut self, rule: &str, expected: &[String]) {
+        let gone: Vec<AlertId> = self
+            .states
+            .iter()
+            .filter(|(id, (_, s))| {
+                id.0 == Kind::Heartbeat
+                    && id.1 == rule
+                    && matches!(s, AlertState::Heartbeat(h) if !h.seen)
+                    && !expected.contains(&id.2)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in gone {
+            self.take(&id);
+        }
     }
 
     /// Keeps only the states `keep(kind, rule)` accepts (a reload: states of a rule that

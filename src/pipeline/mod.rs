@@ -224,6 +224,8 @@ impl Pipeline {
     ) -> Self {
         let mut bursts = Bursts::from_saved(windows);
         bursts.close_empty_windows(config.fleet.is_some());
+        let mut alerts = Alerts::from_saved(alerts);
+        retain_alerts_of(&mut alerts, None, &config);
         Self {
             timed_rules: timed_rules(&config),
             max_context: config.max_context_before(),
@@ -236,7 +238,7 @@ impl Pipeline {
             rings: HashMap::new(),
             bursts,
             partials: decode::Partials::from_saved(partials),
-            alerts: Alerts::from_saved(alerts),
+            alerts,
             caught_up: false,
             expected_tracked: false,
             file_filters: true,
@@ -393,7 +395,10 @@ impl Pipeline {
     /// Resolves the incidents quiet for `resolve.after` and, once caught up, posts the
     /// absences of `absent_after` rules.
     fn tick_alerts(&mut self, now_ms: i64, out: &mut dyn Output) {
-        if self.timed_rules.is_empty() {
+        // Nothing is decided on time before the caller has read what was waiting: after a
+        // restart, the lines written while it was down may continue an incident or end an
+        // absence.
+        if self.timed_rules.is_empty() || !self.caught_up {
             return;
         }
         let rules = &self.timed_rules;
@@ -411,6 +416,12 @@ impl Pipeline {
             let Some(resolve) = &rule.resolve else {
                 continue;
             };
+            // A window still open in its thread sums up first.
+            let mut summaries = Vec::new();
+            self.bursts.close_thread(&name, &key, &mut summaries);
+            for summary in summaries {
+                out.notification(summary, Cause::Summary);
+            }
             // Quiet since its last occurrence: that is when it ended.
             let values = resolution_values(&incident, incident.last_ms);
             let ctx = template::RenderContext {
@@ -430,9 +441,6 @@ impl Pipeline {
                 alert_notification(rule, &key, incident.webhook, text),
                 Cause::Resolution,
             );
-        }
-        if !self.caught_up {
-            return;
         }
         if !self.expected_tracked {
             self.expected_tracked = true;
@@ -458,6 +466,9 @@ impl Pipeline {
             };
             let mut pattern = String::new();
             chat_text::neutralise_into(rule.pattern.as_str(), &mut pattern);
+            // The key holds captured text: neutralised like any capture.
+            let mut shown_key = String::new();
+            chat_text::neutralise_into(&key, &mut shown_key);
             let seen = if before.seen {
                 format!(
                     "last seen {} ago",
@@ -472,7 +483,7 @@ impl Pipeline {
                     &key,
                     before.webhook,
                     format!(
-                        "*{}* on {host}: no line matching `{pattern}` for `{key}` in {} ({seen}).",
+                        "*{}* on {host}: no line matching `{pattern}` for `{shown_key}` in {} ({seen}).",
                         rule.name,
                         humantime::format_duration(absence.after)
                     ),
@@ -528,6 +539,8 @@ impl Pipeline {
         alerts: Vec<AlertRow>,
     ) {
         self.alerts = Alerts::from_saved(alerts);
+        retain_alerts_of(&mut self.alerts, None, &self.config);
+        self.expected_tracked = false;
         self.partials = decode::Partials::from_saved(partials);
         self.bursts = Bursts::from_saved(windows);
         self.bursts
@@ -556,19 +569,9 @@ impl Pipeline {
         self.by_rules.clear();
         self.last_rules = None;
         self.dedup_windows = dedup_windows(&new);
-        // Threshold counters, incidents and heartbeats stay while their rule keeps the
-        // feature they belong to.
-        let kept = |kind: alerts::Kind, name: &str| {
-            new.rules.iter().any(|r| {
-                r.name == name
-                    && match kind {
-                        alerts::Kind::Threshold => r.threshold.is_some(),
-                        alerts::Kind::Incident => r.resolve.is_some(),
-                        alerts::Kind::Heartbeat => r.absence.is_some(),
-                    }
-            })
-        };
-        self.alerts.retain(kept);
+        // Threshold counters, incidents and heartbeats stay while their rule stays as it
+        // was (what it matches, its keys, the feature's settings).
+        retain_alerts_of(&mut self.alerts, Some(&old), &new);
         self.timed_rules = timed_rules(&new);
         self.expected_tracked = false;
         self.bursts
@@ -951,6 +954,52 @@ fn human_ms(ms: i64) -> String {
 struct Written<'a> {
     stream: Option<decode::Stream>,
     journal: Option<&'a journal_fields::JournalFields>,
+}
+
+/// Keeps the states of rules that still have their feature, and, when the previous config
+/// is known, whose settings the state depends on did not change; drops never-seen keys
+/// that `expect` no longer lists.
+fn retain_alerts_of(alerts: &mut Alerts, old: Option<&Config>, new: &Config) {
+    let same = |kind: alerts::Kind, name: &str| {
+        let Some(rule) = new.rules.iter().find(|r| r.name == name) else {
+            return false;
+        };
+        let has = match kind {
+            alerts::Kind::Threshold => rule.threshold.is_some(),
+            alerts::Kind::Incident => rule.resolve.is_some(),
+            alerts::Kind::Heartbeat => rule.absence.is_some(),
+        };
+        has && old.is_none_or(|old| {
+            old.rules
+                .iter()
+                .find(|r| r.name == name)
+                .is_some_and(|before| alert_fingerprint(before) == alert_fingerprint(rule))
+        })
+    };
+    alerts.retain(same);
+    for rule in &new.rules {
+        if let Some(absence) = &rule.absence {
+            alerts.forget_unexpected(&rule.name, &absence.expected);
+        }
+    }
+}
+
+/// What a rule's alert state depends on: its pattern, keys and alert settings.
+fn alert_fingerprint(rule: &crate::config::Rule) -> String {
+    format!(
+        "{}\u{1f}{}\u{1f}{:?}\u{1f}{:?}\u{1f}{:?}\u{1f}{:?}",
+        rule.pattern.as_str(),
+        rule.thread_key.source(),
+        rule.dedup
+            .as_ref()
+            .map(|d| (d.key.source().to_owned(), d.window)),
+        rule.threshold,
+        rule.resolve.as_ref().map(|r| (
+            r.pattern.as_ref().map(|(p, _)| p.as_str().to_owned()),
+            r.after
+        )),
+        rule.absence,
+    )
 }
 
 /// The rules the tick looks at: those with `resolve.after`, `resolve` or `absent_after`.

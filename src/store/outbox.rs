@@ -41,7 +41,8 @@ pub struct Batch {
 ///
 /// A notification that opens or sums up a burst window (`burst` set) is not posted until
 /// it was decided about (which clears `burst`; see `deliver::fleet_windows`); posts are
-/// formed from the other rows meanwhile.
+/// formed from the other rows meanwhile, except the later rows of its rule in its thread,
+/// which wait behind it.
 pub struct Outbox {
     pub(super) conn: Connection,
     agent_id: String,
@@ -86,13 +87,15 @@ impl Outbox {
         for webhook in webhooks {
             let first: Option<i64> = self
                 .conn
-                // A row waits behind an older row of its thread that waits for a decision
-                // (a burst window's summary before an incident's resolution): a thread
-                // reads in the order things happened.
+                // A row waits behind an older row of its thread and rule that waits for a
+                // decision (a window's summary before the resolution that closed it), so a
+                // rule's messages in a thread read in the order they happened. Other rules'
+                // rows, and other threads, are not held up.
                 .prepare_cached(
                     "SELECT id FROM outbox AS o WHERE webhook = ?1 AND dead = 0 AND batch IS NULL AND burst IS NULL
                      AND NOT EXISTS (SELECT 1 FROM outbox AS u WHERE u.burst IS NOT NULL AND u.dead = 0
-                         AND u.webhook = o.webhook AND u.thread_key = o.thread_key AND u.id < o.id)
+                         AND u.webhook = o.webhook AND u.thread_key = o.thread_key AND u.rule = o.rule
+                         AND u.id < o.id)
                      ORDER BY id LIMIT 1",
                 )?
                 .query_row(params![webhook], |r| r.get(0))
@@ -166,7 +169,7 @@ impl Outbox {
         let mut units = utf16_len(&first_text);
         {
             let mut stmt = tx.prepare_cached(
-                "SELECT id, text, burst IS NOT NULL FROM outbox WHERE webhook = ?1 AND thread_key = ?2 AND dead = 0
+                "SELECT id, text, burst IS NOT NULL, rule FROM outbox WHERE webhook = ?1 AND thread_key = ?2 AND dead = 0
                  AND batch IS NULL AND id > ?3 ORDER BY id LIMIT 200",
             )?;
             let more = stmt.query_map(params![webhook, thread_key, first_id], |r| {
@@ -174,13 +177,19 @@ impl Outbox {
                     r.get::<_, i64>(0)?,
                     r.get::<_, String>(1)?,
                     r.get::<_, bool>(2)?,
+                    r.get::<_, String>(3)?,
                 ))
             })?;
+            // Rules with a row waiting for a decision: their later rows wait behind it.
+            let mut waiting: Vec<String> = Vec::new();
             for row in more {
-                let (id, text, undecided) = row?;
+                let (id, text, undecided, rule) = row?;
                 if undecided {
-                    // Waiting for a decision: later rows of the thread wait behind it.
-                    break;
+                    waiting.push(rule);
+                    continue;
+                }
+                if waiting.contains(&rule) {
+                    continue;
                 }
                 let added = utf16_len(MERGE_SEPARATOR) + utf16_len(&text);
                 if units + added > MAX_TEXT_CHARS {

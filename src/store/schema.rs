@@ -194,7 +194,8 @@ pub fn migrate(conn: &Connection, path: &std::path::Path) -> Result<(), StoreErr
     if version < 10 {
         // What rules remember beyond burst windows (threshold counters, open incidents,
         // heartbeats of `absent_after` rules), as JSON per kind, rule and key, committed
-        // with the offsets like the windows.
+        // with the offsets like the windows; and the index that lets a row find an older
+        // undecided row of its thread and rule.
         conn.execute_batch(
             "BEGIN;
              CREATE TABLE alert_states (
@@ -204,6 +205,9 @@ pub fn migrate(conn: &Connection, path: &std::path::Path) -> Result<(), StoreErr
                  state TEXT NOT NULL,
                  PRIMARY KEY (kind, rule, key)
              );
+             -- A row waits behind an older undecided row of its thread and rule.
+             CREATE INDEX outbox_undecided_thread ON outbox (webhook, thread_key, rule, id)
+                 WHERE burst IS NOT NULL;
              PRAGMA user_version = 10;
              COMMIT;",
         )?;

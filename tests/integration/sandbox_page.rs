@@ -90,6 +90,8 @@ fn example_thread_keys() -> BTreeSet<String> {
         .lines()
         .filter_map(|l| l.split(" · thread ").nth(1))
         .filter_map(|rest| rest.split(" · ").next())
+        // The key Chat receives; the rendered one, when it differs, is beside it.
+        .filter_map(|key| key.split(" (rendered: ").next())
         .map(str::to_owned)
         .collect()
 }

@@ -165,7 +165,11 @@ impl Validator<'_> {
         ] {
             let Some(t) = template else { continue };
             for builtin in t.alert_builtins() {
-                let allowed = raw.threshold.is_some() && ["count", "within"].contains(&builtin);
+                // Keys say which problem, not how much of it: a key with `{count}` would
+                // differ between the match that counts and the one that posts.
+                let allowed = field == "message"
+                    && raw.threshold.is_some()
+                    && ["count", "within"].contains(&builtin);
                 if !allowed {
                     self.report.error(
                         value.and_then(loc),
@@ -253,10 +257,12 @@ impl Validator<'_> {
         name: &str,
     ) -> Option<crate::config::Threshold> {
         let count = raw.value.count.value;
-        if !(2..=1_000_000).contains(&count) {
+        // Each key keeps the times of its latest `count` matches: the bound keeps that
+        // (times `max_keys`) in memory and in each commit small.
+        if !(2..=10_000).contains(&count) {
             self.report.error(
                 loc(&raw.value.count),
-                format!("rule `{name}`: threshold.count must be between 2 and 1000000, not {count} (1 is every match: leave `threshold` out)"),
+                format!("rule `{name}`: threshold.count must be between 2 and 10000, not {count} (1 is every match: leave `threshold` out)"),
             );
         }
         let within = self.duration(
@@ -537,6 +543,17 @@ impl Validator<'_> {
             ),
             None => thread_key.clone(),
         };
+        if let (Some(k), Some(value)) = (&key, &raw.key) {
+            for builtin in k.alert_builtins() {
+                self.report.error(
+                    loc(value),
+                    format!(
+                        "rule `{name}`: dedup.key names `{{{builtin}}}`, which {}",
+                        alert_builtin_home(builtin)
+                    ),
+                );
+            }
+        }
         let max_keys = match &raw.max_keys {
             None => DEFAULT_MAX_KEYS,
             Some(n) if n.value == 0 => {

@@ -269,29 +269,7 @@ fn steady(source: Source, rate: u64, seconds: u64) {
     let elapsed = t0.elapsed();
     let cpu = cpu_with_readers(pid) - cpu0;
     let agent_cpu = cpu_time(pid) - agent0;
-    let arrived = |chat: &MockChat| -> Vec<Duration> {
-        chat.messages()
-            .iter()
-            .filter(|m| m.space == "PROBES")
-            .flat_map(|m| {
-                m.text
-                    .split("\n\n")
-                    .filter_map(|t| t.strip_prefix("probe ")?.trim().parse::<usize>().ok())
-                    .filter_map(|id| {
-                        probe_times
-                            .get(id)
-                            .map(|t| m.at.saturating_duration_since(*t))
-                    })
-                    .collect::<Vec<_>>()
-            })
-            .collect()
-    };
-    let wait = Instant::now();
-    while arrived(&chat).len() < probe_times.len() && wait.elapsed() < Duration::from_secs(30) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let mut latencies = arrived(&chat);
-    latencies.sort_unstable();
+    let latencies = common::wait_for_probes(&chat, &probe_times);
     let share = cpu.as_secs_f64() / elapsed.as_secs_f64() * 100.0;
     let written = n as f64 / elapsed.as_secs_f64();
     let reader_hwm: f64 = readers(pid)

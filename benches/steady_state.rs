@@ -135,36 +135,9 @@ fn main() {
     let load_cpu = (cpu_time(pid) - cpu1).as_secs_f64() / t1.elapsed().as_secs_f64() * 100.0;
     let rss = memory_mib(pid, "VmRSS:");
     // Each probe that reached the mock, with its latency (a post may merge several).
-    let arrived = |chat: &MockChat| -> Vec<Duration> {
-        chat.messages()
-            .iter()
-            .filter(|m| m.space == "PROBES")
-            .flat_map(|m| {
-                m.text
-                    .split("\n\n")
-                    .filter_map(|t| t.strip_prefix("probe ")?.trim().parse::<usize>().ok())
-                    .filter_map(|id| {
-                        probes
-                            .get(id)
-                            .map(|sent| m.at.saturating_duration_since(*sent))
-                    })
-                    .collect::<Vec<_>>()
-            })
-            .collect()
-    };
-    let wait = Instant::now();
-    while arrived(&chat).len() < probes.len() && wait.elapsed() < Duration::from_secs(30) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let mut latencies = arrived(&chat);
-    latencies.sort_unstable();
+    let latencies = common::wait_for_probes(&chat, &probes);
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    let pct = |p: f64| {
-        latencies
-            .get(((latencies.len().max(1) - 1) as f64 * p).round() as usize)
-            .copied()
-            .unwrap_or_default()
-    };
+    let pct = |p: f64| common::quantile(&latencies, p);
     println!(
         "  under load: CPU {load_cpu:.2}% of a core, RSS {rss:.1} MiB, peak RSS {:.1} MiB, {:.0} lines/s written",
         memory_mib(pid, "VmHWM:"),

@@ -4,7 +4,9 @@
 #![allow(dead_code)]
 
 use std::fs;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use chattail::sandbox::Sandbox as MockChat;
 
 pub fn env_number(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -87,4 +89,33 @@ pub fn quantile(sorted: &[Duration], p: f64) -> Duration {
         .get(((sorted.len().max(1) - 1) as f64 * p).round() as usize)
         .copied()
         .unwrap_or_default()
+}
+
+/// The latency of each probe that reached the mock's `PROBES` space (a post may merge
+/// several `probe N` notifications), sorted; `sent[N]` is when probe N was written.
+pub fn probe_latencies(chat: &MockChat, sent: &[Instant]) -> Vec<Duration> {
+    let mut latencies: Vec<Duration> = chat
+        .messages()
+        .iter()
+        .filter(|m| m.space == "PROBES")
+        .flat_map(|m| {
+            m.text
+                .split("\n\n")
+                .filter_map(|t| t.strip_prefix("probe ")?.trim().parse::<usize>().ok())
+                .filter_map(|id| sent.get(id).map(|t| m.at.saturating_duration_since(*t)))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    latencies.sort_unstable();
+    latencies
+}
+
+/// Waits (up to 30 s) until every probe reached the mock, and returns their latencies.
+pub fn wait_for_probes(chat: &MockChat, sent: &[Instant]) -> Vec<Duration> {
+    let wait = Instant::now();
+    while probe_latencies(chat, sent).len() < sent.len() && wait.elapsed() < Duration::from_secs(30)
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    probe_latencies(chat, sent)
 }

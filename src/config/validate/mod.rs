@@ -195,24 +195,8 @@ impl Validator<'_> {
             }
             Some(globs) => self.unit_globs(globs, "journal.units"),
         };
-        let max_line_bytes = match &r.max_line_bytes {
-            None => DEFAULT_MAX_LINE_BYTES,
-            Some(n) if MAX_LINE_BYTES_RANGE.contains(&n.value) => {
-                usize::try_from(n.value).unwrap_or(DEFAULT_MAX_LINE_BYTES)
-            }
-            Some(n) => {
-                self.report.error(
-                    loc(n),
-                    format!(
-                        "journal.max_line_bytes must be between {} and {}, not {}",
-                        MAX_LINE_BYTES_RANGE.start(),
-                        MAX_LINE_BYTES_RANGE.end(),
-                        n.value
-                    ),
-                );
-                DEFAULT_MAX_LINE_BYTES
-            }
-        };
+        let max_line_bytes =
+            self.max_line_bytes(r.max_line_bytes.as_ref(), "journal.max_line_bytes");
         let multiline = r
             .multiline
             .as_ref()
@@ -316,24 +300,10 @@ impl Validator<'_> {
             Some(m) => self.duration(m, &format!("files[{i}].missing_after")),
             None => default_missing_after,
         };
-        let max_line_bytes = match &file.max_line_bytes {
-            None => DEFAULT_MAX_LINE_BYTES,
-            Some(n) if MAX_LINE_BYTES_RANGE.contains(&n.value) => {
-                usize::try_from(n.value).unwrap_or(DEFAULT_MAX_LINE_BYTES)
-            }
-            Some(n) => {
-                self.report.error(
-                    loc(n),
-                    format!(
-                        "files[{i}].max_line_bytes must be between {} and {}, not {}",
-                        MAX_LINE_BYTES_RANGE.start(),
-                        MAX_LINE_BYTES_RANGE.end(),
-                        n.value
-                    ),
-                );
-                DEFAULT_MAX_LINE_BYTES
-            }
-        };
+        let max_line_bytes = self.max_line_bytes(
+            file.max_line_bytes.as_ref(),
+            &format!("files[{i}].max_line_bytes"),
+        );
         let multiline = file
             .multiline
             .as_ref()
@@ -563,6 +533,16 @@ impl Validator<'_> {
     }
 
     fn duration(&mut self, value: &Spanned<String>, what: &str) -> Option<Duration> {
+        self.duration_upto(value, what, MAX_WINDOW)
+    }
+
+    /// A duration longer than 0 and at most `max` (a whole number of days).
+    pub(super) fn duration_upto(
+        &mut self,
+        value: &Spanned<String>,
+        what: &str,
+        max: Duration,
+    ) -> Option<Duration> {
         let text = self.expanded(value, what)?;
         match humantime::parse_duration(text.trim()) {
             Ok(d) if d.is_zero() => {
@@ -570,10 +550,13 @@ impl Validator<'_> {
                     .error(loc(value), format!("{what} must be longer than 0"));
                 None
             }
-            Ok(d) if d > MAX_WINDOW => {
+            Ok(d) if d > max => {
                 self.report.error(
                     loc(value),
-                    format!("{what} `{text}` is longer than the maximum of 7 days"),
+                    format!(
+                        "{what} `{text}` is longer than the maximum of {} days",
+                        max.as_secs() / 86_400
+                    ),
                 );
                 None
             }
@@ -584,6 +567,28 @@ impl Validator<'_> {
                     format!("{what} `{text}` is not a duration ({error}); write e.g. `90s`, `5m` or `1h`"),
                 );
                 None
+            }
+        }
+    }
+
+    /// `max_line_bytes` of a `files` entry or the journal (`what` names it).
+    fn max_line_bytes(&mut self, value: Option<&Spanned<u64>>, what: &str) -> usize {
+        match value {
+            None => DEFAULT_MAX_LINE_BYTES,
+            Some(n) if MAX_LINE_BYTES_RANGE.contains(&n.value) => {
+                usize::try_from(n.value).unwrap_or(DEFAULT_MAX_LINE_BYTES)
+            }
+            Some(n) => {
+                self.report.error(
+                    loc(n),
+                    format!(
+                        "{what} must be between {} and {}, not {}",
+                        MAX_LINE_BYTES_RANGE.start(),
+                        MAX_LINE_BYTES_RANGE.end(),
+                        n.value
+                    ),
+                );
+                DEFAULT_MAX_LINE_BYTES
             }
         }
     }

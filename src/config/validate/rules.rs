@@ -408,43 +408,6 @@ impl Validator<'_> {
         ok.then_some(keys)
     }
 
-    /// A duration up to `max` (longer than the 7 days of windows).
-    fn duration_upto(
-        &mut self,
-        value: &Spanned<String>,
-        what: &str,
-        max: std::time::Duration,
-    ) -> Option<std::time::Duration> {
-        let text = self.expanded(value, what)?;
-        match humantime::parse_duration(text.trim()) {
-            Ok(d) if d.is_zero() => {
-                self.report
-                    .error(loc(value), format!("{what} must be longer than 0"));
-                None
-            }
-            Ok(d) if d > max => {
-                self.report.error(
-                    loc(value),
-                    format!(
-                        "{what} `{text}` is longer than the maximum of {} days",
-                        max.as_secs() / 86_400
-                    ),
-                );
-                None
-            }
-            Ok(d) => Some(d),
-            Err(error) => {
-                self.report.error(
-                    loc(value),
-                    format!(
-                        "{what} `{text}` is not a duration ({error}); write e.g. `25h` or `90m`"
-                    ),
-                );
-                None
-            }
-        }
-    }
-
     fn regex(&mut self, source: &str, value: &Spanned<String>, what: &str) -> Option<Regex> {
         match RegexBuilder::new(source)
             .size_limit(RULE_REGEX_SIZE_LIMIT)

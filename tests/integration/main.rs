@@ -13,6 +13,7 @@ mod journal;
 mod mock_chat;
 mod module_edges;
 mod operating;
+mod readme_docs;
 mod rendered_messages;
 mod sandbox;
 mod sandbox_page;

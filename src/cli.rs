@@ -285,9 +285,19 @@ fn run(path: &std::path::Path, options: RunOptions) -> anyhow::Result<ExitCode> 
         return Ok(ExitCode::from(EXIT_CONFIG));
     };
     let state_dir = config.state_dir.clone();
-    launch
-        .run(config, options, Box::new(io::stdout()))
-        .with_context(|| format!("running with the state directory {}", state_dir.display()))?;
+    let result = launch.run(config, options, Box::new(io::stdout()));
+    if let Err(crate::agent::RunError::Store(crate::store::StoreError::CreateDir {
+        source, ..
+    })) = &result
+        && source.kind() == io::ErrorKind::PermissionDenied
+    {
+        // The usual first run as a user: the default state directory is root's.
+        eprintln!(
+            "hint: {} is not writable by this user. Set `state_dir` in the config to a directory you own (the example config reads `${{CHATTAIL_STATE_DIR}}`: CHATTAIL_STATE_DIR=$HOME/.local/state/chattail), or run as the service user.",
+            state_dir.display()
+        );
+    }
+    result.with_context(|| format!("running with the state directory {}", state_dir.display()))?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -515,3 +515,51 @@ fn an_unusable_state_dir_is_one_clear_error() {
     );
     assert_eq!(stderr.matches("os error").count(), 1, "{stderr}");
 }
+
+/// A user who cannot write the state directory (the first run as oneself, with the
+/// default `/var/lib/chattail`) is told how to choose another. As root the run is made
+/// as `nobody`, who cannot write a root-owned directory either.
+#[test]
+fn a_state_dir_the_user_cannot_write_gets_a_hint() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let locked = dir.path().join("locked");
+    std::fs::create_dir(&locked).unwrap();
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o555)).unwrap();
+    let config = dir.path().join("c.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir: {}/state\nwebhooks:\n  oncall:\n    url: http://127.0.0.1:9/v1/spaces/S/messages\nfiles:\n  - path: /var/log/no-such-dir/*.log\nrules:\n  - name: r\n    match: ERROR\n    webhook: oncall\n",
+            locked.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let mut command = if root {
+        // A copy nobody can run, wherever the build lives (a home directory may be 0700).
+        let bin = dir.path().join("chattail");
+        std::fs::copy(crate::support::bin(), &bin).unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut c = std::process::Command::new("runuser");
+        c.args(["-u", "nobody", "--"]).arg(bin);
+        c
+    } else {
+        std::process::Command::new(crate::support::bin())
+    };
+    let out = command
+        .args(["run", "--once", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("Permission denied"), "{stderr}");
+    assert!(
+        stderr.contains("hint:") && stderr.contains("CHATTAIL_STATE_DIR"),
+        "{stderr}"
+    );
+}

@@ -286,10 +286,9 @@ fn run(path: &std::path::Path, options: RunOptions) -> anyhow::Result<ExitCode> 
     };
     let state_dir = config.state_dir.clone();
     let result = launch.run(config, options, Box::new(io::stdout()));
-    if let Err(crate::agent::RunError::Store(crate::store::StoreError::CreateDir {
-        source, ..
-    })) = &result
-        && source.kind() == io::ErrorKind::PermissionDenied
+    if result
+        .as_ref()
+        .is_err_and(crate::agent::RunError::state_dir_not_writable)
     {
         // The usual first run as a user: the default state directory is root's.
         eprintln!(

@@ -57,6 +57,18 @@ pub enum RunError {
     Journal(String),
 }
 
+impl RunError {
+    /// Whether the state directory could not be created for want of permission (the first
+    /// run as a user, with the default `/var/lib/chattail`).
+    pub fn state_dir_not_writable(&self) -> bool {
+        matches!(
+            self,
+            RunError::Store(StoreError::CreateDir { source, .. })
+                if source.kind() == std::io::ErrorKind::PermissionDenied
+        )
+    }
+}
+
 /// How `run` behaves.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RunOptions {

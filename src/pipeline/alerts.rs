@@ -160,7 +160,21 @@ impl Alerts {
         if recency.len() < max_keys.max(1) {
             return false;
         }
-        let Some(oldest) = recency.values().next().cloned() else {
+        // A heartbeat whose absence is posted, or an expected key never seen, is what the
+        // rule is for: a healthy heartbeat goes first (the oldest of them), and only when
+        // there is none, the oldest of all.
+        let protected = |key: &String| {
+            matches!(
+                self.states.get(&(kind, rule.to_owned(), key.clone())),
+                Some((_, AlertState::Heartbeat(h))) if h.absent_ms.is_some() || !h.seen
+            )
+        };
+        let Some(oldest) = recency
+            .values()
+            .find(|k| !protected(k))
+            .or_else(|| recency.values().next())
+            .cloned()
+        else {
             return false;
         };
         self.take(&(kind, rule.to_owned(), oldest)).is_some()
@@ -464,6 +478,23 @@ mod tests {
         assert_eq!(
             removed,
             vec![(Kind::Threshold, "r".to_owned(), "a".to_owned())]
+        );
+    }
+
+    #[test]
+    fn room_is_made_from_healthy_heartbeats_first() {
+        let mut a = Alerts::default();
+        a.expect("hb", &["expected".to_owned()], "oncall", 0);
+        a.heartbeat(("hb", "absent"), "oncall", 1, 3);
+        a.heartbeat(("hb", "healthy"), "oncall", 2, 3);
+        assert_eq!(a.absences(10 * MIN, |_| Some(MIN)).len(), 3);
+        // `healthy` was seen again: the only one not absent.
+        a.heartbeat(("hb", "healthy"), "oncall", 11 * MIN, 3);
+        assert!(a.heartbeat(("hb", "new"), "oncall", 12 * MIN, 3).1);
+        let (_, removed) = a.take_changes();
+        assert_eq!(
+            removed,
+            vec![(Kind::Heartbeat, "hb".to_owned(), "healthy".to_owned())]
         );
     }
 

@@ -15,6 +15,7 @@ use clap::{Parser, Subcommand};
 
 use crate::agent::RunOptions;
 use crate::config::{self, Config, UrlPolicy};
+use crate::random_hex::random_hex;
 use crate::rule_test;
 
 /// Follow log files, match YAML regex rules, post grouped alerts to Google Chat threads.
@@ -379,21 +380,6 @@ fn send(
     }
 }
 
-/// 16 random hex digits, from the OS's entropy (a key or token of an exposed sandbox).
-fn random_hex() -> String {
-    use std::io::Read;
-    let mut bytes = [0u8; 8];
-    let seeded = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
-    if seeded.is_err() {
-        // No /dev/urandom: the hasher's per-process random keys.
-        use std::hash::{BuildHasher, Hasher};
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u32(std::process::id());
-        bytes = h.finish().to_le_bytes();
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn sandbox(listen: std::net::SocketAddr, rate: f64, open: bool) -> anyhow::Result<ExitCode> {
     use crate::sandbox::{KEPT_MESSAGES, KEPT_REQUESTS, Sandbox, SandboxOptions};
     if !(rate == 0.0 || (0.001..=1000.0).contains(&rate)) {
@@ -407,7 +393,7 @@ fn sandbox(listen: std::net::SocketAddr, rate: f64, open: bool) -> anyhow::Resul
     // Reachable from other hosts: say what is exposed, and accept only a random key and
     // token (unless --open) so that nobody else on the network can post.
     let exposed = !listen.ip().is_loopback();
-    let credentials = (exposed && !open).then(|| (random_hex(), random_hex()));
+    let credentials = (exposed && !open).then(|| (random_hex(8), random_hex(8)));
     if exposed {
         eprintln!(
             "warning: listening on {listen}, which other hosts can reach: anyone there can read every \

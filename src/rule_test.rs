@@ -364,7 +364,10 @@ impl<'a> Report<'a> {
         if let Some(key) = &n.dedup_key {
             writeln!(out, "  dedup key:  {key}")?;
         }
-        if matches!(report.routed, Routed::BelowThreshold | Routed::Heartbeat) {
+        if matches!(
+            report.routed,
+            Routed::BelowThreshold | Routed::Heartbeat | Routed::Silenced
+        ) {
             writeln!(out, "  message:    (none: not posted)")?;
         } else {
             writeln!(out, "  message:")?;
@@ -427,6 +430,7 @@ impl Output for Report<'_> {
             Cause::Resolution => "resolution",
             Cause::Absence => "absence",
             Cause::Recovery => "recovery",
+            Cause::SilenceEnded => "silence ended",
         };
         if self.error.is_none() {
             // Summaries queued before it (a window closed by a resolution) come first.

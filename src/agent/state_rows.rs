@@ -114,6 +114,7 @@ fn alert_kind(state: &AlertState) -> Kind {
         AlertState::Threshold { .. } => Kind::Threshold,
         AlertState::Incident(_) => Kind::Incident,
         AlertState::Heartbeat(_) => Kind::Heartbeat,
+        AlertState::Held(_) => Kind::Held,
     }
 }
 

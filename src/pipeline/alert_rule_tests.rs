@@ -239,3 +239,162 @@ fn state_survives_a_restart_and_a_reload_that_keeps_the_rule() {
     feed(&mut q, "connected to orders-db", 10 * SEC, &mut out);
     assert!(out.take().iter().any(|(c, _)| *c == Cause::Resolution));
 }
+
+fn silence(id: &str, rule: &str, capture: Option<&str>, ends_ms: i64) -> crate::silences::Silence {
+    crate::silences::Silence {
+        id: id.to_owned(),
+        rule: Some(rule.to_owned()),
+        host: None,
+        thread: None,
+        captures: capture
+            .map(|c| crate::silences::parse_matcher(c).unwrap())
+            .into_iter()
+            .collect(),
+        comment: "failover of `orders-db`".to_owned(),
+        created_by: "root@ops".to_owned(),
+        starts_ms: 0,
+        ends_ms,
+        expired_by: None,
+        revision: 0,
+    }
+}
+
+fn silences(records: Vec<crate::silences::Silence>) -> Arc<crate::silences::SilenceSet> {
+    let (set, refused) = crate::silences::SilenceSet::compile(records);
+    assert!(refused.is_empty());
+    Arc::new(set)
+}
+
+const RESOLVING: &str = "  - name: db-down\n    match: 'db (?P<db>\\S+) down'\n    webhook: oncall\n    thread_key: 'db-{db}'\n    resolve:\n      match: 'db (?P<db>\\S+) up'\n";
+
+#[test]
+fn a_silence_holds_back_one_capture_value_and_tells_its_thread_when_it_ends() {
+    let mut p = Pipeline::new(config(RESOLVING), Vec::new(), Vec::new());
+    p.set_silences(silences(vec![silence(
+        "s1",
+        "db-down",
+        Some("db=orders"),
+        2 * HOUR,
+    )]));
+    let mut out = Queued::default();
+    feed(&mut p, "db orders down", MIN, &mut out);
+    feed(&mut p, "db orders down", 2 * MIN, &mut out);
+    // Another value is not silenced: posted, and it opens its incident.
+    feed(&mut p, "db billing down", 3 * MIN, &mut out);
+    let posted = out.take();
+    assert_eq!(posted.len(), 1);
+    assert_eq!(posted[0].1.thread_key, "db-billing");
+    // A held-back match opened no incident: its "up" line resolves nothing.
+    feed(&mut p, "db orders up", 4 * MIN, &mut out);
+    assert!(out.take().is_empty());
+    let changes = p.take_changes();
+    assert_eq!(
+        changes
+            .held_counts
+            .get(&("s1".to_owned(), "db-down".to_owned())),
+        Some(&(2, 2 * MIN))
+    );
+    feed(&mut p, "db orders down `x`", 90 * MIN, &mut out);
+    assert!(out.take().is_empty());
+    // The silence ends by itself: one message in the thread it held back from.
+    p.tick(2 * HOUR, false, &mut out);
+    let ended = out.take();
+    assert_eq!(ended.len(), 1, "{ended:?}");
+    let (cause, n) = &ended[0];
+    assert_eq!(*cause, Cause::SilenceEnded);
+    assert_eq!(n.thread_key, "db-orders");
+    assert!(
+        n.text.starts_with(
+            "*db-down* on web-1: silence s1 (failover of `orders-db`) ended; it held back 3 occurrences from 00:01:00 to 01:30:00 UTC (over 1h 29m)."
+        ),
+        "{}",
+        n.text
+    );
+    assert!(
+        n.text
+            .ends_with("Most recent line:\n```db orders down `x`\u{200b}```"),
+        "{}",
+        n.text
+    );
+    // After it, the key alerts again.
+    feed(&mut p, "db orders down", 2 * HOUR + MIN, &mut out);
+    assert_eq!(out.take().len(), 1);
+}
+
+#[test]
+fn a_silence_holds_back_the_resolution_of_an_incident_open_before_it() {
+    let mut p = Pipeline::new(config(RESOLVING), Vec::new(), Vec::new());
+    let mut out = Queued::default();
+    feed(&mut p, "db orders down", MIN, &mut out);
+    assert_eq!(out.take().len(), 1);
+    // Expired early: the record says who ended it.
+    let mut s = silence("s2", "db-down", None, HOUR);
+    p.set_silences(silences(vec![s.clone()]));
+    feed(&mut p, "db orders up", 2 * MIN, &mut out);
+    assert!(out.take().is_empty());
+    s.ends_ms = 3 * MIN;
+    s.expired_by = Some("root@ops".to_owned());
+    p.set_silences(silences(vec![s]));
+    p.tick(3 * MIN, false, &mut out);
+    let ended = out.take();
+    assert_eq!(ended.len(), 1);
+    assert!(
+        ended[0]
+            .1
+            .text
+            .contains("was ended early; it held back 1 alert"),
+        "{}",
+        ended[0].1.text
+    );
+    assert!(
+        ended[0]
+            .1
+            .text
+            .contains("Last alert held back: *Resolved*: db-down on web-1"),
+        "{}",
+        ended[0].1.text
+    );
+}
+
+#[test]
+fn a_silenced_match_does_not_count_towards_a_threshold() {
+    let mut p = Pipeline::new(config(THRESHOLD), Vec::new(), Vec::new());
+    p.set_silences(silences(vec![silence("s3", "http-5xx", None, 30 * SEC)]));
+    let mut out = Queued::default();
+    for i in 0..30 {
+        feed(&mut p, "\"GET /\" 502 0 \"-\"", i * SEC, &mut out);
+    }
+    assert!(out.take().is_empty());
+    // 49 more after the silence: had the silenced 30 counted, the threshold would fire.
+    for i in 30..79 {
+        feed(&mut p, "\"GET /\" 502 0 \"-\"", i * SEC, &mut out);
+    }
+    let posted = out.take();
+    assert_eq!(posted.len(), 1, "{posted:?}");
+    assert_eq!(posted[0].0, Cause::SilenceEnded);
+    assert!(posted[0].1.text.contains("held back 30 occurrences"));
+}
+
+#[test]
+fn a_silence_that_disappears_tells_what_it_held_back() {
+    let mut p = Pipeline::new(config(RESOLVING), Vec::new(), Vec::new());
+    p.set_silences(silences(vec![silence("s4", "db-down", None, HOUR)]));
+    let mut out = Queued::default();
+    feed(&mut p, "db orders down", MIN, &mut out);
+    assert!(out.take().is_empty());
+    // Restarted from the stored state with no record of the silence left.
+    let saved = p.take_changes().alerts;
+    let mut q =
+        Pipeline::resuming_alerts(config(RESOLVING), Vec::new(), Vec::new(), Vec::new(), saved);
+    q.tick(2 * MIN, false, &mut out);
+    let ended = out.take();
+    assert_eq!(ended.len(), 1);
+    assert!(
+        ended[0]
+            .1
+            .text
+            .contains("silence s4 ended; it held back 1 occurrence "),
+        "{}",
+        ended[0].1.text
+    );
+}

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use super::alerts::{self, Alerts};
 use super::{
-    Bursts, Cause, Config, Hit, Notification, Output, Pipeline, Source, chat_text, pattern,
-    template,
+    Bursts, Cause, Config, Hit, Notification, Output, Pipeline, Silencing, Source, chat_text,
+    pattern, template,
 };
 
 impl Pipeline {
@@ -25,6 +25,8 @@ impl Pipeline {
         }
         let rules = &self.timed_rules;
         let host = self.config.host.as_str();
+        // Alerts pass the silences after the loops, in order.
+        let mut alerts_out: Vec<(Notification, Cause, usize)> = Vec::new();
         let after = |rule: &str| {
             rules
                 .get(rule)
@@ -59,10 +61,11 @@ impl Pipeline {
                 alert: Some(&values),
             };
             let text = resolution_text(resolve, &ctx, &values);
-            out.notification(
+            alerts_out.push((
                 alert_notification(rule, &key, incident.webhook, text),
                 Cause::Resolution,
-            );
+                rule.max_keys,
+            ));
         }
         if !self.expected_tracked {
             self.expected_tracked = true;
@@ -99,7 +102,7 @@ impl Pipeline {
             } else {
                 "never seen since chattail began expecting it".to_owned()
             };
-            out.notification(
+            alerts_out.push((
                 alert_notification(
                     rule,
                     &key,
@@ -111,7 +114,17 @@ impl Pipeline {
                     ),
                 ),
                 Cause::Absence,
-            );
+                rule.max_keys,
+            ));
+        }
+        let mut silencing = Silencing {
+            silences: &self.silences,
+            alerts: &mut self.alerts,
+            counts: &mut self.held_counts,
+            host,
+        };
+        for (n, cause, max_keys) in alerts_out {
+            silencing.alert(n, cause, (now_ms, max_keys), out);
         }
     }
 }
@@ -126,7 +139,7 @@ pub(super) fn resolve_by_line(
     text: &[u8],
     source: &Source<'_>,
     now_ms: i64,
-    alerts: &mut Alerts,
+    silencing: &mut Silencing<'_>,
     bursts: &mut Bursts,
     out: &mut dyn Output,
 ) {
@@ -147,7 +160,7 @@ pub(super) fn resolve_by_line(
         alert: None,
     };
     let key = key_template.render(&ctx, template::Escape::None);
-    let Some(incident) = alerts.resolve(&rule.name, &key) else {
+    let Some(incident) = silencing.alerts.resolve(&rule.name, &key) else {
         return;
     };
     let mut summaries = Vec::new();
@@ -158,9 +171,11 @@ pub(super) fn resolve_by_line(
     let values = resolution_values(&incident, now_ms);
     ctx.alert = Some(&values);
     let text = resolution_text(resolve, &ctx, &values);
-    out.notification(
+    silencing.alert(
         alert_notification(rule, &key, incident.webhook, text),
         Cause::Resolution,
+        (now_ms, rule.max_keys),
+        out,
     );
 }
 
@@ -244,6 +259,10 @@ pub(super) fn human_ms(ms: i64) -> String {
 /// that `expect` no longer lists.
 pub(super) fn retain_alerts_of(alerts: &mut Alerts, old: Option<&Config>, new: &Config) {
     let same = |kind: alerts::Kind, name: &str| {
+        // What a silence held back is told when it ends, whatever became of the rule.
+        if kind == alerts::Kind::Held {
+            return true;
+        }
         let Some(rule) = new.rules.iter().find(|r| r.name == name) else {
             return false;
         };
@@ -251,6 +270,7 @@ pub(super) fn retain_alerts_of(alerts: &mut Alerts, old: Option<&Config>, new: &
             alerts::Kind::Threshold => rule.threshold.is_some(),
             alerts::Kind::Incident => rule.resolve.is_some(),
             alerts::Kind::Heartbeat => rule.absence.is_some(),
+            alerts::Kind::Held => true,
         };
         has && old.is_none_or(|old| {
             old.rules

@@ -29,6 +29,7 @@ pub enum AlertState {
     },
     Incident(Incident),
     Heartbeat(Heartbeat),
+    Held(Held),
 }
 
 /// An open incident of a thread key.
@@ -56,6 +57,41 @@ pub struct Heartbeat {
     pub absent_ms: Option<i64>,
 }
 
+/// What a silence held back from one thread of one rule, until the silence ends and one
+/// message tells it. Its key is the silence's id and the thread key ([`held_key`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Held {
+    pub silence: String,
+    pub webhook: String,
+    pub thread_key: String,
+    /// The first and last occurrence or alert held back (unix ms).
+    pub first_ms: i64,
+    pub last_ms: i64,
+    /// Matches held back.
+    pub occurrences: u64,
+    /// The most recent matching line (cut to [`HELD_LINE_CHARS`]).
+    pub last_line: Option<String>,
+    /// Alerts held back (resolutions, absences, recoveries) and the last one's text.
+    pub alerts: u64,
+    pub last_alert: Option<String>,
+}
+
+/// How much of the last held line is kept for the end message.
+pub const HELD_LINE_CHARS: usize = 1000;
+
+/// The key of a [`Held`] state: the silence's id (hex digits) first, so the split is
+/// unambiguous whatever the thread key holds.
+pub fn held_key(silence: &str, thread_key: &str) -> String {
+    format!("{silence}\u{1f}{thread_key}")
+}
+
+/// What a silence holds back: a match (its line) or an alert (its text).
+#[derive(Debug, Clone, Copy)]
+pub enum HeldItem<'a> {
+    Occurrence(&'a str),
+    Alert(&'a str),
+}
+
 /// Which kind of state; part of its identity (one rule may have an incident and a
 /// threshold counter under the same key).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -63,6 +99,7 @@ pub enum Kind {
     Threshold,
     Incident,
     Heartbeat,
+    Held,
 }
 
 impl Kind {
@@ -71,11 +108,12 @@ impl Kind {
             Kind::Threshold => "threshold",
             Kind::Incident => "incident",
             Kind::Heartbeat => "heartbeat",
+            Kind::Held => "held",
         }
     }
 
     pub fn from_name(name: &str) -> Option<Self> {
-        [Kind::Threshold, Kind::Incident, Kind::Heartbeat]
+        [Kind::Threshold, Kind::Incident, Kind::Heartbeat, Kind::Held]
             .into_iter()
             .find(|k| k.name() == name)
     }
@@ -85,6 +123,7 @@ impl Kind {
             AlertState::Threshold { .. } => Kind::Threshold,
             AlertState::Incident(_) => Kind::Incident,
             AlertState::Heartbeat(_) => Kind::Heartbeat,
+            AlertState::Held(_) => Kind::Held,
         }
     }
 }
@@ -118,6 +157,7 @@ impl Alerts {
             AlertState::Threshold { times } => times.back().copied().unwrap_or(0),
             AlertState::Incident(i) => i.last_ms,
             AlertState::Heartbeat(h) => h.last_ms,
+            AlertState::Held(h) => h.last_ms,
         });
         let mut alerts = Self::default();
         for row in saved {
@@ -154,11 +194,19 @@ impl Alerts {
     /// Makes room for one more state of `kind` for `rule`; returns whether one was
     /// dropped.
     fn make_room(&mut self, kind: Kind, rule: &str, max_keys: usize) -> bool {
-        let Some(recency) = self.recency.get(&(kind, rule.to_owned())) else {
-            return false;
-        };
+        self.make_room_taking(kind, rule, max_keys).is_some()
+    }
+
+    /// Makes room for one more state of `kind` for `rule`, returning the one dropped.
+    fn make_room_taking(
+        &mut self,
+        kind: Kind,
+        rule: &str,
+        max_keys: usize,
+    ) -> Option<(String, AlertState)> {
+        let recency = self.recency.get(&(kind, rule.to_owned()))?;
         if recency.len() < max_keys.max(1) {
-            return false;
+            return None;
         }
         // A heartbeat whose absence is posted, or an expected key never seen, is what the
         // rule is for: a healthy heartbeat goes first (the oldest of them), and only when
@@ -169,15 +217,88 @@ impl Alerts {
                 Some((_, AlertState::Heartbeat(h))) if h.absent_ms.is_some() || !h.seen
             )
         };
-        let Some(oldest) = recency
+        let oldest = recency
             .values()
             .find(|k| !protected(k))
             .or_else(|| recency.values().next())
-            .cloned()
-        else {
-            return false;
+            .cloned()?;
+        let state = self.take(&(kind, rule.to_owned(), oldest.clone()))?;
+        Some((oldest, state))
+    }
+
+    /// Whether `silence` holds anything back from `rule`'s `thread_key`.
+    pub fn holds(&self, rule: &str, silence: &str, thread_key: &str) -> bool {
+        self.states
+            .contains_key(&(Kind::Held, rule.to_owned(), held_key(silence, thread_key)))
+    }
+
+    /// Holds back `item` of `rule`'s `thread_key` for `silence` at `now_ms`. At the
+    /// rule's `max_keys` held threads, the least recently held is dropped and returned,
+    /// for the caller to post what it held at once (nothing is lost to the bound).
+    pub fn hold(
+        &mut self,
+        (rule, silence, thread_key): (&str, &str, &str),
+        webhook: &str,
+        item: HeldItem<'_>,
+        now_ms: i64,
+        max_keys: usize,
+    ) -> Option<(String, Held)> {
+        let id = (Kind::Held, rule.to_owned(), held_key(silence, thread_key));
+        let mut evicted = None;
+        let mut held = match self.take(&id) {
+            Some(AlertState::Held(h)) => h,
+            _ => {
+                if let Some((_, AlertState::Held(h))) =
+                    self.make_room_taking(Kind::Held, rule, max_keys)
+                {
+                    evicted = Some((rule.to_owned(), h));
+                }
+                Held {
+                    silence: silence.to_owned(),
+                    webhook: webhook.to_owned(),
+                    thread_key: thread_key.to_owned(),
+                    first_ms: now_ms,
+                    last_ms: now_ms,
+                    occurrences: 0,
+                    last_line: None,
+                    alerts: 0,
+                    last_alert: None,
+                }
+            }
         };
-        self.take(&(kind, rule.to_owned(), oldest)).is_some()
+        held.last_ms = now_ms;
+        match item {
+            HeldItem::Occurrence(line) => {
+                held.occurrences += 1;
+                held.last_line = Some(line.chars().take(HELD_LINE_CHARS).collect());
+            }
+            HeldItem::Alert(text) => {
+                held.alerts += 1;
+                held.last_alert = Some(text.chars().take(HELD_LINE_CHARS).collect());
+            }
+        }
+        self.put(id, AlertState::Held(held));
+        evicted
+    }
+
+    /// Takes the held states whose silence is no longer active (`active` says), as
+    /// (rule, held), the earliest held first.
+    pub fn ended_holds(&mut self, active: impl Fn(&str) -> bool) -> Vec<(String, Held)> {
+        let mut due: Vec<(i64, AlertId)> = self
+            .states
+            .iter()
+            .filter_map(|(id, (_, s))| match s {
+                AlertState::Held(h) if !active(&h.silence) => Some((h.first_ms, id.clone())),
+                _ => None,
+            })
+            .collect();
+        due.sort();
+        due.into_iter()
+            .filter_map(|(_, id)| match self.take(&id) {
+                Some(AlertState::Held(h)) => Some((id.1, h)),
+                _ => None,
+            })
+            .collect()
     }
 
     /// A match of a `threshold` rule's `key` at `now_ms`. Returns the number of matches

@@ -29,6 +29,7 @@ pub mod multiline;
 pub mod pattern;
 pub mod rules;
 pub mod self_alerts;
+mod silenced;
 pub mod template;
 pub mod thread_key;
 
@@ -47,6 +48,8 @@ pub use bursts::{Bursts, Window};
 pub use context::ContextRing;
 pub use multiline::{Assembler, Event, EventChange};
 pub use rules::{Hit, Notification, RuleSet, Source};
+pub use silenced::HeldCounts;
+use silenced::Silencing;
 
 /// How many paths the rule-set index and the context rings remember before they start
 /// over (a date-named log adds a path a day, forever).
@@ -92,6 +95,8 @@ pub enum Routed {
     BelowThreshold,
     /// A rule with `absent_after`: the line is its heartbeat, not queued.
     Heartbeat,
+    /// An active silence matched it: held back, told when the silence ends.
+    Silenced,
 }
 
 /// Why a notification is queued.
@@ -107,6 +112,8 @@ pub enum Cause {
     Absence,
     /// The line of an absence came back.
     Recovery,
+    /// A silence ended: what it held back from one thread.
+    SilenceEnded,
 }
 
 /// One rule matching one line or event, as reported to [`Output::hit`].
@@ -131,6 +138,8 @@ pub trait Output {
     fn hit(&mut self, _report: &HitReport<'_, '_, '_>) {}
     /// A burst window of `rule` was closed early because the rule reached `max_keys`.
     fn window_evicted(&mut self, _rule: &str) {}
+    /// A silence held back a hit or an alert of `rule`.
+    fn silenced(&mut self, _rule: &str) {}
     /// A line was dropped from a multiline event at its `max_lines`.
     fn event_line_cut(&mut self) {}
     /// A record of a container log was not of its format; it was passed on as plain text.
@@ -163,6 +172,8 @@ pub struct Changes {
     pub alerts: Vec<AlertRow>,
     /// Those removed.
     pub removed_alerts: Vec<alerts::AlertId>,
+    /// What silences held back, per (silence, rule): count and time of the last.
+    pub held_counts: HeldCounts,
 }
 
 /// The line → notification pipeline. See the module documentation.
@@ -196,6 +207,10 @@ pub struct Pipeline {
     caught_up: bool,
     /// Whether `expect`'s keys are tracked for the current config.
     expected_tracked: bool,
+    /// The silences known (active and recently ended), and what they held back since
+    /// the last `take_changes`.
+    silences: Arc<crate::silences::SilenceSet>,
+    held_counts: HeldCounts,
     /// Reused buffers, so a poll does not allocate them per line.
     events: Vec<Event>,
     queued: Vec<Notification>,
@@ -248,6 +263,8 @@ impl Pipeline {
             expected_tracked: false,
             file_filters: true,
             alone: false,
+            silences: Arc::default(),
+            held_counts: HeldCounts::new(),
             events: Vec::new(),
             queued: Vec::new(),
         }
@@ -395,6 +412,7 @@ impl Pipeline {
             .expire(now_ms, |rule| windows.get(rule).copied(), &mut self.queued);
         self.drain_queued(Cause::Summary, out);
         self.tick_alerts(now_ms, out);
+        self.end_silences(now_ms, out);
     }
 
     /// Queues the summaries of every burst window with a count now (shutdown, end of
@@ -416,6 +434,7 @@ impl Pipeline {
             || self.assembler.has_changes()
             || self.partials.has_changes()
             || self.alerts.has_changes()
+            || !self.held_counts.is_empty()
     }
 
     /// The burst windows and pending events changed since the last call.
@@ -429,6 +448,7 @@ impl Pipeline {
             partials: self.partials.take_changes(),
             alerts,
             removed_alerts,
+            held_counts: std::mem::take(&mut self.held_counts),
         }
     }
 
@@ -444,6 +464,7 @@ impl Pipeline {
     ) {
         self.alerts = Alerts::from_saved(alerts);
         retain_alerts_of(&mut self.alerts, None, &self.config);
+        self.held_counts.clear();
         self.expected_tracked = false;
         self.partials = decode::Partials::from_saved(partials);
         self.bursts = Bursts::from_saved(windows);
@@ -539,7 +560,12 @@ impl Pipeline {
         let mut ring = self.rings.get_mut(path);
         let bursts = &mut self.bursts;
         let queued = &mut self.queued;
-        let alerts = &mut self.alerts;
+        let mut silencing = Silencing {
+            silences: &self.silences,
+            alerts: &mut self.alerts,
+            counts: &mut self.held_counts,
+            host,
+        };
         rules.find(text, |found| {
             // The path as text only for hits: most lines match nothing.
             let file = path.to_string_lossy();
@@ -552,7 +578,16 @@ impl Pipeline {
             let hit = match found {
                 rules::Found::Hit(hit) => hit,
                 rules::Found::Resolves { rule, captures } => {
-                    resolve_by_line(rule, &captures, text, &source, now_ms, alerts, bursts, out);
+                    resolve_by_line(
+                        rule,
+                        &captures,
+                        text,
+                        &source,
+                        now_ms,
+                        &mut silencing,
+                        bursts,
+                        out,
+                    );
                     return;
                 }
             };
@@ -562,6 +597,17 @@ impl Pipeline {
                 _ => Vec::new(),
             };
             let mut n = hit.notification_with_context(text, &source, &context);
+            if silencing.hold_hit(&hit, &n, text, now_ms, out) {
+                out.hit(&HitReport {
+                    hit: &hit,
+                    text,
+                    lines,
+                    notification: &n,
+                    routed: Routed::Silenced,
+                });
+                return;
+            }
+            let alerts = &mut *silencing.alerts;
             if rule.absence.is_some() {
                 // The line is the heartbeat: it posts nothing, unless it ends an absence.
                 let (back, evicted) = alerts.heartbeat(
@@ -575,7 +621,7 @@ impl Pipeline {
                 }
                 if let Some(before) = back {
                     let absent_for = now_ms.saturating_sub(before.last_ms);
-                    out.notification(
+                    silencing.alert(
                         alert_notification(
                             rule,
                             &n.thread_key,
@@ -587,6 +633,8 @@ impl Pipeline {
                             ),
                         ),
                         Cause::Recovery,
+                        (now_ms, rule.max_keys),
+                        out,
                     );
                 }
                 out.hit(&HitReport {

@@ -649,21 +649,6 @@ fn read_files(conn: &Connection) -> Result<Vec<FileRow>, StoreError> {
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
 
-/// `n` random bytes from the kernel, as hex; falls back to time and process id, which are
-/// unique enough for an agent id.
-fn random_hex(n: usize) -> String {
-    use std::io::Read;
-    let mut bytes = vec![0u8; n];
-    let ok = File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
-    if ok.is_err() {
-        let seed = unix_now_ms().unsigned_abs() ^ (u64::from(std::process::id()) << 32);
-        for (i, b) in bytes.iter_mut().enumerate() {
-            *b = (seed >> ((i % 8) * 8)) as u8 ^ (i as u8);
-        }
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// SQLite integers are signed 64-bit; device and inode numbers are stored bit for bit.
 fn to_sql_u64(value: u64) -> i64 {
     i64::from_ne_bytes(value.to_ne_bytes())

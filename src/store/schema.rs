@@ -3,7 +3,8 @@
 
 use rusqlite::Connection;
 
-use super::{StoreError, random_hex};
+use super::StoreError;
+use crate::random_hex::random_hex;
 
 /// The schema version this code writes.
 pub const SCHEMA_VERSION: i64 = 10;

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use super::silence_watch::SilenceWatch;
 use super::dry_run::DryRun;
 use super::journal_source::JournalSource;
 
@@ -44,6 +45,8 @@ pub(super) struct Ingest {
     pub(super) store: Store,
     pub(super) tailer: Tailer,
     pub(super) pipeline: Pipeline,
+    /// The silences the pipeline applies, re-read from the store every second.
+    silences: SilenceWatch,
     /// The systemd journal, when the config has `journal:`.
     pub(super) journal: Option<JournalSource>,
     wake: watch::Sender<u64>,
@@ -137,7 +140,12 @@ impl Ingest {
             pipeline = pipeline.alone();
         }
         let journal = JournalSource::new(&config, &store, !options.once)?;
+        // Before the first tick: what a silence held back before a restart is told when
+        // that silence ends, not because the pipeline has not heard of it yet.
+        let mut silences = SilenceWatch::default();
+        silences.refresh(&store, &mut pipeline, &metrics, true)?;
         Ok(Self {
+            silences,
             config,
             store,
             tailer,
@@ -169,6 +177,12 @@ impl Ingest {
                 self.pending_reload = Some(new);
             }
             self.check_self_alerts();
+            if let Err(error) =
+                self.silences
+                    .refresh(&self.store, &mut self.pipeline, &self.metrics, false)
+            {
+                tracing::warn!(%error, "Cannot read the silences; the ones read before stay applied.");
+            }
             if self.outbox_is_full() {
                 // Reading waits, but chattail's own alerts (such as the one saying why the
                 // outbox fills) are still queued. A new config waits too: switching reads

@@ -65,6 +65,12 @@ impl Output for PollOutput<'_> {
         }
     }
 
+    fn silenced(&mut self, rule: &str) {
+        // What a silence holds back is state, committed with this line's position.
+        self.effects += 1;
+        self.metrics.rule_silenced(rule);
+    }
+
     fn window_evicted(&mut self, _rule: &str) {
         self.metrics.burst_evictions.inc();
     }

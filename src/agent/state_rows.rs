@@ -180,6 +180,9 @@ pub fn save_changes(tx: &StoreTx<'_>, changes: &Changes) -> Result<(), StoreErro
     for (kind, rule, key) in &changes.removed_alerts {
         tx.remove_alert(kind.name(), rule, key)?;
     }
+    for ((silence, rule), (held, last_ms)) in &changes.held_counts {
+        tx.add_held(silence, rule, *held, *last_ms)?;
+    }
     for w in &changes.windows {
         tx.save_window(&WindowRow {
             rule: w.rule.clone(),

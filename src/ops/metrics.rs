@@ -87,6 +87,8 @@ pub struct Metrics {
     pub file_errors: Family<ReasonLabel, Counter>,
     pub rule_matches: Family<RuleLabel, Counter>,
     pub suppressed_matches: Family<RuleLabel, Counter>,
+    pub silenced: Family<RuleLabel, Counter>,
+    pub silences_active: Gauge,
     pub burst_evictions: Counter,
     pub chat_posts: Family<WebhookLabel, Counter>,
     pub chat_notifications: Family<WebhookLabel, Counter>,
@@ -151,6 +153,7 @@ impl Metrics {
             };
             let _ = self.rule_matches.get_or_create(&label);
             let _ = self.suppressed_matches.get_or_create(&label);
+            let _ = self.silenced.get_or_create(&label);
         }
         for pattern in patterns {
             let label = PatternLabel {
@@ -233,6 +236,16 @@ impl Metrics {
             "chattail_suppressed_matches",
             "Matches counted into a burst window instead of being posted",
             self.suppressed_matches.clone(),
+        );
+        r.register(
+            "chattail_silenced",
+            "Matches and alerts held back by a silence (told in one message per thread when it ends)",
+            self.silenced.clone(),
+        );
+        r.register(
+            "chattail_silences_active",
+            "Silences holding back alerts now",
+            self.silences_active.clone(),
         );
         r.register(
             "chattail_burst_evictions",
@@ -333,6 +346,14 @@ impl Metrics {
 
     pub fn rule_matched(&self, rule: &str) {
         self.rule_matches
+            .get_or_create(&RuleLabel {
+                rule: rule.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn rule_silenced(&self, rule: &str) {
+        self.silenced
             .get_or_create(&RuleLabel {
                 rule: rule.to_owned(),
             })

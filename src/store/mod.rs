@@ -22,6 +22,7 @@
 pub mod fleet_rows;
 pub mod outbox;
 mod schema;
+pub mod silences;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -57,6 +58,12 @@ pub enum StoreError {
         "the state database {path} was written by a newer chattail (schema {found}, this one knows {SCHEMA_VERSION})"
     )]
     TooNew { path: PathBuf, found: i64 },
+    #[error(
+        "the running agent's state database {path} is at schema {found}; silences need {SCHEMA_VERSION}: restart the agent with this chattail first"
+    )]
+    TooOld { path: PathBuf, found: i64 },
+    #[error("there is no state database in {dir}: the agent has not run with this state_dir yet")]
+    NoDatabase { dir: PathBuf },
     #[error("state database: {0}")]
     Sqlite(#[from] rusqlite::Error),
 }

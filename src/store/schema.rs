@@ -7,7 +7,7 @@ use super::StoreError;
 use crate::random_hex::random_hex;
 
 /// The schema version this code writes.
-pub const SCHEMA_VERSION: i64 = 10;
+pub const SCHEMA_VERSION: i64 = 11;
 
 /// Creates or upgrades the schema of `conn` (the database at `path`, for errors).
 pub fn migrate(conn: &Connection, path: &std::path::Path) -> Result<(), StoreError> {
@@ -210,6 +210,29 @@ pub fn migrate(conn: &Connection, path: &std::path::Path) -> Result<(), StoreErr
              CREATE INDEX outbox_undecided_thread ON outbox (webhook, thread_key, rule, id)
                  WHERE burst IS NOT NULL;
              PRAGMA user_version = 10;
+             COMMIT;",
+        )?;
+    }
+    if version < 11 {
+        // Silences (`chattail silence add`), as JSON records, written by the command or
+        // by the fleet sync and read by the ingest loop every second; and what each held
+        // back, per rule, added in the ingest loop's transactions (for `silence list`).
+        conn.execute_batch(
+            "BEGIN;
+             CREATE TABLE silences (
+                 id       TEXT    NOT NULL PRIMARY KEY,
+                 record   TEXT    NOT NULL,
+                 ends_ms  INTEGER NOT NULL,
+                 revision INTEGER NOT NULL
+             );
+             CREATE TABLE silence_counts (
+                 silence TEXT    NOT NULL,
+                 rule    TEXT    NOT NULL,
+                 held    INTEGER NOT NULL,
+                 last_ms INTEGER NOT NULL,
+                 PRIMARY KEY (silence, rule)
+             );
+             PRAGMA user_version = 11;
              COMMIT;",
         )?;
     }

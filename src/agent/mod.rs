@@ -25,6 +25,7 @@ mod ingest;
 mod journal_source;
 mod reload;
 mod reports;
+mod silence_sync;
 mod silence_watch;
 pub mod state_rows;
 mod supervisor;

@@ -42,7 +42,19 @@ impl DeliveryGeneration {
             None => Vec::new(),
             Some(db) => {
                 let client = ChatClient::new(config.delivery.request_timeout)?;
-                deliver::spawn_workers(config, db, &client, wake, &stop_rx, context)?
+                let mut handles =
+                    deliver::spawn_workers(config, db, &client, wake, &stop_rx, context)?;
+                if let Some(fleet) = &context.fleet {
+                    let sync = super::silence_sync::SilenceSync {
+                        fleet: Arc::clone(fleet),
+                        db: db.to_owned(),
+                        host: config.host.clone(),
+                        stop: stop_rx.clone(),
+                        _running: context.health.worker_guard(),
+                    };
+                    handles.push(tokio::spawn(sync.run()));
+                }
+                handles
             }
         };
         context.health.expect_workers(handles.len());

@@ -26,6 +26,7 @@
 //! treated the same way and counted. Every key expires.
 
 mod resp;
+pub mod silences;
 pub mod windows;
 
 use std::sync::Arc;
@@ -191,6 +192,77 @@ if op == 'take' then
   if last and last > first then span = last - first end
   table.sort(names)
   return {'totals', more, span, #names, line, names[1] or '', names[2] or '', names[3] or ''}
+end
+
+-- Silences: KEYS[1] the records (a hash: id -> JSON), KEYS[2] what each host held back
+-- (`id|host` -> `count|last_ms`). Times are the server's.
+local function keep_silences(keep)
+  local ms = 7 * 86400000 + keep
+  redis.call('PEXPIRE', KEYS[1], ms)
+  if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('PEXPIRE', KEYS[2], ms) end
+end
+
+if op == 'sil_add' then
+  -- ARGV: the record (JSON, without times), its length in ms, how long an ended one stays.
+  local r = cjson.decode(ARGV[2])
+  r.starts_ms = now
+  r.ends_ms = now + tonumber(ARGV[3])
+  r.revision = now
+  local enc = cjson.encode(r)
+  redis.call('HSET', KEYS[1], r.id, enc)
+  keep_silences(tonumber(ARGV[4]))
+  return enc
+end
+
+if op == 'sil_expire' then
+  -- ARGV: the id, who ends it.
+  local enc = redis.call('HGET', KEYS[1], ARGV[2])
+  if not enc then return false end
+  local r = cjson.decode(enc)
+  if tonumber(r.ends_ms) > now then
+    r.ends_ms = now
+    r.expired_by = ARGV[3]
+    r.revision = math.max(now, tonumber(r.revision) + 1)
+    enc = cjson.encode(r)
+    redis.call('HSET', KEYS[1], ARGV[2], enc)
+  end
+  return enc
+end
+
+if op == 'sil_sync' then
+  -- ARGV: host, how long an ended silence stays, n, then n (id, record) this host holds
+  -- and Redis may have lost (written only where missing), then (id, count, last_ms)
+  -- triples of what this host held back. Answers every record still kept.
+  local host, keep, n = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+  for i = 0, n - 1 do
+    redis.call('HSETNX', KEYS[1], ARGV[5 + 2 * i], ARGV[6 + 2 * i])
+  end
+  for j = 5 + 2 * n, #ARGV - 2, 3 do
+    redis.call('HSET', KEYS[2], ARGV[j] .. '|' .. host, ARGV[j + 1] .. '|' .. ARGV[j + 2])
+  end
+  local all = redis.call('HGETALL', KEYS[1])
+  local out, kept = {}, {}
+  for i = 1, #all, 2 do
+    local ok, r = pcall(cjson.decode, all[i + 1])
+    local ends = ok and type(r) == 'table' and tonumber(r.ends_ms)
+    if ends and ends + keep < now then
+      redis.call('HDEL', KEYS[1], all[i])
+    else
+      kept[all[i]] = true
+      out[#out + 1] = all[i + 1]
+    end
+  end
+  local held = redis.call('HKEYS', KEYS[2])
+  for _, field in ipairs(held) do
+    local id = string.match(field, '^([^|]*)|')
+    if not id or not kept[id] then redis.call('HDEL', KEYS[2], field) end
+  end
+  if #out > 0 then keep_silences(keep) end
+  return out
+end
+
+if op == 'sil_read' then
+  return {redis.call('HVALS', KEYS[1]), redis.call('HGETALL', KEYS[2])}
 end
 
 return redis.error_reply('ERR chattail: unknown step')

@@ -138,7 +138,7 @@ fn int(value: Option<&Value>) -> Option<i64> {
     }
 }
 
-fn text(value: Option<&Value>) -> Option<String> {
+pub(super) fn text(value: Option<&Value>) -> Option<String> {
     match value {
         Some(Value::Bulk(Some(b))) => Some(String::from_utf8_lossy(b).into_owned()),
         Some(Value::Simple(s)) => Some(s.clone()),

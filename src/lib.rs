@@ -37,6 +37,7 @@ pub mod redis_url;
 pub mod rule_test;
 pub mod sandbox;
 pub mod send;
+pub mod silence_admin;
 pub mod silences;
 pub mod store;
 pub mod tail;

@@ -13,6 +13,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+mod silence;
+
 use crate::agent::RunOptions;
 use crate::config::{self, Config, UrlPolicy};
 use crate::random_hex::random_hex;
@@ -127,6 +129,11 @@ pub enum Command {
         #[arg(long)]
         open: bool,
     },
+    /// Hold back alerts for a while, on this host or the whole fleet: add, list, expire.
+    Silence {
+        #[command(subcommand)]
+        command: silence::SilenceCommand,
+    },
     /// Print the manual page (roff), e.g. `chattail man > /usr/local/share/man/man1/chattail.1`.
     Man,
 }
@@ -139,7 +146,7 @@ pub enum LogFormat {
 }
 
 /// Exit code for a config that does not validate.
-const EXIT_CONFIG: u8 = 2;
+pub(crate) const EXIT_CONFIG: u8 = 2;
 
 /// Parses the process's arguments, runs the command and returns its exit code.
 pub fn main() -> ExitCode {
@@ -176,6 +183,7 @@ pub fn main() -> ExitCode {
         } => send(&config, &webhook, thread.as_deref(), text.as_deref()),
         Command::Sandbox { listen, rate, open } => sandbox(listen, rate, open),
         Command::Check { config } => check(&config),
+        Command::Silence { command } => silence::silence(command),
         Command::Test {
             config,
             logs,
@@ -302,7 +310,7 @@ fn run(path: &std::path::Path, options: RunOptions) -> anyhow::Result<ExitCode> 
 }
 
 /// Loads the config, printing warnings, or printing the errors and returning `None`.
-fn load(path: &std::path::Path, policy: UrlPolicy) -> Option<Config> {
+pub(crate) fn load(path: &std::path::Path, policy: UrlPolicy) -> Option<Config> {
     match config::load(path, policy) {
         Ok(loaded) => {
             if !loaded.warnings.items().is_empty() {

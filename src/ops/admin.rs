@@ -73,6 +73,7 @@ pub async fn start(
         .route("/metrics", get(metrics_page))
         .route("/healthz", get(healthz))
         .route("/livez", get(livez))
+        .route("/silences", get(silences))
         .with_state(state);
     let task = tokio::spawn(async move {
         let listener = crate::bounded_listener::LimitedListener::new(
@@ -99,6 +100,50 @@ async fn metrics_page(State(admin): State<Admin>) -> impl IntoResponse {
         [(header::CONTENT_TYPE, crate::ops::metrics::CONTENT_TYPE)],
         text,
     )
+}
+
+/// The silences this agent knows (its store's copy: in fleet mode, Redis' as of the last
+/// second), with what each held back here, as JSON. Read-only: no endpoint writes
+/// silences, as the admin listener may be reachable from a pod network.
+async fn silences(State(admin): State<Admin>) -> impl IntoResponse {
+    let Some(db) = admin.db.clone() else {
+        return (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], "[]\n".to_owned());
+    };
+    let read = tokio::task::spawn_blocking(move || -> Result<String, crate::store::StoreError> {
+        let store = crate::store::silences::SilenceStore::open_file(&db)?;
+        let counts = store.held_counts()?;
+        let now = crate::clock::unix_now_ms();
+        let listed: Vec<serde_json::Value> = store
+            .silences()?
+            .into_iter()
+            .map(|row| {
+                let held: u64 = counts.iter().filter(|c| c.silence == row.id).map(|c| c.held).sum();
+                let record = serde_json::from_str::<serde_json::Value>(&row.record)
+                    .unwrap_or(serde_json::Value::Null);
+                serde_json::json!({
+                    "id": row.id,
+                    "active": now < row.ends_ms,
+                    "held_here": held,
+                    "record": record,
+                })
+            })
+            .collect();
+        Ok(serde_json::Value::Array(listed).to_string() + "\n")
+    })
+    .await;
+    match read {
+        Ok(Ok(body)) => (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body),
+        Ok(Err(error)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::CONTENT_TYPE, "text/plain")],
+            format!("cannot read the silences: {error}\n"),
+        ),
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain")],
+            "the silence reader stopped\n".to_owned(),
+        ),
+    }
 }
 
 async fn healthz(State(admin): State<Admin>) -> impl IntoResponse {

@@ -254,6 +254,9 @@ impl Silence {
     }
 }
 
+/// A capture's value by name.
+pub type CaptureLookup<'a> = dyn Fn(&str) -> Option<Cow<'a, str>> + 'a;
+
 /// What a silence is matched against.
 pub struct Candidate<'a> {
     pub rule: &'a str,
@@ -264,7 +267,7 @@ pub struct Candidate<'a> {
     pub chat_thread: &'a dyn Fn() -> String,
     /// A capture's value by name; `None` when the candidate has no captures (an alert
     /// decided on time).
-    pub capture: Option<&'a dyn Fn(&str) -> Option<Cow<'a, str>>>,
+    pub capture: Option<&'a CaptureLookup<'a>>,
 }
 
 #[derive(Debug)]

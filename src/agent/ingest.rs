@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use super::silence_watch::SilenceWatch;
 use super::dry_run::DryRun;
 use super::journal_source::JournalSource;
+use super::silence_watch::SilenceWatch;
 
 /// The longest container log record read whole: six times the runtimes' 16 KiB pieces
 /// (JSON escapes in Docker's records) and room for the time, stream and tags.

@@ -58,10 +58,14 @@ impl SilenceSync {
                 Err(error) => {
                     if !failing {
                         failing = true;
-                        let active = store.as_ref().and_then(|s| s.silences().ok()).map_or(0, |rows| {
-                            let now = unix_now_ms();
-                            rows.iter().filter(|r| now < r.ends_ms).count()
-                        });
+                        let active =
+                            store
+                                .as_ref()
+                                .and_then(|s| s.silences().ok())
+                                .map_or(0, |rows| {
+                                    let now = unix_now_ms();
+                                    rows.iter().filter(|r| now < r.ends_ms).count()
+                                });
                         tracing::warn!(%error, active, "Fleet: cannot read the silences from Redis; the silences last seen stay applied until they end.");
                     }
                 }

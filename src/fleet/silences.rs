@@ -38,10 +38,16 @@ impl Fleet {
         let reply = self
             .step(
                 &[records.as_bytes(), held.as_bytes()],
-                &[b"sil_add", record.as_bytes(), length.as_bytes(), keep.as_bytes()],
+                &[
+                    b"sil_add",
+                    record.as_bytes(),
+                    length.as_bytes(),
+                    keep.as_bytes(),
+                ],
             )
             .await?;
-        text(&reply).ok_or_else(|| FleetError::Redis("adding the silence answered no record".into()))
+        text(&reply)
+            .ok_or_else(|| FleetError::Redis("adding the silence answered no record".into()))
     }
 
     /// Ends silence `id` now (if it has not ended), noting `by`; answers the record as it
@@ -64,7 +70,9 @@ impl Fleet {
             .step(&[records.as_bytes(), held.as_bytes()], &[b"sil_read"])
             .await?;
         let Value::Array(Some(items)) = reply else {
-            return Err(FleetError::Redis("reading silences answered no list".into()));
+            return Err(FleetError::Redis(
+                "reading silences answered no list".into(),
+            ));
         };
         let texts = |v: Option<&Value>| match v {
             Some(Value::Array(Some(items))) => items.iter().filter_map(text).collect(),
@@ -123,7 +131,9 @@ impl Fleet {
             .await?;
         match reply {
             Value::Array(Some(items)) => Ok(items.iter().filter_map(text).collect()),
-            _ => Err(FleetError::Redis("the silence sync answered no list".into())),
+            _ => Err(FleetError::Redis(
+                "the silence sync answered no list".into(),
+            )),
         }
     }
 }

@@ -107,7 +107,11 @@ async fn metrics_page(State(admin): State<Admin>) -> impl IntoResponse {
 /// silences, as the admin listener may be reachable from a pod network.
 async fn silences(State(admin): State<Admin>) -> impl IntoResponse {
     let Some(db) = admin.db.clone() else {
-        return (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], "[]\n".to_owned());
+        return (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            "[]\n".to_owned(),
+        );
     };
     let read = tokio::task::spawn_blocking(move || -> Result<String, crate::store::StoreError> {
         let store = crate::store::silences::SilenceStore::open_file(&db)?;
@@ -117,7 +121,11 @@ async fn silences(State(admin): State<Admin>) -> impl IntoResponse {
             .silences()?
             .into_iter()
             .map(|row| {
-                let held: u64 = counts.iter().filter(|c| c.silence == row.id).map(|c| c.held).sum();
+                let held: u64 = counts
+                    .iter()
+                    .filter(|c| c.silence == row.id)
+                    .map(|c| c.held)
+                    .sum();
                 let record = serde_json::from_str::<serde_json::Value>(&row.record)
                     .unwrap_or(serde_json::Value::Null);
                 serde_json::json!({
@@ -132,7 +140,11 @@ async fn silences(State(admin): State<Admin>) -> impl IntoResponse {
     })
     .await;
     match read {
-        Ok(Ok(body)) => (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body),
+        Ok(Ok(body)) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            body,
+        ),
         Ok(Err(error)) => (
             StatusCode::SERVICE_UNAVAILABLE,
             [(header::CONTENT_TYPE, "text/plain")],

@@ -17,6 +17,7 @@ mod readme_docs;
 mod rendered_messages;
 mod sandbox;
 mod sandbox_page;
+mod silences;
 mod support;
 mod tail_model;
 mod tail_support;

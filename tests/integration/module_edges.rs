@@ -14,10 +14,14 @@ use std::path::{Path, PathBuf};
 /// applies). An entry `a::b` allows exactly that submodule (and what is under it); an
 /// entry `a` allows all of `a`. Text in parentheses is commentary.
 fn allowed() -> Vec<(String, Vec<String>)> {
-    let page = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("ARCHITECTURE.md"))
-        .unwrap();
+    let page =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("ARCHITECTURE.md"))
+            .unwrap();
     let rows = parse_edges(&page);
-    assert!(rows.len() > 15, "the edges table was found in ARCHITECTURE.md");
+    assert!(
+        rows.len() > 15,
+        "the edges table was found in ARCHITECTURE.md"
+    );
     rows
 }
 
@@ -221,7 +225,10 @@ fn the_edges_table_reads_as_written() {
     );
     assert_eq!(rows.len(), 3);
     assert_eq!(rows[0], ("a".to_owned(), Vec::<String>::new()));
-    assert_eq!(rows[2], ("c".to_owned(), vec!["a".to_owned(), "b::x".to_owned()]));
+    assert_eq!(
+        rows[2],
+        ("c".to_owned(), vec!["a".to_owned(), "b::x".to_owned()])
+    );
 }
 
 #[test]
@@ -264,9 +271,21 @@ fn the_edge_check_finds_a_forbidden_edge() {
     ];
     let found = violations(&scratch);
     assert_eq!(found.len(), 6, "{found:#?}");
-    assert!(found[3].contains("`tail` may not use `crate::store::Store`"), "{}", found[3]);
-    assert!(found[4].contains("`pipeline` may not use `crate::agent::run`"), "{}", found[4]);
-    assert!(found[5].contains("`sandbox` may not use `crate::store`"), "{}", found[5]);
+    assert!(
+        found[3].contains("`tail` may not use `crate::store::Store`"),
+        "{}",
+        found[3]
+    );
+    assert!(
+        found[4].contains("`pipeline` may not use `crate::agent::run`"),
+        "{}",
+        found[4]
+    );
+    assert!(
+        found[5].contains("`sandbox` may not use `crate::store`"),
+        "{}",
+        found[5]
+    );
     assert!(found[0].contains("`pipeline` may not use `crate::store::Store`"));
     assert!(found[1].contains("`tail` may not use `crate::config::DEFAULT_MAX_LINE_BYTES`"));
     assert!(found[2].contains("one path per module"));

@@ -19,6 +19,9 @@
 //! - [`agent`]: `chattail run`, the one composition root of all of the above.
 //! - [`sandbox`]: the local Chat stand-in (`chattail sandbox`, and the tests' Chat).
 //! - [`send`]: one message through the agent's Chat client (`chattail send`).
+//! - [`silences`]: silence records and their matching (pure); [`silence_admin`]: where the
+//!   `silence` commands write and read them (the store, or Redis in fleet mode).
+//! - [`random_hex`]: random ids.
 //! - [`rule_test`] and [`cli`]: the commands' outer shells.
 
 pub mod agent;

@@ -59,6 +59,14 @@ pub struct Listed {
     pub hosts: usize,
 }
 
+/// What `list` found: the silences, and the ids of records that cannot be read (written
+/// by hand, or by a newer version), left out so that one bad record hides no other.
+#[derive(Debug, Clone, Default)]
+pub struct Listing {
+    pub silences: Vec<Listed>,
+    pub unreadable: Vec<String>,
+}
+
 /// What a silence to add says.
 #[derive(Debug, Clone)]
 pub struct NewSilence {
@@ -148,8 +156,9 @@ impl Place {
     }
 
     /// Every silence kept (active, and ended within a day), with what it held back.
-    pub fn list(&self) -> Result<Vec<Listed>, AdminError> {
+    pub fn list(&self) -> Result<Listing, AdminError> {
         let mut listed = Vec::new();
+        let mut unreadable = Vec::new();
         match self {
             Place::Local(dir) => {
                 let store = open_local(dir)?;
@@ -160,8 +169,11 @@ impl Place {
                         .filter(|c| c.silence == r.id)
                         .map(|c| c.held)
                         .sum();
+                    let Some(silence) = readable(&r.record, &mut unreadable) else {
+                        continue;
+                    };
                     listed.push(Listed {
-                        silence: parse(&r.record)?,
+                        silence,
                         held,
                         hosts: usize::from(held > 0),
                     });
@@ -172,7 +184,9 @@ impl Place {
                     .block_on(fleet.read_silences())
                     .map_err(|e| self.redis_error(e))?;
                 for record in records {
-                    let silence = parse(&record)?;
+                    let Some(silence) = readable(&record, &mut unreadable) else {
+                        continue;
+                    };
                     let of: Vec<&HostHeld> =
                         hosts.iter().filter(|h| h.silence == silence.id).collect();
                     listed.push(Listed {
@@ -189,13 +203,21 @@ impl Place {
                 .cmp(&a.silence.is_active(unix_now_ms()))
                 .then(a.silence.ends_ms.cmp(&b.silence.ends_ms))
         });
-        Ok(listed)
+        Ok(Listing {
+            silences: listed,
+            unreadable,
+        })
     }
 
     /// Ends the silence whose id starts with `id` now, noting `by`; returns it as it is
     /// then, and whether this call ended it (not when it had already ended).
     pub fn expire(&self, id: &str, by: &str) -> Result<(Silence, bool), AdminError> {
-        let known: Vec<Silence> = self.list()?.into_iter().map(|l| l.silence).collect();
+        let known: Vec<Silence> = self
+            .list()?
+            .silences
+            .into_iter()
+            .map(|l| l.silence)
+            .collect();
         let mut candidates = known.iter().filter(|s| s.id.starts_with(id));
         let found = match (candidates.next(), candidates.next()) {
             (Some(s), None) if !id.is_empty() => s.clone(),
@@ -278,6 +300,23 @@ fn row(silence: &Silence, record: String) -> SilenceRow {
 fn to_json(silence: &Silence) -> String {
     // Strings and numbers only: serialising cannot fail.
     serde_json::to_string(silence).unwrap_or_default()
+}
+
+/// A record, or `None` (its id, as far as it can be read, noted in `unreadable`).
+fn readable(record: &str, unreadable: &mut Vec<String>) -> Option<Silence> {
+    if let Ok(s) = serde_json::from_str(record) {
+        return Some(s);
+    }
+    let id: String = serde_json::from_str::<serde_json::Value>(record)
+        .ok()
+        .and_then(|v| v.get("id")?.as_str().map(str::to_owned))
+        .unwrap_or_default()
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(32)
+        .collect();
+    unreadable.push(id);
+    None
 }
 
 fn parse(record: &str) -> Result<Silence, AdminError> {

@@ -143,7 +143,9 @@ impl Ingest {
         // Before the first tick: what a silence held back before a restart is told when
         // that silence ends, not because the pipeline has not heard of it yet.
         let mut silences = SilenceWatch::default();
-        silences.refresh(&store, &mut pipeline, &metrics, true)?;
+        if let Err(error) = silences.refresh(&store, &mut pipeline, &metrics, true) {
+            tracing::warn!(%error, "Cannot read the silences at start; retrying every second.");
+        }
         Ok(Self {
             silences,
             config,

@@ -498,6 +498,7 @@ mod tests {
             dedup_key: None,
             text: "ERROR".to_owned(),
             burst: None,
+            card: None,
         };
         let tx = ingest.store.transaction().unwrap();
         for _ in 0..5 {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use crate::clock::unix_now_ms;
 use crate::fleet::{Fleet, FleetError};
 use crate::ops::health::WorkerGuard;
-use crate::silences::{KEPT_AFTER_END, Silence};
+use crate::silences::{KEPT_AFTER_END, MAX_SILENCE, Silence};
 use crate::store::StoreError;
 use crate::store::silences::{SilenceRow, SilenceStore};
 
@@ -76,8 +76,9 @@ impl SilenceSync {
     /// One round: the local copy read, Redis asked, its answer stored. The database is
     /// only touched before and after the await (a connection is not shared across it).
     async fn sync(&self, store: &mut Option<SilenceStore>) -> Result<(), SyncError> {
+        // SQLite may wait for the ingest loop's transaction: off the async threads.
         let (active, counts) = match store {
-            Some(s) => local_state(s)?,
+            Some(s) => tokio::task::block_in_place(|| local_state(s))?,
             None => return Ok(()),
         };
         let records = self
@@ -85,23 +86,22 @@ impl SilenceSync {
             .sync_silences(&self.host, &active, &counts, KEPT_AFTER_END)
             .await?;
         if let Some(s) = store {
-            store_records(s, records)?;
+            tokio::task::block_in_place(|| store_records(s, records))?;
         }
         Ok(())
     }
 }
 
-/// The active records this host holds, and what it held back per silence.
+/// The records this host holds (active, and ended within the day they are kept), and
+/// what it held back per silence.
 #[allow(clippy::type_complexity)]
 fn local_state(
     store: &SilenceStore,
-) -> Result<(Vec<(String, String)>, Vec<(String, u64, i64)>), StoreError> {
-    let now = unix_now_ms();
+) -> Result<(Vec<(String, String, i64)>, Vec<(String, u64, i64)>), StoreError> {
     let active = store
         .silences()?
         .into_iter()
-        .filter(|r| now < r.ends_ms)
-        .map(|r| (r.id, r.record))
+        .map(|r| (r.id, r.record, r.revision))
         .collect();
     let mut counts: BTreeMap<String, (u64, i64)> = BTreeMap::new();
     for c in store.held_counts()? {
@@ -119,10 +119,13 @@ fn local_state(
 /// Stores the records Redis answered where they are newer than the local copy.
 fn store_records(store: &SilenceStore, records: Vec<String>) -> Result<(), StoreError> {
     for record in records {
-        let Ok(silence) = serde_json::from_str::<Silence>(&record) else {
+        let Ok(mut silence) = serde_json::from_str::<Silence>(&record) else {
             // Written by hand or by a newer version: not ours to apply.
             continue;
         };
+        // Whatever a record says, it ends within the longest silence from now.
+        let longest = i64::try_from(MAX_SILENCE.as_millis()).unwrap_or(i64::MAX);
+        silence.ends_ms = silence.ends_ms.min(unix_now_ms().saturating_add(longest));
         store.put(&SilenceRow {
             id: silence.id,
             record,

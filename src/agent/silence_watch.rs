@@ -41,7 +41,10 @@ impl SilenceWatch {
         self.last_check = Some(Instant::now());
         let now_ms = unix_now_ms();
         let kept_ms = i64::try_from(KEPT_AFTER_END.as_millis()).unwrap_or(i64::MAX);
-        store.prune_silences(now_ms.saturating_sub(kept_ms))?;
+        if let Err(error) = store.prune_silences(now_ms.saturating_sub(kept_ms)) {
+            // Ended silences stay a little longer; reading what is there matters more.
+            tracing::debug!(%error, "Cannot prune ended silences now.");
+        }
         let rows = store.saved_silences()?;
         let active_now: Vec<String> = rows
             .iter()

@@ -261,5 +261,6 @@ pub fn enqueue(tx: &StoreTx<'_>, n: &Notification) -> Result<(), StoreError> {
         thread_key: &n.thread_key,
         text: &n.text,
         burst: burst.as_deref(),
+        card: n.card.as_deref(),
     })
 }

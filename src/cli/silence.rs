@@ -152,7 +152,13 @@ pub(super) fn silence(command: SilenceCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn write_list(listed: &[crate::silence_admin::Listed], place: &str) -> std::io::Result<()> {
+fn write_list(listing: &crate::silence_admin::Listing, place: &str) -> std::io::Result<()> {
+    for id in &listing.unreadable {
+        eprintln!(
+            "warning: the silence record `{id}` cannot be read (written by hand, or by a newer chattail); it is left out"
+        );
+    }
+    let listed = &listing.silences;
     let mut out = std::io::stdout().lock();
     if listed.is_empty() {
         writeln!(out, "No silences in {place}.")?;
@@ -186,6 +192,9 @@ fn write_list(listed: &[crate::silence_admin::Listed], place: &str) -> std::io::
 
 /// A unix time in milliseconds as RFC 3339 (UTC, to the second).
 fn at(ms: i64) -> String {
+    // RFC 3339 has four-digit years: a record from Redis may say anything.
+    const YEAR_9999_MS: i64 = 253_402_300_799_000;
+    let ms = ms.clamp(0, YEAR_9999_MS);
     let t = std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
     humantime::format_rfc3339_seconds(t).to_string()
 }

@@ -347,6 +347,39 @@ pub struct Rule {
     pub absence: Option<Absence>,
     /// Open incidents, absence keys and threshold counters kept per rule (`dedup.max_keys`).
     pub max_keys: usize,
+    /// `card`: the rule's hits are posted as a Chat card with a short text.
+    pub card: Option<Card>,
+}
+
+/// The most widgets a card may have (Chat ignores those beyond).
+pub const MAX_CARD_WIDGETS: usize = 100;
+
+/// A rule's `card`: a `cardsV2` card (header, labelled fields, the line, link buttons).
+#[derive(Debug)]
+pub struct Card {
+    pub title: Template,
+    pub subtitle: Option<Template>,
+    pub fields: Vec<CardField>,
+    /// Whether the line (or event) is shown in the card.
+    pub line: bool,
+    pub buttons: Vec<CardButton>,
+    /// The rule sets `message`: it is the text beside the card; otherwise the card's title
+    /// is.
+    pub text_is_message: bool,
+}
+
+/// One labelled field of a card (`decoratedText`).
+#[derive(Debug)]
+pub struct CardField {
+    pub label: String,
+    pub value: Template,
+}
+
+/// One link button of a card; the URL's scheme and host are in its fixed part.
+#[derive(Debug)]
+pub struct CardButton {
+    pub text: String,
+    pub url: Template,
 }
 
 /// A rule's `threshold`.

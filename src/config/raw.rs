@@ -151,6 +151,33 @@ pub struct RawRule {
     pub resolve: Option<Spanned<RawResolve>>,
     pub absent_after: Option<Spanned<String>>,
     pub expect: Option<Vec<Spanned<BTreeMap<String, String>>>>,
+    pub card: Option<Spanned<RawCard>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCard {
+    pub title: Spanned<String>,
+    pub subtitle: Option<Spanned<String>>,
+    #[serde(default)]
+    pub fields: Vec<Spanned<RawCardField>>,
+    pub line: Option<bool>,
+    #[serde(default)]
+    pub buttons: Vec<Spanned<RawCardButton>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCardField {
+    pub label: Spanned<String>,
+    pub value: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCardButton {
+    pub text: Spanned<String>,
+    pub url: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -230,14 +230,22 @@ if op == 'sil_expire' then
 end
 
 if op == 'sil_sync' then
-  -- ARGV: host, how long an ended silence stays, n, then n (id, record) this host holds
-  -- and Redis may have lost (written only where missing), then (id, count, last_ms)
-  -- triples of what this host held back. Answers every record still kept.
+  -- ARGV: host, how long an ended silence stays, n, then n (id, record, revision) this
+  -- host holds, written where Redis has none or an older revision (Redis restarted
+  -- empty, or from an old snapshot), then (id, count, last_ms) triples of what this host
+  -- held back. Answers every record still kept.
   local host, keep, n = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
   for i = 0, n - 1 do
-    redis.call('HSETNX', KEYS[1], ARGV[5 + 2 * i], ARGV[6 + 2 * i])
+    local id, rec, rev = ARGV[5 + 3 * i], ARGV[6 + 3 * i], tonumber(ARGV[7 + 3 * i]) or 0
+    local cur = redis.call('HGET', KEYS[1], id)
+    local write = not cur
+    if cur then
+      local ok, r = pcall(cjson.decode, cur)
+      write = not ok or type(r) ~= 'table' or (tonumber(r.revision) or 0) < rev
+    end
+    if write then redis.call('HSET', KEYS[1], id, rec) end
   end
-  for j = 5 + 2 * n, #ARGV - 2, 3 do
+  for j = 5 + 3 * n, #ARGV - 2, 3 do
     redis.call('HSET', KEYS[2], ARGV[j] .. '|' .. host, ARGV[j + 1] .. '|' .. ARGV[j + 2])
   end
   local all = redis.call('HGETALL', KEYS[1])

@@ -96,14 +96,15 @@ impl Fleet {
         Ok((found, hosts))
     }
 
-    /// The agent's sync, once a second: writes back the active records this host holds
-    /// that Redis lost (a restart without persistence), reports what this host held back
-    /// per silence, drops records ended longer than `kept_after_end` ago, and answers every
-    /// record Redis keeps.
+    /// The agent's sync, once a second: writes back the records this host holds (id,
+    /// record, revision) that Redis lost or has an older revision of (a restart without
+    /// persistence, an old snapshot), reports what this host held back per silence, drops
+    /// records ended longer than `kept_after_end` ago, and answers every record Redis
+    /// keeps.
     pub async fn sync_silences(
         &self,
         host: &str,
-        held_by_host: &[(String, String)],
+        held_by_host: &[(String, String, i64)],
         counts: &[(String, u64, i64)],
         kept_after_end: Duration,
     ) -> Result<Vec<String>, FleetError> {
@@ -116,9 +117,10 @@ impl Fleet {
             keep.into_bytes(),
             n.into_bytes(),
         ];
-        for (id, record) in held_by_host {
+        for (id, record, revision) in held_by_host {
             args.push(id.as_bytes().to_vec());
             args.push(record.as_bytes().to_vec());
+            args.push(revision.to_string().into_bytes());
         }
         for (id, count, last_ms) in counts {
             args.push(id.as_bytes().to_vec());

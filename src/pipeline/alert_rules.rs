@@ -241,6 +241,7 @@ pub(super) fn alert_notification(
         dedup_key: None,
         text: chat_text::fit(text),
         burst: None,
+        card: None,
     }
 }
 

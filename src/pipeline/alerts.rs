@@ -281,6 +281,13 @@ impl Alerts {
         evicted
     }
 
+    /// Whether any silence holds anything back (so the tick has ends to look for).
+    pub fn has_held(&self) -> bool {
+        self.recency
+            .iter()
+            .any(|((kind, _), keys)| *kind == Kind::Held && !keys.is_empty())
+    }
+
     /// Takes the held states whose silence is no longer active (`active` says), as
     /// (rule, held), the earliest held first.
     pub fn ended_holds(&mut self, active: impl Fn(&str) -> bool) -> Vec<(String, Held)> {

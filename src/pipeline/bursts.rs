@@ -308,6 +308,7 @@ fn push_summary(w: &Window, close_empty: bool, out: &mut Vec<Notification>) {
             last_ms: w.last_ms,
             last_line: w.last_line.clone(),
         }),
+        card: None,
     });
 }
 
@@ -375,6 +376,7 @@ mod tests {
             dedup_key: Some(key.into()),
             text: format!("first {key}"),
             burst: None,
+            card: None,
         }
     }
 

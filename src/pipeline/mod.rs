@@ -20,6 +20,7 @@ mod alert_rule_tests;
 mod alert_rules;
 pub mod alerts;
 pub mod bursts;
+pub mod card;
 pub mod chat_text;
 pub mod container_path;
 pub mod context;

@@ -60,6 +60,9 @@ pub struct Notification {
     /// Set on the occurrence that opened a burst window and on its summary, so that
     /// fleet mode can make one of each for the whole fleet.
     pub burst: Option<BurstMark>,
+    /// A rule with `card`: the `cardsV2` entry (JSON) posted with `text`, never merged
+    /// with other notifications.
+    pub card: Option<String>,
 }
 
 /// Which burst window a notification opens or sums up.
@@ -241,6 +244,23 @@ impl Hit<'_, '_> {
         let mut ctx = self.render_context(line, source, context);
         ctx.alert = alert;
         let rule = self.rule;
+        let (text, card) = match &rule.card {
+            None => (
+                chat_text::fit(rule.message.render(&ctx, Escape::ChatText)),
+                None,
+            ),
+            Some(card) => {
+                let (entry, title) = super::card::render(card, &ctx);
+                let text = if card.text_is_message {
+                    rule.message.render(&ctx, Escape::ChatText)
+                } else {
+                    let mut text = String::new();
+                    chat_text::neutralise_into(&title, &mut text);
+                    text
+                };
+                (super::card::text_beside(text), Some(entry))
+            }
+        };
         Notification {
             rule: rule.name.clone(),
             webhook: rule.webhook.clone(),
@@ -249,8 +269,9 @@ impl Hit<'_, '_> {
                 .dedup
                 .as_ref()
                 .map(|d| d.key.render(&ctx, Escape::None)),
-            text: chat_text::fit(rule.message.render(&ctx, Escape::ChatText)),
+            text,
             burst: None,
+            card,
         }
     }
 

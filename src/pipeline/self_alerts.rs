@@ -246,6 +246,7 @@ impl SelfAlerts {
             dedup_key: None,
             text: format!("*chattail on {}*: {text}", config.host),
             burst: None,
+            card: None,
         });
     }
 }

@@ -151,6 +151,9 @@ impl Pipeline {
 
     /// One message per thread a silence that ended held anything back from.
     pub(super) fn end_silences(&mut self, now_ms: i64, out: &mut dyn Output) {
+        if !self.alerts.has_held() {
+            return;
+        }
         let silences = Arc::clone(&self.silences);
         let ended = self
             .alerts
@@ -171,6 +174,7 @@ fn held_notification(rule: String, held: Held, text: String) -> Notification {
         dedup_key: None,
         text: chat_text::fit(text),
         burst: None,
+        card: None,
     }
 }
 

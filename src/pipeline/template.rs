@@ -175,6 +175,38 @@ pub enum Escape {
     /// Values are neutralised for Chat text: they cannot close a code block or mention
     /// everyone (see [`crate::pipeline::chat_text::neutralise_into`]).
     ChatText,
+    /// Values are escaped for the HTML subset card text takes (`decoratedText`,
+    /// `textParagraph`): `&`, `<`, `>`, `"` and `'` as entities, a newline as `<br>`.
+    Html,
+    /// Values are percent-encoded for a URL (all but RFC 3986's unreserved characters),
+    /// so a capture cannot change a link's scheme, host or query structure.
+    Url,
+    /// Values are plain text on one line (a card's header): control characters, the
+    /// newline included, become spaces.
+    PlainLine,
+}
+
+/// What percent-encoding leaves alone: RFC 3986's unreserved characters.
+const URL_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Appends `value` to `out` escaped for card HTML.
+pub fn html_escape_into(value: &str, out: &mut String) {
+    for c in value.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            '\n' => out.push_str("<br>"),
+            '\0' => out.push(crate::pipeline::chat_text::NUL_SHOWN_AS),
+            c => out.push(c),
+        }
+    }
 }
 
 impl Template {
@@ -327,6 +359,33 @@ impl Template {
         self.segments.contains(&Segment::Context)
     }
 
+    /// The literal text before the first placeholder (all of it when there is none): what
+    /// no capture can change.
+    pub fn literal_prefix(&self) -> &str {
+        match self.segments.first() {
+            Some(Segment::Literal(text)) => text,
+            _ => "",
+        }
+    }
+
+    /// Whether the template has placeholders.
+    pub fn has_placeholders(&self) -> bool {
+        self.segments
+            .iter()
+            .any(|s| !matches!(s, Segment::Literal(_)))
+    }
+
+    /// The bytes of its literal text.
+    pub fn literal_len(&self) -> usize {
+        self.segments
+            .iter()
+            .map(|s| match s {
+                Segment::Literal(text) => text.len(),
+                _ => 0,
+            })
+            .sum()
+    }
+
     /// The template as written in the config.
     pub fn source(&self) -> &str {
         &self.source
@@ -397,6 +456,13 @@ impl Template {
             match escape {
                 Escape::None => out.push_str(&value),
                 Escape::ChatText => crate::pipeline::chat_text::neutralise_into(&value, out),
+                Escape::Html => html_escape_into(&value, out),
+                Escape::Url => {
+                    out.extend(percent_encoding::utf8_percent_encode(&value, URL_VALUE));
+                }
+                Escape::PlainLine => {
+                    out.extend(value.chars().map(|c| if c.is_control() { ' ' } else { c }))
+                }
             }
         }
     }

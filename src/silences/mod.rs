@@ -25,6 +25,9 @@ pub const MAX_SILENCE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// agents that were down when it ended).
 pub const KEPT_AFTER_END: Duration = Duration::from_secs(24 * 3600);
 
+/// The most silences applied at once (each is checked for every hit).
+pub const MAX_SILENCES: usize = 1_000;
+
 /// The regex size limit of a `=~` matcher (a record can come from anyone who can write
 /// to Redis: it is bounded like a rule's pattern).
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
@@ -294,7 +297,28 @@ impl SilenceSet {
     pub fn compile(records: Vec<Silence>) -> (Self, Vec<(String, String)>) {
         let mut compiled = Vec::new();
         let mut refused = Vec::new();
-        'records: for silence in records {
+        'records: for mut silence in records {
+            // Records can come from anyone who can write to Redis: the limits the command
+            // enforces are enforced here too.
+            if compiled.len() >= MAX_SILENCES {
+                refused.push((
+                    silence.id.clone(),
+                    format!("more than {MAX_SILENCES} silences are kept"),
+                ));
+                continue;
+            }
+            if silence.rule.is_none()
+                && silence.host.is_none()
+                && silence.thread.is_none()
+                && silence.captures.is_empty()
+            {
+                refused.push((silence.id.clone(), "it has no matcher".to_owned()));
+                continue;
+            }
+            let longest = i64::try_from(MAX_SILENCE.as_millis()).unwrap_or(i64::MAX);
+            silence.ends_ms = silence
+                .ends_ms
+                .min(silence.starts_ms.saturating_add(longest));
             let mut captures = Vec::new();
             for c in &silence.captures {
                 let value = if c.regex {
@@ -392,9 +416,9 @@ pub fn describe_state(s: &Silence, now_ms: i64) -> String {
         humantime::format_duration(Duration::from_secs(secs)).to_string()
     };
     if s.is_active(now_ms) {
-        return format!("active, ends in {}", span(s.ends_ms - now_ms));
+        return format!("active, ends in {}", span(s.ends_ms.saturating_sub(now_ms)));
     }
-    let mut out = format!("ended {} ago", span(now_ms - s.ends_ms));
+    let mut out = format!("ended {} ago", span(now_ms.saturating_sub(s.ends_ms)));
     if let Some(by) = &s.expired_by {
         let _ = write!(out, " (expired by {by})");
     }

@@ -62,7 +62,9 @@ pub enum StoreError {
         "the running agent's state database {path} is at schema {found}; silences need {SCHEMA_VERSION}: restart the agent with this chattail first"
     )]
     TooOld { path: PathBuf, found: i64 },
-    #[error("there is no state database in {dir}: the agent has not run with this state_dir yet")]
+    #[error(
+        "there is no state database in {dir}: start the agent with this state_dir first (it creates the database)"
+    )]
     NoDatabase { dir: PathBuf },
     #[error("state database: {0}")]
     Sqlite(#[from] rusqlite::Error),
@@ -157,6 +159,8 @@ pub struct NewNotification<'a> {
     pub text: &'a str,
     /// The burst window it opens or sums up, as JSON (see `pipeline::rules::BurstMark`).
     pub burst: Option<&'a str>,
+    /// A card (`cardsV2` entry, JSON) posted with the text; such a row is posted alone.
+    pub card: Option<&'a str>,
 }
 
 /// Why a state directory starts afresh although it was used before.
@@ -605,9 +609,9 @@ impl StoreTx<'_> {
     pub fn enqueue(&self, n: &NewNotification<'_>) -> Result<(), StoreError> {
         self.tx
             .prepare_cached(
-                "INSERT INTO outbox (webhook, rule, thread_key, text, created_ms, burst) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO outbox (webhook, rule, thread_key, text, created_ms, burst, card) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?
-            .execute(params![n.webhook, n.rule, n.thread_key, n.text, unix_now_ms(), n.burst])?;
+            .execute(params![n.webhook, n.rule, n.thread_key, n.text, unix_now_ms(), n.burst, n.card])?;
         Ok(())
     }
 

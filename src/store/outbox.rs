@@ -35,6 +35,8 @@ pub struct Batch {
     pub rules: Vec<String>,
     /// When the oldest of them was queued (unix milliseconds).
     pub oldest_ms: i64,
+    /// The card of a post of one carded notification (`cardsV2` entry, JSON).
+    pub card: Option<String>,
 }
 
 /// A connection to the outbox for the sender.
@@ -126,11 +128,18 @@ impl Outbox {
 
     fn load_batch(&mut self, request_id: &str) -> Result<Option<Batch>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT webhook, thread_key, text, created_ms, rule FROM outbox WHERE batch = ?1 ORDER BY id",
+            "SELECT webhook, thread_key, text, created_ms, rule, card FROM outbox WHERE batch = ?1 ORDER BY id",
         )?;
-        let rows: Vec<(String, String, String, i64, String)> = stmt
+        let rows: Vec<(String, String, String, i64, String, Option<String>)> = stmt
             .query_map(params![request_id], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
             })?
             .collect::<Result<_, _>>()?;
         let Some((webhook, thread_key, ..)) = rows.first().cloned() else {
@@ -152,6 +161,8 @@ impl Outbox {
             rows: rows.len(),
             rules,
             oldest_ms,
+            // A carded row is always alone in its post.
+            card: rows.first().and_then(|r| r.5.clone()),
         }))
     }
 
@@ -162,14 +173,15 @@ impl Outbox {
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let (thread_key, first_text): (String, String) = tx
-            .prepare_cached("SELECT thread_key, text FROM outbox WHERE id = ?1")?
-            .query_row(params![first_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let (thread_key, first_text, carded): (String, String, bool) = tx
+            .prepare_cached("SELECT thread_key, text, card IS NOT NULL FROM outbox WHERE id = ?1")?
+            .query_row(params![first_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         let mut ids = vec![first_id];
         let mut units = utf16_len(&first_text);
-        {
+        // A card is posted alone: Chat shows one message per card, with its own text.
+        if !carded {
             let mut stmt = tx.prepare_cached(
-                "SELECT id, text, burst IS NOT NULL, rule FROM outbox WHERE webhook = ?1 AND thread_key = ?2 AND dead = 0
+                "SELECT id, text, burst IS NOT NULL, rule, card IS NOT NULL FROM outbox WHERE webhook = ?1 AND thread_key = ?2 AND dead = 0
                  AND batch IS NULL AND id > ?3 ORDER BY id LIMIT 200",
             )?;
             let more = stmt.query_map(params![webhook, thread_key, first_id], |r| {
@@ -178,15 +190,21 @@ impl Outbox {
                     r.get::<_, String>(1)?,
                     r.get::<_, bool>(2)?,
                     r.get::<_, String>(3)?,
+                    r.get::<_, bool>(4)?,
                 ))
             })?;
             // Rules with a row waiting for a decision: their later rows wait behind it.
             let mut waiting: Vec<String> = Vec::new();
             for row in more {
-                let (id, text, undecided, rule) = row?;
+                let (id, text, undecided, rule, carded) = row?;
                 if undecided {
                     waiting.push(rule);
                     continue;
+                }
+                if carded {
+                    // Later rows wait for the card's own post, so the thread reads in
+                    // order.
+                    break;
                 }
                 if waiting.contains(&rule) {
                     continue;
@@ -220,6 +238,15 @@ impl Outbox {
     pub fn delivered(&mut self, request_id: &str) -> Result<(), StoreError> {
         self.conn
             .prepare_cached("DELETE FROM outbox WHERE batch = ?1")?
+            .execute(params![request_id])?;
+        Ok(())
+    }
+
+    /// Chat refused a carded post's card (400): the row is posted again as its text alone,
+    /// in a post of its own with the same request id (Chat stored nothing).
+    pub fn drop_card(&mut self, request_id: &str) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("UPDATE outbox SET card = NULL WHERE batch = ?1")?
             .execute(params![request_id])?;
         Ok(())
     }
@@ -262,6 +289,7 @@ mod tests {
             thread_key: key,
             text,
             burst: None,
+            card: None,
         }
     }
 

@@ -7,7 +7,7 @@ use super::StoreError;
 use crate::random_hex::random_hex;
 
 /// The schema version this code writes.
-pub const SCHEMA_VERSION: i64 = 11;
+pub const SCHEMA_VERSION: i64 = 12;
 
 /// Creates or upgrades the schema of `conn` (the database at `path`, for errors).
 pub fn migrate(conn: &Connection, path: &std::path::Path) -> Result<(), StoreError> {
@@ -233,6 +233,16 @@ pub fn migrate(conn: &Connection, path: &std::path::Path) -> Result<(), StoreErr
                  PRIMARY KEY (silence, rule)
              );
              PRAGMA user_version = 11;
+             COMMIT;",
+        )?;
+    }
+    if version < 12 {
+        // A rule's card (`cardsV2` entry, JSON) posted with the row's text; a row with a
+        // card is posted alone, and loses its card if Chat refuses it.
+        conn.execute_batch(
+            "BEGIN;
+             ALTER TABLE outbox ADD COLUMN card TEXT;
+             PRAGMA user_version = 12;
              COMMIT;",
         )?;
     }

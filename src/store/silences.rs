@@ -45,20 +45,11 @@ impl std::fmt::Debug for SilenceStore {
 }
 
 impl SilenceStore {
-    /// Opens the state in `dir` for the silence commands. When no agent holds it, the
-    /// database is created or upgraded as the agent would (taking the lock for that
-    /// moment); beside a running agent it must already know silences.
+    /// Opens the state in `dir` for the silence commands. The database must be there, at
+    /// this version's schema: the command never creates or upgrades it (nor takes the
+    /// agent's lock), so it cannot hide a lost database from the agent or keep it from
+    /// starting.
     pub fn open_dir(dir: &Path) -> Result<Self, StoreError> {
-        if !dir.is_dir() {
-            return Err(StoreError::NoDatabase {
-                dir: dir.to_owned(),
-            });
-        }
-        match Store::open(dir) {
-            Ok(store) => drop(store),
-            Err(StoreError::Locked { .. }) => {}
-            Err(other) => return Err(other),
-        }
         let path = dir.join("state.sqlite3");
         if !path.exists() {
             return Err(StoreError::NoDatabase {
@@ -71,8 +62,18 @@ impl SilenceStore {
     /// A second connection to an agent's database (`Store::db_path`), whose schema the
     /// agent keeps.
     pub fn open_file(path: &Path) -> Result<Self, StoreError> {
-        let conn = Connection::open(path)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        if !path.is_file() {
+            return Err(StoreError::NoDatabase {
+                dir: path.parent().map(Path::to_owned).unwrap_or_default(),
+            });
+        }
+        // Never create the file: a missing database is the agent's to notice.
+        let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+            | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | rusqlite::OpenFlags::SQLITE_OPEN_URI;
+        let conn = Connection::open_with_flags(path, flags)?;
+        // The agent's transactions are short, but a loaded disk can stretch one.
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if version < SCHEMA_VERSION {
             return Err(StoreError::TooOld {
@@ -255,15 +256,22 @@ mod tests {
     }
 
     #[test]
-    fn the_commands_need_a_state_directory() {
+    fn the_commands_need_the_agents_database_and_never_create_it() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("nope");
         assert!(matches!(
             SilenceStore::open_dir(&missing),
             Err(StoreError::NoDatabase { .. })
         ));
-        // Without an agent, the command creates the database as the agent would.
+        assert!(matches!(
+            SilenceStore::open_dir(dir.path()),
+            Err(StoreError::NoDatabase { .. })
+        ));
+        assert!(!dir.path().join("state.sqlite3").exists());
+        // Once the agent made it, the command opens it, also while the agent runs.
+        let store = Store::open(dir.path()).unwrap();
         SilenceStore::open_dir(dir.path()).unwrap();
-        assert!(dir.path().join("state.sqlite3").exists());
+        drop(store);
+        SilenceStore::open_dir(dir.path()).unwrap();
     }
 }

@@ -204,8 +204,8 @@ fn expire_ends_a_silence_early_and_kill_9_keeps_what_it_held() {
         ended[0]
     );
     // Expiring again changes nothing; the list says who ended it.
-    let (code, out, _) = silence(&agent.config, &["expire", &id]);
-    assert_eq!(code, 0);
+    let (code, out, err) = silence(&agent.config, &["expire", &id]);
+    assert_eq!(code, 0, "{err}");
     assert!(out.contains("had already ended"), "{out}");
     let (_, listed, _) = silence(&agent.config, &["list"]);
     assert!(listed.contains("expired by"), "{listed}");
@@ -250,9 +250,14 @@ fn silence_commands_refuse_bad_matchers_and_lengths_with_reasons() {
         assert_eq!(code, 2, "{args:?}: {err}");
         assert!(err.contains(reason), "{args:?}: {err}");
     }
+    // The command never creates the agent's database.
     let (code, _, err) = silence(&agent.config, &["expire", "abcdef"]);
     assert_eq!(code, 1);
-    assert!(err.contains("no silence has the id `abcdef`"), "{err}");
+    assert!(
+        err.contains("start the agent with this state_dir first"),
+        "{err}"
+    );
+    assert!(!agent.dir.path().join("state/state.sqlite3").exists());
 }
 
 /// A throw-away Redis on a free loopback port, without persistence.

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde_saphyr::Spanned;
 
+mod cards;
 mod rules;
 mod yaml_errors;
 

@@ -233,7 +233,12 @@ impl Validator<'_> {
                 })
             }
         };
+        let card = match &raw.card {
+            None => None,
+            Some(c) => Some(self.card(c, &pattern, &name, raw.message.is_some())?),
+        };
         Some(Rule {
+            card,
             name,
             pattern,
             exclude,
@@ -449,7 +454,7 @@ impl Validator<'_> {
         self.report.error(loc(value), message);
     }
 
-    fn template(
+    pub(super) fn template(
         &mut self,
         pattern: &RulePattern,
         value: Option<&Spanned<String>>,

@@ -375,6 +375,9 @@ impl<'a> Report<'a> {
                 writeln!(out, "    │ {text_line}")?;
             }
         }
+        if let Some(card) = &n.card {
+            write_card(out, card)?;
+        }
         let queued = std::mem::take(&mut self.queued);
         write_summaries(out, &queued, "window closed or evicted")?;
         let key = n.dedup_key.as_deref().unwrap_or_default();
@@ -405,6 +408,73 @@ impl<'a> Report<'a> {
             _ => Ok(()),
         }
     }
+}
+
+/// A card as `test` shows it: the header, each field, the paragraph's size, each button's
+/// URL (as posted: captures percent-encoded).
+fn write_card(out: &mut dyn Write, card: &str) -> io::Result<()> {
+    let Ok(entry) = serde_json::from_str::<serde_json::Value>(card) else {
+        return writeln!(out, "  card:       (unreadable)");
+    };
+    let at = |p: &str| {
+        entry
+            .pointer(p)
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("")
+    };
+    writeln!(out, "  card:       {}", at("/card/header/title"))?;
+    let subtitle = at("/card/header/subtitle");
+    if !subtitle.is_empty() {
+        writeln!(out, "              {subtitle}")?;
+    }
+    let sections = entry
+        .pointer("/card/sections")
+        .and_then(serde_json::Value::as_array);
+    for widget in sections
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.get("widgets")?.as_array())
+        .flatten()
+    {
+        let text = |p: &str| {
+            widget
+                .pointer(p)
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("")
+        };
+        if widget.get("decoratedText").is_some() {
+            writeln!(
+                out,
+                "    field:    {}: {}",
+                text("/decoratedText/topLabel"),
+                text("/decoratedText/text")
+            )?;
+        } else if widget.get("textParagraph").is_some() {
+            writeln!(
+                out,
+                "    line:     {} bytes (escaped)",
+                text("/textParagraph/text").len()
+            )?;
+        } else if let Some(buttons) = widget
+            .pointer("/buttonList/buttons")
+            .and_then(serde_json::Value::as_array)
+        {
+            for b in buttons {
+                let s = |p: &str| {
+                    b.pointer(p)
+                        .and_then(serde_json::Value::as_str)
+                        .unwrap_or("")
+                };
+                writeln!(
+                    out,
+                    "    button:   {} → {}",
+                    s("/text"),
+                    s("/onClick/openLink/url")
+                )?;
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Output for Report<'_> {

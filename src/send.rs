@@ -98,7 +98,7 @@ pub async fn send(
             rules: &[],
         };
         match client
-            .post(url, &thread_key, &text, &request_id, labels)
+            .post(url, &thread_key, (&text, None), &request_id, labels)
             .await
         {
             PostOutcome::Accepted { thread } => {

@@ -45,6 +45,9 @@ impl DryRun {
                 text.push_str(line);
                 text.push('\n');
             }
+            if let Some(title) = n.card.as_deref().and_then(card_title) {
+                text.push_str(&format!("   [card: {title}]\n"));
+            }
             if writeln!(self.out, "{text}").is_err() {
                 // Standard output is gone (a closed pipe); nothing useful is left to do.
                 return;
@@ -65,4 +68,13 @@ impl DryRun {
         }
         let _ = self.out.flush();
     }
+}
+
+/// A card's title, for the dry run's one-line note of it.
+fn card_title(card: &str) -> Option<String> {
+    let entry: serde_json::Value = serde_json::from_str(card).ok()?;
+    entry
+        .pointer("/card/header/title")?
+        .as_str()
+        .map(str::to_owned)
 }

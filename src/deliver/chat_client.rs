@@ -61,12 +61,13 @@ impl ChatClient {
         Ok(Self { http })
     }
 
-    /// Posts `text` into the thread `thread_key` with an idempotency `request_id`.
+    /// Posts `text` (with `card`, a `cardsV2` entry as JSON, when given) into the thread
+    /// `thread_key` with an idempotency `request_id`.
     pub async fn post(
         &self,
         url: &WebhookUrl,
         thread_key: &str,
-        text: &str,
+        (text, card): (&str, Option<&str>),
         request_id: &str,
         labels: PostLabels<'_>,
     ) -> PostOutcome {
@@ -83,7 +84,14 @@ impl ChatClient {
             .query_pairs_mut()
             .append_pair("messageReplyOption", "REPLY_MESSAGE_FALLBACK_TO_NEW_THREAD")
             .append_pair("requestId", request_id);
-        let body = json!({ "text": text, "thread": { "threadKey": thread_key } });
+        let mut body = json!({ "text": text, "thread": { "threadKey": thread_key } });
+        // A stored card that cannot be read (it was written by this code, so only a
+        // damaged database) is left out: the text alone is still the alert.
+        if let Some(entry) = card.and_then(|c| serde_json::from_str::<serde_json::Value>(c).ok()) {
+            body["cardsV2"] = json!([entry]);
+            // Where cards cannot be shown (some clients, notifications): the text's start.
+            body["fallbackText"] = json!(text.chars().take(200).collect::<String>());
+        }
         let response = self
             .http
             .post(target)

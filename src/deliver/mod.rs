@@ -119,6 +119,7 @@ pub fn spawn_workers(
             stop: stop.clone(),
             options: config.delivery.clone(),
             parked: HashMap::new(),
+            card_refusals_logged: std::collections::HashSet::new(),
             backoff: None,
             failing_since: None,
             context: context.clone(),
@@ -146,6 +147,8 @@ struct SpaceWorker {
     options: Delivery,
     /// Parked webhooks and until when.
     parked: HashMap<String, Instant>,
+    /// Rules whose refused card was logged (once per rule and worker).
+    card_refusals_logged: std::collections::HashSet<String>,
     /// The backoff of the current run of failures, and since when it lasts.
     backoff: Option<backon::ExponentialBackoff>,
     failing_since: Option<Instant>,
@@ -237,7 +240,7 @@ impl SpaceWorker {
             // Chat counts requests as they arrive, so the pace runs from start to start.
             let sent_at = Instant::now();
             let outcome = tokio::select! {
-                outcome = self.client.post(&target.url, &chat_key, &batch.text, &batch.request_id, PostLabels { host: &self.host, rules: &batch.rules }) => outcome,
+                outcome = self.client.post(&target.url, &chat_key, (&batch.text, batch.card.as_deref()), &batch.request_id, PostLabels { host: &self.host, rules: &batch.rules }) => outcome,
                 () = stop_reached(self.stop.clone()) => break,
             };
             next_send = sent_at + self.interval;
@@ -248,6 +251,12 @@ impl SpaceWorker {
                     if !self.sleep_or_stop(wait).await {
                         break;
                     }
+                }
+                PostOutcome::Refused {
+                    status: 400,
+                    message,
+                } if batch.card.is_some() => {
+                    self.card_refused(&target, &batch, &message);
                 }
                 PostOutcome::Refused { status, message } => {
                     self.refused(&target, &batch, status, &message);
@@ -308,6 +317,30 @@ impl SpaceWorker {
             tracing::debug!(webhook = %target.name, reason = %reason, retry_in_ms = wait.as_millis() as u64, "Chat still does not take posts.");
         }
         wait
+    }
+
+    /// Chat refused a post with a card (400): a field of the card, most likely. The alert
+    /// is posted again at once as its text alone (the webhook is not parked), counted,
+    /// and logged once per rule.
+    fn card_refused(&mut self, target: &Target, batch: &Batch, message: &str) {
+        self.context
+            .metrics
+            .chat_failed(&target.name, reason_for_status(400));
+        for rule in &batch.rules {
+            self.context.metrics.card_fallback(rule);
+            if self.card_refusals_logged.insert(rule.clone()) {
+                tracing::warn!(
+                    webhook = %target.name,
+                    rule = %rule,
+                    chat_message = %message,
+                    "Chat refused the rule's card; its alerts are posted as text (logged once per rule)."
+                );
+            }
+        }
+        if let Err(error) = tokio::task::block_in_place(|| self.outbox.drop_card(&batch.request_id))
+        {
+            tracing::error!(%error, "Cannot drop the refused card in the outbox; the post is retried as it was.");
+        }
     }
 
     /// Chat refused the post: the webhook is parked (a 400 also counts against the post).

@@ -88,6 +88,7 @@ pub struct Metrics {
     pub rule_matches: Family<RuleLabel, Counter>,
     pub suppressed_matches: Family<RuleLabel, Counter>,
     pub silenced: Family<RuleLabel, Counter>,
+    pub card_fallbacks: Family<RuleLabel, Counter>,
     pub silences_active: Gauge,
     pub burst_evictions: Counter,
     pub chat_posts: Family<WebhookLabel, Counter>,
@@ -154,6 +155,7 @@ impl Metrics {
             let _ = self.rule_matches.get_or_create(&label);
             let _ = self.suppressed_matches.get_or_create(&label);
             let _ = self.silenced.get_or_create(&label);
+            let _ = self.card_fallbacks.get_or_create(&label);
         }
         for pattern in patterns {
             let label = PatternLabel {
@@ -241,6 +243,11 @@ impl Metrics {
             "chattail_silenced",
             "Matches and alerts held back by a silence (told in one message per thread when it ends)",
             self.silenced.clone(),
+        );
+        r.register(
+            "chattail_card_fallbacks",
+            "Alerts posted as text alone because Chat refused their card (400)",
+            self.card_fallbacks.clone(),
         );
         r.register(
             "chattail_silences_active",
@@ -346,6 +353,14 @@ impl Metrics {
 
     pub fn rule_matched(&self, rule: &str) {
         self.rule_matches
+            .get_or_create(&RuleLabel {
+                rule: rule.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn card_fallback(&self, rule: &str) {
+        self.card_fallbacks
             .get_or_create(&RuleLabel {
                 rule: rule.to_owned(),
             })

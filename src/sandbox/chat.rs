@@ -277,6 +277,10 @@ pub(super) fn handle(request: &Incoming<'_>, s: &mut State, now: Instant) -> Rep
     if text.is_empty() && !has_cards {
         return record.error(s, 400, "INVALID_ARGUMENT", "Message cannot be empty.");
     }
+    let cards = match cards_v2(&message) {
+        Ok(cards) => cards,
+        Err(why) => return record.error(s, 400, "INVALID_ARGUMENT", &why),
+    };
     if text.chars().count() > MAX_TEXT_CHARS {
         return record.error(
             s,
@@ -395,6 +399,7 @@ pub(super) fn handle(request: &Incoming<'_>, s: &mut State, now: Instant) -> Rep
         thread,
         thread_key,
         text,
+        cards,
         request_id: request_id.clone(),
         client_id: message_id,
         host: request.host.map(str::to_owned),
@@ -417,6 +422,92 @@ pub(super) fn handle(request: &Incoming<'_>, s: &mut State, now: Instant) -> Rep
     }
     record.push(s, 200, "");
     ok_reply(&stored)
+}
+
+/// The widgets a card section may hold (Chat's `Widget` message); any other name is an
+/// unknown field, which Chat refuses.
+const CARD_WIDGETS: &[&str] = &[
+    "decoratedText",
+    "textParagraph",
+    "buttonList",
+    "divider",
+    "image",
+    "textInput",
+    "selectionInput",
+    "dateTimePicker",
+    "grid",
+    "columns",
+    "chipList",
+    "horizontalAlignment",
+];
+
+/// The most bytes one card may take (Chat: "Maximum size is 32 KB").
+const MAX_CARD_BYTES: usize = 32 * 1024;
+
+/// A message's `cardsV2` (or `cards_v2`), checked as Chat checks it: a list of entries
+/// with a `card` each, a `cardId` on every entry of a message with several, each card at
+/// most 32 KB, only known widgets, and link buttons that open `http(s)` URLs. The reasons
+/// are the sandbox's wording where Chat's is unconfirmed.
+fn cards_v2(message: &Value) -> Result<Option<Value>, String> {
+    let Some((field, cards)) = ["cardsV2", "cards_v2"]
+        .iter()
+        .find_map(|f| message.get(*f).map(|v| (*f, v)))
+    else {
+        return Ok(None);
+    };
+    let Some(list) = cards.as_array() else {
+        return Err(format!(
+            "Invalid JSON payload received. Invalid value at 'message.{field}': a list of cards was expected."
+        ));
+    };
+    if list.len() > 1 && list.iter().any(|c| c.get("cardId").is_none()) {
+        return Err("Each card needs a cardId when a message has more than one card.".to_owned());
+    }
+    for (i, entry) in list.iter().enumerate() {
+        let Some(card) = entry.get("card").filter(|c| c.is_object()) else {
+            return Err(format!(
+                "Invalid card at 'message.{field}[{i}]': `card` is required."
+            ));
+        };
+        if card.to_string().len() > MAX_CARD_BYTES {
+            return Err(format!(
+                "Card at 'message.{field}[{i}]' is larger than 32 KB."
+            ));
+        }
+        let sections = card.get("sections").and_then(Value::as_array);
+        for (j, section) in sections.into_iter().flatten().enumerate() {
+            let widgets = section.get("widgets").and_then(Value::as_array);
+            for (k, widget) in widgets.into_iter().flatten().enumerate() {
+                let at = format!("message.{field}[{i}].card.sections[{j}].widgets[{k}]");
+                let Some(fields) = widget.as_object() else {
+                    return Err(format!(
+                        "Invalid JSON payload received. Invalid value at '{at}'."
+                    ));
+                };
+                if let Some(name) = fields.keys().find(|k| !CARD_WIDGETS.contains(&k.as_str())) {
+                    return Err(format!(
+                        "Invalid JSON payload received. Unknown name \"{name}\" at '{at}': Cannot find field."
+                    ));
+                }
+                let buttons = widget
+                    .pointer("/buttonList/buttons")
+                    .and_then(Value::as_array);
+                for button in buttons.into_iter().flatten() {
+                    let url = button
+                        .pointer("/onClick/openLink/url")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
+                    let lower = url.to_ascii_lowercase();
+                    if !(lower.starts_with("https://") || lower.starts_with("http://")) {
+                        return Err(format!(
+                            "Invalid URL at '{at}.buttonList': only http and https links open."
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Ok(Some(cards.clone()))
 }
 
 /// Records each request with what it was answered.
@@ -474,6 +565,9 @@ fn ok_reply(m: &Message) -> Reply {
             }
             if let Some(id) = &m.client_id {
                 body["clientAssignedMessageId"] = json!(id);
+            }
+            if let Some(cards) = &m.cards {
+                body["cardsV2"] = cards.clone();
             }
             body.to_string()
         },

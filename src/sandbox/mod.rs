@@ -36,6 +36,8 @@ pub struct Message {
     pub thread: String,
     pub thread_key: Option<String>,
     pub text: String,
+    /// Its `cardsV2`, as posted (validated as Chat does).
+    pub cards: Option<serde_json::Value>,
     pub request_id: Option<String>,
     /// The `messageId` it was posted with, if any.
     pub client_id: Option<String>,

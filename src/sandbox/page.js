@@ -280,6 +280,55 @@
     return t;
   }
 
+  var ENTITIES = { amp: "&", lt: "<", gt: ">", quot: "\"", "#39": "'" };
+
+  // Card text is Chat's HTML subset. Only line breaks are drawn (as <br> elements) and
+  // the five entities decoded; any other tag stays text. Nothing is parsed as HTML.
+  function cardText(s, parent) {
+    var parts = String(s === undefined || s === null ? "" : s).split(/<br\s*\/?>/i);
+    parts.forEach(function (p, i) {
+      if (i > 0) parent.appendChild(document.createElement("br"));
+      parent.appendChild(text(p.replace(/&(amp|lt|gt|quot|#39);/g, function (_, e) { return ENTITIES[e]; })));
+    });
+  }
+
+  function cardButton(b) {
+    var label = String(b && b.text !== undefined && b.text !== null ? b.text : "");
+    var open = b && b.onClick && b.onClick.openLink;
+    var href = open ? safeUrl(String(open.url)) : null;
+    if (href === null) return el("span", "card-button", label);
+    var a = link(href, label);
+    a.className = "card-button";
+    a.rel = "noopener noreferrer";
+    return a;
+  }
+
+  // One cardsV2 entry: the header, labelled fields, paragraphs and link buttons.
+  function drawCard(entry) {
+    var card = entry && typeof entry.card === "object" && entry.card !== null ? entry.card : {};
+    var box = el("div", "card");
+    var header = card.header || {};
+    if (header.title !== undefined) box.appendChild(el("div", "card-title", String(header.title)));
+    if (header.subtitle !== undefined) box.appendChild(el("div", "card-subtitle", String(header.subtitle)));
+    (Array.isArray(card.sections) ? card.sections : []).forEach(function (section) {
+      var sec = box.appendChild(el("div", "card-section"));
+      (Array.isArray(section && section.widgets) ? section.widgets : []).forEach(function (w) {
+        if (!w || typeof w !== "object") return;
+        if (w.decoratedText) {
+          var f = sec.appendChild(el("div", "card-field"));
+          f.appendChild(el("div", "card-label", String(w.decoratedText.topLabel || "")));
+          cardText(w.decoratedText.text, f.appendChild(el("div", "card-value")));
+        } else if (w.textParagraph) {
+          cardText(w.textParagraph.text, sec.appendChild(el("div", "card-paragraph")));
+        } else if (w.buttonList && Array.isArray(w.buttonList.buttons)) {
+          var row = sec.appendChild(el("div", "card-buttons"));
+          w.buttonList.buttons.forEach(function (b) { row.appendChild(cardButton(b)); });
+        }
+      });
+    });
+    return box;
+  }
+
   function addMessage(m) {
     var sp = space(String(m.space)), t = thread(sp, { thread: String(m.thread), key: m.key });
     var row = el("div", "message");
@@ -290,6 +339,7 @@
     var metaEl = row.appendChild(el("div", "meta", meta.join(" · ")));
     if (m.name) metaEl.title = String(m.name);
     row.appendChild(el("div", "body")).appendChild(chattailMarkup(m.text === undefined || m.text === null ? "" : m.text));
+    if (Array.isArray(m.cards)) m.cards.forEach(function (c) { row.appendChild(drawCard(c)); });
     insertBySeq(t.el, row, m.seq);
     t.count++;
     t.el.setAttribute("data-count", String(t.count));

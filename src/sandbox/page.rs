@@ -24,6 +24,8 @@ struct MessageView<'a> {
     name: &'a str,
     time: i64,
     text: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cards: Option<&'a serde_json::Value>,
     host: Option<&'a str>,
     rule: Vec<&'a str>,
 }
@@ -94,6 +96,7 @@ pub(super) fn state_json(s: &State, since: u64) -> String {
                 name: &m.name,
                 time: m.posted_ms,
                 text: &m.text,
+                cards: m.cards.as_ref(),
                 host: m.host.as_deref(),
                 rule: m
                     .rules

@@ -142,6 +142,94 @@ fn fit_bytes(text: String, bytes: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{LoadOptions, UrlPolicy, load_bytes};
+    use crate::pipeline::{FileId, Origin, Pipeline};
+
+    #[test]
+    fn a_capture_with_quotes_markup_and_a_newline_is_safe_everywhere() {
+        let yaml = "webhooks:\n  oncall:\n    url: http://127.0.0.1:9/v1/spaces/S/messages\n\
+            files:\n  - path: /var/log/app.log\n\
+            rules:\n  - name: gw\n    match: '(?s)upstream (?P<up>.+) failed'\n    webhook: oncall\n    card:\n      title: 'Upstream {up}'\n      subtitle: '{host}'\n      fields:\n        - {label: 'A <b>label</b>', value: '{up}'}\n      buttons:\n        - {text: Logs, url: 'https://logs.example.com/q?u={up}'}\n";
+        let env = |_: &str| None;
+        let options = LoadOptions {
+            url_policy: UrlPolicy::Required,
+            env: &env,
+            default_host: "web-1".to_owned(),
+        };
+        let config = load_bytes(std::path::Path::new("/c.yaml"), yaml.as_bytes(), &options)
+            .unwrap_or_else(|r| panic!("{r}"))
+            .config;
+        let mut p = Pipeline::new(std::sync::Arc::new(config), Vec::new(), Vec::new());
+        let mut out: Vec<crate::pipeline::Notification> = Vec::new();
+        let origin = Origin {
+            id: FileId { dev: 1, ino: 1 },
+            path: std::path::Path::new("/var/log/app.log"),
+            spec: 0,
+            number: 0,
+            stream: None,
+            journal: None,
+        };
+        p.line(&origin, b"upstream \"x<y>&z/?#\nnext\" failed", 0, &mut out);
+        let card: Value = serde_json::from_str(out[0].card.as_deref().unwrap()).unwrap();
+        let card = &card["card"];
+        // The header is one line of plain text.
+        assert_eq!(card["header"]["title"], "Upstream \"x<y>&z/?# next\"");
+        let field = &card["sections"][0]["widgets"][0]["decoratedText"];
+        assert_eq!(field["topLabel"], "A &lt;b&gt;label&lt;/b&gt;");
+        assert_eq!(field["text"], "&quot;x&lt;y&gt;&amp;z/?#<br>next&quot;");
+        let url = card["sections"][1]["widgets"][0]["buttonList"]["buttons"][0]["onClick"]["openLink"]["url"]
+            .as_str()
+            .unwrap();
+        assert_eq!(
+            url,
+            "https://logs.example.com/q?u=%22x%3Cy%3E%26z%2F%3F%23%0Anext%22"
+        );
+        // The text beside the card (no `message`): the title, neutralised for Chat text.
+        assert_eq!(out[0].text, "Upstream \"x<y>&z/?# next\"");
+    }
+
+    #[test]
+    fn a_huge_line_keeps_the_card_under_its_budget() {
+        let yaml = "webhooks:\n  oncall:\n    url: http://127.0.0.1:9/v1/spaces/S/messages\n\
+            files:\n  - path: /var/log/app.log\n\
+            rules:\n  - name: big\n    match: 'E (?P<v>.*)'\n    webhook: oncall\n    message: '{line}'\n    card:\n      title: '{v}'\n      fields:\n        - {label: V, value: '{v}'}\n        - {label: W, value: '{v}'}\n";
+        let env = |_: &str| None;
+        let options = LoadOptions {
+            url_policy: UrlPolicy::Required,
+            env: &env,
+            default_host: "web-1".to_owned(),
+        };
+        let config = load_bytes(std::path::Path::new("/c.yaml"), yaml.as_bytes(), &options)
+            .unwrap_or_else(|r| panic!("{r}"))
+            .config;
+        let mut p = Pipeline::new(std::sync::Arc::new(config), Vec::new(), Vec::new());
+        let mut out: Vec<crate::pipeline::Notification> = Vec::new();
+        let origin = Origin {
+            id: FileId { dev: 1, ino: 1 },
+            path: std::path::Path::new("/var/log/app.log"),
+            spec: 0,
+            number: 0,
+            stream: None,
+            journal: None,
+        };
+        let line = format!("E {}", "<\u{1}é".repeat(40_000));
+        p.line(&origin, line.as_bytes(), 0, &mut out);
+        let card = out[0].card.as_deref().unwrap();
+        assert!(card.len() <= MAX_CARD_BYTES, "{}", card.len());
+        assert!(card.contains("characters cut"));
+        // The whole request: text, card and a fallback within Chat's 32,000 bytes.
+        let body = serde_json::json!({
+            "text": out[0].text,
+            "cardsV2": [serde_json::from_str::<Value>(card).unwrap()],
+            "fallbackText": out[0].text.chars().take(200).collect::<String>(),
+            "thread": {"threadKey": "k"},
+        });
+        assert!(
+            body.to_string().len() < 32_000,
+            "{}",
+            body.to_string().len()
+        );
+    }
 
     #[test]
     fn html_cuts_never_split_an_entity_or_a_break() {

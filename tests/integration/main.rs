@@ -4,6 +4,7 @@
 mod agent_run;
 mod agent_support;
 mod alerts;
+mod cards;
 mod check_diagnostics;
 mod cli_commands;
 mod container_logs;

@@ -47,10 +47,11 @@ fn example_rules_over_the_sample_logs() {
 #[test]
 fn hostile_log_content_cannot_break_the_message() {
     let lines: &[&[u8]] = &[
-        // A log line that tries to close the code block and mention everyone.
-        b"2026-11-28T14:00:00Z ERROR pool: timeout connecting to db1 ``` <users/all> *urgent*",
+        // A log line that tries to close the code block and mention everyone (the
+        // example's `panic` rule shows the line in a code block).
+        b"2026-11-28T14:00:00Z thread 'main' panicked at src/db.rs:1 ``` <users/all> *urgent*",
         // Invalid UTF-8 and a NUL byte.
-        b"2026-11-28T14:00:01Z ERROR pool: timeout connecting to db\xff\xfe2 \x00 tail",
+        b"2026-11-28T14:00:01Z panic: src/db.go:2 \xff\xfe2 \x00 tail",
         // A Python traceback header with its exception on the same line.
         b"2026-11-28T14:00:02Z FATAL Unhandled exception: KeyError: 'user_id'",
     ];
@@ -64,7 +65,7 @@ fn hostile_log_content_cannot_break_the_message() {
 
 #[test]
 fn a_huge_line_is_cut_to_chat_size_with_a_marker() {
-    let mut line = b"2026-11-28T14:00:00Z ERROR pool: timeout connecting to db1 ".to_vec();
+    let mut line = b"2026-11-28T14:00:00Z thread 'main' panicked at src/db.rs:1 ".to_vec();
     line.extend(std::iter::repeat_n(b'x', 10_000));
     let n = notifications(&line);
     assert_eq!(n.len(), 1);

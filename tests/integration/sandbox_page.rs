@@ -216,6 +216,27 @@ fn the_page_shows_threads_counts_markup_and_a_429_in_a_real_browser() {
     );
     // Nothing failed in the page's own script: it drew the spaces it fetched.
     assert!(dom.contains("spaces/SANDBOX"));
+    // The example's db-timeout rule posts cards: title, a field and a button's link.
+    assert!(
+        dom.contains(r#"<div class="card-title">DB timeout: orders-db.internal</div>"#),
+        "card title: {dom}"
+    );
+    assert!(
+        dom.contains(r#"<div class="card-label">Database</div><div class="card-value">orders-db.internal</div>"#),
+        "card field: {dom}"
+    );
+    assert!(
+        dom.contains(r#"<a href="https://runbooks.example.com/db-timeout?db=orders-db.internal" class="card-button" rel="noopener noreferrer">Runbook</a>"#),
+        "card button: {dom}"
+    );
+    // The hostile path in a card (through the agent): text in the title and the field, a
+    // percent-encoded link, and no event handler anywhere on the page.
+    assert!(
+        dom.contains(r#"<div class="card-title">502 on &lt;http://x(http://y/autofocus/onfocus=document.title=4242//|reset-password&gt;</div>"#),
+        "hostile card title: {dom}"
+    );
+    let handler = regex::Regex::new(r#"<[^>]*\son[a-z]+="#).unwrap();
+    assert!(!handler.is_match(&dom), "an event handler attribute: {dom}");
     assert_hostile_markup_is_inert(&dom);
 }
 
@@ -248,7 +269,11 @@ fn post_through_the_agent(webhook: &str) {
             "state_dir: {state}\nwebhooks:\n  oncall:\n    url: \"{url}\"\n\
              files:\n  - path: {log}\n    start_at: beginning\n\
              rules:\n  - name: gateway\n    match: 'GET (?P<path>.+) 502'\n    webhook: oncall\n    \
-             thread_key: 'gateway'\n    message: '*502* on {{path}}'\n",
+             thread_key: 'gateway'\n    message: '*502* on {{path}}'\n\
+             \x20 - name: gateway-card\n    match: 'GET (?P<path>.+) 502'\n    webhook: oncall\n    \
+             thread_key: 'gateway-card'\n    card:\n      title: '502 on {{path}}'\n      \
+             fields:\n        - {{label: Path, value: '{{path}}'}}\n      \
+             buttons:\n        - {{text: Open, url: 'https://example.com/?p={{path}}'}}\n",
             state = dir.path().join("state").display(),
             url = webhook.replace("/SANDBOX/", "/AGENT/"),
             log = log.display(),

@@ -168,9 +168,7 @@ fn code_only(text: &str) -> String {
                 j += 1;
             }
             if chars.get(j) == Some(&'"') {
-                for k in i..=j {
-                    out.push(blank(chars[k]));
-                }
+                out.extend(chars[i..=j].iter().map(|&c| blank(c)));
                 j += 1;
                 while j < chars.len() {
                     if chars[j] == '"' && (1..=hashes).all(|h| chars.get(j + h) == Some(&'#')) {

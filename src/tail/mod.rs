@@ -31,44 +31,28 @@
 
 pub mod discovery;
 pub mod events;
+mod identity;
 pub mod line_splitter;
 mod reading;
 mod rescan;
 mod wakeups;
 
 use std::collections::{HashMap, HashSet};
-use std::fs::{self, File};
-use std::os::unix::fs::MetadataExt;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use events::{NoEvents, Rotation, TailEvents};
+use identity::Fingerprint;
+pub use identity::{FileKey, PREFIX_LEN};
 
 use crate::path_glob::PathGlob;
 use line_splitter::LineSplitter;
 use wakeups::Wakeups;
 
-/// How many of a file's first bytes identify it (with its device and inode).
-pub const PREFIX_LEN: usize = 512;
 /// Bytes read from the disk at a time.
 const CHUNK: usize = 64 * 1024;
-
-/// A file's device and inode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct FileKey {
-    pub dev: u64,
-    pub ino: u64,
-}
-
-impl FileKey {
-    pub fn of(metadata: &fs::Metadata) -> Self {
-        Self {
-            dev: metadata.dev(),
-            ino: metadata.ino(),
-        }
-    }
-}
 
 /// A file's saved position, as the state store keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -196,7 +180,8 @@ struct Followed {
     file: File,
     /// Discovery order; files are read in this order so an old file is finished first.
     seq: u64,
-    prefix: Vec<u8>,
+    /// Its first bytes: with its key, what makes it this file.
+    fingerprint: Fingerprint,
     /// The next byte to read.
     offset: u64,
     splitter: LineSplitter,
@@ -219,7 +204,7 @@ impl Followed {
         SavedFile {
             key: self.key,
             path: self.path.clone(),
-            prefix: self.prefix.clone(),
+            prefix: self.fingerprint.to_vec(),
             offset: self.offset - self.splitter.pending() as u64,
             skipping: self.splitter.is_skipping(),
             released: false,

@@ -8,10 +8,11 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
+use super::identity::Fingerprint;
 use super::line_splitter::SplitLine;
 use super::{
-    Checkpoint, FileKey, Followed, LineOrigin, LineSink, PREFIX_LEN, Rotation, SavedFile,
-    TailEvents, Tailer, discovery,
+    Checkpoint, FileKey, Followed, LineOrigin, LineSink, Rotation, SavedFile, TailEvents, Tailer,
+    discovery,
 };
 
 impl Tailer {
@@ -66,7 +67,7 @@ impl Tailer {
         f.last_size = size;
         f.last_mtime = mtime;
         let truncated = size < f.offset
-            || (changed && !f.prefix.is_empty() && !prefix_matches(&f.file, &f.prefix));
+            || (changed && f.fingerprint.is_known() && !f.fingerprint.matches(&f.file));
         if truncated {
             self.truncated(key, sink);
         } else if size > f.offset {
@@ -79,7 +80,7 @@ impl Tailer {
         let copy = self.files.get(&key).and_then(|f| {
             self.events.rotated(f.spec, Rotation::Truncated);
             tracing::warn!(path = %f.path.display(), offset = f.offset, "File truncated; reading it again from its start.");
-            find_copy(&f.path, &f.prefix, f.offset, &self.files)
+            find_copy(&f.path, &f.fingerprint, f.offset, &self.files)
         });
         let Some(f) = self.files.get_mut(&key) else {
             return;
@@ -96,7 +97,7 @@ impl Tailer {
                 let done = SavedFile {
                     key: copy_key,
                     path: copy_path.clone(),
-                    prefix: f.prefix.clone(),
+                    prefix: f.fingerprint.to_vec(),
                     offset: m.len(),
                     skipping: false,
                     released: true,
@@ -123,7 +124,7 @@ impl Tailer {
         }
         flush_lines(f, sink, &*self.events);
         f.offset = 0;
-        f.prefix.clear();
+        f.fingerprint.forget();
         f.splitter.reset();
         f.dirty = true;
         f.wants_read = true;
@@ -150,11 +151,7 @@ impl Tailer {
         // truncated and rewritten to exactly our offset, nothing new is read and only its
         // first bytes tell; check them now so that its new content is not read after the
         // next file's. (Other files learn of such a truncation at the next sweep.)
-        if f.rotated_at.is_some()
-            && f.offset > 0
-            && !f.prefix.is_empty()
-            && !prefix_matches(&f.file, &f.prefix)
-        {
+        if f.rotated_at.is_some() && f.fingerprint.replaced(&f.file, f.offset) {
             return ReadOutcome::Truncated;
         }
         let mut total = 0usize;
@@ -170,15 +167,11 @@ impl Tailer {
                 }
             };
             // Check again after the read: a truncation racing with it cannot slip through.
-            if f.offset > 0 && !f.prefix.is_empty() && !prefix_matches(&f.file, &f.prefix) {
+            if f.fingerprint.replaced(&f.file, f.offset) {
                 return ReadOutcome::Truncated;
             }
             let chunk = &self.buf[..n];
-            // While the file is read from its start, its first bytes become its prefix.
-            if f.prefix.len() < PREFIX_LEN && f.prefix.len() as u64 == f.offset {
-                let take = (PREFIX_LEN - f.prefix.len()).min(n);
-                f.prefix.extend_from_slice(&chunk[..take]);
-            }
+            f.fingerprint.grow(f.offset, chunk);
             f.offset += n as u64;
             f.dirty = true;
             f.last_growth = Instant::now();
@@ -277,25 +270,6 @@ pub(super) fn flush_lines(f: &mut Followed, sink: &mut dyn LineSink, events: &dy
     });
 }
 
-/// Whether `file` starts with `prefix`.
-pub(super) fn prefix_matches(file: &File, prefix: &[u8]) -> bool {
-    if prefix.is_empty() {
-        return true;
-    }
-    // Checked after every read: a buffer on the stack, not an allocation each time.
-    // (A longer prefix, from a state written by some other version, takes the heap.)
-    let mut stack = [0u8; PREFIX_LEN];
-    let mut heap = Vec::new();
-    let head = match stack.get_mut(..prefix.len()) {
-        Some(head) => head,
-        None => {
-            heap.resize(prefix.len(), 0);
-            &mut heap[..]
-        }
-    };
-    file.read_exact_at(head, 0).is_ok() && head == prefix
-}
-
 /// Opens `path` for reading only if it is a regular file. The open itself does not block
 /// (`O_NONBLOCK`: opening a FIFO for reading would wait for a writer, for good), and
 /// anything but a regular file (a FIFO, socket or device named like a log) is refused.
@@ -328,36 +302,6 @@ pub(super) fn open_regular(path: &Path) -> io::Result<File> {
     }
 }
 
-/// Whether the file at `path` and a followed file's `prefix` start with the same bytes
-/// (one a prefix of the other), as a copy of that file does.
-pub(super) fn starts_alike(path: &Path, prefix: &[u8]) -> bool {
-    if prefix.is_empty() {
-        return false;
-    }
-    let Ok(file) = open_regular(path) else {
-        return false;
-    };
-    let mut head = vec![0; prefix.len()];
-    let mut filled = 0;
-    while filled < head.len() {
-        match file.read_at(&mut head[filled..], filled as u64) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(_) => return false,
-        }
-    }
-    filled > 0 && head[..filled] == prefix[..filled]
-}
-
-/// The first bytes of a file of `size` bytes, up to [`PREFIX_LEN`].
-pub(super) fn read_prefix(file: &File, size: u64) -> Vec<u8> {
-    let mut prefix = vec![0; PREFIX_LEN.min(usize::try_from(size).unwrap_or(PREFIX_LEN))];
-    if file.read_exact_at(&mut prefix, 0).is_err() {
-        prefix.clear();
-    }
-    prefix
-}
-
 pub(super) fn last_byte(file: &File, size: u64) -> Option<u8> {
     let mut byte = [0u8; 1];
     file.read_exact_at(&mut byte, size.checked_sub(1)?).ok()?;
@@ -365,14 +309,15 @@ pub(super) fn last_byte(file: &File, size: u64) -> Option<u8> {
 }
 
 /// The copy that copytruncate left next to `path`: a rotated sibling that starts with the
-/// same `prefix`, is at least `offset` long and is not followed. The newest one wins.
+/// same bytes (`fingerprint`), is at least `offset` long and is not followed. The newest
+/// one wins.
 pub(super) fn find_copy(
     path: &Path,
-    prefix: &[u8],
+    fingerprint: &Fingerprint,
     offset: u64,
     followed: &HashMap<FileKey, Followed>,
 ) -> Option<(PathBuf, File)> {
-    if prefix.is_empty() {
+    if !fingerprint.is_known() {
         return None;
     }
     let dir = path.parent()?;
@@ -394,7 +339,7 @@ pub(super) fn find_copy(
         };
         if followed.contains_key(&FileKey::of(&metadata))
             || metadata.len() < offset
-            || !prefix_matches(&file, prefix)
+            || !fingerprint.matches(&file)
         {
             continue;
         }

@@ -7,8 +7,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
+use super::identity::Fingerprint;
 use super::line_splitter::LineSplitter;
-use super::reading::{last_byte, open_regular, prefix_matches, read_prefix, starts_alike};
+use super::reading::{last_byte, open_regular};
 use super::{Checkpoint, FileKey, Followed, Rotation, SavedFile, StartAt, Tailer, discovery};
 
 impl Tailer {
@@ -173,17 +174,14 @@ impl Tailer {
                 // A copy of a followed file (copytruncate) is not a missed rotation: its
                 // lines were read, or will be from the copy when the truncation shows.
                 let is_copy = || {
-                    let followed = self
-                        .files
-                        .values()
-                        .map(|f| (f.path.as_path(), f.prefix.as_slice()));
-                    let saved = self
-                        .saved
-                        .values()
-                        .map(|s| (s.path.as_path(), s.prefix.as_slice()));
-                    followed.chain(saved).any(|(p, prefix)| {
-                        p.parent() == path.parent() && starts_alike(&path, prefix)
-                    })
+                    let followed = self.files.values().any(|f| {
+                        f.path.parent() == path.parent() && f.fingerprint.starts_alike(&path)
+                    });
+                    followed
+                        || self.saved.values().any(|s| {
+                            s.path.parent() == path.parent()
+                                && Fingerprint::saved_starts_alike(&s.prefix, &path)
+                        })
                 };
                 let wanted = match filter {
                     Siblings::NewSince(before) => !before.contains(&key),
@@ -365,7 +363,7 @@ impl Tailer {
         let Start {
             offset,
             skipping,
-            prefix,
+            fingerprint,
             how,
             replaced,
         } = self.starting_point(key, &file, size, &path, spec, rotated);
@@ -392,7 +390,7 @@ impl Tailer {
                 spec,
                 file,
                 seq,
-                prefix,
+                fingerprint,
                 offset,
                 splitter,
                 last_size: size,
@@ -449,15 +447,16 @@ impl Tailer {
             // sweep finds out and handles it like a live truncation, recovering unread lines
             // from a copytruncate copy.
             Some(s) => {
-                let same = prefix_matches(file, &s.prefix);
+                let saved = Fingerprint::from_saved(s.prefix);
+                let same = saved.matches(file);
                 Start {
                     offset: s.offset,
                     skipping: s.skipping,
-                    // Same file: its prefix may have grown since it was saved.
-                    prefix: if same {
-                        read_prefix(file, size)
+                    // Same file: its first bytes may have grown since they were saved.
+                    fingerprint: if same {
+                        Fingerprint::of_file(file, size)
                     } else {
-                        s.prefix
+                        saved
                     },
                     how: "resumed",
                     replaced: !same,
@@ -474,16 +473,16 @@ impl Tailer {
                 Start {
                     offset: size,
                     skipping: !ends_line,
-                    prefix: read_prefix(file, size),
+                    fingerprint: Fingerprint::of_file(file, size),
                     how: "from its end",
                     replaced: false,
                 }
             }
-            // Reading from the start fills the prefix as it goes.
+            // Reading from the start fills the fingerprint as it goes.
             None => Start {
                 offset: 0,
                 skipping: false,
-                prefix: Vec::new(),
+                fingerprint: Fingerprint::unknown(),
                 how: "from its start",
                 replaced: false,
             },
@@ -568,7 +567,7 @@ struct Start {
     offset: u64,
     /// The offset is inside a cut line whose rest is skipped.
     skipping: bool,
-    prefix: Vec<u8>,
+    fingerprint: Fingerprint,
     /// For the log: "resumed", "from its end", "from its start".
     how: &'static str,
     /// The saved first bytes are not the file's any more: the next sweep must look at

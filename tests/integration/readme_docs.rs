@@ -196,3 +196,28 @@ fn every_chattail_command_in_the_readme_parses() {
     }
     assert!(checked >= 8, "only {checked} chattail commands found");
 }
+
+/// The README's sample `check` output is what `check` prints for that file, word for word.
+#[test]
+fn the_readme_sample_check_output_is_the_real_output() {
+    let text = readme();
+    let command = "cargo run -- check --config fixtures/broken-configs/every-mistake-at-once.yaml\n```\n\n```\n";
+    let start = text
+        .find(command)
+        .map(|i| i + command.len())
+        .expect("the README shows the sample check");
+    let shown = &text[start..start + text[start..].find("```").unwrap()];
+    let out = std::process::Command::new(crate::support::bin())
+        .args([
+            "check",
+            "--config",
+            "fixtures/broken-configs/every-mistake-at-once.yaml",
+        ])
+        .current_dir(crate::support::repo())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(shown, crate::support::text(&out.stderr));
+    // Every mistake at once: both typos, the regex and the webhook.
+    assert_eq!(shown.matches("\nerror: ").count() + 1, 4, "{shown}");
+}

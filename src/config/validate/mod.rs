@@ -38,13 +38,8 @@ pub(super) fn validate(
     options: &LoadOptions<'_>,
 ) -> Result<Loaded, Report> {
     let mut report = Report::new(path, source);
-    let raw: RawConfig = match serde_saphyr::from_str(source) {
-        Ok(raw) => raw,
-        Err(error) => {
-            let location = error.location().and_then(Location::from_yaml);
-            report.error(location, yaml_message(&error));
-            return Err(report);
-        }
+    let Some(raw) = parse_collecting_unknown_keys(source, &mut report) else {
+        return Err(report);
     };
     // Relative paths in the config are relative to its directory, made absolute now (from
     // the working directory, without touching the disk) so that file paths, `{file}` and
@@ -72,6 +67,62 @@ pub(super) fn validate(
             warnings: v.report,
         })
     }
+}
+
+/// How many unknown keys one run reports before it stops reading on.
+const MAX_UNKNOWN_KEYS: usize = 50;
+
+/// Parses the file into its raw form. An unknown key is one mistake among possibly many:
+/// it is reported, its entry blanked out (lines keep their numbers) and the file read
+/// again, so that one run lists every unknown key and then every other problem (a typo
+/// no longer hides a bad regex below it). Any other YAML error stops here. Returns `None`
+/// when nothing could be parsed; the errors are in `report`.
+fn parse_collecting_unknown_keys(source: &str, report: &mut Report) -> Option<RawConfig> {
+    let mut text = std::borrow::Cow::Borrowed(source);
+    let mut unknown = 0;
+    loop {
+        let error = match serde_saphyr::from_str::<RawConfig>(&text) {
+            Ok(raw) => return Some(raw),
+            Err(error) => error,
+        };
+        let message = yaml_message(&error);
+        let location = error.location();
+        report.error(location.and_then(Location::from_yaml), message.clone());
+        if !message.starts_with("unknown field") || unknown >= MAX_UNKNOWN_KEYS {
+            return None;
+        }
+        let blanked = location.and_then(|l| without_entry(&text, l.line(), l.column()))?;
+        unknown += 1;
+        text = std::borrow::Cow::Owned(blanked);
+    }
+}
+
+/// `text` with the mapping entry whose key starts at `line`:`column` (1-based) blanked:
+/// the key, its value and the lines below indented deeper than the key. Lines are kept
+/// (empty), so every other location stays where it was. `None` for a key inside a flow
+/// mapping (`{a: 1, b: 2}`), which cannot be cut out line by line.
+fn without_entry(text: &str, line: u64, column: u64) -> Option<String> {
+    let line = usize::try_from(line).ok()?.checked_sub(1)?;
+    let column = usize::try_from(column).ok()?.checked_sub(1)?;
+    let mut lines: Vec<String> = text.split('\n').map(str::to_owned).collect();
+    let key_line = lines.get(line)?;
+    let start = key_line.char_indices().nth(column).map(|(i, _)| i)?;
+    let before = &key_line[..start];
+    if before.contains(['{', '[']) || !before.chars().all(|c| c == ' ' || c == '-') {
+        return None;
+    }
+    let indent = before.chars().count();
+    lines[line].truncate(start);
+    for next in lines.iter_mut().skip(line + 1) {
+        let content = next.trim_start_matches(' ');
+        let deeper = next.len() - content.len() > indent;
+        if content.is_empty() || deeper {
+            next.clear();
+        } else {
+            break;
+        }
+    }
+    Some(lines.join("\n"))
 }
 
 struct Validator<'a> {

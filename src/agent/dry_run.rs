@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 
 use crate::pipeline::Notification;
+use crate::pipeline::chat_text::{MAX_TEXT_CHARS, utf16_len};
 use crate::pipeline::thread_key::chat_thread_key;
 
 /// The thread key Chat receives, with the rendered one beside it when the two differ
@@ -17,27 +18,60 @@ pub(super) fn shown_key(rendered: &str) -> String {
     }
 }
 
-/// Prints notifications as they would be posted, and at the end the threads they went to.
+/// Prints notifications as they would be posted, and at the end the threads they went to,
+/// with how many messages and how many posts (Chat requests) each got.
 pub(super) struct DryRun {
     out: Box<dyn Write + Send>,
-    /// Messages per (webhook, thread), for the closing summary.
-    threads: BTreeMap<(String, String), usize>,
+    /// Messages and posts per (webhook, thread), for the closing summary.
+    threads: BTreeMap<(String, String), Thread>,
+    /// Whether every notification is queued before the first post (`--once`): then a
+    /// thread's notifications merge across polls, as the outbox merges what waits;
+    /// otherwise only within one poll.
+    merge_across_polls: bool,
+}
+
+#[derive(Default)]
+struct Thread {
+    messages: usize,
+    posts: usize,
+    /// The UTF-16 units of the post still open to merging (`None`: none, or a card's).
+    open: Option<usize>,
 }
 
 impl DryRun {
-    pub(super) fn new(out: Box<dyn Write + Send>) -> Self {
+    pub(super) fn new(out: Box<dyn Write + Send>, merge_across_polls: bool) -> Self {
         Self {
             out,
             threads: BTreeMap::new(),
+            merge_across_polls,
         }
     }
 
     pub(super) fn print(&mut self, notifications: &[Notification]) {
+        if !self.merge_across_polls {
+            for thread in self.threads.values_mut() {
+                thread.open = None;
+            }
+        }
         for n in notifications {
-            *self
+            let thread = self
                 .threads
                 .entry((n.webhook.clone(), n.thread_key.clone()))
-                .or_default() += 1;
+                .or_default();
+            thread.messages += 1;
+            // Notifications waiting together in one thread go out as one post, as the
+            // outbox merges them (up to Chat's 4,000 characters; a card is always a post
+            // of its own).
+            let units = utf16_len(&n.text);
+            match &mut thread.open {
+                Some(used) if n.card.is_none() && *used + 2 + units <= MAX_TEXT_CHARS => {
+                    *used += 2 + units;
+                }
+                open => {
+                    thread.posts += 1;
+                    *open = n.card.is_none().then_some(units);
+                }
+            }
             let thread = shown_key(&n.thread_key);
             let mut text = format!("── {} · thread {} · rule {}\n", n.webhook, thread, n.rule);
             for line in n.text.lines() {
@@ -58,12 +92,16 @@ impl DryRun {
 
     pub(super) fn write_summary(&mut self) {
         let _ = writeln!(self.out, "Threads that would receive messages:");
-        for ((webhook, key), count) in &self.threads {
+        for ((webhook, key), thread) in &self.threads {
             let key = shown_key(key);
+            let plural = |n: usize, one: &str, many: &str| {
+                format!("{n} {}", if n == 1 { one } else { many })
+            };
             let _ = writeln!(
                 self.out,
-                "  {webhook} · {key}: {count} message{}",
-                if *count == 1 { "" } else { "s" }
+                "  {webhook} · {key}: {} in {}",
+                plural(thread.messages, "message", "messages"),
+                plural(thread.posts, "post", "posts"),
             );
         }
         let _ = self.out.flush();

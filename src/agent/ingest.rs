@@ -154,7 +154,7 @@ impl Ingest {
             pipeline,
             journal,
             wake,
-            dry_run: options.dry_run.then(|| DryRun::new(out)),
+            dry_run: options.dry_run.then(|| DryRun::new(out, options.once)),
             options,
             outbox_full: false,
             last_outbox_check: None,

@@ -190,8 +190,13 @@ fn the_readme_first_command_shows_grouped_threads_without_a_webhook() {
     // The key Chat receives (`/` is not allowed in it), with the rendered one beside it.
     assert!(
         stdout.contains(
-            "oncall · http-502-POST-checkout-44693a1b6288335a941db5ede7ac017b (rendered: http-502-POST-/checkout): 2 messages"
+            "oncall · http-502-POST-checkout-44693a1b6288335a941db5ede7ac017b (rendered: http-502-POST-/checkout): 2 messages in 1 post"
         ),
+        "{stdout}"
+    );
+    // A card is a post of its own; the summary after it is another.
+    assert!(
+        stdout.contains("oncall · db-timeout-orders-db.internal: 2 messages in 2 posts"),
         "{stdout}"
     );
     assert!(

@@ -30,7 +30,9 @@ use crate::ops::metrics::Metrics;
 use crate::pipeline::self_alerts::{Facts, ParkedWebhook, SelfAlerts};
 use crate::pipeline::{Notification, Origin, Pipeline};
 use crate::store::{Store, StoreError};
-use crate::tail::{Checkpoint, FileKey, LineOrigin, SavedFile, TailOptions, Tailer, WatchSpec};
+use crate::tail::{
+    Checkpoint, FileKey, LineOrigin, LineSink, SavedFile, TailOptions, Tailer, WatchSpec,
+};
 
 /// How long the loop waits for file events when nothing is left to read.
 const IDLE_WAIT: Duration = Duration::from_millis(250);
@@ -400,28 +402,12 @@ impl Ingest {
         // positions go into this transaction with what those lines changed.
         let mut changed_files: Vec<FileKey> = Vec::new();
         let more = {
-            let pipeline = &mut self.pipeline;
-            let files = &self.config.files;
-            let mut sink = |origin: &LineOrigin<'_>, line: &[u8]| {
-                let before = out.effects();
-                let pieces = pipeline.piece_generation();
-                let origin_row = Origin {
-                    id: state_rows::file_id(origin.key),
-                    path: origin.path,
-                    spec: origin.spec,
-                    number: 0,
-                    stream: None,
-                    journal: None,
-                };
-                pipeline.line(&origin_row, line, now_ms, &mut out);
-                // Lines of multiline files change the state (a pending event) even when no
-                // rule hits, and so do a container log's pieces; a whole record does not.
-                let multiline = files.get(origin.spec).is_none_or(|f| f.multiline.is_some());
-                if (out.effects() != before || multiline || pipeline.piece_generation() != pieces)
-                    && changed_files.last() != Some(&origin.key)
-                {
-                    changed_files.push(origin.key);
-                }
+            let mut sink = PollSink {
+                pipeline: &mut self.pipeline,
+                files: &self.config.files,
+                out: &mut out,
+                changed_files: &mut changed_files,
+                now_ms,
             };
             self.tailer.poll(&mut sink)
         };
@@ -586,5 +572,63 @@ impl Ingest {
         }
         self.outbox_full = full;
         full
+    }
+}
+
+/// Where the tailer's lines go during one poll: into the pipeline, noting the files whose
+/// lines changed the state (their positions are committed with that change).
+struct PollSink<'a, 'm> {
+    pipeline: &'a mut Pipeline,
+    files: &'a [crate::config::FileSpec],
+    out: &'a mut PollOutput<'m>,
+    changed_files: &'a mut Vec<FileKey>,
+    now_ms: i64,
+}
+
+impl PollSink<'_, '_> {
+    /// Runs `feed` on the pipeline and notes the file when it changed the state.
+    fn fed(
+        &mut self,
+        origin: &LineOrigin<'_>,
+        feed: impl FnOnce(&mut Pipeline, &Origin<'_>, &mut PollOutput<'_>),
+    ) {
+        let before = self.out.effects();
+        let pieces = self.pipeline.piece_generation();
+        let origin_row = Origin {
+            id: state_rows::file_id(origin.key),
+            path: origin.path,
+            spec: origin.spec,
+            number: 0,
+            stream: None,
+            journal: None,
+        };
+        feed(self.pipeline, &origin_row, self.out);
+        // Lines of multiline files change the state (a pending event) even when no rule
+        // hits, and so do a container log's pieces; a whole record does not.
+        let multiline = self
+            .files
+            .get(origin.spec)
+            .is_none_or(|f| f.multiline.is_some());
+        if (self.out.effects() != before || multiline || self.pipeline.piece_generation() != pieces)
+            && self.changed_files.last() != Some(&origin.key)
+        {
+            self.changed_files.push(origin.key);
+        }
+    }
+}
+
+impl LineSink for PollSink<'_, '_> {
+    fn line(&mut self, origin: &LineOrigin<'_>, line: &[u8]) {
+        let now_ms = self.now_ms;
+        self.fed(origin, |pipeline, origin, out| {
+            pipeline.line(origin, line, now_ms, out);
+        });
+    }
+
+    fn lines(&mut self, origin: &LineOrigin<'_>, run: &[u8]) {
+        let now_ms = self.now_ms;
+        self.fed(origin, |pipeline, origin, out| {
+            pipeline.lines(origin, run, now_ms, out);
+        });
     }
 }

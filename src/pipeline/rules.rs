@@ -9,6 +9,9 @@
 use std::sync::Arc;
 
 use regex::bytes::{RegexSet, RegexSetBuilder};
+use regex_automata::nfa::thompson::WhichCaptures;
+use regex_automata::util::syntax;
+use regex_automata::{Input, MatchKind, meta};
 
 use super::pattern::Groups;
 
@@ -29,6 +32,10 @@ pub struct RuleSet {
     rules: Vec<Arc<Rule>>,
     /// The rules whose `resolve.match` follows theirs in the gate, in gate order.
     resolvers: Vec<usize>,
+    /// The gate's patterns as one multi-line regex over a run of whole lines, which finds
+    /// where the next line that may match is (as `rg` searches a buffer); `None` when a
+    /// pattern could mean something else across lines (see [`scannable`]).
+    scanner: Option<meta::Regex>,
 }
 
 /// What the gate found in a line: a rule's match, or a line that resolves a rule's
@@ -115,6 +122,8 @@ impl RuleSet {
                 Some(p.as_str())
             }));
         let entries = rules.len() + resolvers.len();
+        let patterns: Vec<&str> = patterns.collect();
+        let scanner = scanner(&patterns);
         let gate = RegexSetBuilder::new(patterns)
             .size_limit(RULE_REGEX_SIZE_LIMIT.saturating_mul(entries.max(1)))
             .dfa_size_limit(
@@ -127,7 +136,24 @@ impl RuleSet {
             gate,
             rules,
             resolvers,
+            scanner,
         })
+    }
+
+    /// Whether runs of lines can be searched whole ([`next_candidate`](Self::next_candidate)).
+    pub fn scans(&self) -> bool {
+        self.scanner.is_some()
+    }
+
+    /// Where, in `run` (whole lines, each ending in `\n`, valid UTF-8), the leftmost match
+    /// of any pattern at or after `from` (a line start) begins, if any. Every line that
+    /// matches on its own has such a match starting at or before its own; a match found
+    /// can also cross lines, so the line it starts in is a candidate to check, not a hit.
+    pub fn next_candidate(&self, run: &[u8], from: usize) -> Option<usize> {
+        let scanner = self.scanner.as_ref()?;
+        scanner
+            .search(&Input::new(run).range(from..))
+            .map(|m| m.start())
     }
 
     /// A set with no rules: nothing matches.
@@ -136,6 +162,7 @@ impl RuleSet {
             gate: RegexSet::empty(),
             rules: Vec::new(),
             resolvers: Vec::new(),
+            scanner: None,
         }
     }
 
@@ -194,6 +221,55 @@ impl RuleSet {
         }
         hits
     }
+}
+
+/// Whether `pattern` finds, in a run of lines searched in multi-line CRLF mode, a match
+/// starting at or before every match it has in one of those lines on its own. `^` and `$`
+/// then match at line ends, and `\b`, `\B` see a newline where a line's edge was: the same.
+/// What differs: `\A` and `\z` (the run's ends, not the line's) and a flag group turning
+/// a flag off (`(?-m)` would make `^` the run's start). Such a pattern keeps the rule set
+/// on line-by-line matching.
+fn scannable(pattern: &str) -> bool {
+    if pattern.contains("\\A") || pattern.contains("\\z") || pattern.contains("\\Z") {
+        return false;
+    }
+    // `(?flags)` or `(?flags:…)` with a `-`.
+    !pattern.match_indices("(?").any(|(i, _)| {
+        pattern[i + 2..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphabetic() || *c == '-')
+            .any(|c| c == '-')
+    })
+}
+
+/// The one-regex scanner of a gate's patterns; `None` when one is not [`scannable`] or
+/// the whole does not compile within its limits (then lines are matched one by one).
+fn scanner(patterns: &[&str]) -> Option<meta::Regex> {
+    if patterns.is_empty() || !patterns.iter().all(|p| scannable(p)) {
+        return None;
+    }
+    let config = meta::Config::new()
+        .match_kind(MatchKind::LeftmostFirst)
+        .utf8_empty(false)
+        .onepass(false)
+        .backtrack(false)
+        .which_captures(WhichCaptures::Implicit)
+        .nfa_size_limit(Some(RULE_REGEX_SIZE_LIMIT.saturating_mul(patterns.len())))
+        .hybrid_cache_capacity(
+            GATE_DFA_CACHE_PER_RULE
+                .saturating_mul(patterns.len())
+                .max(GATE_DFA_CACHE_MIN),
+        );
+    meta::Regex::builder()
+        .configure(config)
+        .syntax(
+            syntax::Config::new()
+                .utf8(false)
+                .multi_line(true)
+                .crlf(true),
+        )
+        .build_many(patterns)
+        .ok()
 }
 
 impl Hit<'_, '_> {

@@ -45,6 +45,11 @@ impl LineSplitter {
         self.partial.len()
     }
 
+    /// The longest line handed out whole.
+    pub fn max_line_bytes(&self) -> usize {
+        self.max
+    }
+
     /// Whether the splitter is skipping the rest of a cut line.
     pub fn is_skipping(&self) -> bool {
         self.skipping

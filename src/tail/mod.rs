@@ -163,6 +163,16 @@ pub struct LineOrigin<'a> {
 /// Receives the lines read.
 pub trait LineSink {
     fn line(&mut self, origin: &LineOrigin<'_>, line: &[u8]);
+
+    /// A run of whole lines (each ending in `\n`, a `\r` before it not stripped; none
+    /// cut), handed out at once so that the sink can search it whole. By default each line
+    /// goes to [`line`](Self::line), as the splitter would hand it out.
+    fn lines(&mut self, origin: &LineOrigin<'_>, run: &[u8]) {
+        for line in run.split_inclusive(|&b| b == b'\n') {
+            let line = line.strip_suffix(b"\n").unwrap_or(line);
+            self.line(origin, line.strip_suffix(b"\r").unwrap_or(line));
+        }
+    }
 }
 
 impl<F: FnMut(&LineOrigin<'_>, &[u8])> LineSink for F {

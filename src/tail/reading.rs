@@ -234,6 +234,42 @@ pub(super) fn emit_lines(
     events: &dyn TailEvents,
 ) {
     let (path, key, spec) = (&f.path, f.key, f.spec);
+    // The common case, a chunk read at a line start: its whole lines go out as one run
+    // (unless one is long enough to be cut), and only its unfinished end goes through the
+    // splitter.
+    let mut chunk = chunk;
+    if f.splitter.pending() == 0
+        && !f.splitter.is_skipping()
+        && let Some(last) = memchr::memrchr(b'\n', chunk)
+    {
+        let run = &chunk[..=last];
+        let max = f.splitter.max_line_bytes();
+        let mut lines = 0u64;
+        let mut line_start = 0;
+        let mut fits = true;
+        for newline in memchr::memchr_iter(b'\n', run) {
+            if newline - line_start > max {
+                fits = false;
+                break;
+            }
+            lines += 1;
+            line_start = newline + 1;
+        }
+        if fits {
+            let origin = LineOrigin {
+                path,
+                key,
+                spec,
+                cut: false,
+            };
+            sink.lines(&origin, run);
+            events.lines_read(spec, lines, run.len() as u64);
+            chunk = &chunk[last + 1..];
+            if chunk.is_empty() {
+                return;
+            }
+        }
+    }
     let cut_logged = &mut f.cut_logged;
     let (mut lines, mut bytes) = (0u64, 0u64);
     f.splitter.push(chunk, &mut |line: SplitLine<'_>| {

@@ -233,15 +233,21 @@ pub(super) fn emit_lines(
     sink: &mut dyn LineSink,
     events: &dyn TailEvents,
 ) {
-    let (path, key, spec) = (&f.path, f.key, f.spec);
-    // The common case, a chunk read at a line start: its whole lines go out as one run
-    // (unless one is long enough to be cut), and only its unfinished end goes through the
-    // splitter.
     let mut chunk = chunk;
-    if f.splitter.pending() == 0
-        && !f.splitter.is_skipping()
-        && let Some(last) = memchr::memrchr(b'\n', chunk)
-    {
+    // A line held from the last chunk (or the rest of a cut line) is finished first,
+    // through the splitter; from there on the chunk starts at a line start.
+    if f.splitter.pending() > 0 || f.splitter.is_skipping() {
+        match memchr::memchr(b'\n', chunk) {
+            Some(i) => {
+                split_through(f, &chunk[..=i], sink, events);
+                chunk = &chunk[i + 1..];
+            }
+            None => return split_through(f, chunk, sink, events),
+        }
+    }
+    // The common case: the chunk's whole lines go out as one run (unless one is long
+    // enough to be cut), and only its unfinished end goes through the splitter.
+    if let Some(last) = memchr::memrchr(b'\n', chunk) {
         let run = &chunk[..=last];
         let max = f.splitter.max_line_bytes();
         let mut lines = 0u64;
@@ -257,19 +263,24 @@ pub(super) fn emit_lines(
         }
         if fits {
             let origin = LineOrigin {
-                path,
-                key,
-                spec,
+                path: &f.path,
+                key: f.key,
+                spec: f.spec,
                 cut: false,
             };
             sink.lines(&origin, run);
-            events.lines_read(spec, lines, run.len() as u64);
+            events.lines_read(f.spec, lines, run.len() as u64);
             chunk = &chunk[last + 1..];
-            if chunk.is_empty() {
-                return;
-            }
         }
     }
+    if !chunk.is_empty() {
+        split_through(f, chunk, sink, events);
+    }
+}
+
+/// Feeds `chunk` through the file's splitter, handing out each line it completes or cuts.
+fn split_through(f: &mut Followed, chunk: &[u8], sink: &mut dyn LineSink, events: &dyn TailEvents) {
+    let (path, key, spec) = (&f.path, f.key, f.spec);
     let cut_logged = &mut f.cut_logged;
     let (mut lines, mut bytes) = (0u64, 0u64);
     f.splitter.push(chunk, &mut |line: SplitLine<'_>| {

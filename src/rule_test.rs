@@ -64,6 +64,7 @@ impl RuleTest {
         Self {
             pipeline: Pipeline::new(Arc::clone(&config), Vec::new(), Vec::new())
                 .ignoring_file_filters()
+                .rendering_counted_hits()
                 .alone()
                 .deciding_absences(),
             config,

@@ -4,7 +4,9 @@
 use prometheus_client::metrics::counter::Counter;
 
 use crate::config::Config;
-use crate::ops::metrics::{KindLabel, Metrics, PatternLabel, ReasonLabel};
+use std::collections::HashMap;
+
+use crate::ops::metrics::{KindLabel, Metrics, PatternLabel, ReasonLabel, RuleLabel};
 use crate::pipeline::{Cause, HitReport, Notification, Output, Routed};
 use crate::tail::{Rotation, TailEvents};
 
@@ -12,6 +14,9 @@ use crate::tail::{Rotation, TailEvents};
 pub(super) struct PollOutput<'m> {
     notifications: Vec<Notification>,
     metrics: &'m Metrics,
+    /// Each rule's matched and suppressed counters, looked up once per poll (a hit then
+    /// costs no label allocation or family lock).
+    rule_counters: HashMap<String, (Counter, Counter)>,
     /// Rule hits and notifications so far: a line that moves this may have changed the
     /// state, so its file's position must be committed with that change.
     effects: u64,
@@ -23,6 +28,7 @@ impl<'m> PollOutput<'m> {
         Self {
             notifications: queued,
             metrics,
+            rule_counters: HashMap::new(),
             effects: 0,
         }
     }
@@ -59,9 +65,22 @@ impl Output for PollOutput<'_> {
     fn hit(&mut self, report: &HitReport<'_, '_, '_>) {
         self.effects += 1;
         let rule = &report.hit.rule.name;
-        self.metrics.rule_matched(rule);
-        if report.routed == Routed::Counted {
-            self.metrics.rule_suppressed(rule);
+        if !self.rule_counters.contains_key(rule.as_str()) {
+            let label = RuleLabel { rule: rule.clone() };
+            let counters = (
+                self.metrics.rule_matches.get_or_create(&label).clone(),
+                self.metrics
+                    .suppressed_matches
+                    .get_or_create(&label)
+                    .clone(),
+            );
+            self.rule_counters.insert(rule.clone(), counters);
+        }
+        if let Some((matched, suppressed)) = self.rule_counters.get(rule.as_str()) {
+            matched.inc();
+            if report.routed == Routed::Counted {
+                suppressed.inc();
+            }
         }
     }
 

@@ -196,6 +196,9 @@ pub struct Pipeline {
     dedup_windows: HashMap<String, Duration>,
     /// Whether rules' `files:` filters apply (not in `chattail test`).
     file_filters: bool,
+    /// Whether every hit's message is rendered, also one an open window only counts
+    /// (`chattail test` shows it).
+    render_counted: bool,
     /// Nothing is posted for a fleet (`chattail test`, `--dry-run`): windows that counted
     /// nothing end without a summary row even when the config has `fleet`.
     alone: bool,
@@ -263,6 +266,7 @@ impl Pipeline {
             caught_up: false,
             expected_tracked: false,
             file_filters: true,
+            render_counted: false,
             alone: false,
             silences: Arc::default(),
             held_counts: HeldCounts::new(),
@@ -275,6 +279,13 @@ impl Pipeline {
     /// where inputs are samples whose paths need not match).
     pub fn ignoring_file_filters(mut self) -> Self {
         self.file_filters = false;
+        self
+    }
+
+    /// Every hit's message and card are rendered, also those an open burst window only
+    /// counts (`chattail test` shows them).
+    pub fn rendering_counted_hits(mut self) -> Self {
+        self.render_counted = true;
         self
     }
 
@@ -610,6 +621,7 @@ impl Pipeline {
                 .insert(path.to_path_buf(), ContextRing::new(max_context));
         }
         let mut ring = self.rings.get_mut(path);
+        let render_counted = self.render_counted;
         let bursts = &mut self.bursts;
         let queued = &mut self.queued;
         let mut silencing = Silencing {
@@ -648,7 +660,21 @@ impl Pipeline {
                 Some(r) if rule.context_before > 0 => r.last(rule.context_before),
                 _ => Vec::new(),
             };
-            let mut n = hit.notification_with_context(text, &source, &context);
+            // An occurrence an open window will only count needs its keys, not its text
+            // (most hits of a storm).
+            let counted = !render_counted
+                && rule.threshold.is_none()
+                && rule.absence.is_none()
+                && rule.dedup.as_ref().is_some_and(|dedup| {
+                    let keys = hit.notification_keys(text, &source);
+                    let key = keys.dedup_key.as_deref().unwrap_or(&keys.thread_key);
+                    bursts.is_open(&rule.name, key, now_ms, dedup.window)
+                });
+            let mut n = if counted {
+                hit.notification_keys(text, &source)
+            } else {
+                hit.notification_with_context(text, &source, &context)
+            };
             if silencing.hold_hit(&hit, &n, text, now_ms, out) {
                 out.hit(&HitReport {
                     hit: &hit,

@@ -351,6 +351,26 @@ impl Hit<'_, '_> {
         }
     }
 
+    /// Only the keys of what this hit would post (thread and dedup key), without the text
+    /// or card: for an occurrence that an open burst window will only count, whose text
+    /// nobody reads.
+    pub fn notification_keys(&self, line: &[u8], source: &Source<'_>) -> Notification {
+        let ctx = self.render_context(line, source, b"");
+        let rule = self.rule;
+        Notification {
+            rule: rule.name.clone(),
+            webhook: rule.webhook.clone(),
+            thread_key: rule.thread_key.render(&ctx, Escape::None),
+            dedup_key: rule
+                .dedup
+                .as_ref()
+                .map(|d| d.key.render(&ctx, Escape::None)),
+            text: String::new(),
+            burst: None,
+            card: None,
+        }
+    }
+
     /// The named captures of this hit as (name, lossy text) pairs, for display; `None`
     /// for a group that took no part in the match.
     pub fn named_captures(&self) -> Vec<(&str, Option<String>)> {

@@ -5,73 +5,14 @@
 use std::fs;
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::agent_support::{Agent, open_chat, wait_for};
+use crate::agent_support::{Agent, free_port, open_chat, wait_for};
 use crate::mock_chat::MockChat;
+use crate::redis_support::Redis;
 use crate::support::{chattail, http, text};
 use crate::tail_support::open_append;
-
-/// A throw-away Redis on a free loopback port, in a temporary directory.
-struct Redis {
-    port: u16,
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-}
-
-use crate::agent_support::free_port;
-
-impl Redis {
-    fn start() -> Self {
-        let mut redis = Self {
-            port: free_port(),
-            dir: tempfile::tempdir().unwrap(),
-            child: None,
-        };
-        redis.spawn();
-        redis
-    }
-
-    /// Starts the server (again: empty, as after a crash without persistence).
-    fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start redis-server ({e}): install Debian's `redis-server` (bash .ci/test installs it)")
-            });
-        self.child = Some(child);
-        let addr = format!("127.0.0.1:{}", self.port);
-        wait_for(
-            "redis-server to accept connections",
-            Duration::from_secs(10),
-            || std::net::TcpStream::connect(&addr).is_ok(),
-        );
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 /// An agent named `host` posting `JOB n failed` lines, each into a thread of its own, at
 /// up to 3 posts a second (a margin under the mock's 4, for a loaded test machine); with
@@ -1169,10 +1110,10 @@ fn the_window_steps_keep_every_part_exactly_once() {
     let parts = redis_keys(&redis, "*:parts");
     let window = parts
         .iter()
-        .find(|k| redis_cli(&redis, &["HEXISTS", k, "b:1"]).trim() == "1")
+        .find(|k| redis.cli(&["HEXISTS", k, "b:1"]).trim() == "1")
         .expect("b's window")
         .clone();
-    redis_cli(&redis, &["HDEL", &window, "b:1"]);
+    redis.cli(&["HDEL", &window, "b:1"]);
     runtime.block_on(async {
         let b = fleet
             .claim_window("b:1", "r", "k", 400, "b", "a line", Duration::ZERO)
@@ -1185,17 +1126,8 @@ fn the_window_steps_keep_every_part_exactly_once() {
     });
 }
 
-fn redis_cli(redis: &Redis, args: &[&str]) -> String {
-    let output = Command::new("redis-cli")
-        .args(["-p", &redis.port.to_string()])
-        .args(args)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
 fn redis_keys(redis: &Redis, pattern: &str) -> Vec<String> {
-    redis_cli(redis, &["--scan", "--pattern", pattern])
+    redis.cli(&["--scan", "--pattern", pattern])
         .lines()
         .map(str::to_owned)
         .collect()

@@ -15,6 +15,7 @@ mod mock_chat;
 mod module_edges;
 mod operating;
 mod readme_docs;
+mod redis_support;
 mod rendered_messages;
 mod sandbox;
 mod sandbox_page;

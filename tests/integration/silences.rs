@@ -6,11 +6,12 @@
 use std::fs;
 use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use crate::agent_support::{Agent, committed_to_end, free_port, open_chat, wait_for};
 use crate::mock_chat::MockChat;
+use crate::redis_support::Redis;
 use crate::support::{chattail, http, text};
 use crate::tail_support::open_append;
 
@@ -258,64 +259,6 @@ fn silence_commands_refuse_bad_matchers_and_lengths_with_reasons() {
         "{err}"
     );
     assert!(!agent.dir.path().join("state/state.sqlite3").exists());
-}
-
-/// A throw-away Redis on a free loopback port, without persistence.
-struct Redis {
-    port: u16,
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-}
-
-impl Redis {
-    fn start() -> Self {
-        let mut redis = Self {
-            port: free_port(),
-            dir: tempfile::tempdir().unwrap(),
-            child: None,
-        };
-        redis.spawn();
-        redis
-    }
-
-    fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server (bash .ci/test installs it)");
-        self.child = Some(child);
-        let addr = format!("127.0.0.1:{}", self.port);
-        wait_for("redis-server", Duration::from_secs(10), || {
-            std::net::TcpStream::connect(&addr).is_ok()
-        });
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .unwrap();
-        text(&out.stdout)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 fn fleet_agent(url: &str, host: &str, redis: &str) -> Agent {

@@ -136,10 +136,12 @@ impl Connection {
             .take(64 * 1024)
             .read_until(b'\n', &mut line)
             .await?;
-        if n == 0 {
+        // Nothing, or a line cut short before its newline: the connection ended (a Redis
+        // restarted or gone), which is not a protocol error.
+        if n == 0 || (!line.ends_with(b"\n") && line.len() < 64 * 1024) {
             return Err(RespError::Io(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
-                "Redis closed the connection",
+                "connection to Redis lost (closed by the server)",
             )));
         }
         if !line.ends_with(b"\r\n") {
@@ -282,5 +284,22 @@ mod tests {
                 Value::Bulk(Some(b"abc".to_vec()))
             ]))
         );
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_mid_reply_is_a_lost_connection_not_a_protocol_error() {
+        for reply in [b"*2\r\n:1".to_vec(), Vec::new(), b"+O".to_vec()] {
+            let error = call_with(reply.clone()).await.unwrap_err();
+            assert!(
+                matches!(error, RespError::Io(_))
+                    && error.to_string().contains("connection to Redis lost"),
+                "{reply:?}: {error}"
+            );
+        }
+        // A line that ends in a bare newline is a protocol error.
+        assert!(matches!(
+            call_with(b"+OK\n".to_vec()).await,
+            Err(RespError::Protocol("a line without CRLF"))
+        ));
     }
 }

@@ -1127,7 +1127,8 @@ fn the_window_steps_keep_every_part_exactly_once() {
 }
 
 fn redis_keys(redis: &Redis, pattern: &str) -> Vec<String> {
-    redis.cli(&["--scan", "--pattern", pattern])
+    redis
+        .cli(&["--scan", "--pattern", pattern])
         .lines()
         .map(str::to_owned)
         .collect()

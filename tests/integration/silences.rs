@@ -6,7 +6,6 @@
 use std::fs;
 use std::io::Write;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use crate::agent_support::{Agent, committed_to_end, free_port, open_chat, wait_for};

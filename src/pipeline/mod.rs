@@ -52,6 +52,11 @@ pub use rules::{Hit, Notification, RuleSet, Source};
 pub use silenced::HeldCounts;
 use silenced::Silencing;
 
+/// The shortest run of lines searched whole ([`Pipeline::lines`]): below it (a file read
+/// as it is written, a few lines at a time), lines are matched one by one, and the rule
+/// set's scanner is not even built.
+pub const MIN_SCANNED_RUN: usize = 16 * 1024;
+
 /// How many paths the rule-set index and the context rings remember before they start
 /// over (a date-named log adds a path a day, forever).
 const MAX_CACHED_FILES: usize = 10_000;
@@ -199,6 +204,8 @@ pub struct Pipeline {
     /// Whether every hit's message is rendered, also one an open window only counts
     /// (`chattail test` shows it).
     render_counted: bool,
+    /// The shortest run searched whole ([`MIN_SCANNED_RUN`]; tests search any).
+    min_scanned_run: usize,
     /// Nothing is posted for a fleet (`chattail test`, `--dry-run`): windows that counted
     /// nothing end without a summary row even when the config has `fleet`.
     alone: bool,
@@ -267,6 +274,7 @@ impl Pipeline {
             expected_tracked: false,
             file_filters: true,
             render_counted: false,
+            min_scanned_run: MIN_SCANNED_RUN,
             alone: false,
             silences: Arc::default(),
             held_counts: HeldCounts::new(),
@@ -279,6 +287,13 @@ impl Pipeline {
     /// where inputs are samples whose paths need not match).
     pub fn ignoring_file_filters(mut self) -> Self {
         self.file_filters = false;
+        self
+    }
+
+    /// Runs of any length are searched whole (the property test's short runs).
+    #[cfg(test)]
+    fn scanning_runs_of_any_length(mut self) -> Self {
+        self.min_scanned_run = 0;
         self
     }
 
@@ -357,8 +372,13 @@ impl Pipeline {
             .config
             .reading(origin.spec)
             .is_none_or(|r| r.format == decode::Format::Plain && r.multiline.is_none());
-        // Invalid UTF-8 is matched as its lossy form, line by line.
-        if !plain || self.max_context > 0 || std::str::from_utf8(run).is_err() {
+        // Invalid UTF-8 is matched as its lossy form, line by line. A short run (a file
+        // followed as it is written) is not worth a search of its own.
+        if !plain
+            || run.len() < self.min_scanned_run
+            || self.max_context > 0
+            || std::str::from_utf8(run).is_err()
+        {
             return self.lines_one_by_one(origin, run, now_ms, out);
         }
         let rules = self.rules_for(origin.path, out);
@@ -983,7 +1003,8 @@ mod tests {
         fn a_run_searched_whole_is_its_lines_one_by_one(runs in proptest::collection::vec(random_run(), 1..4)) {
             let config = scan_config(SCANNED_RULES);
             assert!(RuleSet::all(&config).unwrap().scans(), "the rules are scannable");
-            let mut whole = Pipeline::new(Arc::clone(&config), Vec::new(), Vec::new());
+            let mut whole = Pipeline::new(Arc::clone(&config), Vec::new(), Vec::new())
+                .scanning_runs_of_any_length();
             let mut single = Pipeline::new(config, Vec::new(), Vec::new());
             let (mut a, mut b) = (Recorded::default(), Recorded::default());
             let origin = Origin { id: FileId { dev: 1, ino: 1 }, path: Path::new("/var/log/plain.log"), spec: 0, number: 0, stream: None, journal: None };

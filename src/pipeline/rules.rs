@@ -33,9 +33,14 @@ pub struct RuleSet {
     /// The rules whose `resolve.match` follows theirs in the gate, in gate order.
     resolvers: Vec<usize>,
     /// The gate's patterns as one multi-line regex over a run of whole lines, which finds
-    /// where the next line that may match is (as `rg` searches a buffer); `None` when a
-    /// pattern could mean something else across lines (see [`scannable`]).
-    scanner: Option<meta::Regex>,
+    /// where the next line that may match is (as `rg` searches a buffer). Built at the
+    /// first run long enough to be worth it (catching up), so an agent that only follows
+    /// files writing a few lines at a time never pays its memory. `None` inside when a
+    /// pattern could mean something else across lines (see [`scannable`]) or the whole
+    /// does not compile.
+    scanner: Arc<std::sync::OnceLock<Option<meta::Regex>>>,
+    /// Whether every pattern is [`scannable`].
+    scannable: bool,
 }
 
 /// What the gate found in a line: a rule's match, or a line that resolves a rule's
@@ -123,7 +128,7 @@ impl RuleSet {
             }));
         let entries = rules.len() + resolvers.len();
         let patterns: Vec<&str> = patterns.collect();
-        let scanner = scanner(&patterns);
+        let scannable = !patterns.is_empty() && patterns.iter().all(|p| scannable(p));
         let gate = RegexSetBuilder::new(patterns)
             .size_limit(RULE_REGEX_SIZE_LIMIT.saturating_mul(entries.max(1)))
             .dfa_size_limit(
@@ -136,13 +141,35 @@ impl RuleSet {
             gate,
             rules,
             resolvers,
-            scanner,
+            scanner: Arc::default(),
+            scannable,
         })
     }
 
     /// Whether runs of lines can be searched whole ([`next_candidate`](Self::next_candidate)).
     pub fn scans(&self) -> bool {
-        self.scanner.is_some()
+        self.scannable && self.scanner().is_some()
+    }
+
+    /// The scanner, built at its first use.
+    fn scanner(&self) -> Option<&meta::Regex> {
+        self.scanner
+            .get_or_init(|| {
+                if !self.scannable {
+                    return None;
+                }
+                let patterns: Vec<&str> = self
+                    .rules
+                    .iter()
+                    .map(|r| r.pattern.as_str())
+                    .chain(self.resolvers.iter().filter_map(|&i| {
+                        let (p, _) = self.rules[i].resolve.as_ref()?.pattern.as_ref()?;
+                        Some(p.as_str())
+                    }))
+                    .collect();
+                scanner(&patterns)
+            })
+            .as_ref()
     }
 
     /// Where, in `run` (whole lines, each ending in `\n`, valid UTF-8), the leftmost match
@@ -150,8 +177,7 @@ impl RuleSet {
     /// matches on its own has such a match starting at or before its own; a match found
     /// can also cross lines, so the line it starts in is a candidate to check, not a hit.
     pub fn next_candidate(&self, run: &[u8], from: usize) -> Option<usize> {
-        let scanner = self.scanner.as_ref()?;
-        scanner
+        self.scanner()?
             .search(&Input::new(run).range(from..))
             .map(|m| m.start())
     }
@@ -162,7 +188,8 @@ impl RuleSet {
             gate: RegexSet::empty(),
             rules: Vec::new(),
             resolvers: Vec::new(),
-            scanner: None,
+            scanner: Arc::default(),
+            scannable: false,
         }
     }
 

@@ -165,6 +165,13 @@ fn write_list(listing: &crate::silence_admin::Listing, place: &str) -> std::io::
         return out.flush();
     }
     let now = unix_now_ms();
+    // Records can come from anyone who can write to Redis: nothing they hold may drive
+    // the terminal (escape sequences) or fake a line of this list.
+    let shown = |text: &str| -> String {
+        text.chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect()
+    };
     writeln!(out, "Silences in {place}:")?;
     for l in listed {
         let s: &Silence = &l.silence;
@@ -173,18 +180,18 @@ fn write_list(listing: &crate::silence_admin::Listing, place: &str) -> std::io::
         } else {
             String::new()
         };
-        writeln!(out, "{}  {}", s.id, describe_state(s, now))?;
-        writeln!(out, "    matches:   {}", s.matchers_text())?;
+        writeln!(out, "{}  {}", shown(&s.id), describe_state(s, now))?;
+        writeln!(out, "    matches:   {}", shown(&s.matchers_text()))?;
         writeln!(
             out,
             "    from:      {} to {} (by {})",
             at(s.starts_ms),
             at(s.ends_ms),
-            s.created_by
+            shown(&s.created_by)
         )?;
         writeln!(out, "    held back: {}{hosts}", l.held)?;
         if !s.comment.is_empty() {
-            writeln!(out, "    comment:   {}", s.comment)?;
+            writeln!(out, "    comment:   {}", shown(&s.comment))?;
         }
     }
     out.flush()

@@ -143,13 +143,10 @@ fn fit_bytes(text: String, bytes: usize) -> String {
 mod tests {
     use super::*;
     use crate::config::{LoadOptions, UrlPolicy, load_bytes};
-    use crate::pipeline::{FileId, Origin, Pipeline};
+    use crate::pipeline::{FileId, Notification, Origin, Pipeline};
 
-    #[test]
-    fn a_capture_with_quotes_markup_and_a_newline_is_safe_everywhere() {
-        let yaml = "webhooks:\n  oncall:\n    url: http://127.0.0.1:9/v1/spaces/S/messages\n\
-            files:\n  - path: /var/log/app.log\n\
-            rules:\n  - name: gw\n    match: '(?s)upstream (?P<up>.+) failed'\n    webhook: oncall\n    card:\n      title: 'Upstream {up}'\n      subtitle: '{host}'\n      fields:\n        - {label: 'A <b>label</b>', value: '{up}'}\n      buttons:\n        - {text: Logs, url: 'https://logs.example.com/q?u={up}'}\n";
+    /// What the config `yaml` posts for `line` of `/var/log/app.log`.
+    fn notifications(yaml: &str, line: &[u8]) -> Vec<Notification> {
         let env = |_: &str| None;
         let options = LoadOptions {
             url_policy: UrlPolicy::Required,
@@ -160,7 +157,7 @@ mod tests {
             .unwrap_or_else(|r| panic!("{r}"))
             .config;
         let mut p = Pipeline::new(std::sync::Arc::new(config), Vec::new(), Vec::new());
-        let mut out: Vec<crate::pipeline::Notification> = Vec::new();
+        let mut out: Vec<Notification> = Vec::new();
         let origin = Origin {
             id: FileId { dev: 1, ino: 1 },
             path: std::path::Path::new("/var/log/app.log"),
@@ -169,7 +166,16 @@ mod tests {
             stream: None,
             journal: None,
         };
-        p.line(&origin, b"upstream \"x<y>&z/?#\nnext\" failed", 0, &mut out);
+        p.line(&origin, line, 0, &mut out);
+        out
+    }
+
+    #[test]
+    fn a_capture_with_quotes_markup_and_a_newline_is_safe_everywhere() {
+        let yaml = "webhooks:\n  oncall:\n    url: http://127.0.0.1:9/v1/spaces/S/messages\n\
+            files:\n  - path: /var/log/app.log\n\
+            rules:\n  - name: gw\n    match: '(?s)upstream (?P<up>.+) failed'\n    webhook: oncall\n    card:\n      title: 'Upstream {up}'\n      subtitle: '{host}'\n      fields:\n        - {label: 'A <b>label</b>', value: '{up}'}\n      buttons:\n        - {text: Logs, url: 'https://logs.example.com/q?u={up}'}\n";
+        let out = notifications(yaml, b"upstream \"x<y>&z/?#\nnext\" failed");
         let card: Value = serde_json::from_str(out[0].card.as_deref().unwrap()).unwrap();
         let card = &card["card"];
         // The header is one line of plain text.
@@ -193,27 +199,8 @@ mod tests {
         let yaml = "webhooks:\n  oncall:\n    url: http://127.0.0.1:9/v1/spaces/S/messages\n\
             files:\n  - path: /var/log/app.log\n\
             rules:\n  - name: big\n    match: 'E (?P<v>.*)'\n    webhook: oncall\n    message: '{line}'\n    card:\n      title: '{v}'\n      fields:\n        - {label: V, value: '{v}'}\n        - {label: W, value: '{v}'}\n";
-        let env = |_: &str| None;
-        let options = LoadOptions {
-            url_policy: UrlPolicy::Required,
-            env: &env,
-            default_host: "web-1".to_owned(),
-        };
-        let config = load_bytes(std::path::Path::new("/c.yaml"), yaml.as_bytes(), &options)
-            .unwrap_or_else(|r| panic!("{r}"))
-            .config;
-        let mut p = Pipeline::new(std::sync::Arc::new(config), Vec::new(), Vec::new());
-        let mut out: Vec<crate::pipeline::Notification> = Vec::new();
-        let origin = Origin {
-            id: FileId { dev: 1, ino: 1 },
-            path: std::path::Path::new("/var/log/app.log"),
-            spec: 0,
-            number: 0,
-            stream: None,
-            journal: None,
-        };
         let line = format!("E {}", "<\u{1}é".repeat(40_000));
-        p.line(&origin, line.as_bytes(), 0, &mut out);
+        let out = notifications(yaml, line.as_bytes());
         let card = out[0].card.as_deref().unwrap();
         assert!(card.len() <= MAX_CARD_BYTES, "{}", card.len());
         assert!(card.contains("characters cut"));

@@ -29,6 +29,7 @@ pub mod journal_fields;
 pub mod multiline;
 pub mod pattern;
 pub mod rules;
+mod runs;
 pub mod self_alerts;
 mod silenced;
 pub mod template;
@@ -49,13 +50,9 @@ pub use bursts::{Bursts, Window};
 pub use context::ContextRing;
 pub use multiline::{Assembler, Event, EventChange};
 pub use rules::{Hit, Notification, RuleSet, Source};
+pub use runs::MIN_SCANNED_RUN;
 pub use silenced::HeldCounts;
 use silenced::Silencing;
-
-/// The shortest run of lines searched whole ([`Pipeline::lines`]): below it (a file read
-/// as it is written, a few lines at a time), lines are matched one by one, and the rule
-/// set's scanner is not even built.
-pub const MIN_SCANNED_RUN: usize = 16 * 1024;
 
 /// How many paths the rule-set index and the context rings remember before they start
 /// over (a date-named log adds a path a day, forever).
@@ -361,62 +358,6 @@ impl Pipeline {
         self.decoded_line(origin, line, now_ms, out);
     }
 
-    /// A run of whole lines of a file (each ending in `\n`, none cut), read at once: the
-    /// same as [`line`](Self::line) for each of them, but for a plain file without
-    /// `multiline` and without `context.before` rules the run is searched whole, as `rg`
-    /// searches a buffer, and only the lines where a rule's pattern may match are looked
-    /// at one by one. (A line no rule matches changes nothing there: no window, no event,
-    /// no context ring to keep.)
-    pub fn lines(&mut self, origin: &Origin<'_>, run: &[u8], now_ms: i64, out: &mut dyn Output) {
-        let plain = self
-            .config
-            .reading(origin.spec)
-            .is_none_or(|r| r.format == decode::Format::Plain && r.multiline.is_none());
-        // Invalid UTF-8 is matched as its lossy form, line by line. A short run (a file
-        // followed as it is written) is not worth a search of its own.
-        if !plain
-            || run.len() < self.min_scanned_run
-            || self.max_context > 0
-            || std::str::from_utf8(run).is_err()
-        {
-            return self.lines_one_by_one(origin, run, now_ms, out);
-        }
-        let rules = self.rules_for(origin.path, out);
-        if !rules.scans() {
-            return self.lines_one_by_one(origin, run, now_ms, out);
-        }
-        let mut from = 0;
-        while from < run.len() {
-            // A match at the very end (an empty one after the last newline) is in no line.
-            let Some(at) = rules.next_candidate(run, from).filter(|&at| at < run.len()) else {
-                break;
-            };
-            let start = memchr::memrchr(b'\n', &run[..at])
-                .map_or(0, |i| i + 1)
-                .max(from);
-            let end = memchr::memchr(b'\n', &run[at..]).map_or(run.len(), |i| at + i);
-            let line = &run[start..end];
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            self.decoded_line(origin, line, now_ms, out);
-            from = end + 1;
-        }
-    }
-
-    /// [`lines`](Self::lines) the slow way: each line through [`line`](Self::line).
-    pub fn lines_one_by_one(
-        &mut self,
-        origin: &Origin<'_>,
-        run: &[u8],
-        now_ms: i64,
-        out: &mut dyn Output,
-    ) {
-        for line in run.split_inclusive(|&b| b == b'\n') {
-            let line = line.strip_suffix(b"\n").unwrap_or(line);
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            self.line(origin, line, now_ms, out);
-        }
-    }
-
     /// A line as the application wrote it: through its file's multiline settings, then
     /// the rules.
     fn decoded_line(
@@ -682,18 +623,25 @@ impl Pipeline {
             };
             // An occurrence an open window will only count needs its keys, not its text
             // (most hits of a storm).
-            let counted = !render_counted
-                && rule.threshold.is_none()
-                && rule.absence.is_none()
-                && rule.dedup.as_ref().is_some_and(|dedup| {
-                    let keys = hit.notification_keys(text, &source);
-                    let key = keys.dedup_key.as_deref().unwrap_or(&keys.thread_key);
-                    bursts.is_open(&rule.name, key, now_ms, dedup.window)
-                });
-            let mut n = if counted {
-                hit.notification_keys(text, &source)
-            } else {
-                hit.notification_with_context(text, &source, &context)
+            // An occurrence an open window will only count needs its keys, not its text
+            // (most hits of a storm): the keys are rendered once, the rest only if posted.
+            let keys = rule
+                .dedup
+                .as_ref()
+                .filter(|_| !render_counted && rule.threshold.is_none() && rule.absence.is_none())
+                .map(|dedup| (dedup, hit.notification_keys(text, &source)));
+            let mut n = match keys {
+                Some((dedup, keys))
+                    if bursts.is_open(
+                        &rule.name,
+                        keys.dedup_key.as_deref().unwrap_or(&keys.thread_key),
+                        now_ms,
+                        dedup.window,
+                    ) =>
+                {
+                    keys
+                }
+                _ => hit.notification_with_context(text, &source, &context),
             };
             if silencing.hold_hit(&hit, &n, text, now_ms, out) {
                 out.hit(&HitReport {
@@ -893,181 +841,4 @@ fn dedup_windows(config: &Config) -> HashMap<String, Duration> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::{LoadOptions, UrlPolicy, load_bytes};
-    use proptest::prelude::*;
-
-    fn config() -> Arc<Config> {
-        let yaml = "webhooks:\n  oncall:\n    url: http://127.0.0.1:9/v1/spaces/S/messages\n\
-            files:\n  - path: /var/log/plain.log\n  - path: /var/log/traces.log\n    multiline:\n      preset: java\n      max_lines: 5\n      max_bytes: 2048\n\
-            rules:\n  - name: errors\n    match: 'ERROR (?P<what>.*)'\n    webhook: oncall\n    thread_key: 'e-{what}'\n    message: \"{what}\\n```{context}\\n{line}```\"\n    context:\n      before: 2\n    dedup:\n      window: 1m\n      max_keys: 3\n\
-            \x20 - name: anything\n    match: '(?s).*'\n    webhook: oncall\n";
-        let env = |_: &str| None;
-        let options = LoadOptions {
-            url_policy: UrlPolicy::Required,
-            env: &env,
-            default_host: "h".to_owned(),
-        };
-        let loaded = load_bytes(Path::new("/etc/c.yaml"), yaml.as_bytes(), &options)
-            .unwrap_or_else(|report| panic!("{report}"));
-        Arc::new(loaded.config)
-    }
-
-    /// What a pipeline reported, for comparing two runs.
-    #[derive(Default)]
-    struct Recorded(Vec<String>);
-
-    impl Output for Recorded {
-        fn notification(&mut self, n: Notification, cause: Cause) {
-            self.0.push(format!(
-                "{cause:?} {} {} {:?}",
-                n.rule, n.thread_key, n.text
-            ));
-        }
-        fn hit(&mut self, report: &HitReport<'_, '_, '_>) {
-            self.0.push(format!(
-                "hit {} {:?} {:?}",
-                report.hit.rule.name,
-                String::from_utf8_lossy(report.text),
-                report.routed
-            ));
-        }
-    }
-
-    fn scan_config(rules: &str) -> Arc<Config> {
-        let yaml = format!(
-            "webhooks:\n  oncall:\n    url: http://127.0.0.1:9/v1/spaces/S/messages\n\
-             files:\n  - path: /var/log/plain.log\nrules:\n{rules}"
-        );
-        let env = |_: &str| None;
-        let options = LoadOptions {
-            url_policy: UrlPolicy::Required,
-            env: &env,
-            default_host: "h".to_owned(),
-        };
-        Arc::new(
-            load_bytes(Path::new("/etc/c.yaml"), yaml.as_bytes(), &options)
-                .unwrap_or_else(|report| panic!("{report}"))
-                .config,
-        )
-    }
-
-    /// Rules whose patterns behave differently at line edges: anchors, word boundaries,
-    /// classes and `\s` that cross a newline in a buffer, `(?s)`, an empty match, a
-    /// resolving pattern, and `dedup` windows.
-    const SCANNED_RULES: &str = "  - name: start\n    match: '^ERROR (?P<w>\\w+)'\n    webhook: oncall\n    thread_key: 's-{w}'\n    dedup: {window: 1m}\n\
-        \x20 - name: end\n    match: 'end$'\n    webhook: oncall\n\
-        \x20 - name: word\n    match: '\\bword\\b'\n    webhook: oncall\n\
-        \x20 - name: across\n    match: 'a[^x]+y'\n    webhook: oncall\n\
-        \x20 - name: spaces\n    match: 'b\\s+c'\n    webhook: oncall\n\
-        \x20 - name: dots\n    match: '(?s)d.e'\n    webhook: oncall\n\
-        \x20 - name: empty\n    match: '^$'\n    webhook: oncall\n    dedup: {window: 1m}\n\
-        \x20 - name: down\n    match: 'down (?P<k>\\w)'\n    webhook: oncall\n    thread_key: 'k-{k}'\n    resolve:\n      match: 'up (?P<k>\\w)'\n";
-
-    fn random_run() -> impl Strategy<Value = Vec<u8>> {
-        let piece = prop_oneof![
-            Just("ERROR ".to_owned()),
-            Just("end".to_owned()),
-            Just("word".to_owned()),
-            Just("a".to_owned()),
-            Just("x".to_owned()),
-            Just("y".to_owned()),
-            Just("b".to_owned()),
-            Just("c".to_owned()),
-            Just("d".to_owned()),
-            Just("e".to_owned()),
-            Just(" ".to_owned()),
-            Just("\r".to_owned()),
-            Just("é".to_owned()),
-            Just("down q".to_owned()),
-            Just("up q".to_owned()),
-            Just("_".to_owned()),
-        ];
-        proptest::collection::vec(proptest::collection::vec(piece, 0..8), 1..40).prop_map(|lines| {
-            let mut run = Vec::new();
-            for line in lines {
-                run.extend_from_slice(line.concat().as_bytes());
-                run.push(b'\n');
-            }
-            run
-        })
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(256))]
-
-        /// A run searched whole gives exactly what its lines give one by one: the same
-        /// hits, notifications and windows, in the same order.
-        #[test]
-        fn a_run_searched_whole_is_its_lines_one_by_one(runs in proptest::collection::vec(random_run(), 1..4)) {
-            let config = scan_config(SCANNED_RULES);
-            assert!(RuleSet::all(&config).unwrap().scans(), "the rules are scannable");
-            let mut whole = Pipeline::new(Arc::clone(&config), Vec::new(), Vec::new())
-                .scanning_runs_of_any_length();
-            let mut single = Pipeline::new(config, Vec::new(), Vec::new());
-            let (mut a, mut b) = (Recorded::default(), Recorded::default());
-            let origin = Origin { id: FileId { dev: 1, ino: 1 }, path: Path::new("/var/log/plain.log"), spec: 0, number: 0, stream: None, journal: None };
-            for (i, run) in runs.iter().enumerate() {
-                let now = i as i64 * 1000;
-                whole.lines(&origin, run, now, &mut a);
-                single.lines_one_by_one(&origin, run, now, &mut b);
-                whole.tick(now, false, &mut a);
-                single.tick(now, false, &mut b);
-            }
-            prop_assert_eq!(&a.0, &b.0);
-            let (wa, wb) = (whole.take_changes(), single.take_changes());
-            prop_assert_eq!(wa.windows.len(), wb.windows.len());
-        }
-    }
-
-    #[test]
-    fn patterns_that_mean_other_things_across_lines_keep_line_by_line_matching() {
-        for (pattern, scans) in [
-            ("timeout (?P<db>\\S+)", true),
-            ("(?i)error", true),
-            ("\\Astart", false),
-            ("end\\z", false),
-            ("(?-m)^x", false),
-            ("(?i-u:x)", false),
-        ] {
-            let rules = format!("  - name: r\n    match: '{pattern}'\n    webhook: oncall\n");
-            let set = RuleSet::all(&scan_config(&rules)).unwrap();
-            assert_eq!(set.scans(), scans, "{pattern}");
-        }
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(256))]
-
-        /// Any bytes (invalid UTF-8, NUL, markup, long lines), in plain and multiline
-        /// files, at any times: no panic, every notification fits Chat's limit, and every
-        /// line reaches the catch-all rule once (as a line, or inside an event).
-        #[test]
-        fn any_lines_give_notifications_chat_accepts(
-            lines in proptest::collection::vec(
-                (proptest::collection::vec(any::<u8>(), 0..300), 0usize..2, 0i64..120_000),
-                1..60,
-            )
-        ) {
-            let mut pipeline = Pipeline::new(config(), Vec::new(), Vec::new());
-            let mut out: Vec<Notification> = Vec::new();
-            let mut now = 0;
-            for (line, spec, step) in &lines {
-                now += step;
-                let path = Path::new(if *spec == 0 { "/var/log/plain.log" } else { "/var/log/traces.log" });
-                let origin = Origin { id: FileId { dev: 1, ino: *spec as u64 }, path, spec: *spec, number: 0, stream: None, journal: None };
-                pipeline.line(&origin, line, now, &mut out);
-                pipeline.tick(now, false, &mut out);
-            }
-            pipeline.tick(now, true, &mut out);
-            pipeline.flush_windows(&mut out);
-            let _ = pipeline.take_changes();
-            for n in &out {
-                prop_assert!(chat_text::utf16_len(&n.text) <= chat_text::MAX_TEXT_CHARS);
-            }
-            let caught = out.iter().filter(|n| n.rule == "anything").count();
-            prop_assert!(caught >= 1 && caught <= lines.len());
-        }
-    }
-}
+mod tests;

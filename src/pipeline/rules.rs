@@ -365,16 +365,9 @@ impl Hit<'_, '_> {
             }
         };
         Notification {
-            rule: rule.name.clone(),
-            webhook: rule.webhook.clone(),
-            thread_key: rule.thread_key.render(&ctx, Escape::None),
-            dedup_key: rule
-                .dedup
-                .as_ref()
-                .map(|d| d.key.render(&ctx, Escape::None)),
             text,
-            burst: None,
             card,
+            ..self.keys_of(&ctx)
         }
     }
 
@@ -382,16 +375,17 @@ impl Hit<'_, '_> {
     /// or card: for an occurrence that an open burst window will only count, whose text
     /// nobody reads.
     pub fn notification_keys(&self, line: &[u8], source: &Source<'_>) -> Notification {
-        let ctx = self.render_context(line, source, b"");
+        self.keys_of(&self.render_context(line, source, b""))
+    }
+
+    /// The notification with its keys rendered and no text or card yet.
+    fn keys_of(&self, ctx: &RenderContext<'_>) -> Notification {
         let rule = self.rule;
         Notification {
             rule: rule.name.clone(),
             webhook: rule.webhook.clone(),
-            thread_key: rule.thread_key.render(&ctx, Escape::None),
-            dedup_key: rule
-                .dedup
-                .as_ref()
-                .map(|d| d.key.render(&ctx, Escape::None)),
+            thread_key: rule.thread_key.render(ctx, Escape::None),
+            dedup_key: rule.dedup.as_ref().map(|d| d.key.render(ctx, Escape::None)),
             text: String::new(),
             burst: None,
             card: None,

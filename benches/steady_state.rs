@@ -44,7 +44,16 @@ fn open_files(pid: u32) -> usize {
 }
 
 fn start_agent(config: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_chattail"))
+    // `CHATTAIL_BENCH_WRAPPER` runs the agent under a profiler (`heaptrack`, say).
+    let mut command = match std::env::var("CHATTAIL_BENCH_WRAPPER") {
+        Ok(wrapper) => {
+            let mut c = Command::new(wrapper);
+            c.arg(env!("CARGO_BIN_EXE_chattail"));
+            c
+        }
+        Err(_) => Command::new(env!("CARGO_BIN_EXE_chattail")),
+    };
+    command
         .args(["run", "--config"])
         .arg(config)
         .env("CHATTAIL_LOG", "warn")
@@ -151,6 +160,25 @@ fn main() {
         latencies.len(),
         probes.len()
     );
+    println!(
+        "  memory under load: anonymous {:.1} MiB, file-backed {:.1} MiB, {} threads",
+        memory_mib(pid, "RssAnon:"),
+        memory_mib(pid, "RssFile:"),
+        fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count())
+    );
+    let mut threads: Vec<String> = fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|t| fs::read_to_string(t.path().join("comm")).ok())
+        .map(|c| c.trim().to_string())
+        .collect();
+    threads.sort();
+    println!("  threads: {}", threads.join(", "));
+    // Where the memory is, mapping by mapping, for ARCHITECTURE's "Footprint".
+    if let Ok(to) = std::env::var("CHATTAIL_BENCH_SMAPS") {
+        let _ = fs::copy(format!("/proc/{pid}/smaps"), to);
+    }
     agent.kill().unwrap();
     agent.wait().unwrap();
 }

@@ -19,6 +19,7 @@
 //! in the outbox for the next start. `--dry-run` prints instead of queueing
 //! (`dry_run.rs`), with the state in memory.
 
+mod allocator;
 mod descriptors;
 mod dry_run;
 mod ingest;
@@ -94,6 +95,7 @@ pub struct Launch {
 /// Call it first.
 pub fn prepare() -> Result<Launch, RunError> {
     descriptors::raise_limit();
+    allocator::use_one_arena();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -2,11 +2,14 @@
 //! let through, for the capture groups that feed templates.
 //!
 //! It is built on `regex-automata`'s meta regex (the engine behind `regex`) with the
-//! one-pass DFA turned off. `regex` builds that DFA for every pattern with capture groups,
-//! eagerly, and with Unicode classes such as `\w` it takes about 700 KiB per pattern:
-//! 14 MiB of a 29 MiB agent with 20 such rules. Captures only run on lines that hit (the
-//! `RegexSet` gate decides which), so the bounded backtracker or the PikeVM, which need no
-//! such table, cost nothing that shows.
+//! one-pass DFA and the lazy DFA turned off. `regex` builds the one-pass DFA for every
+//! pattern with capture groups, eagerly, and with Unicode classes such as `\w` it takes
+//! about 700 KiB per pattern: 14 MiB of a 29 MiB agent with 20 such rules. The lazy DFA
+//! needs a reverse NFA and two caches (forward and reverse) per pattern, whose sizes follow
+//! the NFA's: about 130 KiB per `\w` rule that hits, 2.9 MiB of a 20.8 MiB agent with 20
+//! such rules (steady-state bench). Captures only run on lines that hit (the `RegexSet`
+//! gate decides which), so the bounded backtracker or the PikeVM, which need neither,
+//! cost nothing that shows (the rule bench's lines/s did not move).
 
 use std::fmt;
 
@@ -46,7 +49,8 @@ impl RulePattern {
             .match_kind(MatchKind::LeftmostFirst)
             .utf8_empty(false)
             .nfa_size_limit(Some(size_limit))
-            .onepass(false);
+            .onepass(false)
+            .hybrid(false);
         let regex = Regex::builder()
             .configure(config)
             .syntax(syntax::Config::new().utf8(false))

@@ -1,7 +1,7 @@
 //! `run --dry-run`: what would be posted, printed instead of queued.
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{BufWriter, Write};
 
 use crate::pipeline::Notification;
 use crate::pipeline::chat_text::{MAX_TEXT_CHARS, utf16_len};
@@ -21,9 +21,11 @@ pub(super) fn shown_key(rendered: &str) -> String {
 /// Prints notifications as they would be posted, and at the end the threads they went to,
 /// with how many messages and how many posts (Chat requests) each got.
 pub(super) struct DryRun {
-    out: Box<dyn Write + Send>,
-    /// Messages and posts per (webhook, thread), for the closing summary.
-    threads: BTreeMap<(String, String), Thread>,
+    /// Buffered, and flushed after each poll's notifications: standard output alone is
+    /// line-buffered, a system call for each line of a catch-up's thousands of messages.
+    out: BufWriter<Box<dyn Write + Send>>,
+    /// Messages and posts per webhook and thread, for the closing summary.
+    threads: BTreeMap<String, BTreeMap<String, Thread>>,
     /// Whether every notification is queued before the first post (`--once`): then a
     /// thread's notifications merge across polls, as the outbox merges what waits;
     /// otherwise only within one poll.
@@ -41,7 +43,7 @@ struct Thread {
 impl DryRun {
     pub(super) fn new(out: Box<dyn Write + Send>, merge_across_polls: bool) -> Self {
         Self {
-            out,
+            out: BufWriter::new(out),
             threads: BTreeMap::new(),
             merge_across_polls,
         }
@@ -49,15 +51,19 @@ impl DryRun {
 
     pub(super) fn print(&mut self, notifications: &[Notification]) {
         if !self.merge_across_polls {
-            for thread in self.threads.values_mut() {
+            for thread in self.threads.values_mut().flat_map(BTreeMap::values_mut) {
                 thread.open = None;
             }
         }
         for n in notifications {
-            let thread = self
-                .threads
-                .entry((n.webhook.clone(), n.thread_key.clone()))
-                .or_default();
+            let threads = match self.threads.get_mut(&n.webhook) {
+                Some(threads) => threads,
+                None => self.threads.entry(n.webhook.clone()).or_default(),
+            };
+            let thread = match threads.get_mut(&n.thread_key) {
+                Some(thread) => thread,
+                None => threads.entry(n.thread_key.clone()).or_default(),
+            };
             thread.messages += 1;
             // Notifications waiting together in one thread go out as one post, as the
             // outbox merges them (up to Chat's 4,000 characters; a card is always a post
@@ -72,17 +78,7 @@ impl DryRun {
                     *open = n.card.is_none().then_some(units);
                 }
             }
-            let thread = shown_key(&n.thread_key);
-            let mut text = format!("── {} · thread {} · rule {}\n", n.webhook, thread, n.rule);
-            for line in n.text.lines() {
-                text.push_str("   ");
-                text.push_str(line);
-                text.push('\n');
-            }
-            if let Some(title) = n.card.as_deref().and_then(card_title) {
-                text.push_str(&format!("   [card: {title}]\n"));
-            }
-            if writeln!(self.out, "{text}").is_err() {
+            if self.print_one(n).is_err() {
                 // Standard output is gone (a closed pipe); nothing useful is left to do.
                 return;
             }
@@ -90,9 +86,29 @@ impl DryRun {
         let _ = self.out.flush();
     }
 
+    fn print_one(&mut self, n: &Notification) -> std::io::Result<()> {
+        let thread = shown_key(&n.thread_key);
+        writeln!(
+            self.out,
+            "── {} · thread {} · rule {}",
+            n.webhook, thread, n.rule
+        )?;
+        for line in n.text.lines() {
+            writeln!(self.out, "   {line}")?;
+        }
+        if let Some(title) = n.card.as_deref().and_then(card_title) {
+            writeln!(self.out, "   [card: {title}]")?;
+        }
+        writeln!(self.out)
+    }
+
     pub(super) fn write_summary(&mut self) {
         let _ = writeln!(self.out, "Threads that would receive messages:");
-        for ((webhook, key), thread) in &self.threads {
+        let threads = self
+            .threads
+            .iter()
+            .flat_map(|(webhook, threads)| threads.iter().map(move |t| (webhook, t)));
+        for (webhook, (key, thread)) in threads {
             let key = shown_key(key);
             let plural = |n: usize, one: &str, many: &str| {
                 format!("{n} {}", if n == 1 { one } else { many })

@@ -14,11 +14,18 @@
 //! advances the offsets. A crash therefore neither re-posts a first occurrence nor loses a
 //! count.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 
 use crate::config::Dedup;
 use crate::pipeline::chat_text;
 use crate::pipeline::rules::{BurstMark, Notification};
+
+// Windows are looked up for every hit of a rule with `dedup`: a catch-up of a storm does
+// it hundreds of thousands of times a second, so the maps hash with foldhash (seeded at
+// random per process, like the standard hasher) rather than SipHash. Keys come from log
+// lines, but each rule holds at most `dedup.max_keys` of them.
+type Map<K, V> = foldhash::HashMap<K, V>;
+type Set<T> = foldhash::HashSet<T>;
 
 /// One open window.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,17 +44,50 @@ pub struct Window {
     pub last_line: String,
 }
 
-type WindowId = (String, String);
+/// A window and its bookkeeping.
+#[derive(Debug)]
+struct Slot {
+    window: Window,
+    /// Its number, given when it opened; with its end, its place in [`Bursts::ends`].
+    id: u64,
+    /// When its time is up (unix milliseconds), as the rule's window was when it was
+    /// last indexed.
+    end_ms: i64,
+    /// When it was last seen (a sequence number; higher is more recent).
+    seen: u64,
+    /// The sequence number under which it is listed in its rule's `recency`: `seen` as it
+    /// was when listed. Seeing a window again does not move it there (that would cost a
+    /// copy of its key for every hit); eviction moves it when it finds it out of date.
+    listed: u64,
+    /// Changed since the last [`Bursts::take_changes`].
+    dirty: bool,
+}
+
+/// One rule's windows.
+#[derive(Debug, Default)]
+struct RuleWindows {
+    by_key: Map<String, Slot>,
+    /// Every window of the rule by its `listed` sequence number: the first is the least
+    /// recently seen, unless it was seen since it was listed.
+    recency: BTreeMap<u64, String>,
+}
 
 /// All open windows, with what changed since the last [`Bursts::take_changes`].
 #[derive(Debug, Default)]
 pub struct Bursts {
-    windows: HashMap<WindowId, (u64, Window)>,
-    /// Least recently seen first, per rule: sequence number → key.
-    recency: HashMap<String, BTreeMap<u64, String>>,
+    rules: Map<String, RuleWindows>,
+    /// Every window by (end, id): the windows whose time is up are the first ones, so a
+    /// tick looks at those alone, not at every open window.
+    ends: BTreeMap<(i64, u64), (String, String)>,
+    /// The window lengths may have changed (windows loaded from the state, or the config
+    /// reloaded): the next [`expire`](Bursts::expire) recomputes every end.
+    stale_ends: bool,
+    open: usize,
     next_seq: u64,
-    changed: HashSet<WindowId>,
-    removed: HashSet<WindowId>,
+    /// Windows (rule, key) that turned dirty since the last take; a window is listed at
+    /// most once each time it turns dirty.
+    changed: Vec<(String, String)>,
+    removed: Set<(String, String)>,
     /// Fleet mode: a window that counted nothing still ends with a summary row (of count
     /// 0), so the fleet learns that this host's part is complete and the summary of a
     /// problem each host saw once is still made. Such rows are never posted as they are.
@@ -63,39 +103,92 @@ pub struct Observed {
     pub evicted: bool,
 }
 
+fn millis(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
 impl Bursts {
     /// Windows loaded from the state; the least recently seen are the oldest `last_ms`.
+    /// Their ends are computed at the first [`expire`](Self::expire), which knows the
+    /// rules' window lengths.
     pub fn from_saved(mut saved: Vec<Window>) -> Self {
         saved.sort_by_key(|w| w.last_ms);
         let mut bursts = Self::default();
         for w in saved {
-            bursts.insert(w);
+            bursts.insert(w, i64::MAX);
         }
+        bursts.stale_ends = true;
         bursts.changed.clear();
+        for rule in bursts.rules.values_mut() {
+            for slot in rule.by_key.values_mut() {
+                slot.dirty = false;
+            }
+        }
         bursts
     }
 
-    fn insert(&mut self, w: Window) {
+    /// The rules' window lengths may have changed (a reload): every end is recomputed at
+    /// the next [`expire`](Self::expire).
+    pub fn window_lengths_changed(&mut self) {
+        self.stale_ends = true;
+    }
+
+    fn insert(&mut self, w: Window, end_ms: i64) {
         let seq = self.next_seq;
         self.next_seq += 1;
         let id = (w.rule.clone(), w.key.clone());
-        self.recency
-            .entry(w.rule.clone())
-            .or_default()
-            .insert(seq, w.key.clone());
-        self.changed.insert(id.clone());
+        self.ends.insert((end_ms, seq), id.clone());
+        let rule = self.rules.entry(w.rule.clone()).or_default();
+        rule.recency.insert(seq, w.key.clone());
+        let slot = Slot {
+            window: w,
+            id: seq,
+            end_ms,
+            seen: seq,
+            listed: seq,
+            dirty: true,
+        };
+        if let Some(old) = rule.by_key.insert(id.1.clone(), slot) {
+            // Not reached: a window is removed before its key opens another.
+            rule.recency.remove(&old.listed);
+            self.ends.remove(&(old.end_ms, old.id));
+        } else {
+            self.open += 1;
+        }
         self.removed.remove(&id);
-        self.windows.insert(id, (seq, w));
+        self.changed.push(id);
     }
 
-    fn remove(&mut self, id: &WindowId) -> Option<Window> {
-        let (seq, w) = self.windows.remove(id)?;
-        if let Some(r) = self.recency.get_mut(&id.0) {
-            r.remove(&seq);
+    fn remove(&mut self, rule: &str, key: &str) -> Option<Window> {
+        let windows = self.rules.get_mut(rule)?;
+        let slot = windows.by_key.remove(key)?;
+        windows.recency.remove(&slot.listed);
+        if windows.by_key.is_empty() {
+            self.rules.remove(rule);
         }
-        self.changed.remove(id);
-        self.removed.insert(id.clone());
-        Some(w)
+        self.ends.remove(&(slot.end_ms, slot.id));
+        self.open -= 1;
+        self.removed
+            .insert((slot.window.rule.clone(), slot.window.key.clone()));
+        Some(slot.window)
+    }
+
+    /// The rule's least recently seen window, if it has any.
+    fn least_recent(&mut self, rule: &str) -> Option<String> {
+        let windows = self.rules.get_mut(rule)?;
+        while let Some((listed, key)) = windows.recency.pop_first() {
+            let Some(slot) = windows.by_key.get_mut(&key) else {
+                continue;
+            };
+            if slot.seen == listed {
+                windows.recency.insert(listed, key.clone());
+                return Some(key);
+            }
+            // Seen since it was listed: list it as it is now, and look further.
+            slot.listed = slot.seen;
+            windows.recency.insert(slot.seen, key);
+        }
+        None
     }
 
     /// Fleet mode: windows that counted nothing end with a summary row too (see
@@ -106,11 +199,15 @@ impl Bursts {
 
     /// How many windows are open.
     pub fn len(&self) -> usize {
-        self.windows.len()
+        self.open
     }
 
     pub fn is_empty(&self) -> bool {
-        self.windows.is_empty()
+        self.open == 0
+    }
+
+    fn slot(&self, rule: &str, key: &str) -> Option<&Slot> {
+        self.rules.get(rule)?.by_key.get(key)
     }
 
     /// An occurrence of `n` (a hit of a rule with `dedup`) at `now_ms`. Queues into `out`
@@ -124,31 +221,35 @@ impl Bursts {
         now_ms: i64,
         out: &mut Vec<Notification>,
     ) -> Observed {
-        let key = n.dedup_key.clone().unwrap_or_else(|| n.thread_key.clone());
-        let id = (n.rule.clone(), key.clone());
-        let window_ms = i64::try_from(dedup.window.as_millis()).unwrap_or(i64::MAX);
-        if let Some((_, w)) = self.windows.get(&id)
-            && now_ms >= w.first_ms.saturating_add(window_ms)
+        let key = n.dedup_key.as_deref().unwrap_or(&n.thread_key);
+        let window_ms = millis(dedup.window);
+        if self
+            .slot(&n.rule, key)
+            .is_some_and(|s| now_ms >= s.window.first_ms.saturating_add(window_ms))
         {
             // The window is over: close it before this occurrence opens the next.
-            if let Some(w) = self.remove(&id) {
+            if let Some(w) = self.remove(&n.rule, key) {
                 push_summary(&w, self.close_empty, out);
             }
         }
-        if let Some((seq, w)) = self.windows.get_mut(&id) {
+        let seq = self.next_seq;
+        if let Some(slot) = self
+            .rules
+            .get_mut(n.rule.as_str())
+            .and_then(|r| r.by_key.get_mut(key))
+        {
+            let w = &mut slot.window;
             w.count += 1;
             w.last_ms = now_ms;
-            w.last_line = String::from_utf8_lossy(line).into_owned();
+            w.last_line.clear();
+            w.last_line.push_str(&String::from_utf8_lossy(line));
             // Seen now: it becomes the most recently seen of its rule.
-            let old = *seq;
-            let new = self.next_seq;
+            slot.seen = seq;
             self.next_seq += 1;
-            *seq = new;
-            if let Some(r) = self.recency.get_mut(&id.0) {
-                r.remove(&old);
-                r.insert(new, id.1.clone());
+            if !slot.dirty {
+                slot.dirty = true;
+                self.changed.push((n.rule.clone(), key.to_owned()));
             }
-            self.changed.insert(id);
             return Observed {
                 posted: false,
                 evicted: false,
@@ -156,33 +257,35 @@ impl Bursts {
         }
         let mut evicted = false;
         // A new window; make room first.
-        let open = self.recency.get(&n.rule).map_or(0, BTreeMap::len);
-        if open >= dedup.max_keys {
-            let oldest = self
-                .recency
-                .get(&n.rule)
-                .and_then(|r| r.values().next().cloned());
-            if let Some(old_key) = oldest
-                && let Some(w) = self.remove(&(n.rule.clone(), old_key))
-            {
-                evicted = true;
-                push_summary(&w, self.close_empty, out);
-            }
+        let open = self
+            .rules
+            .get(n.rule.as_str())
+            .map_or(0, |r| r.by_key.len());
+        if open >= dedup.max_keys
+            && let Some(old_key) = self.least_recent(&n.rule)
+            && let Some(w) = self.remove(&n.rule, &old_key)
+        {
+            evicted = true;
+            push_summary(&w, self.close_empty, out);
         }
-        self.insert(Window {
-            rule: n.rule.clone(),
-            key,
-            webhook: n.webhook.clone(),
-            thread_key: n.thread_key.clone(),
-            first_ms: now_ms,
-            last_ms: now_ms,
-            count: 0,
-            last_line: String::new(),
-        });
+        let key = key.to_owned();
+        self.insert(
+            Window {
+                rule: n.rule.clone(),
+                key: key.clone(),
+                webhook: n.webhook.clone(),
+                thread_key: n.thread_key.clone(),
+                first_ms: now_ms,
+                last_ms: now_ms,
+                count: 0,
+                last_line: String::new(),
+            },
+            now_ms.saturating_add(window_ms),
+        );
         // Only an occurrence that opens a window is copied; counted ones cost no text.
         let mut first = n.clone();
         first.burst = Some(BurstMark::First {
-            key: id.1.clone(),
+            key,
             first_ms: now_ms,
             window_ms,
             line: String::from_utf8_lossy(line).into_owned(),
@@ -196,27 +299,42 @@ impl Bursts {
 
     /// Whether `rule` has a window of `key` open at `now_ms` (one whose time is up is not).
     pub fn is_open(&self, rule: &str, key: &str, now_ms: i64, window: std::time::Duration) -> bool {
-        let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
-        self.windows
-            .get(&(rule.to_owned(), key.to_owned()))
-            .is_some_and(|(_, w)| now_ms < w.first_ms.saturating_add(window_ms))
+        self.slot(rule, key)
+            .is_some_and(|s| now_ms < s.window.first_ms.saturating_add(millis(window)))
     }
 
     /// Closes `rule`'s windows that post into `thread_key` (their incident resolved), and
     /// queues their summaries.
     pub fn close_thread(&mut self, rule: &str, thread_key: &str, out: &mut Vec<Notification>) {
-        let mut ids: Vec<WindowId> = self
-            .windows
-            .iter()
-            .filter(|(id, (_, w))| id.0 == rule && w.thread_key == thread_key)
-            .map(|(id, _)| id.clone())
+        let mut keys: Vec<String> = self
+            .rules
+            .get(rule)
+            .into_iter()
+            .flat_map(|r| r.by_key.iter())
+            .filter(|(_, s)| s.window.thread_key == thread_key)
+            .map(|(key, _)| key.clone())
             .collect();
-        ids.sort();
-        for id in ids {
-            if let Some(w) = self.remove(&id) {
+        keys.sort();
+        for key in keys {
+            if let Some(w) = self.remove(rule, &key) {
                 push_summary(&w, self.close_empty, out);
             }
         }
+    }
+
+    /// Recomputes every window's end from `window_of(rule)` (`None`: the rule no longer
+    /// has `dedup`, and its windows end now).
+    fn reindex(&mut self, window_of: impl Fn(&str) -> Option<std::time::Duration>) {
+        self.ends.clear();
+        for (rule, windows) in &mut self.rules {
+            let length = window_of(rule).map(millis);
+            for (key, slot) in &mut windows.by_key {
+                slot.end_ms = length.map_or(i64::MIN, |l| slot.window.first_ms.saturating_add(l));
+                self.ends
+                    .insert((slot.end_ms, slot.id), (rule.clone(), key.clone()));
+            }
+        }
+        self.stale_ends = false;
     }
 
     /// Closes the windows whose time is up (per `window_of(rule)`; a rule that no longer
@@ -227,21 +345,18 @@ impl Bursts {
         window_of: impl Fn(&str) -> Option<std::time::Duration>,
         out: &mut Vec<Notification>,
     ) {
-        let due: Vec<WindowId> = self
-            .windows
-            .iter()
-            .filter(|(id, (_, w))| match window_of(&id.0) {
-                Some(d) => {
-                    now_ms
-                        >= w.first_ms
-                            .saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-                }
-                None => true,
-            })
-            .map(|(id, _)| id.clone())
-            .collect();
-        let mut closed: Vec<Window> = due.iter().filter_map(|id| self.remove(id)).collect();
-        closed.sort_by_key(|w| (w.first_ms, w.rule.clone(), w.key.clone()));
+        if self.stale_ends {
+            self.reindex(window_of);
+        }
+        let mut closed = Vec::new();
+        while let Some(entry) = self.ends.first_entry() {
+            if now_ms < entry.key().0 {
+                break;
+            }
+            let (rule, key) = entry.remove();
+            closed.extend(self.remove(&rule, &key));
+        }
+        closed.sort_by(|a, b| (a.first_ms, &a.rule, &a.key).cmp(&(b.first_ms, &b.rule, &b.key)));
         for w in closed {
             push_summary(&w, self.close_empty, out);
         }
@@ -251,15 +366,19 @@ impl Bursts {
     /// Their windows close; windows with nothing counted stay, so a repeat after a restart
     /// within the window is still not posted again.
     pub fn flush(&mut self, out: &mut Vec<Notification>) {
-        let mut pending: Vec<WindowId> = self
-            .windows
+        let mut pending: Vec<(String, String)> = self
+            .rules
             .iter()
-            .filter(|(_, (_, w))| w.count > 0)
-            .map(|(id, _)| id.clone())
+            .flat_map(|(rule, r)| {
+                r.by_key
+                    .iter()
+                    .filter(|(_, s)| s.window.count > 0)
+                    .map(move |(key, _)| (rule.clone(), key.clone()))
+            })
             .collect();
         pending.sort();
-        for id in pending {
-            if let Some(w) = self.remove(&id) {
+        for (rule, key) in pending {
+            if let Some(w) = self.remove(&rule, &key) {
                 push_summary(&w, self.close_empty, out);
             }
         }
@@ -267,11 +386,18 @@ impl Bursts {
 
     /// The windows changed and the ids removed since the last call, for the state.
     pub fn take_changes(&mut self) -> (Vec<Window>, Vec<(String, String)>) {
-        let changed = self
-            .changed
-            .drain()
-            .filter_map(|id| self.windows.get(&id).map(|(_, w)| w.clone()))
-            .collect();
+        let mut changed = Vec::new();
+        for (rule, key) in self.changed.drain(..) {
+            if let Some(slot) = self
+                .rules
+                .get_mut(&rule)
+                .and_then(|r| r.by_key.get_mut(&key))
+                && slot.dirty
+            {
+                slot.dirty = false;
+                changed.push(slot.window.clone());
+            }
+        }
         let removed = self.removed.drain().collect();
         (changed, removed)
     }
@@ -453,6 +579,203 @@ mod tests {
             out[4].text
         );
         assert_eq!(b.len(), 1, "the window of `c` (nothing counted) stays open");
+    }
+
+    /// What the model and the windows are asked to do.
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// An occurrence of rule `a` or `b` with key 0–4, `advance` ms after the last op.
+        Hit(bool, u8, i64),
+        Expire(i64),
+        Flush,
+        /// Rule `a`'s window becomes this many ms (a reload).
+        Reload(i64),
+        /// The state is stored and the windows resumed from it (a restart).
+        Restart,
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            6 => (any::<bool>(), 0u8..5, 0i64..400).prop_map(|(a, k, t)| Op::Hit(a, k, t)),
+            2 => (0i64..800).prop_map(Op::Expire),
+            1 => Just(Op::Flush),
+            1 => (1i64..1_000).prop_map(Op::Reload),
+            1 => Just(Op::Restart),
+        ]
+    }
+
+    /// The windows as plainly as they can be kept: a list, searched whole.
+    #[derive(Default)]
+    struct Model {
+        /// (window, last seen).
+        open: Vec<(Window, u64)>,
+        seq: u64,
+    }
+
+    impl Model {
+        fn close(&mut self, at: usize, out: &mut Vec<String>) {
+            let (w, _) = self.open.remove(at);
+            if w.count > 0 {
+                out.push(format!("summary {} {} {}", w.rule, w.key, w.count));
+            }
+        }
+
+        fn hit(&mut self, rule: &str, key: &str, now: i64, window: i64, out: &mut Vec<String>) {
+            let find = |m: &Self| {
+                m.open
+                    .iter()
+                    .position(|(w, _)| w.rule == rule && w.key == key)
+            };
+            if let Some(i) = find(self)
+                && now >= self.open[i].0.first_ms + window
+            {
+                self.close(i, out);
+            }
+            self.seq += 1;
+            if let Some(i) = find(self) {
+                let (w, seen) = &mut self.open[i];
+                w.count += 1;
+                w.last_ms = now;
+                w.last_line = format!("{now}");
+                *seen = self.seq;
+                return;
+            }
+            let of_rule: Vec<usize> = (0..self.open.len())
+                .filter(|&i| self.open[i].0.rule == rule)
+                .collect();
+            if of_rule.len() >= 3
+                && let Some(&oldest) = of_rule.iter().min_by_key(|&&i| self.open[i].1)
+            {
+                self.close(oldest, out);
+            }
+            self.open.push((
+                Window {
+                    rule: rule.into(),
+                    key: key.into(),
+                    webhook: "oncall".into(),
+                    thread_key: format!("t-{key}"),
+                    first_ms: now,
+                    last_ms: now,
+                    count: 0,
+                    last_line: String::new(),
+                },
+                self.seq,
+            ));
+            out.push(format!("first {rule} {key}"));
+        }
+    }
+
+    fn said(out: &mut Vec<Notification>) -> Vec<String> {
+        out.drain(..)
+            .map(|n| match n.burst {
+                Some(BurstMark::Summary { key, count, .. }) => {
+                    format!("summary {} {key} {count}", n.rule)
+                }
+                _ => format!("first {} {}", n.rule, n.dedup_key.unwrap_or_default()),
+            })
+            .collect()
+    }
+
+    proptest::proptest! {
+        /// The indexed windows (ends in order, lazily kept recency, changes taken for the
+        /// state) say and keep what a plain list of windows does, through reloads that
+        /// change a window's length and restarts from the stored changes.
+        #[test]
+        fn windows_agree_with_a_plain_list(ops in proptest::collection::vec(op(), 1..120)) {
+            let mut b = Bursts::default();
+            let mut model = Model::default();
+            let mut stored: BTreeMap<(String, String), Window> = BTreeMap::new();
+            let (mut now, mut a_window) = (0i64, 500i64);
+            let mut out = Vec::new();
+            for op in ops {
+                let window_of = |rule: &str| {
+                    Some(Duration::from_millis(if rule == "a" { a_window } else { 300 } as u64))
+                };
+                let mut expected = Vec::new();
+                match op {
+                    Op::Hit(is_a, k, advance) => {
+                        now += advance;
+                        let rule = if is_a { "a" } else { "b" };
+                        let window = if is_a { a_window } else { 300 };
+                        let key = k.to_string();
+                        let mut n = note(&key);
+                        n.rule = rule.into();
+                        let d = Dedup {
+                            window: Duration::from_millis(window as u64),
+                            ..dedup(0, 3)
+                        };
+                        b.observe(&d, &n, format!("{now}").as_bytes(), now, &mut out);
+                        model.hit(rule, &key, now, window, &mut expected);
+                    }
+                    Op::Expire(advance) => {
+                        now += advance;
+                        b.expire(now, window_of, &mut out);
+                        let mut due: Vec<usize> = (0..model.open.len())
+                            .filter(|&i| {
+                                let w = &model.open[i].0;
+                                let length = if w.rule == "a" { a_window } else { 300 };
+                                now >= w.first_ms + length
+                            })
+                            .collect();
+                        due.sort_by_key(|&i| {
+                            let w = &model.open[i].0;
+                            (w.first_ms, w.rule.clone(), w.key.clone())
+                        });
+                        let keys: Vec<(String, String)> = due
+                            .iter()
+                            .map(|&i| (model.open[i].0.rule.clone(), model.open[i].0.key.clone()))
+                            .collect();
+                        for (rule, key) in keys {
+                            if let Some(i) = model.open.iter().position(|(w, _)| w.rule == rule && w.key == key) {
+                                model.close(i, &mut expected);
+                            }
+                        }
+                    }
+                    Op::Flush => {
+                        b.flush(&mut out);
+                        let mut counted: Vec<(String, String)> = model
+                            .open
+                            .iter()
+                            .filter(|(w, _)| w.count > 0)
+                            .map(|(w, _)| (w.rule.clone(), w.key.clone()))
+                            .collect();
+                        counted.sort();
+                        for (rule, key) in counted {
+                            if let Some(i) = model.open.iter().position(|(w, _)| w.rule == rule && w.key == key) {
+                                model.close(i, &mut expected);
+                            }
+                        }
+                    }
+                    Op::Reload(length) => {
+                        a_window = length;
+                        b.window_lengths_changed();
+                    }
+                    Op::Restart => {
+                        b = Bursts::from_saved(stored.values().cloned().collect());
+                        // What was seen last is stored as `last_ms`; the model's order
+                        // of recency becomes that one too (ties: the stored order).
+                        model.open.sort_by_key(|(w, _)| w.last_ms);
+                        for (i, (_, seen)) in model.open.iter_mut().enumerate() {
+                            *seen = i as u64;
+                        }
+                        model.seq = model.open.len() as u64;
+                    }
+                }
+                proptest::prop_assert_eq!(said(&mut out), expected);
+                proptest::prop_assert_eq!(b.len(), model.open.len());
+                let (changed, removed) = b.take_changes();
+                for id in removed {
+                    stored.remove(&id);
+                }
+                for w in changed {
+                    stored.insert((w.rule.clone(), w.key.clone()), w);
+                }
+                let mut open: Vec<&Window> = model.open.iter().map(|(w, _)| w).collect();
+                open.sort_by(|x, y| (&x.rule, &x.key).cmp(&(&y.rule, &y.key)));
+                proptest::prop_assert_eq!(stored.values().collect::<Vec<_>>(), open);
+            }
+        }
     }
 
     #[test]

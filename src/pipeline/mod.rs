@@ -203,6 +203,9 @@ pub struct Pipeline {
     render_counted: bool,
     /// The shortest run searched whole ([`MIN_SCANNED_RUN`]; tests search any).
     min_scanned_run: usize,
+    /// Whether the scanner is built on a thread of its own while runs are matched line by
+    /// line ([`RuleSet::scanner_ready`]); the property test waits for it instead.
+    scanner_in_background: bool,
     /// Nothing is posted for a fleet (`chattail test`, `--dry-run`): windows that counted
     /// nothing end without a summary row even when the config has `fleet`.
     alone: bool,
@@ -272,6 +275,7 @@ impl Pipeline {
             file_filters: true,
             render_counted: false,
             min_scanned_run: MIN_SCANNED_RUN,
+            scanner_in_background: true,
             alone: false,
             silences: Arc::default(),
             held_counts: HeldCounts::new(),
@@ -287,10 +291,12 @@ impl Pipeline {
         self
     }
 
-    /// Runs of any length are searched whole (the property test's short runs).
+    /// Runs of any length are searched whole (the property test's short runs), the
+    /// scanner built before the first.
     #[cfg(test)]
     fn scanning_runs_of_any_length(mut self) -> Self {
         self.min_scanned_run = 0;
+        self.scanner_in_background = false;
         self
     }
 
@@ -518,6 +524,7 @@ impl Pipeline {
         self.by_rules.clear();
         self.last_rules = None;
         self.dedup_windows = dedup_windows(&new);
+        self.bursts.window_lengths_changed();
         // Threshold counters, incidents and heartbeats stay while their rule stays as it
         // was (what it matches, its keys, the feature's settings).
         retain_alerts_of(&mut self.alerts, Some(&old), &new);

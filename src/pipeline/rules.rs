@@ -6,7 +6,8 @@
 //! its own regex for captures and its `exclude` pattern. The engine does no I/O; it
 //! borrows the line and renders into new strings only for matches.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use regex::bytes::{RegexSet, RegexSetBuilder};
 use regex_automata::nfa::thompson::WhichCaptures;
@@ -38,7 +39,10 @@ pub struct RuleSet {
     /// files writing a few lines at a time never pays its memory. `None` inside when a
     /// pattern could mean something else across lines (see [`scannable`]) or the whole
     /// does not compile.
-    scanner: Arc<std::sync::OnceLock<Option<meta::Regex>>>,
+    scanner: Arc<OnceLock<Option<meta::Regex>>>,
+    /// Whether the scanner's build has begun on a thread of its own
+    /// ([`scanner_ready`](Self::scanner_ready)).
+    scanner_started: Arc<AtomicBool>,
     /// Whether every pattern is [`scannable`].
     scannable: bool,
 }
@@ -142,6 +146,7 @@ impl RuleSet {
             rules,
             resolvers,
             scanner: Arc::default(),
+            scanner_started: Arc::default(),
             scannable,
         })
     }
@@ -151,23 +156,54 @@ impl RuleSet {
         self.scannable && self.scanner().is_some()
     }
 
-    /// The scanner, built at its first use.
+    /// Whether the scanner is built and runs can be searched whole, without waiting for
+    /// it: the first call starts its build on a thread of its own and says no. Compiling
+    /// a hundred patterns twice more (forward and reverse) takes tens of milliseconds, in
+    /// which the caller matches lines one by one on the other core instead of waiting.
+    pub fn scanner_ready(&self) -> bool {
+        if !self.scannable {
+            return false;
+        }
+        if let Some(built) = self.scanner.get() {
+            return built.is_some();
+        }
+        if !self.scanner_started.swap(true, Ordering::AcqRel) {
+            let cell = Arc::clone(&self.scanner);
+            let patterns: Vec<String> = self.patterns().map(str::to_owned).collect();
+            let spawned = std::thread::Builder::new()
+                .name("chattail-scan".into())
+                .spawn(move || {
+                    let patterns: Vec<&str> = patterns.iter().map(String::as_str).collect();
+                    let _ = cell.set(scanner(&patterns));
+                });
+            if spawned.is_err() {
+                // No thread to be had (a process limit): built here, now.
+                return self.scans();
+            }
+        }
+        false
+    }
+
+    /// The gate's patterns, in gate order.
+    fn patterns(&self) -> impl Iterator<Item = &str> {
+        self.rules
+            .iter()
+            .map(|r| r.pattern.as_str())
+            .chain(self.resolvers.iter().filter_map(|&i| {
+                let (p, _) = self.rules[i].resolve.as_ref()?.pattern.as_ref()?;
+                Some(p.as_str())
+            }))
+    }
+
+    /// The scanner, built at its first use (here, unless a thread is building it: then
+    /// this waits for that one).
     fn scanner(&self) -> Option<&meta::Regex> {
         self.scanner
             .get_or_init(|| {
                 if !self.scannable {
                     return None;
                 }
-                let patterns: Vec<&str> = self
-                    .rules
-                    .iter()
-                    .map(|r| r.pattern.as_str())
-                    .chain(self.resolvers.iter().filter_map(|&i| {
-                        let (p, _) = self.rules[i].resolve.as_ref()?.pattern.as_ref()?;
-                        Some(p.as_str())
-                    }))
-                    .collect();
-                scanner(&patterns)
+                scanner(&self.patterns().collect::<Vec<_>>())
             })
             .as_ref()
     }
@@ -189,6 +225,7 @@ impl RuleSet {
             rules: Vec::new(),
             resolvers: Vec::new(),
             scanner: Arc::default(),
+            scanner_started: Arc::default(),
             scannable: false,
         }
     }

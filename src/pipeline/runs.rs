@@ -31,8 +31,14 @@ impl Pipeline {
         {
             return self.lines_one_by_one(origin, run, now_ms, out);
         }
+        let background = self.scanner_in_background;
         let rules = self.rules_for(origin.path, out);
-        if !rules.scans() {
+        let ready = if background {
+            rules.scanner_ready()
+        } else {
+            rules.scans()
+        };
+        if !ready {
             return self.lines_one_by_one(origin, run, now_ms, out);
         }
         let mut from = 0;

@@ -203,9 +203,9 @@ pub struct Pipeline {
     render_counted: bool,
     /// The shortest run searched whole ([`MIN_SCANNED_RUN`]; tests search any).
     min_scanned_run: usize,
-    /// Whether the scanner is built on a thread of its own while runs are matched line by
-    /// line ([`RuleSet::scanner_ready`]); the property test waits for it instead.
-    scanner_in_background: bool,
+    /// Where the scanner is built while runs are matched line by line
+    /// ([`RuleSet::scanner_ready`]); without it, the first long run waits for the build.
+    background: Option<rules::Background>,
     /// Nothing is posted for a fleet (`chattail test`, `--dry-run`): windows that counted
     /// nothing end without a summary row even when the config has `fleet`.
     alone: bool,
@@ -275,7 +275,7 @@ impl Pipeline {
             file_filters: true,
             render_counted: false,
             min_scanned_run: MIN_SCANNED_RUN,
-            scanner_in_background: true,
+            background: None,
             alone: false,
             silences: Arc::default(),
             held_counts: HeldCounts::new(),
@@ -291,12 +291,17 @@ impl Pipeline {
         self
     }
 
-    /// Runs of any length are searched whole (the property test's short runs), the
-    /// scanner built before the first.
+    /// Long runs' scanner is built by `background` (the agent's threads) while the first
+    /// runs are matched line by line.
+    pub fn building_in_background(mut self, background: rules::Background) -> Self {
+        self.background = Some(background);
+        self
+    }
+
+    /// Runs of any length are searched whole (the property test's short runs).
     #[cfg(test)]
     fn scanning_runs_of_any_length(mut self) -> Self {
         self.min_scanned_run = 0;
-        self.scanner_in_background = false;
         self
     }
 

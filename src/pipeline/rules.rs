@@ -47,6 +47,28 @@ pub struct RuleSet {
     scannable: bool,
 }
 
+/// Runs jobs on other threads for the pipeline, which starts none of its own: the agent
+/// gives it one.
+#[derive(Clone)]
+pub struct Background(Arc<dyn Fn(Job) -> bool + Send + Sync>);
+
+/// A job for [`Background`].
+pub type Job = Box<dyn FnOnce() + Send>;
+
+impl Background {
+    /// `run` starts a job on another thread and says whether it could (if not, the job is
+    /// dropped unrun).
+    pub fn new(run: impl Fn(Job) -> bool + Send + Sync + 'static) -> Self {
+        Self(Arc::new(run))
+    }
+}
+
+impl std::fmt::Debug for Background {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Background")
+    }
+}
+
 /// What the gate found in a line: a rule's match, or a line that resolves a rule's
 /// incident (`resolve.match`).
 #[derive(Debug)]
@@ -157,10 +179,11 @@ impl RuleSet {
     }
 
     /// Whether the scanner is built and runs can be searched whole, without waiting for
-    /// it: the first call starts its build on a thread of its own and says no. Compiling
-    /// a hundred patterns twice more (forward and reverse) takes tens of milliseconds, in
-    /// which the caller matches lines one by one on the other core instead of waiting.
-    pub fn scanner_ready(&self) -> bool {
+    /// it: the first call hands its build to `background` (a job the caller runs on
+    /// another thread; `false` if it cannot, and then it is built here and now) and says
+    /// no. Compiling a hundred patterns twice more (forward and reverse) takes tens of
+    /// milliseconds, in which the caller matches lines one by one instead of waiting.
+    pub fn scanner_ready(&self, background: &Background) -> bool {
         if !self.scannable {
             return false;
         }
@@ -170,14 +193,11 @@ impl RuleSet {
         if !self.scanner_started.swap(true, Ordering::AcqRel) {
             let cell = Arc::clone(&self.scanner);
             let patterns: Vec<String> = self.patterns().map(str::to_owned).collect();
-            let spawned = std::thread::Builder::new()
-                .name("chattail-scan".into())
-                .spawn(move || {
-                    let patterns: Vec<&str> = patterns.iter().map(String::as_str).collect();
-                    let _ = cell.set(scanner(&patterns));
-                });
-            if spawned.is_err() {
-                // No thread to be had (a process limit): built here, now.
+            let job = Box::new(move || {
+                let patterns: Vec<&str> = patterns.iter().map(String::as_str).collect();
+                let _ = cell.set(scanner(&patterns));
+            });
+            if !(background.0)(job) {
                 return self.scans();
             }
         }

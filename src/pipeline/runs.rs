@@ -31,12 +31,11 @@ impl Pipeline {
         {
             return self.lines_one_by_one(origin, run, now_ms, out);
         }
-        let background = self.scanner_in_background;
+        let background = self.background.clone();
         let rules = self.rules_for(origin.path, out);
-        let ready = if background {
-            rules.scanner_ready()
-        } else {
-            rules.scans()
+        let ready = match &background {
+            Some(background) => rules.scanner_ready(background),
+            None => rules.scans(),
         };
         if !ready {
             return self.lines_one_by_one(origin, run, now_ms, out);

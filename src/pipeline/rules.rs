@@ -145,15 +145,8 @@ impl RuleSet {
             .filter(|(_, r)| r.resolve.as_ref().is_some_and(|x| x.pattern.is_some()))
             .map(|(i, _)| i)
             .collect();
-        let patterns = rules
-            .iter()
-            .map(|r| r.pattern.as_str())
-            .chain(resolvers.iter().filter_map(|&i| {
-                let (p, _) = rules[i].resolve.as_ref()?.pattern.as_ref()?;
-                Some(p.as_str())
-            }));
         let entries = rules.len() + resolvers.len();
-        let patterns: Vec<&str> = patterns.collect();
+        let patterns: Vec<&str> = gate_patterns(&rules, &resolvers).collect();
         let scannable = !patterns.is_empty() && patterns.iter().all(|p| scannable(p));
         let gate = RegexSetBuilder::new(patterns)
             .size_limit(RULE_REGEX_SIZE_LIMIT.saturating_mul(entries.max(1)))
@@ -192,27 +185,21 @@ impl RuleSet {
         }
         if !self.scanner_started.swap(true, Ordering::AcqRel) {
             let cell = Arc::clone(&self.scanner);
-            let patterns: Vec<String> = self.patterns().map(str::to_owned).collect();
+            let patterns: Vec<String> = gate_patterns(&self.rules, &self.resolvers)
+                .map(str::to_owned)
+                .collect();
+            // Through `get_or_init`, so that a caller that cannot wait no more
+            // ([`scans`](Self::scans)) waits for this build instead of compiling again.
             let job = Box::new(move || {
-                let patterns: Vec<&str> = patterns.iter().map(String::as_str).collect();
-                let _ = cell.set(scanner(&patterns));
+                cell.get_or_init(|| {
+                    scanner(&patterns.iter().map(String::as_str).collect::<Vec<_>>())
+                });
             });
             if !(background.0)(job) {
                 return self.scans();
             }
         }
         false
-    }
-
-    /// The gate's patterns, in gate order.
-    fn patterns(&self) -> impl Iterator<Item = &str> {
-        self.rules
-            .iter()
-            .map(|r| r.pattern.as_str())
-            .chain(self.resolvers.iter().filter_map(|&i| {
-                let (p, _) = self.rules[i].resolve.as_ref()?.pattern.as_ref()?;
-                Some(p.as_str())
-            }))
     }
 
     /// The scanner, built at its first use (here, unless a thread is building it: then
@@ -223,7 +210,7 @@ impl RuleSet {
                 if !self.scannable {
                     return None;
                 }
-                scanner(&self.patterns().collect::<Vec<_>>())
+                scanner(&gate_patterns(&self.rules, &self.resolvers).collect::<Vec<_>>())
             })
             .as_ref()
     }
@@ -305,6 +292,21 @@ impl RuleSet {
         }
         hits
     }
+}
+
+/// The gate's patterns, in gate order: the rules' `match`, then the `resolve.match` of
+/// the rules listed in `resolvers`.
+fn gate_patterns<'r>(
+    rules: &'r [Arc<Rule>],
+    resolvers: &'r [usize],
+) -> impl Iterator<Item = &'r str> {
+    rules
+        .iter()
+        .map(|r| r.pattern.as_str())
+        .chain(resolvers.iter().filter_map(|&i| {
+            let (p, _) = rules.get(i)?.resolve.as_ref()?.pattern.as_ref()?;
+            Some(p.as_str())
+        }))
 }
 
 /// Whether `pattern` finds, in a run of lines searched in multi-line CRLF mode, a match

@@ -31,9 +31,8 @@ impl Pipeline {
         {
             return self.lines_one_by_one(origin, run, now_ms, out);
         }
-        let background = self.background.clone();
         let rules = self.rules_for(origin.path, out);
-        let ready = match &background {
+        let ready = match &self.background {
             Some(background) => rules.scanner_ready(background),
             None => rules.scans(),
         };

@@ -4,21 +4,20 @@
 //! messages for the operator (with `anyhow` context) and into exit codes: 0 for success,
 //! 2 for a config that does not validate, 1 for anything else.
 
-use std::fs::File;
-use std::io::{self, BufReader, Write};
+use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+mod check;
 mod silence;
+mod test_command;
 
 use crate::agent::RunOptions;
 use crate::config::{self, Config, UrlPolicy};
 use crate::random_hex::random_hex;
-use crate::rule_test;
 
 /// Follow log files, match YAML regex rules, post grouped alerts to Google Chat threads.
 #[derive(Debug, Parser)]
@@ -182,7 +181,7 @@ pub fn main() -> ExitCode {
             text,
         } => send(&config, &webhook, thread.as_deref(), text.as_deref()),
         Command::Sandbox { listen, rate, open } => sandbox(listen, rate, open),
-        Command::Check { config } => check(&config),
+        Command::Check { config } => check::check(&config),
         Command::Silence { command } => silence::silence(command),
         Command::Test {
             config,
@@ -193,9 +192,9 @@ pub fn main() -> ExitCode {
             unit,
         } => {
             if journal {
-                test_journal(&config, directory, &unit, timestamps.is_some())
+                test_command::test_journal(&config, directory, &unit, timestamps.is_some())
             } else {
-                test(&config, &logs, timestamps.is_some())
+                test_command::test(&config, &logs, timestamps.is_some())
             }
         }
     };
@@ -484,243 +483,5 @@ fn sandbox(listen: std::net::SocketAddr, rate: f64, open: bool) -> anyhow::Resul
             }
         })
         .context("waiting for a signal")?;
-    Ok(ExitCode::SUCCESS)
-}
-
-fn check(path: &std::path::Path) -> anyhow::Result<ExitCode> {
-    let Some(config) = load(path, UrlPolicy::Required) else {
-        return Ok(ExitCode::from(EXIT_CONFIG));
-    };
-    let mut out = io::stdout().lock();
-    write_check_summary(&config, &mut out)?;
-    Ok(ExitCode::SUCCESS)
-}
-
-/// The summary `check` prints for a valid config. It names webhooks and shows at most
-/// their host and space id, never their URL.
-pub fn write_check_summary(config: &Config, out: &mut dyn Write) -> io::Result<()> {
-    writeln!(out, "{}: OK", config.source_path.display())?;
-    writeln!(out, "  state_dir: {}", config.state_dir.display())?;
-    writeln!(out, "  host:      {}", config.host)?;
-    match &config.fleet {
-        Some(f) => writeln!(
-            out,
-            "  fleet:     on (redis {}, namespace {}, timeout {}): pacing shared with every host of the namespace",
-            f.redis.display(),
-            f.namespace,
-            humantime::format_duration(f.timeout)
-        )?,
-        None => writeln!(out, "  fleet:     off (this agent paces alone)")?,
-    }
-    writeln!(out, "  webhooks ({}):", config.webhooks.len())?;
-    for w in &config.webhooks {
-        let target = match &w.url {
-            Some(url) => format!("{}, space {}", url.host(), url.space().unwrap_or("?")),
-            None => "no usable url".to_owned(),
-        };
-        writeln!(
-            out,
-            "    {} ({target}), at most {}/s",
-            w.name, w.max_per_second
-        )?;
-    }
-    writeln!(out, "  files ({}):", config.files.len())?;
-    for f in &config.files {
-        let start = match f.start_at {
-            config::StartAt::End => "end",
-            config::StartAt::Beginning => "beginning",
-        };
-        writeln!(out, "    {} (new files start at {start})", f.pattern)?;
-    }
-    if let Some(j) = &config.journal {
-        let start = match j.start_at {
-            config::StartAt::End => "end",
-            config::StartAt::Beginning => "beginning",
-        };
-        let units = match &j.units {
-            Some(globs) => globs
-                .iter()
-                .map(|g| g.pattern.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
-            None => "every unit".to_owned(),
-        };
-        let directory = match &j.directory {
-            Some(d) => d.display().to_string(),
-            None => "the system journal".to_owned(),
-        };
-        writeln!(
-            out,
-            "  journal:   {directory}, {units} (without a saved position, starts at the {start})"
-        )?;
-    }
-    let both = !config.files.is_empty() && config.journal.is_some();
-    writeln!(out, "  rules ({}):", config.rules.len())?;
-    for r in &config.rules {
-        let dedup = match &r.dedup {
-            Some(d) => format!(", dedup window {}", humantime::format_duration(d.window)),
-            None => String::new(),
-        };
-        let sources = match (&r.files, &r.units) {
-            (None, None) if both => ", sees the files and the journal",
-            _ => "",
-        };
-        let mut alerts = String::new();
-        if let Some(t) = &r.threshold {
-            alerts.push_str(&format!(
-                ", threshold {} within {}",
-                t.count,
-                humantime::format_duration(t.within)
-            ));
-        }
-        if let Some(resolve) = &r.resolve {
-            let how = match (&resolve.pattern, resolve.after) {
-                (Some(_), Some(after)) => format!(
-                    "by a line or after {} quiet",
-                    humantime::format_duration(after)
-                ),
-                (Some(_), None) => "by a line".to_owned(),
-                (None, Some(after)) => format!("after {} quiet", humantime::format_duration(after)),
-                (None, None) => String::new(),
-            };
-            alerts.push_str(&format!(", resolves {how}"));
-        }
-        if let Some(a) = &r.absence {
-            alerts.push_str(&format!(
-                ", alerts when absent {} ({} expected keys)",
-                humantime::format_duration(a.after),
-                a.expected.len()
-            ));
-        }
-        writeln!(
-            out,
-            "    {} → {}, thread {:?}{dedup}{alerts}{sources}",
-            r.name,
-            r.webhook,
-            r.thread_key.source()
-        )?;
-    }
-    Ok(())
-}
-
-/// `chattail test --journal`: the rules over the journal's entries, oldest first.
-fn test_journal(
-    config_path: &std::path::Path,
-    directory: Option<PathBuf>,
-    units: &[String],
-    timestamps: bool,
-) -> anyhow::Result<ExitCode> {
-    use crate::journal::{JournalReader, ReaderEvent, ReaderOptions, Start};
-    let Some(config) = load(config_path, UrlPolicy::Optional) else {
-        return Ok(ExitCode::from(EXIT_CONFIG));
-    };
-    let mut globs = Vec::new();
-    for unit in units {
-        match config::UnitGlob::new(unit) {
-            Ok(g) => globs.push(g),
-            Err(e) => {
-                eprintln!("error: --unit `{unit}` is not a valid glob: {}", e.kind());
-                return Ok(ExitCode::from(EXIT_CONFIG));
-            }
-        }
-    }
-    let config = Arc::new(config);
-    let configured = config.journal.as_ref();
-    let reads = |unit: &str| {
-        if globs.is_empty() {
-            configured.is_none_or(|j| j.reads_unit(unit))
-        } else {
-            globs.iter().any(|g| g.is_match(unit))
-        }
-    };
-    let options = ReaderOptions {
-        directory: directory.or_else(|| configured.and_then(|j| j.directory.clone())),
-        start: Start::Beginning,
-        follow: false,
-        max_message: configured.map_or(config::DEFAULT_MAX_LINE_BYTES, |j| j.max_line_bytes),
-        program: PathBuf::from(
-            std::env::var_os("CHATTAIL_JOURNALCTL").unwrap_or_else(|| "journalctl".into()),
-        ),
-    };
-    let clock = if timestamps {
-        rule_test::Clock::Rfc3339
-    } else {
-        rule_test::Clock::AtOnce
-    };
-    let mut out = io::stdout().lock();
-    let mut test = rule_test::RuleTest::new(Arc::clone(&config), clock);
-    let mut reader = JournalReader::new(options, None);
-    let mut number = 0;
-    let mut written: io::Result<()> = Ok(());
-    while !reader.is_finished() {
-        let more = reader.poll(1 << 20, &mut |entry| {
-            let Some(message) = &entry.message else {
-                return;
-            };
-            if written.is_err() || !reads(&entry.unit) {
-                return;
-            }
-            number += 1;
-            written = test.journal_entry(
-                &entry.unit,
-                message,
-                &entry.fields,
-                (number, entry.realtime_ms),
-                &mut out,
-            );
-        });
-        written
-            .as_ref()
-            .map_err(|e| anyhow::anyhow!("writing the report: {e}"))?;
-        for event in reader.take_events() {
-            match event {
-                ReaderEvent::CannotStart { error } => {
-                    anyhow::bail!("cannot read the journal: {error}")
-                }
-                ReaderEvent::Exited { why, said, .. } => {
-                    anyhow::bail!("journalctl failed ({why:?}): {}", said.trim())
-                }
-                _ => {}
-            }
-        }
-        if !more && !reader.is_finished() {
-            // journalctl has not written the next entries yet.
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-    }
-    test.journal_end(&mut out)?;
-    test.finish(&mut out)?;
-    Ok(ExitCode::SUCCESS)
-}
-
-fn test(
-    config_path: &std::path::Path,
-    logs: &[PathBuf],
-    timestamps: bool,
-) -> anyhow::Result<ExitCode> {
-    let Some(config) = load(config_path, UrlPolicy::Optional) else {
-        return Ok(ExitCode::from(EXIT_CONFIG));
-    };
-    let mut out = io::stdout().lock();
-    let clock = if timestamps {
-        rule_test::Clock::Rfc3339
-    } else {
-        rule_test::Clock::AtOnce
-    };
-    let mut test = rule_test::RuleTest::new(Arc::new(config), clock);
-    if logs.is_empty() {
-        let mut stdin = io::stdin().lock();
-        test.input("(stdin)", &mut stdin, &mut out)
-            .context("reading standard input")?;
-    }
-    for log in logs {
-        let file = File::open(log).with_context(|| format!("opening {}", log.display()))?;
-        let name = log.display().to_string();
-        let mut reader = BufReader::with_capacity(64 * 1024, file);
-        test.input(&name, &mut reader, &mut out)
-            .with_context(|| format!("reading {}", log.display()))?;
-    }
-    test.finish(&mut out)?;
-    out.flush()?;
     Ok(ExitCode::SUCCESS)
 }

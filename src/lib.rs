@@ -44,4 +44,5 @@ pub mod silence_admin;
 pub mod silences;
 pub mod store;
 pub mod tail;
+pub mod terminal_text;
 pub mod webhook_url;

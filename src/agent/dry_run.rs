@@ -6,6 +6,7 @@ use std::io::{BufWriter, Write};
 use crate::pipeline::Notification;
 use crate::pipeline::chat_text::{MAX_TEXT_CHARS, utf16_len};
 use crate::pipeline::thread_key::chat_thread_key;
+use crate::terminal_text::TerminalSafe;
 
 /// The thread key Chat receives, with the rendered one beside it when the two differ
 /// (a key Chat would refuse is mapped, the same way on every host).
@@ -23,7 +24,8 @@ pub(super) fn shown_key(rendered: &str) -> String {
 pub(super) struct DryRun {
     /// Buffered, and flushed after each poll's notifications: standard output alone is
     /// line-buffered, a system call for each line of a catch-up's thousands of messages.
-    out: BufWriter<Box<dyn Write + Send>>,
+    /// Control characters from log lines are shown, not sent to the terminal.
+    out: BufWriter<TerminalSafe<Box<dyn Write + Send>>>,
     /// Messages and posts per webhook and thread, for the closing summary.
     threads: BTreeMap<String, BTreeMap<String, Thread>>,
     /// Whether every notification is queued before the first post (`--once`): then a
@@ -43,7 +45,7 @@ struct Thread {
 impl DryRun {
     pub(super) fn new(out: Box<dyn Write + Send>, merge_across_polls: bool) -> Self {
         Self {
-            out: BufWriter::new(out),
+            out: BufWriter::new(TerminalSafe(out)),
             threads: BTreeMap::new(),
             merge_across_polls,
         }

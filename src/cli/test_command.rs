@@ -12,6 +12,7 @@ use anyhow::Context;
 use super::{EXIT_CONFIG, load};
 use crate::config::{self, UrlPolicy};
 use crate::rule_test;
+use crate::terminal_text::TerminalSafe;
 
 /// `chattail test --journal`: the rules over the journal's entries, oldest first.
 pub(super) fn test_journal(
@@ -57,7 +58,8 @@ pub(super) fn test_journal(
     } else {
         rule_test::Clock::AtOnce
     };
-    let mut out = io::stdout().lock();
+    // Sample lines and the journal are shown, never obeyed by the terminal.
+    let mut out = TerminalSafe(io::stdout().lock());
     let mut test = rule_test::RuleTest::new(Arc::clone(&config), clock);
     let mut reader = JournalReader::new(options, None);
     let mut number = 0;
@@ -111,7 +113,8 @@ pub(super) fn test(
     let Some(config) = load(config_path, UrlPolicy::Optional) else {
         return Ok(ExitCode::from(EXIT_CONFIG));
     };
-    let mut out = io::stdout().lock();
+    // Sample lines and the journal are shown, never obeyed by the terminal.
+    let mut out = TerminalSafe(io::stdout().lock());
     let clock = if timestamps {
         rule_test::Clock::Rfc3339
     } else {

@@ -502,3 +502,62 @@ fn brace_globs_pass_check_and_are_followed() {
     let rest: Vec<String> = messages.iter().collect();
     assert!(rest.is_empty(), "{rest:?}");
 }
+
+/// A log line carrying terminal escape sequences (retitle, clear screen, a carriage return
+/// that would overwrite the line) is shown by `test` and `run --dry-run` with those
+/// characters as visible escapes: none reaches the operator's terminal.
+#[test]
+fn escape_sequences_in_a_log_line_are_shown_not_sent_to_the_terminal() {
+    let hostile =
+        b"ERROR timeout connecting to db9 \x1b]0;owned\x07\x1b[2J\rfake line \xc2\x9b2J\n";
+    let out = chattail(
+        &["test", "--config", "rules.example.yaml"],
+        &[],
+        Some(hostile),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("rule:"), "the line hits a rule: {stdout}");
+    assert!(stdout.contains("\\x1b]0;owned\\x07"), "{stdout}");
+    for control in ['\u{1b}', '\u{7}', '\r', '\u{9b}'] {
+        assert!(
+            !stdout.contains(control),
+            "{control:?} reached stdout: {stdout}"
+        );
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("app.log");
+    std::fs::write(&log, hostile).unwrap();
+    let config = dir.path().join("chattail.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir: {state}\nwebhooks:\n  oncall:\n    url: http://127.0.0.1:9/v1/spaces/S/messages\nfiles:\n  - path: {log}\n    start_at: beginning\nrules:\n  - name: timeout\n    match: 'timeout connecting to (?P<db>\\S+)'\n    webhook: oncall\n    thread_key: '{{db}}-{{line}}'\n    message: '{{line}}'\n",
+            state = dir.path().join("state").display(),
+            log = log.display(),
+        ),
+    )
+    .unwrap();
+    let out = chattail(
+        &[
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--dry-run",
+            "--once",
+        ],
+        &[],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let posted = text(&out.stdout);
+    assert!(posted.contains("── oncall · thread "), "{posted}");
+    assert!(posted.contains("\\x1b]0;owned\\x07"), "{posted}");
+    for control in ['\u{1b}', '\u{7}', '\r', '\u{9b}'] {
+        assert!(
+            !posted.contains(control),
+            "{control:?} reached stdout: {posted}"
+        );
+    }
+}

@@ -242,14 +242,19 @@ fn crate_paths(text: &str) -> Vec<String> {
         if text[..i].ends_with(|c: char| c.is_alphanumeric() || c == '_') {
             continue;
         }
-        let rest = &text[i + "crate::".len()..];
-        let path: String = rest
-            .chars()
-            .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':' || *c == '{')
-            .collect();
-        out.push(path.trim_end_matches(':').to_owned());
+        out.push(path_at(&text[i + "crate::".len()..]));
     }
     out
+}
+
+/// The module path at the start of `rest` (after `crate::` or the last `super::`), up to
+/// the first character that cannot be part of one (a `{` of a group is kept).
+fn path_at(rest: &str) -> String {
+    let path: String = rest
+        .chars()
+        .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':' || *c == '{')
+        .collect();
+    path.trim_end_matches(':').to_owned()
 }
 
 /// The paths a file names through `super::` that climb out of its top-level module
@@ -285,11 +290,7 @@ fn paths_above(file: &str, text: &str) -> Vec<String> {
         if climbs < depth {
             continue;
         }
-        let path: String = rest
-            .chars()
-            .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':' || *c == '{')
-            .collect();
-        out.push(path.trim_end_matches(':').to_owned());
+        out.push(path_at(rest));
     }
     out
 }

@@ -108,11 +108,12 @@ fn millis(d: std::time::Duration) -> i64 {
 }
 
 impl Bursts {
-    /// Windows loaded from the state; the least recently seen are the oldest `last_ms`.
-    /// Their ends are computed at the first [`expire`](Self::expire), which knows the
-    /// rules' window lengths.
+    /// Windows loaded from the state; the least recently seen are the oldest `last_ms`
+    /// (among equal ones, which was seen last is not stored: the first key in byte order
+    /// counts as least recent, whatever order the rows come in). Their ends are computed
+    /// at the first [`expire`](Self::expire), which knows the rules' window lengths.
     pub fn from_saved(mut saved: Vec<Window>) -> Self {
-        saved.sort_by_key(|w| w.last_ms);
+        saved.sort_by(|x, y| (x.last_ms, &x.key).cmp(&(y.last_ms, &y.key)));
         let mut bursts = Self::default();
         for w in saved {
             bursts.insert(w, i64::MAX);

@@ -272,8 +272,8 @@ proptest::proptest! {
                 Op::Restart => {
                     b = Bursts::from_saved(stored.values().cloned().collect());
                     // What was seen last is stored as `last_ms`; the model's order
-                    // of recency becomes that one too (ties: the stored order).
-                    model.open.sort_by_key(|(w, _)| w.last_ms);
+                    // of recency becomes that one too (ties: by key).
+                    model.open.sort_by(|(x, _), (y, _)| (x.last_ms, &x.key).cmp(&(y.last_ms, &y.key)));
                     for (i, (_, seen)) in model.open.iter_mut().enumerate() {
                         *seen = i as u64;
                     }

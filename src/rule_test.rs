@@ -483,7 +483,7 @@ impl Output for Report<'_> {
         self.malformed += 1;
     }
 
-    fn rules_unavailable(&mut self, _path: &Path, error: &regex::Error) {
+    fn rules_unavailable(&mut self, _path: &Path, error: &crate::pipeline::gate::GateError) {
         if self.error.is_none() {
             self.error = Some(io::Error::other(format!(
                 "the rules cannot be put behind one gate: {error}"

@@ -27,7 +27,6 @@ use crate::clock::unix_now_ms;
 use crate::config::Config;
 use crate::ops::health::Health;
 use crate::ops::metrics::Metrics;
-use crate::pipeline::rules::Background;
 use crate::pipeline::self_alerts::{Facts, ParkedWebhook, SelfAlerts};
 use crate::pipeline::{Notification, Origin, Pipeline};
 use crate::store::{Store, StoreError};
@@ -142,12 +141,6 @@ impl Ingest {
         if options.dry_run {
             pipeline = pipeline.alone();
         }
-        pipeline = pipeline.building_in_background(Background::new(|job| {
-            std::thread::Builder::new()
-                .name("chattail-scan".into())
-                .spawn(job)
-                .is_ok()
-        }));
         let journal = JournalSource::new(&config, &store, !options.once)?;
         // Before the first tick: what a silence held back before a restart is told when
         // that silence ends, not because the pipeline has not heard of it yet.

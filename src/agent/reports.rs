@@ -124,7 +124,11 @@ impl Output for PollOutput<'_> {
             .inc();
     }
 
-    fn rules_unavailable(&mut self, path: &std::path::Path, error: &regex::Error) {
+    fn rules_unavailable(
+        &mut self,
+        path: &std::path::Path,
+        error: &crate::pipeline::gate::GateError,
+    ) {
         tracing::error!(path = %path.display(), %error, "Cannot build the rule gate for a file; its lines match nothing until the config is reloaded.");
     }
 }

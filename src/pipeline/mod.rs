@@ -26,6 +26,7 @@ pub mod container_path;
 pub mod context;
 pub mod decode;
 mod evaluate;
+pub mod gate;
 pub mod journal_fields;
 pub mod multiline;
 pub mod pattern;
@@ -149,7 +150,7 @@ pub trait Output {
     fn decoded_line_cut(&mut self) {}
     /// The rules that apply to `path` could not be put behind one gate (which validation
     /// makes practically impossible); its lines match nothing until the next reload.
-    fn rules_unavailable(&mut self, _path: &Path, _error: &regex::Error) {}
+    fn rules_unavailable(&mut self, _path: &Path, _error: &gate::GateError) {}
 }
 
 impl Output for Vec<Notification> {
@@ -201,9 +202,6 @@ pub struct Pipeline {
     render_counted: bool,
     /// The shortest run searched whole ([`MIN_SCANNED_RUN`]; tests search any).
     min_scanned_run: usize,
-    /// Where the scanner is built while runs are matched line by line
-    /// ([`RuleSet::scanner_ready`]); without it, the first long run waits for the build.
-    background: Option<rules::Background>,
     /// Nothing is posted for a fleet (`chattail test`, `--dry-run`): windows that counted
     /// nothing end without a summary row even when the config has `fleet`.
     alone: bool,
@@ -273,7 +271,6 @@ impl Pipeline {
             file_filters: true,
             render_counted: false,
             min_scanned_run: MIN_SCANNED_RUN,
-            background: None,
             alone: false,
             silences: Arc::default(),
             held_counts: HeldCounts::new(),
@@ -286,13 +283,6 @@ impl Pipeline {
     /// where inputs are samples whose paths need not match).
     pub fn ignoring_file_filters(mut self) -> Self {
         self.file_filters = false;
-        self
-    }
-
-    /// Long runs' scanner is built by `background` (the agent's threads) while the first
-    /// runs are matched line by line.
-    pub fn building_in_background(mut self, background: rules::Background) -> Self {
-        self.background = Some(background);
         self
     }
 

@@ -1,19 +1,14 @@
 //! The rule engine: which rules match a line, and what each match would post.
 //!
-//! Every rule that applies to a file is compiled into one [`RegexSet`], the gate. Most log
-//! lines match no rule, and for those the gate's single `is_match` is all the work done:
-//! no allocation and no per-rule search. Only when the gate opens does each hit rule run
-//! its own regex for captures and its `exclude` pattern. The engine does no I/O; it
-//! borrows the line and renders into new strings only for matches.
+//! Every rule that applies to a file is compiled into one [`Gate`]. Most log lines match
+//! no rule, and for those the gate's single search is all the work done: no allocation
+//! and no per-rule search. Only when the gate opens does each hit rule run its own regex
+//! for captures and its `exclude` pattern. The engine does no I/O; it borrows the line
+//! and renders into new strings only for matches.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
-use regex::bytes::{RegexSet, RegexSetBuilder};
-use regex_automata::nfa::thompson::WhichCaptures;
-use regex_automata::util::syntax;
-use regex_automata::{Input, MatchKind, meta};
-
+use super::gate::{Gate, GateError};
 use super::pattern::Groups;
 
 use crate::config::{Config, RULE_REGEX_SIZE_LIMIT, Rule};
@@ -26,47 +21,13 @@ use crate::pipeline::template::{Escape, RenderContext};
 const GATE_DFA_CACHE_PER_RULE: usize = 256 * 1024;
 const GATE_DFA_CACHE_MIN: usize = 2 * 1024 * 1024;
 
-/// The rules that apply to one file, behind one `RegexSet` gate.
-#[derive(Debug, Clone)]
+/// The rules that apply to one file, behind one [`Gate`].
+#[derive(Debug)]
 pub struct RuleSet {
-    gate: RegexSet,
+    gate: Gate,
     rules: Vec<Arc<Rule>>,
     /// The rules whose `resolve.match` follows theirs in the gate, in gate order.
     resolvers: Vec<usize>,
-    /// The gate's patterns as one multi-line regex over a run of whole lines, which finds
-    /// where the next line that may match is (as `rg` searches a buffer). Built at the
-    /// first run long enough to be worth it (catching up), so an agent that only follows
-    /// files writing a few lines at a time never pays its memory. `None` inside when a
-    /// pattern could mean something else across lines (see [`scannable`]) or the whole
-    /// does not compile.
-    scanner: Arc<OnceLock<Option<meta::Regex>>>,
-    /// Whether the scanner's build has begun on a thread of its own
-    /// ([`scanner_ready`](Self::scanner_ready)).
-    scanner_started: Arc<AtomicBool>,
-    /// Whether every pattern is [`scannable`].
-    scannable: bool,
-}
-
-/// Runs jobs on other threads for the pipeline, which starts none of its own: the agent
-/// gives it one.
-#[derive(Clone)]
-pub struct Background(Arc<dyn Fn(Job) -> bool + Send + Sync>);
-
-/// A job for [`Background`].
-pub type Job = Box<dyn FnOnce() + Send>;
-
-impl Background {
-    /// `run` starts a job on another thread and says whether it could (if not, the job is
-    /// dropped unrun).
-    pub fn new(run: impl Fn(Job) -> bool + Send + Sync + 'static) -> Self {
-        Self(Arc::new(run))
-    }
-}
-
-impl std::fmt::Debug for Background {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Background")
-    }
 }
 
 /// What the gate found in a line: a rule's match, or a line that resolves a rule's
@@ -138,7 +99,7 @@ pub struct Source<'a> {
 
 impl RuleSet {
     /// Builds the gate over `rules`, in the given order.
-    pub fn new(rules: Vec<Arc<Rule>>) -> Result<Self, regex::Error> {
+    pub fn new(rules: Vec<Arc<Rule>>) -> Result<Self, GateError> {
         let resolvers: Vec<usize> = rules
             .iter()
             .enumerate()
@@ -147,98 +108,44 @@ impl RuleSet {
             .collect();
         let entries = rules.len() + resolvers.len();
         let patterns: Vec<&str> = gate_patterns(&rules, &resolvers).collect();
-        let scannable = !patterns.is_empty() && patterns.iter().all(|p| scannable(p));
-        let gate = RegexSetBuilder::new(patterns)
-            .size_limit(RULE_REGEX_SIZE_LIMIT.saturating_mul(entries.max(1)))
-            .dfa_size_limit(
-                GATE_DFA_CACHE_PER_RULE
-                    .saturating_mul(entries.max(1))
-                    .max(GATE_DFA_CACHE_MIN),
-            )
-            .build()?;
+        let gate = Gate::new(
+            &patterns,
+            RULE_REGEX_SIZE_LIMIT.saturating_mul(entries.max(1)),
+            GATE_DFA_CACHE_PER_RULE
+                .saturating_mul(entries.max(1))
+                .max(GATE_DFA_CACHE_MIN),
+        )?;
         Ok(Self {
             gate,
             rules,
             resolvers,
-            scanner: Arc::default(),
-            scanner_started: Arc::default(),
-            scannable,
         })
     }
 
-    /// Whether runs of lines can be searched whole ([`next_candidate`](Self::next_candidate)).
+    /// Whether runs of lines can be searched whole
+    /// ([`next_line_to_check`](Self::next_line_to_check)).
     pub fn scans(&self) -> bool {
-        self.scannable && self.scanner().is_some()
+        self.gate.scans()
     }
 
-    /// Whether the scanner is built and runs can be searched whole, without waiting for
-    /// it: the first call hands its build to `background` (a job the caller runs on
-    /// another thread; `false` if it cannot, and then it is built here and now) and says
-    /// no. Compiling a hundred patterns twice more (forward and reverse) takes tens of
-    /// milliseconds, in which the caller matches lines one by one instead of waiting.
-    pub fn scanner_ready(&self, background: &Background) -> bool {
-        if !self.scannable {
-            return false;
-        }
-        if let Some(built) = self.scanner.get() {
-            return built.is_some();
-        }
-        if !self.scanner_started.swap(true, Ordering::AcqRel) {
-            let cell = Arc::clone(&self.scanner);
-            let patterns: Vec<String> = gate_patterns(&self.rules, &self.resolvers)
-                .map(str::to_owned)
-                .collect();
-            // Through `get_or_init`, so that a caller that cannot wait no more
-            // ([`scans`](Self::scans)) waits for this build instead of compiling again.
-            let job = Box::new(move || {
-                cell.get_or_init(|| {
-                    scanner(&patterns.iter().map(String::as_str).collect::<Vec<_>>())
-                });
-            });
-            if !(background.0)(job) {
-                return self.scans();
-            }
-        }
-        false
-    }
-
-    /// The scanner, built at its first use (here, unless a thread is building it: then
-    /// this waits for that one).
-    fn scanner(&self) -> Option<&meta::Regex> {
-        self.scanner
-            .get_or_init(|| {
-                if !self.scannable {
-                    return None;
-                }
-                scanner(&gate_patterns(&self.rules, &self.resolvers).collect::<Vec<_>>())
-            })
-            .as_ref()
-    }
-
-    /// Where, in `run` (whole lines, each ending in `\n`, valid UTF-8), the leftmost match
-    /// of any pattern at or after `from` (a line start) begins, if any. Every line that
-    /// matches on its own has such a match starting at or before its own; a match found
-    /// can also cross lines, so the line it starts in is a candidate to check, not a hit.
-    pub fn next_candidate(&self, run: &[u8], from: usize) -> Option<usize> {
-        self.scanner()?
-            .search(&Input::new(run).range(from..))
-            .map(|m| m.start())
+    /// In `run` (whole lines, each ending in `\n`, none holding a `\r`), where the next
+    /// line that may match begins, searching from `from` (a line start); `None` when no
+    /// line from `from` on matches. Only for a set that [`scans`](Self::scans).
+    pub fn next_line_to_check(&self, run: &[u8], from: usize) -> Option<usize> {
+        self.gate.next_line_to_check(run, from)
     }
 
     /// A set with no rules: nothing matches.
     pub fn empty() -> Self {
         Self {
-            gate: RegexSet::empty(),
+            gate: Gate::empty(),
             rules: Vec::new(),
             resolvers: Vec::new(),
-            scanner: Arc::default(),
-            scanner_started: Arc::default(),
-            scannable: false,
         }
     }
 
     /// Every rule of `config`, whatever files it is limited to.
-    pub fn all(config: &Config) -> Result<Self, regex::Error> {
+    pub fn all(config: &Config) -> Result<Self, GateError> {
         Self::new(config.rules.clone())
     }
 
@@ -267,7 +174,7 @@ impl RuleSet {
             return 0;
         }
         let mut hits = 0;
-        for index in self.gate.matches(line).iter() {
+        self.gate.for_each_match(line, |index| {
             if let Some(&resolver) = index
                 .checked_sub(self.rules.len())
                 .and_then(|i| self.resolvers.get(i))
@@ -278,18 +185,18 @@ impl RuleSet {
                 {
                     on_found(Found::Resolves { rule, captures });
                 }
-                continue;
+                return;
             }
             let rule = &*self.rules[index];
             let Some(captures) = rule.pattern.captures(line) else {
-                continue;
+                return;
             };
             if rule.exclude.as_ref().is_some_and(|ex| ex.is_match(line)) {
-                continue;
+                return;
             }
             hits += 1;
             on_found(Found::Hit(Hit { rule, captures }));
-        }
+        });
         hits
     }
 }
@@ -307,55 +214,6 @@ fn gate_patterns<'r>(
             let (p, _) = rules.get(i)?.resolve.as_ref()?.pattern.as_ref()?;
             Some(p.as_str())
         }))
-}
-
-/// Whether `pattern` finds, in a run of lines searched in multi-line CRLF mode, a match
-/// starting at or before every match it has in one of those lines on its own. `^` and `$`
-/// then match at line ends, and `\b`, `\B` see a newline where a line's edge was: the same.
-/// What differs: `\A` and `\z` (the run's ends, not the line's) and a flag group turning
-/// a flag off (`(?-m)` would make `^` the run's start). Such a pattern keeps the rule set
-/// on line-by-line matching.
-fn scannable(pattern: &str) -> bool {
-    if pattern.contains("\\A") || pattern.contains("\\z") || pattern.contains("\\Z") {
-        return false;
-    }
-    // `(?flags)` or `(?flags:…)` with a `-`.
-    !pattern.match_indices("(?").any(|(i, _)| {
-        pattern[i + 2..]
-            .chars()
-            .take_while(|c| c.is_ascii_alphabetic() || *c == '-')
-            .any(|c| c == '-')
-    })
-}
-
-/// The one-regex scanner of a gate's patterns; `None` when one is not [`scannable`] or
-/// the whole does not compile within its limits (then lines are matched one by one).
-fn scanner(patterns: &[&str]) -> Option<meta::Regex> {
-    if patterns.is_empty() || !patterns.iter().all(|p| scannable(p)) {
-        return None;
-    }
-    let config = meta::Config::new()
-        .match_kind(MatchKind::LeftmostFirst)
-        .utf8_empty(false)
-        .onepass(false)
-        .backtrack(false)
-        .which_captures(WhichCaptures::Implicit)
-        .nfa_size_limit(Some(RULE_REGEX_SIZE_LIMIT.saturating_mul(patterns.len())))
-        .hybrid_cache_capacity(
-            GATE_DFA_CACHE_PER_RULE
-                .saturating_mul(patterns.len())
-                .max(GATE_DFA_CACHE_MIN),
-        );
-    meta::Regex::builder()
-        .configure(config)
-        .syntax(
-            syntax::Config::new()
-                .utf8(false)
-                .multi_line(true)
-                .crlf(true),
-        )
-        .build_many(patterns)
-        .ok()
 }
 
 impl Hit<'_, '_> {

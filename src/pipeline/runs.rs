@@ -6,8 +6,7 @@
 use super::{Origin, Output, Pipeline, decode};
 
 /// The shortest run of lines searched whole ([`Pipeline::lines`]): below it (a file read
-/// as it is written, a few lines at a time), lines are matched one by one, and the rule
-/// set's scanner is not even built.
+/// as it is written, a few lines at a time), a search of its own is not worth starting.
 pub const MIN_SCANNED_RUN: usize = 16 * 1024;
 
 impl Pipeline {
@@ -23,34 +22,28 @@ impl Pipeline {
             .reading(origin.spec)
             .is_none_or(|r| r.format == decode::Format::Plain && r.multiline.is_none());
         // Invalid UTF-8 is matched as its lossy form, line by line. A short run (a file
-        // followed as it is written) is not worth a search of its own.
+        // followed as it is written) is not worth a search of its own. A carriage return
+        // is left out of a line (`\r\n`) or is in the middle of one, where the gate's
+        // `$` would not see what it sees in the line alone: such runs go line by line.
         if !plain
             || run.len() < self.min_scanned_run
             || self.max_context > 0
+            || memchr::memchr(b'\r', run).is_some()
             || std::str::from_utf8(run).is_err()
         {
             return self.lines_one_by_one(origin, run, now_ms, out);
         }
         let rules = self.rules_for(origin.path, out);
-        let ready = match &self.background {
-            Some(background) => rules.scanner_ready(background),
-            None => rules.scans(),
-        };
-        if !ready {
+        if !rules.scans() {
             return self.lines_one_by_one(origin, run, now_ms, out);
         }
         let mut from = 0;
         while from < run.len() {
-            // A match at the very end (an empty one after the last newline) is in no line.
-            let Some(at) = rules.next_candidate(run, from).filter(|&at| at < run.len()) else {
+            let Some(start) = rules.next_line_to_check(run, from) else {
                 break;
             };
-            let start = memchr::memrchr(b'\n', &run[..at])
-                .map_or(0, |i| i + 1)
-                .max(from);
-            let end = memchr::memchr(b'\n', &run[at..]).map_or(run.len(), |i| at + i);
+            let end = memchr::memchr(b'\n', &run[start..]).map_or(run.len(), |i| start + i);
             let line = &run[start..end];
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
             self.decoded_line(origin, line, now_ms, out);
             from = end + 1;
         }

@@ -3,16 +3,20 @@
 //! file being caught up) it finds the next line where one may, as `rg` searches a buffer.
 //!
 //! One Thompson NFA, compiled forward only and without capture groups, serves both uses,
-//! searched by a lazy DFA and, where the lazy DFA gives up (its cache cleared too often)
-//! or cannot decide a Unicode word boundary (a non-ASCII byte next to `\b`), by the
-//! PikeVM. `regex::bytes::RegexSet` compiles every pattern a second time in reverse, and
-//! a separate multi-line regex for runs compiled them twice more: with Unicode classes
-//! such as `\w`, those compilations were about a fifth of catching up 100 MiB with 100
-//! rules, and the extra automata and their caches about 4 MiB with 50 rules.
+//! searched by a lazy DFA. `regex::bytes::RegexSet` compiles every pattern a second time
+//! in reverse, and a separate multi-line regex for runs compiled them twice more: with
+//! Unicode classes such as `\w`, those compilations were about a fifth of catching up
+//! 100 MiB with 100 rules, and the extra automata and their caches about 4 MiB with 50
+//! rules. The lazy DFA stops where it cannot go on: its cache cleared too often, or, when
+//! a pattern has a Unicode word boundary (`\b`), at any non-ASCII byte. A line is then
+//! searched by the PikeVM; a run, from the line where it stopped, line by line.
 //!
-//! When every pattern is [`scannable`], the automaton is compiled in multi-line mode.
-//! A line never holds a `\n`, so on a line `^` and `$` mean what they mean without that
-//! mode, and the same automaton is exact on lines and searches runs.
+//! The automaton is compiled in multi-line mode unless a pattern anchors at the very start
+//! or end of the text (`\A`, `\z`, `^` under `(?-m)`), which would mean the run's ends in
+//! a run. A line never holds a `\n`, so on a line `^` and `$` then match where they would
+//! without that mode. (An event joined from several lines holds some, and a `(?R)` pattern
+//! sees a lone `\r` as a line's end: there the gate may let more through, never less, and
+//! each rule's own regex decides.)
 
 use std::fmt;
 
@@ -21,9 +25,8 @@ use regex_automata::nfa::thompson::pikevm::{self, PikeVM};
 use regex_automata::nfa::thompson::{self, WhichCaptures};
 use regex_automata::util::pool::Pool;
 use regex_automata::util::prefilter::Prefilter;
-use regex_automata::util::primitives::NonMaxUsize;
 use regex_automata::util::syntax;
-use regex_automata::{Input, MatchKind, PatternSet};
+use regex_automata::{Input, MatchErrorKind, MatchKind, PatternSet};
 
 /// Why a rule set's patterns could not be put behind one gate.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -36,19 +39,9 @@ type NewCache = Box<dyn Fn() -> SearchCache + Send + Sync>;
 /// One thread's scratch space for searching the gate.
 struct SearchCache {
     dfa: Option<hybrid::dfa::Cache>,
-    /// The PikeVM's cache and each pattern's match bounds, made at the first search the
-    /// lazy DFA cannot finish (most gates never need them).
-    fallback: Option<(pikevm::Cache, Vec<Option<NonMaxUsize>>)>,
+    /// Made at the first line the lazy DFA cannot finish.
+    pikevm: Option<pikevm::Cache>,
     matched: PatternSet,
-}
-
-/// The PikeVM's part of a [`SearchCache`], made at its first use.
-fn fallback<'c>(
-    slot: &'c mut Option<(pikevm::Cache, Vec<Option<NonMaxUsize>>)>,
-    pikevm: &PikeVM,
-    patterns: usize,
-) -> &'c mut (pikevm::Cache, Vec<Option<NonMaxUsize>>) {
-    slot.get_or_insert_with(|| (pikevm.create_cache(), vec![None; patterns * 2]))
 }
 
 /// The compiled gate of a rule set.
@@ -61,7 +54,7 @@ pub struct Gate {
 /// The searches of a gate with patterns.
 struct Engines {
     /// `None` when the lazy DFA cannot be built within its cache (then the PikeVM
-    /// searches alone).
+    /// searches alone, and runs are not searched whole).
     dfa: Option<hybrid::dfa::DFA>,
     pikevm: PikeVM,
     caches: Pool<SearchCache, NewCache>,
@@ -91,17 +84,24 @@ impl Gate {
         if patterns.is_empty() {
             return Ok(Self::empty());
         }
-        let scans = patterns.iter().all(|p| scannable(p));
-        let syntax = syntax::Config::new().utf8(false).multi_line(scans);
-        let hirs = syntax::parse_many_with(patterns, &syntax)
-            .map_err(|error| GateError(error.to_string()))?;
+        let syntax = syntax::Config::new().utf8(false);
+        let parse = |syntax: &syntax::Config| {
+            syntax::parse_many_with(patterns, syntax).map_err(|error| GateError(error.to_string()))
+        };
+        // Decided on the parsed patterns, not their text: `(?x)( ?-m)^` turns multi-line
+        // mode off as surely as `(?-m)^` does.
+        let mut hirs = parse(&syntax.multi_line(true))?;
+        let mut scans = hirs
+            .iter()
+            .all(|hir| !hir.properties().look_set().contains_anchor_haystack());
+        if !scans {
+            hirs = parse(&syntax)?;
+        }
         let nfa = thompson::Compiler::new()
             .configure(
                 thompson::Config::new()
                     .utf8(false)
-                    // The PikeVM reports where a match ends through each pattern's
-                    // implicit group; the lazy DFA ignores groups.
-                    .which_captures(WhichCaptures::Implicit)
+                    .which_captures(WhichCaptures::None)
                     .nfa_size_limit(Some(size_limit)),
             )
             .build_many_from_hir(&hirs)
@@ -129,6 +129,7 @@ impl Gate {
             )
             .build_from_nfa(nfa.clone())
             .ok();
+        scans = scans && dfa.is_some();
         let pikevm = PikeVM::builder()
             .configure(
                 pikevm::Config::new()
@@ -141,7 +142,7 @@ impl Gate {
         let count = patterns.len();
         let new_cache: NewCache = Box::new(move || SearchCache {
             dfa: for_caches.as_ref().map(hybrid::dfa::Cache::new),
-            fallback: None,
+            pikevm: None,
             matched: PatternSet::new(count),
         });
         Ok(Self {
@@ -172,8 +173,14 @@ impl Gate {
     pub fn is_match(&self, line: &[u8]) -> bool {
         self.engines.as_ref().is_some_and(|e| {
             let mut cache = e.caches.get();
-            e.earliest_end(&mut cache, &Input::new(line).earliest(true))
-                .is_some()
+            let input = Input::new(line).earliest(true);
+            if let (Some(dfa), Some(dfa_cache)) = (&e.dfa, cache.dfa.as_mut())
+                && let Ok(found) = dfa.try_search_fwd(dfa_cache, &input)
+            {
+                return found.is_some();
+            }
+            let pikevm_cache = cache.pikevm.get_or_insert_with(|| e.pikevm.create_cache());
+            e.pikevm.is_match(pikevm_cache, input)
         })
     }
 
@@ -193,9 +200,9 @@ impl Gate {
             _ => false,
         };
         if !done {
-            // What the lazy DFA found before it gave up is found again.
+            // What the lazy DFA found before it stopped is found again.
             cache.matched.clear();
-            let (pikevm_cache, _) = fallback(&mut cache.fallback, &e.pikevm, e.patterns);
+            let pikevm_cache = cache.pikevm.get_or_insert_with(|| e.pikevm.create_cache());
             e.pikevm
                 .which_overlapping_matches(pikevm_cache, &input, &mut cache.matched);
         }
@@ -207,7 +214,8 @@ impl Gate {
     /// In `run` (whole lines, each ending in `\n`, none holding a `\r`), where the line
     /// to check next begins, searching from `from` (a line start): every line before it
     /// from `from` on matches no pattern on its own. `None` when none of those lines
-    /// does, or the gate does not [`scan`](Self::scans).
+    /// does. A gate that does not [`scan`](Self::scans) points at `from` (a gate without
+    /// patterns at none).
     ///
     /// The search stops at the first end of a match of any pattern. A line that matches
     /// on its own has a match ending at or before its newline, so no line before the one
@@ -215,10 +223,30 @@ impl Gate {
     /// right after it took). That match may have begun on an earlier line (a class such
     /// as `\s` crosses a newline in a run): the line is a candidate to check, not a hit.
     pub fn next_line_to_check(&self, run: &[u8], from: usize) -> Option<usize> {
-        let e = self.engines.as_ref().filter(|_| self.scans)?;
+        debug_assert!(from == 0 || run.get(from - 1) == Some(&b'\n'));
+        let e = self.engines.as_ref()?;
+        if !self.scans {
+            return Some(from).filter(|&f| f < run.len());
+        }
         let mut cache = e.caches.get();
+        let (Some(dfa), Some(dfa_cache)) = (&e.dfa, cache.dfa.as_mut()) else {
+            return Some(from).filter(|&f| f < run.len());
+        };
         let input = Input::new(run).range(from..).earliest(true);
-        let end = e.earliest_end(&mut cache, &input)?;
+        let end = match dfa.try_search_fwd(dfa_cache, &input) {
+            Ok(None) => return None,
+            Ok(Some(found)) => found.offset(),
+            // The lazy DFA stopped at `offset` (a byte beside which it cannot decide a
+            // Unicode word boundary, or its cache thrashing) with every match ending
+            // before it found: the line holding it is checked on its own, and the search
+            // resumes after that line.
+            Err(error) => match error.kind() {
+                MatchErrorKind::Quit { offset, .. } | MatchErrorKind::GaveUp { offset } => {
+                    (*offset).max(from)
+                }
+                _ => from,
+            },
+        };
         // A match that ends after the run's last newline is in no line: it is empty, or it
         // ended with that newline, and then its line has no match ending sooner.
         if end >= run.len() {
@@ -226,48 +254,6 @@ impl Gate {
         }
         Some(memchr::memrchr(b'\n', &run[from..end]).map_or(from, |i| from + i + 1))
     }
-}
-
-impl Engines {
-    /// Where the first match in `input` ends, if any.
-    fn earliest_end(&self, cache: &mut SearchCache, input: &Input<'_>) -> Option<usize> {
-        if let (Some(dfa), Some(dfa_cache)) = (&self.dfa, cache.dfa.as_mut())
-            && let Ok(found) = dfa.try_search_fwd(dfa_cache, input)
-        {
-            return found.map(|m| m.offset());
-        }
-        let (pikevm_cache, slots) = fallback(&mut cache.fallback, &self.pikevm, self.patterns);
-        let pattern = self.pikevm.search_slots(pikevm_cache, input, slots)?;
-        // The matching pattern's implicit group ends where the match does. Were it
-        // missing, the search's start is the safe answer: no line gets skipped.
-        Some(
-            slots
-                .get(pattern.as_usize() * 2 + 1)
-                .copied()
-                .flatten()
-                .map_or(input.start(), NonMaxUsize::get),
-        )
-    }
-}
-
-/// Whether `pattern` finds, in a run of lines searched in multi-line mode, every match it
-/// has in one of those lines on its own. `^` and `$` then match at line ends, and `\b`,
-/// `\B` see a newline where a line's edge was: the same. What differs: `\A` and `\z` (the
-/// run's ends, not the line's) and a flag group turning multi-line mode off (`(?-m)`
-/// would make `^` the run's start). Such a pattern keeps its rule set on line-by-line
-/// matching. (Both checks are textual, so an escaped look-alike also keeps it there.)
-pub fn scannable(pattern: &str) -> bool {
-    if pattern.contains("\\A") || pattern.contains("\\z") || pattern.contains("\\Z") {
-        return false;
-    }
-    // `(?flags)` or `(?flags:…)` with `m` after a `-`.
-    !pattern.match_indices("(?").any(|(i, _)| {
-        pattern[i + 2..]
-            .chars()
-            .take_while(|c| c.is_ascii_alphabetic() || *c == '-')
-            .skip_while(|&c| c != '-')
-            .any(|c| c == 'm')
-    })
 }
 
 #[cfg(test)]
@@ -280,6 +266,11 @@ mod tests {
 
     fn gate(patterns: &[&str]) -> Gate {
         Gate::new(patterns, LIMIT, 1 << 21).unwrap()
+    }
+
+    /// Lazy-DFA caches too small to build, small enough to thrash, and ample.
+    fn cache_capacity() -> impl Strategy<Value = usize> {
+        prop_oneof![Just(0), Just(12_000), Just(40_000), Just(1 << 21)]
     }
 
     fn matched(gate: &Gate, line: &[u8]) -> Vec<usize> {
@@ -331,13 +322,19 @@ mod tests {
         /// On any line, the gate says what `regex::bytes::RegexSet` says of the same
         /// patterns, whether it was compiled to scan runs or not.
         #[test]
-        fn a_line_matches_as_with_regex_set(line in line(), turn_off_scanning in any::<bool>()) {
+        fn a_line_matches_as_with_regex_set(
+            line in line(),
+            turn_off_scanning in any::<bool>(),
+            cache in cache_capacity(),
+        ) {
             let mut patterns = PATTERNS.to_vec();
             if turn_off_scanning {
-                patterns.push(r"(?-m)^never\z");
+                patterns.push(r"(?x)( ?-m)^never");
             }
-            let gate = gate(&patterns);
-            prop_assert_eq!(gate.scans(), !turn_off_scanning);
+            let gate = Gate::new(&patterns, LIMIT, cache).unwrap();
+            if cache == 1 << 21 {
+                prop_assert_eq!(gate.scans(), !turn_off_scanning);
+            }
             let set = RegexSet::new(&patterns).unwrap();
             prop_assert_eq!(gate.is_match(&line), set.is_match(&line));
             prop_assert_eq!(matched(&gate, &line), set.matches(&line).into_iter().collect::<Vec<_>>());
@@ -346,12 +343,15 @@ mod tests {
         /// In a run of lines (no `\r`), no line before the one the gate points to matches
         /// on its own, and when it points to none, no line from `from` on matches.
         #[test]
-        fn no_line_before_the_one_to_check_matches(lines in proptest::collection::vec(line(), 1..30)) {
+        fn no_line_before_the_one_to_check_matches(
+            lines in proptest::collection::vec(line(), 1..30),
+            cache in cache_capacity(),
+        ) {
             let lines: Vec<Vec<u8>> = lines
                 .into_iter()
                 .map(|l| l.into_iter().filter(|&b| b != b'\r').collect())
                 .collect();
-            let gate = gate(PATTERNS);
+            let gate = Gate::new(PATTERNS, LIMIT, cache).unwrap();
             let mut run = Vec::new();
             let mut starts = Vec::new();
             for line in &lines {
@@ -434,16 +434,41 @@ mod tests {
     }
 
     #[test]
-    fn a_unicode_word_boundary_next_to_non_ascii_is_decided_by_the_pikevm() {
-        // The lazy DFA cannot decide `\b` beside `é` and gives the search to the PikeVM.
+    fn with_a_unicode_word_boundary_non_ascii_bytes_are_decided_line_by_line() {
+        // The lazy DFA cannot decide `\b` once it meets a non-ASCII byte: a line goes to
+        // the PikeVM, and a run's search stops at the line holding that byte.
         let gate = gate(&[r"\bcafé\b", r"x"]);
         assert!(gate.is_match("un café noir".as_bytes()));
         assert!(!gate.is_match("un caféine".as_bytes()));
         assert_eq!(matched(&gate, "café x".as_bytes()), vec![0, 1]);
-        assert_eq!(
-            gate.next_line_to_check("thé\ncafé\n".as_bytes(), 0),
-            Some(5)
-        );
+        let run = "ok\nthé\ncafé\n".as_bytes();
+        // The literal prefixes skip `thé`; the search stops at `café`'s `é`.
+        assert_eq!(gate.next_line_to_check(run, 0), Some(8));
+        // Without a literal to skip to, it stops at the first non-ASCII byte.
+        let words = self::gate(&[r"\b\w+é\b"]);
+        assert_eq!(words.next_line_to_check(run, 0), Some(3));
+        assert_eq!(words.next_line_to_check(run, 8), Some(8));
+        assert_eq!(words.next_line_to_check(b"ok\nfine\n", 0), None);
+    }
+
+    #[test]
+    fn a_pattern_anchored_at_the_texts_ends_keeps_the_gate_off_runs() {
+        for pattern in [
+            r"\Astart",
+            r"end\z",
+            r"(?-m)^x",
+            r"(?x)( ?-m)^x",
+            r"(?s-m:^x)",
+        ] {
+            assert!(!gate(&[pattern, "y"]).scans(), "{pattern}");
+        }
+        for pattern in [r"^x$", r"(?i-u:x)", r"\\A", r"(?m)^x"] {
+            assert!(gate(&[pattern, "y"]).scans(), "{pattern}");
+        }
+        // Without multi-line mode `^` is still the line's start.
+        let gate = gate(&[r"\Astart", r"^y"]);
+        assert!(gate.is_match(b"y"));
+        assert!(!gate.is_match(b"x y"));
     }
 
     #[test]

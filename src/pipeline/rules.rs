@@ -18,8 +18,11 @@ use crate::pipeline::template::{Escape, RenderContext};
 /// Lazy-DFA cache granted to the gate per rule. With many rules using Unicode classes
 /// (`\w`, `[^ ]`), the default 2 MiB cache is cleared over and over and the search falls
 /// back to a much slower engine; measured in `benches/rule_engine.rs`.
+/// It is a ceiling the cache grows to only as states are needed; past 256 rules it stays
+/// at 64 MiB.
 const GATE_DFA_CACHE_PER_RULE: usize = 256 * 1024;
 const GATE_DFA_CACHE_MIN: usize = 2 * 1024 * 1024;
+const GATE_DFA_CACHE_MAX: usize = 64 * 1024 * 1024;
 
 /// The rules that apply to one file, behind one [`Gate`].
 #[derive(Debug)]
@@ -113,7 +116,7 @@ impl RuleSet {
             RULE_REGEX_SIZE_LIMIT.saturating_mul(entries.max(1)),
             GATE_DFA_CACHE_PER_RULE
                 .saturating_mul(entries.max(1))
-                .max(GATE_DFA_CACHE_MIN),
+                .clamp(GATE_DFA_CACHE_MIN, GATE_DFA_CACHE_MAX),
         )?;
         Ok(Self {
             gate,

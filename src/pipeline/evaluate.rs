@@ -103,8 +103,6 @@ impl Pipeline {
                 _ => Vec::new(),
             };
             // An occurrence an open window will only count needs its keys, not its text
-            // (most hits of a storm).
-            // An occurrence an open window will only count needs its keys, not its text
             // (most hits of a storm): the keys are rendered once, the rest only if posted.
             let keys = rule
                 .dedup

@@ -49,7 +49,6 @@ pub use bursts::{Bursts, Window};
 pub use context::ContextRing;
 pub use multiline::{Assembler, Event, EventChange};
 pub use rules::{Hit, Notification, RuleSet, Source};
-pub use runs::MIN_SCANNED_RUN;
 pub use silenced::HeldCounts;
 use silenced::Silencing;
 
@@ -200,8 +199,6 @@ pub struct Pipeline {
     /// Whether every hit's message is rendered, also one an open window only counts
     /// (`chattail test` shows it).
     render_counted: bool,
-    /// The shortest run searched whole ([`MIN_SCANNED_RUN`]; tests search any).
-    min_scanned_run: usize,
     /// Nothing is posted for a fleet (`chattail test`, `--dry-run`): windows that counted
     /// nothing end without a summary row even when the config has `fleet`.
     alone: bool,
@@ -270,7 +267,6 @@ impl Pipeline {
             expected_tracked: false,
             file_filters: true,
             render_counted: false,
-            min_scanned_run: MIN_SCANNED_RUN,
             alone: false,
             silences: Arc::default(),
             held_counts: HeldCounts::new(),
@@ -283,13 +279,6 @@ impl Pipeline {
     /// where inputs are samples whose paths need not match).
     pub fn ignoring_file_filters(mut self) -> Self {
         self.file_filters = false;
-        self
-    }
-
-    /// Runs of any length are searched whole (the property test's short runs).
-    #[cfg(test)]
-    fn scanning_runs_of_any_length(mut self) -> Self {
-        self.min_scanned_run = 0;
         self
     }
 

@@ -117,8 +117,7 @@ proptest! {
     fn a_run_searched_whole_is_its_lines_one_by_one(runs in proptest::collection::vec(random_run(), 1..4)) {
         let config = scan_config(SCANNED_RULES);
         assert!(RuleSet::all(&config).unwrap().scans(), "the rules are scannable");
-        let mut whole = Pipeline::new(Arc::clone(&config), Vec::new(), Vec::new())
-            .scanning_runs_of_any_length();
+        let mut whole = Pipeline::new(Arc::clone(&config), Vec::new(), Vec::new());
         let mut single = Pipeline::new(config, Vec::new(), Vec::new());
         let (mut a, mut b) = (Recorded::default(), Recorded::default());
         let origin = Origin { id: FileId { dev: 1, ino: 1 }, path: Path::new("/var/log/plain.log"), spec: 0, number: 0, stream: None, journal: None };

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Checks that deploy/linker/hot-code.ld links with both linkers a release build may use
-# (rustc's bundled lld, the default, and GNU ld through cc) and that a function it lists
-# lands in .text.hot, ahead of one it does not list.
+# Checks the release binary's link options (build.rs) with both linkers a release build
+# may use (rustc's bundled lld, the default, and GNU ld through cc): that
+# deploy/linker/hot-code.ld links and puts a function it lists in .text.hot, ahead of one
+# it does not list, and that packed relative relocations (where glibc is 2.36 or later)
+# give a program that runs.
 set -euo pipefail
 cd "$(dirname "$0")"
 work=$(mktemp -d)
@@ -14,7 +16,10 @@ C
 lld_dir="$(rustc --print sysroot)/lib/rustlib/$(rustc -vV | sed -n 's/^host: //p')/bin/gcc-ld"
 for linker in lld bfd; do
   if [ "$linker" = lld ]; then flags=(-B "$lld_dir" -fuse-ld=lld); else flags=(-fuse-ld=bfd); fi
-  cc -O1 -ffunction-sections "${flags[@]}" -Wl,-T,hot-code.ld "$work/probe.c" -o "$work/probe"
+  if [ "$(getconf GNU_LIBC_VERSION | awk '{ split($2, v, "."); print (v[1] > 2 || v[2] >= 36) }')" = 1 ]; then
+    flags+=(-Wl,-z,pack-relative-relocs)
+  fi
+  cc -O1 -fPIE -pie -ffunction-sections "${flags[@]}" -Wl,-T,hot-code.ld "$work/probe.c" -o "$work/probe"
   "$work/probe"
   hot=$(nm "$work/probe" | awk '$3 == "sqlite3VdbeExec" { print $1 }')
   cold=$(nm "$work/probe" | awk '$3 == "unlisted" { print $1 }')

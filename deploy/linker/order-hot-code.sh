@@ -88,8 +88,11 @@ python3 "$work/https.py" "$work/server.pem" "$work/server.key" "$work/posts" > "
 for _ in $(seq 100); do [ -s "$work/port" ] && break; sleep 0.1; done
 port=$(cat "$work/port")
 touch "$work/app.log"
+admin=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 cat > "$work/tls.yaml" <<EOF
 state_dir: $work/tls-state
+admin:
+  listen: 127.0.0.1:$admin
 webhooks:
   oncall:
     url: https://127.0.0.1:$port/v1/spaces/S/messages?key=k&token=t
@@ -112,6 +115,8 @@ for i in 1 2 3; do
     [ "$(wc -l < "$work/posts")" -ge "$i" ] && break
     sleep 0.1
   done
+  # What a Prometheus scrape and a health check run.
+  python3 -c "import urllib.request as u; [u.urlopen('http://127.0.0.1:$admin' + p).read() for p in ('/metrics', '/healthz')]"
 done
 kill -TERM "$agent"
 wait "$agent" || true

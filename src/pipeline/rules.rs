@@ -385,6 +385,19 @@ mod tests {
     }
 
     #[test]
+    fn a_line_the_gate_lets_through_for_its_non_ascii_text_hits_only_if_the_rule_matches() {
+        let c = config(
+            "  - name: ports\n    match: 'port (?P<n>\\d+) open'\n    webhook: oncall\n    thread_key: 'p-{n}'\n",
+        );
+        let set = RuleSet::all(&c).unwrap();
+        // The gate stands for any non-ASCII character where `\d` is; `é` is no digit.
+        assert!(hits(&set, "port é open".as_bytes()).is_empty());
+        let arabic = hits(&set, "port ٣ open".as_bytes());
+        assert_eq!(arabic.len(), 1);
+        assert_eq!(arabic[0].thread_key, "p-٣");
+    }
+
+    #[test]
     fn ascii_mode_captures_raw_bytes_and_renders_them_lossily() {
         let c = config(
             "  - name: oom\n    match: '(?-u)Killed process \\d+ \\((?P<comm>[^)]+)\\)'\n    webhook: oncall\n    thread_key: 'oom-{comm}'\n",

@@ -122,10 +122,12 @@ kill -TERM "$agent"
 wait "$agent" || true
 
 echo "== writing $here/hot-code.ld"
-steady_dumps=$(ls "$work"/cg/steady.*.* | sort -t. -k3n)
-first=$(echo "$steady_dumps" | head -1)
+# Dumps are named steady.PID.N; the first (N = 1) holds start-up. The work directory's own
+# name has a dot, so the dump number is picked by its suffix, not by a field count.
+first=$(ls "$work"/cg/steady.*.1)
+steady_dumps=$(ls "$work"/cg/steady.*.* | grep -v '\.1$')
 {
-  awk -f "$here/callgrind-functions.awk" $(echo "$steady_dumps" | tail -n +2) | sort -rn
+  awk -f "$here/callgrind-functions.awk" $steady_dumps | sort -rn
   awk -f "$here/callgrind-functions.awk" "$first" | sort -rn
   awk -f "$here/callgrind-functions.awk" "$work"/cg/other.* | sort -rn
 } | awk -f "$here/section-patterns.awk" > "$work/patterns"
